@@ -1,0 +1,105 @@
+"""The metric registry and the per-item result a suite hands to the gate (no torch import).
+
+Every metric declares its suite, direction, bounds, unit, whether per-item values are binary or
+continuous, and a default tolerance band. Suites register theirs at import; users register their own
+with :func:`register_metric` and check them with the ``qxai_check`` fixture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+Kind = Literal["binary", "continuous"]
+Direction = Literal["higher", "lower"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a metric is and how the gate treats it.
+
+    ``tolerance`` is a band in the tolerance grammar (``abs:0.03``, ``rel:0.1,two-sided,alpha=0.01``):
+    the largest degradation of the quantized model that is still acceptable.
+    """
+
+    suite: str
+    name: str
+    description: str
+    kind: Kind
+    direction: Direction = "higher"
+    bounds: tuple[float | None, float | None] = (None, None)
+    unit: str = ""
+    tolerance: str = "abs:0.05"
+
+    @property
+    def key(self) -> str:
+        """``suite.name``, the metric's unique key."""
+        return f"{self.suite}.{self.name}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_REGISTRY: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add a metric to the registry (idempotent for an identical definition) and return it."""
+    existing = _REGISTRY.get(metric.key)
+    if existing is not None and existing != metric:
+        raise ValueError(f"metric {metric.key} is already registered with a different definition")
+    _REGISTRY[metric.key] = metric
+    return metric
+
+
+def get_metric(key: str) -> Metric:
+    """Look a metric up by ``suite.name`` (or by bare name when that is unambiguous)."""
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    matches = [m for m in _REGISTRY.values() if m.name == key]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise KeyError(f"unknown metric {key!r}")
+    raise KeyError(f"metric name {key!r} is ambiguous: {', '.join(m.key for m in matches)}")
+
+
+def registered_metrics() -> list[Metric]:
+    """All registered metrics, sorted by key."""
+    return [(_REGISTRY[k]) for k in sorted(_REGISTRY)]
+
+
+@dataclass
+class SuiteResult:
+    """Per-item values of every metric of one suite for both models, on the same items.
+
+    ``reference[m][i]`` and ``quantized[m][i]`` belong to item ``item_ids[i]``; NaN means the metric
+    does not apply to that item (e.g. unfaithfulness of an item whose prediction did not flip).
+    ``fingerprint`` identifies the data, templates and method parameters: a baseline recorded under
+    another fingerprint is stale. ``profiles`` holds per-layer curves for reports, ``skipped`` the
+    metrics that could not run with the reason, ``notes`` facts worth recording (e.g. which
+    attribution method ran).
+    """
+
+    suite: str
+    item_ids: list[str]
+    reference: dict[str, np.ndarray]
+    quantized: dict[str, np.ndarray]
+    fingerprint: dict[str, str]
+    profiles: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def values(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """The reference and quantized per-item arrays of a metric."""
+        return self.reference[metric], self.quantized[metric]
+
+
+def as_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per-item values as a float64 vector (NaN allowed)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"per-item values must be one-dimensional, got shape {arr.shape}")
+    return arr

@@ -1,0 +1,217 @@
+"""Load a full-precision reference model and tokenizer from a :class:`ModelSource`.
+
+GGUF files are dequantized once into a cached HF folder (fp32 safetensors), so later runs load in
+about a second; that dequantized model is the full-precision reference. Every model is put in eval
+mode with seeds and deterministic settings applied, and the tokenizer pads on the left for batching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..errors import QxaiError
+from ..storage import atomic_write, file_hash, locked, stable_hash
+from .source import ModelSource
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("pytest_qxai")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; explicit CUDA needs a GPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise QxaiError(f"--qxai-device {device}: no CUDA GPU is visible on this machine")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise QxaiError(f"--qxai-device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> "torch.dtype":
+    """``auto`` is float32 on CPU (bf16 matmuls are slow there) and bfloat16 on GPU."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def apply_determinism(seed: int) -> None:
+    """Seed every generator and ask torch for deterministic kernels (warn-only where none exist)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
+def folder_content_hash(folder: Path, cache_root: Path | None) -> str:
+    """A sha256 over the config and weight files of a model folder, memoised by size and mtime."""
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+    )
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo = cache_root / "hashes" / f"{stable_hash([str(folder.resolve()), stamp])}.txt" if cache_root else None
+    if memo is not None and memo.is_file():
+        return memo.read_text().strip()
+    digest = stable_hash([(p.name, file_hash(p)) for p in files])
+    if memo is not None:
+        atomic_write(memo, digest.encode())
+    return digest
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars and info logs during a load."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def convert_gguf(source: ModelSource, target: Path) -> None:
+    """Dequantize a GGUF model into an fp32 HF folder at ``target`` (written whole, then renamed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert source.gguf_file is not None
+    log.info("converting %s to an HF folder (once; cached)", source.gguf_file)
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            source.location, gguf_file=source.gguf_file, dtype=torch.float32
+        )
+        config = loaded.config
+        # save_pretrained refuses a GGUF-loaded model: rebuild it plainly from its config and weights.
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict(), strict=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            fresh.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            (staging / "qxai_source.json").write_text(
+                json.dumps({"gguf_file": source.gguf_file, "label": source.label}, sort_keys=True)
+            )
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> tuple[Path | str, str]:
+    """Return a loadable location (folder or hub id) and the model's content hash or revision.
+
+    GGUF models are converted into ``cache_root/models`` (or ``scratch`` without a cache).
+    """
+    if source.kind == "gguf":
+        assert source.gguf_file is not None
+        gguf_path = Path(source.location) / source.gguf_file
+        digest = _gguf_digest(gguf_path, cache_root)
+        base = (cache_root / "models") if cache_root else scratch
+        target = base / f"gguf-{digest[:16]}"
+        base.mkdir(parents=True, exist_ok=True)
+        with locked(target):
+            if not (target / "config.json").is_file():
+                convert_gguf(source, target)
+        return target, f"gguf-sha256:{digest}"
+    if source.kind == "local":
+        folder = Path(source.location)
+        return folder, f"sha256:{folder_content_hash(folder, cache_root)}"
+    return source.location, f"hub:{source.location}@{source.revision or 'default-branch'}"
+
+
+def _gguf_digest(path: Path, cache_root: Path | None) -> str:
+    stat = path.stat()
+    memo = None
+    if cache_root is not None:
+        memo = cache_root / "hashes" / f"{stable_hash([str(path.resolve()), stat.st_size, stat.st_mtime_ns])}.txt"
+        if memo.is_file():
+            return memo.read_text().strip()
+    digest = file_hash(path)
+    if memo is not None:
+        atomic_write(memo, digest.encode())
+    return digest
+
+
+def load_tokenizer(location: Path | str, *, revision: str | None, trust_remote_code: bool) -> "PreTrainedTokenizerBase":
+    """A tokenizer that pads on the left (for batched generation) and always has a pad token."""
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(location), revision=revision, trust_remote_code=trust_remote_code
+            )
+    except OSError as exc:
+        raise QxaiError(f"cannot load the tokenizer of {location}: {_first_line(exc)}") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_reference(
+    location: Path | str,
+    *,
+    device: str,
+    dtype: "torch.dtype",
+    revision: str | None,
+    trust_remote_code: bool,
+    **kwargs: Any,
+) -> "PreTrainedModel":
+    """Load the full-precision reference in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(location),
+                revision=revision,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None,
+                **kwargs,
+            )
+    except (OSError, ValueError) as exc:
+        raise QxaiError(f"cannot load model {location}: {_first_line(exc)}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

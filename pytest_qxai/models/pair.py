@@ -1,0 +1,221 @@
+"""The full-precision / quantized model pair every suite shares, loaded at most once per process.
+
+:func:`validate` checks everything that can be checked without loading a model (spec, model path,
+backend library, GPU availability) so bad input is a usage error at start-up. :func:`get_pair` loads
+the reference, quantizes it (or loads ``--qxai-quantized``), and caches the quantized model on disk
+keyed by the model's content hash, the spec, the calibration data and the library versions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from ..backends.base import QuantBackend, QuantContext, get_backend
+from ..errors import QxaiError, QxaiUsageError
+from ..options import QxaiConfig
+from ..storage import DiskCache, stable_hash
+from .source import ModelSource, resolve_source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..runtime import Runtime
+
+T = TypeVar("T")
+CORE_DISTRIBUTIONS = ("torch", "transformers", "accelerate", "pytest-qxai")
+
+
+@dataclass
+class ModelSide:
+    """One of the two models, with the runtime that batches its calls and its cache identity."""
+
+    role: str
+    model: "PreTrainedModel"
+    runtime: "Runtime"
+    identity: str
+    """Changes whenever this model's outputs could change: content hash, spec, calibration, versions."""
+    backward: tuple[bool, str] | None = None
+
+    def backward_ok(self) -> tuple[bool, str]:
+        """Whether gradients reach the inputs through this model (probed once, then remembered)."""
+        if self.backward is None:
+            from ..runtime import probe_backward
+
+            self.backward = probe_backward(self.model, self.runtime.tokenizer)
+        return self.backward
+
+
+@dataclass
+class ModelPair:
+    """The reference and quantized models on the same tokenizer, with run metadata and the result cache."""
+
+    reference: ModelSide
+    quantized: ModelSide
+    tokenizer: "PreTrainedTokenizerBase"
+    config: QxaiConfig
+    source: ModelSource
+    backend: QuantBackend
+    cache: DiskCache
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sides(self) -> tuple[ModelSide, ModelSide]:
+        """``(reference, quantized)``."""
+        return self.reference, self.quantized
+
+    def cached(self, side: ModelSide, namespace: str, params: Any, compute: Callable[[], T]) -> T:
+        """Compute a side's result once: keyed by the side's identity, the method parameters and versions."""
+        key = {"model": side.identity, "params": params, "versions": self.metadata.get("versions", {})}
+        return self.cache.memo(namespace, key, compute)
+
+
+def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
+    """Versions of the libraries whose change could change a result."""
+    found: dict[str, str] = {"python": platform.python_version()}
+    for dist in CORE_DISTRIBUTIONS:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = "missing"
+    if backend is not None:
+        found.update(backend.versions())
+    return dict(sorted(found.items()))
+
+
+def validate(cfg: QxaiConfig) -> ModelSource:
+    """Check the configuration without loading a model; raise a one-line :class:`QxaiUsageError`."""
+    source = resolve_source(cfg.model, cfg.revision)
+    scheme = cfg.quant.scheme
+    if cfg.quantized is None:
+        get_backend(scheme.backend).check_available()
+        if not scheme.cpu:
+            if cfg.device == "cpu":
+                raise QxaiUsageError(f"--quant {scheme.name} needs a CUDA GPU, but --qxai-device is cpu")
+            import torch
+
+            if not torch.cuda.is_available():
+                raise QxaiUsageError(f"--quant {scheme.name} needs a CUDA GPU and none is visible on this machine")
+    else:
+        from ..backends.checkpoint import detect_checkpoint
+
+        backend_name, _ = detect_checkpoint(cfg.quantized)
+        get_backend(backend_name).check_available()
+    if cfg.judge is not None:
+        resolve_source(cfg.judge)
+    return source
+
+
+_PAIRS: dict[str, ModelPair] = {}
+
+
+def get_pair(cfg: QxaiConfig) -> ModelPair:
+    """The process-wide pair for this configuration, loaded on first use."""
+    key = stable_hash([cfg.model, cfg.revision, str(cfg.quant), cfg.quantized, cfg.device, cfg.dtype, cfg.seed])
+    if key not in _PAIRS:
+        _PAIRS[key] = _load_pair(cfg)
+    return _PAIRS[key]
+
+
+def _load_pair(cfg: QxaiConfig) -> ModelPair:
+    from ..runtime import Runtime
+    from .loading import apply_determinism, load_reference, load_tokenizer, materialize, resolve_device, resolve_dtype
+
+    started = time.perf_counter()
+    source = validate(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    apply_determinism(cfg.seed)
+    cache_root = cfg.cache_dir
+    scratch = Path(tempfile.mkdtemp(prefix="qxai-"))
+    location, content_id = materialize(source, cache_root, scratch)
+    tokenizer = load_tokenizer(location, revision=source.revision, trust_remote_code=cfg.trust_remote_code)
+    reference = load_reference(
+        location, device=device, dtype=dtype, revision=source.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if cfg.quantized is not None:
+        from ..backends.checkpoint import detect_checkpoint
+
+        backend_name, scheme_name = detect_checkpoint(cfg.quantized)
+        backend = get_backend(backend_name)
+    else:
+        backend = get_backend(cfg.quant.scheme.backend)
+        scheme_name = cfg.quant.name
+    versions = library_versions(backend)
+    ctx = QuantContext(
+        reference_dir=Path(location) if isinstance(location, Path) else scratch,
+        device=device,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        calibration=[],
+        seed=cfg.seed,
+        trust_remote_code=cfg.trust_remote_code,
+        cache_dir=None,
+    )
+    quant_started = time.perf_counter()
+    if cfg.quantized is not None:
+        quantized = backend.load_checkpoint(cfg.quantized, ctx)
+        quant_id = stable_hash(["checkpoint", str(Path(cfg.quantized).resolve()), _checkpoint_stamp(cfg.quantized)])
+    else:
+        calib_id = None
+        if backend.uses_calibration(cfg.quant):
+            from ..datasets import load_calibration
+
+            ctx.calibration = load_calibration(int(cfg.quant.get("calibration")), int(cfg.quant.get("seed")))
+            calib_id = stable_hash(ctx.calibration)
+        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, versions, device, str(dtype)])
+        if cache_root is not None:
+            ctx.cache_dir = cache_root / "quantized" / f"{cfg.quant.slug}-{quant_id}"
+        quantized = backend.quantize(cfg.quant, ctx)
+    quant_seconds = time.perf_counter() - quant_started
+    ref_id = stable_hash([content_id, device, str(dtype)])
+    pair = ModelPair(
+        reference=ModelSide("reference", reference, Runtime(reference, tokenizer, batch_size=cfg.batch_size), ref_id),
+        quantized=ModelSide(
+            "quantized", quantized, Runtime(quantized, tokenizer, batch_size=cfg.batch_size),
+            ref_id if scheme_name == "none" else quant_id,
+        ),
+        tokenizer=tokenizer,
+        config=cfg,
+        source=source,
+        backend=backend,
+        cache=DiskCache(cache_root),
+        metadata={
+            "model": source.label,
+            "model_id": source.slug,
+            "model_hash": content_id,
+            "revision": source.revision,
+            "quant": str(cfg.quant) if cfg.quantized is None else scheme_name,
+            "quant_params": cfg.quant.resolved if cfg.quantized is None else {},
+            "quantized_checkpoint": cfg.quantized,
+            "versions": versions,
+            "device": device,
+            "dtype": str(dtype).replace("torch.", ""),
+            "seed": cfg.seed,
+            "profile": cfg.profile,
+            "deterministic": True,
+            "load_seconds": round(quant_started - started, 2),
+            "quantize_seconds": round(quant_seconds, 2),
+            "backend_notes": ctx.notes,
+        },
+    )
+    return pair
+
+
+def _checkpoint_stamp(location: str) -> Any:
+    path = Path(location)
+    if not path.is_dir():
+        return location
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+
+
+def pair_error(exc: BaseException) -> str:
+    """One line describing a failure to build the pair."""
+    if isinstance(exc, QxaiError):
+        return str(exc)
+    return f"loading the model pair failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -1,0 +1,271 @@
+"""Command-line options, their ini twins, and the resolved :class:`QxaiConfig` (no torch import).
+
+Precedence for every option: command line > ini (``[tool.pytest.ini_options]``) > built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import QxaiUsageError
+from .specs import QuantSpec, describe_schemes, parse_spec
+
+GROUP = "qxai"
+PROFILES = ("smoke", "standard", "full")
+DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+UPDATE_MODES = ("all", "missing")
+DEFAULT_QUANT = "bnb4"
+
+
+@dataclass(frozen=True)
+class OptionDef:
+    """One plugin option: its flags, ini twin, default, help and argparse extras."""
+
+    flags: tuple[str, ...]
+    dest: str
+    help: str
+    default: Any = None
+    ini_type: str | None = None  # pytest ini type: None (string), "bool", "args", "linelist"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ini(self) -> str:
+        """The ini key, e.g. ``qxai_model``."""
+        return self.dest
+
+
+OPTIONS: tuple[OptionDef, ...] = (
+    OptionDef(("--qxai-model",), "qxai_model",
+              "Model under test: a hub id, a local HF folder, or a GGUF file/folder "
+              "(default: the embedded SmolLM2-135M-Instruct)", kwargs={"metavar": "ID_OR_PATH"}),
+    OptionDef(("--quant",), "qxai_quant",
+              f"Quantization spec, e.g. gptq4:group_size=128,calibration=64. Schemes: {describe_schemes()} "
+              f"(default: {DEFAULT_QUANT})", kwargs={"metavar": "SPEC"}),
+    OptionDef(("--qxai-quantized",), "qxai_quantized",
+              "Test an existing quantized checkpoint (GPTQ, AWQ, compressed-tensors, serialized "
+              "bitsandbytes) instead of quantizing on the fly", kwargs={"metavar": "PATH_OR_ID"}),
+    OptionDef(("--qxai-revision",), "qxai_revision", "Pinned hub revision (commit) of --qxai-model",
+              kwargs={"metavar": "REV"}),
+    OptionDef(("--qxai-device",), "qxai_device", f"Device: {DEVICES_HELP} (default: auto)", "auto",
+              kwargs={"metavar": "DEVICE"}),
+    OptionDef(("--qxai-dtype",), "qxai_dtype", "Reference dtype (default: auto = float32 on CPU, bfloat16 on GPU)",
+              "auto", kwargs={"choices": DTYPES}),
+    OptionDef(("--qxai-profile",), "qxai_profile", "Item counts per suite (default: standard)", "standard",
+              kwargs={"choices": PROFILES}),
+    OptionDef(("--qxai-samples",), "qxai_samples", "Override the item count of every suite",
+              kwargs={"type": int, "metavar": "N"}),
+    OptionDef(("--qxai-seed",), "qxai_seed", "Seed for data subsets, sampling estimators and calibration (default: 0)",
+              "0", kwargs={"type": int, "metavar": "N"}),
+    OptionDef(("--qxai-batch-size",), "qxai_batch_size", "Batch size for model calls (default: auto)",
+              kwargs={"type": int, "metavar": "N"}),
+    OptionDef(("--qxai-cache-dir",), "qxai_cache_dir",
+              "Cache for converted/quantized models and reference outputs "
+              "(default: $QXAI_CACHE_DIR or ~/.cache/pytest-qxai)", kwargs={"metavar": "DIR"}),
+    OptionDef(("--qxai-no-cache",), "qxai_no_cache", "Recompute everything; read and write no cache", False,
+              ini_type="bool", kwargs={"action": "store_true"}),
+    OptionDef(("--qxai-trust-remote-code",), "qxai_trust_remote_code",
+              "Allow model repositories to run their own Python code (off by default)", False,
+              ini_type="bool", kwargs={"action": "store_true"}),
+    OptionDef(("--qxai-judge",), "qxai_judge",
+              "Judge model for explanation coherence/trust ratings (default: the reference model)",
+              kwargs={"metavar": "ID_OR_PATH"}),
+    OptionDef(("--qxai-offload",), "qxai_offload",
+              "Keep only one model on the GPU at a time (default: automatic when both do not fit)", False,
+              ini_type="bool", kwargs={"action": "store_true"}),
+    OptionDef(("--qxai-data",), "qxai_data",
+              "Use your own JSONL file for a dataset: NAME=PATH (repeatable; names: esnli, ecqa, lre)",
+              ini_type="args", kwargs={"action": "append", "metavar": "NAME=PATH"}),
+    OptionDef(("--qxai-baseline-dir",), "qxai_baseline_dir", "Folder of stored baselines (default: ./baselines)",
+              kwargs={"metavar": "DIR"}),
+    OptionDef(("--qxai-baseline-name",), "qxai_baseline_name",
+              "Baseline to compare with and record into (default: the quant spec)", kwargs={"metavar": "NAME"}),
+    OptionDef(("--qxai-update-baselines",), "qxai_update_baselines",
+              "Record baselines: 'all' (default when given bare) refreshes what ran, 'missing' adds only absent ones",
+              kwargs={"nargs": "?", "const": "all", "choices": UPDATE_MODES}),
+    OptionDef(("--qxai-prune-baselines",), "qxai_prune_baselines",
+              "With --qxai-update-baselines: drop stored checks that did not run", False,
+              ini_type="bool", kwargs={"action": "store_true"}),
+    OptionDef(("--qxai-tolerance",), "qxai_tolerance",
+              "Override a tolerance band: [SUITE.]METRIC=BAND, e.g. accuracy=abs:0.03 or "
+              "cc_shap=rel:0.1,two-sided,alpha=0.01 (repeatable)", ini_type="args",
+              kwargs={"action": "append", "metavar": "METRIC=BAND"}),
+    OptionDef(("--qxai-report-json",), "qxai_report_json", "Write the machine-readable report here",
+              kwargs={"metavar": "PATH"}),
+    OptionDef(("--qxai-report-md",), "qxai_report_md", "Write a Markdown report (for a pull-request comment)",
+              kwargs={"metavar": "PATH"}),
+    OptionDef(("--qxai-report-html",), "qxai_report_html", "Write a self-contained HTML report with plots",
+              kwargs={"metavar": "PATH"}),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every option and its ini twin under the ``qxai`` group."""
+    group = parser.getgroup(GROUP, "pytest-qxai: explainability regression gate for quantized LLMs")
+    for opt in OPTIONS:
+        group.addoption(*opt.flags, dest=opt.dest, default=None, help=opt.help, **opt.kwargs)
+        ini_default = opt.default if opt.ini_type == "bool" else ([] if opt.ini_type == "args" else None)
+        parser.addini(opt.ini, help=opt.help, type=opt.ini_type, default=ini_default)  # type: ignore[arg-type]
+
+
+def raw_value(config: pytest.Config, opt: OptionDef) -> Any:
+    """The option's value: command line, else ini, else its default."""
+    value = config.getoption(opt.dest)
+    if value not in (None, [], False):
+        return value
+    ini = config.getini(opt.ini)
+    if ini not in (None, "", []):
+        return ini
+    return opt.default if value is None else value
+
+
+def explicitly_requested(config: pytest.Config) -> bool:
+    """Whether the user set any qxai option (command line or ini): then heavy imports are allowed."""
+    return any(raw_value(config, opt) not in (None, [], False, opt.default) for opt in OPTIONS)
+
+
+def default_cache_dir() -> Path:
+    """The cache folder when none is configured."""
+    env = os.environ.get("QXAI_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-qxai"
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def check_baseline_name(name: str) -> str:
+    """Reject baseline names that could escape the baseline folder or be awkward as file names."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise QxaiUsageError(
+            f"--qxai-baseline-name {name!r} is not a safe file name: use letters, digits, '.', '_', '+', '-' "
+            "(no path separators, no '..')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class QxaiConfig:
+    """Every qxai setting of this session, validated, with defaults applied."""
+
+    model: str | None
+    quant: QuantSpec
+    quantized: str | None
+    revision: str | None
+    device: str
+    dtype: str
+    profile: str
+    samples: int | None
+    seed: int
+    batch_size: int | None
+    cache_dir: Path | None
+    trust_remote_code: bool
+    judge: str | None
+    offload: bool
+    data: dict[str, Path]
+    baseline_dir: Path
+    baseline_name: str
+    update_baselines: str | None
+    prune_baselines: bool
+    tolerances: tuple[str, ...]
+    report_json: Path | None
+    report_md: Path | None
+    report_html: Path | None
+    ci: bool
+    rootdir: Path
+
+    @classmethod
+    def from_pytest(cls, config: pytest.Config) -> "QxaiConfig":
+        """Resolve and validate all options; raise :class:`QxaiUsageError` with one line on bad input."""
+        get = {opt.dest: raw_value(config, opt) for opt in OPTIONS}
+        root = Path(str(config.rootpath))
+
+        def as_path(value: Any) -> Path | None:
+            if value in (None, ""):
+                return None
+            path = Path(str(value)).expanduser()
+            return path if path.is_absolute() else (Path.cwd() / path)
+
+        quant = parse_spec(str(get["qxai_quant"] or DEFAULT_QUANT))
+        device = str(get["qxai_device"]).strip().lower()
+        if not _DEVICE.match(device):
+            raise QxaiUsageError(f"--qxai-device {device!r} is not valid; use {DEVICES_HELP}")
+        dtype = str(get["qxai_dtype"])
+        if dtype not in DTYPES:
+            raise QxaiUsageError(f"qxai_dtype {dtype!r} is not valid; use one of {', '.join(DTYPES)}")
+        profile = str(get["qxai_profile"])
+        if profile not in PROFILES:
+            raise QxaiUsageError(f"qxai_profile {profile!r} is not valid; use one of {', '.join(PROFILES)}")
+        samples = _as_int(get["qxai_samples"], "--qxai-samples", minimum=2)
+        seed = _as_int(get["qxai_seed"], "--qxai-seed", minimum=0)
+        batch = _as_int(get["qxai_batch_size"], "--qxai-batch-size", minimum=1)
+        assert seed is not None
+        data: dict[str, Path] = {}
+        for item in get["qxai_data"] or []:
+            name, eq, path = str(item).partition("=")
+            if not eq or not name.strip() or not path.strip():
+                raise QxaiUsageError(f"--qxai-data {item!r}: write NAME=PATH, e.g. esnli=my_nli.jsonl")
+            resolved = as_path(path.strip())
+            assert resolved is not None
+            if not resolved.is_file():
+                raise QxaiUsageError(f"--qxai-data {name}: file not found: {resolved}")
+            data[name.strip()] = resolved
+        update = get["qxai_update_baselines"]
+        if update not in (None, "", *UPDATE_MODES):
+            raise QxaiUsageError(f"qxai_update_baselines {update!r}: use one of {', '.join(UPDATE_MODES)}")
+        no_cache = _as_bool(get["qxai_no_cache"])
+        baseline_name = check_baseline_name(str(get["qxai_baseline_name"] or quant.slug))
+        return cls(
+            model=get["qxai_model"] or None,
+            quant=quant,
+            quantized=get["qxai_quantized"] or None,
+            revision=get["qxai_revision"] or None,
+            device=device,
+            dtype=dtype,
+            profile=profile,
+            samples=samples,
+            seed=seed,
+            batch_size=batch,
+            cache_dir=None if no_cache else (as_path(get["qxai_cache_dir"]) or default_cache_dir()),
+            trust_remote_code=_as_bool(get["qxai_trust_remote_code"]),
+            judge=get["qxai_judge"] or None,
+            offload=_as_bool(get["qxai_offload"]),
+            data=data,
+            baseline_dir=as_path(get["qxai_baseline_dir"]) or root / "baselines",
+            baseline_name=baseline_name,
+            update_baselines=update or None,
+            prune_baselines=_as_bool(get["qxai_prune_baselines"]),
+            tolerances=tuple(str(t) for t in (get["qxai_tolerance"] or [])),
+            report_json=as_path(get["qxai_report_json"]),
+            report_md=as_path(get["qxai_report_md"]),
+            report_html=as_path(get["qxai_report_html"]),
+            ci=bool(os.environ.get("CI")),
+            rootdir=root,
+        )
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _as_int(value: Any, name: str, minimum: int) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise QxaiUsageError(f"{name} expects a whole number, got {value!r}") from None
+    if number < minimum:
+        raise QxaiUsageError(f"{name} must be at least {minimum}, got {number}")
+    return number

@@ -1,0 +1,182 @@
+"""pytest-qxai's pytest entry point: options, the model pair, the gate's session and reports.
+
+Hooks come in lifecycle order, fixtures at the bottom. Nothing here imports torch: the model stack is
+imported when a test first asks for ``qxai_pair`` (or when an option that needs it is validated).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .errors import QxaiError, QxaiUsageError
+from .options import QxaiConfig, add_options, explicitly_requested
+from .session import QxaiSession
+
+if TYPE_CHECKING:
+    from .models.pair import ModelPair
+
+SESSION_KEY = pytest.StashKey[QxaiSession]()
+VALIDATED_KEY = pytest.StashKey[bool]()
+PAIR_FIXTURES = ("qxai_pair",)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``qxai`` option group and its ini twins."""
+    add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Resolve the options; validate them now when the user asked for qxai explicitly."""
+    config.addinivalue_line("markers", "qxai_suite(name): a pytest-qxai check suite (groups work under xdist)")
+    try:
+        qxai_config = QxaiConfig.from_pytest(config)
+        session = QxaiSession(qxai_config)
+    except QxaiError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    config.stash[VALIDATED_KEY] = False
+    if explicitly_requested(config) and not _is_xdist_worker(config):
+        _validate(config)
+    _configure_xdist(config)
+
+
+def _validate(config: pytest.Config) -> None:
+    """Check model, spec, backend and device without loading anything; usage error on bad input."""
+    if config.stash.get(VALIDATED_KEY, False):
+        return
+    from .models.pair import validate
+
+    try:
+        validate(config.stash[SESSION_KEY].config)
+    except QxaiError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[VALIDATED_KEY] = True
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _configure_xdist(config: pytest.Config) -> None:
+    """Group each suite onto one xdist worker so a suite's model calls are never made twice."""
+    if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "numprocesses", None):
+        config.option.dist = "loadgroup"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate lazily when qxai suites were collected without explicit options; tag suites for xdist."""
+    uses_pair = False
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES):
+            uses_pair = True
+            module = getattr(item, "module", None)
+            group = getattr(module, "__name__", "qxai").rsplit(".", 1)[-1]
+            item.add_marker(pytest.mark.xdist_group(f"qxai-{group}"))
+    if uses_pair and not _is_xdist_worker(config):
+        _validate(config)
+
+
+# --- gate hooks (session, reports) ---
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Workers hand their checks to the controller; the controller writes baselines and reports."""
+    config = session.config
+    qxai = config.stash.get(SESSION_KEY, None)
+    if qxai is None:
+        return
+    if _is_xdist_worker(config):
+        config.workeroutput["qxai"] = qxai.to_workeroutput()  # type: ignore[attr-defined]
+        return
+    qxai.finish()
+    if qxai.exit_failed() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Print the check table (failures first) and the one-line verdict."""
+    qxai = config.stash.get(SESSION_KEY, None)
+    if qxai is None:
+        return
+    lines = qxai.terminal_lines()
+    if not lines:
+        return
+    terminalreporter.write_sep("=", "qxai explainability gate")
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+class XdistHooks:
+    """Registered only when pytest-xdist is active: merge worker checks into the controller's session."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Collect a finished worker's checks and metadata."""
+        data = getattr(node, "workeroutput", {}).get("qxai")
+        if data:
+            self.config.stash[SESSION_KEY].merge_workeroutput(data)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Register the xdist merger on the controller."""
+    config = session.config
+    if config.pluginmanager.hasplugin("xdist") and not _is_xdist_worker(config):
+        if not config.pluginmanager.has_plugin("qxai-xdist"):
+            config.pluginmanager.register(XdistHooks(config), "qxai-xdist")
+
+
+# --- end gate hooks ---
+
+
+@pytest.fixture(scope="session")
+def qxai_config(pytestconfig: pytest.Config) -> QxaiConfig:
+    """The resolved pytest-qxai settings of this session.
+
+    Example::
+
+        def test_profile(qxai_config):
+            assert qxai_config.profile in ("smoke", "standard", "full")
+    """
+    return pytestconfig.stash[SESSION_KEY].config
+
+
+@pytest.fixture(scope="session")
+def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
+    """The reference and quantized models (loaded once per process), tokenizer, spec and metadata.
+
+    Example::
+
+        def test_capital(qxai_pair):
+            ref, quant = (side.runtime.generate(["The capital of France is"], 4) for side in qxai_pair.sides)
+    """
+    from .models.pair import get_pair, pair_error
+
+    session = pytestconfig.stash[SESSION_KEY]
+    try:
+        pair = get_pair(session.config)
+    except (QxaiError, QxaiUsageError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+        pytest.fail(f"qxai: {pair_error(exc)}", pytrace=False)
+    session.metadata.update(pair.metadata)
+    return pair
+
+
+@pytest.fixture
+def qxai_check(request: pytest.FixtureRequest) -> Any:
+    """Gate your own metric against the reference and the stored baseline (fails the test on a regression).
+
+    Example::
+
+        from pytest_qxai.metrics import Metric, register_metric
+        ACC = register_metric(Metric("mysuite", "accuracy", "share correct", "binary", tolerance="abs:0.03"))
+
+        def test_accuracy(qxai_check):
+            qxai_check(ACC, reference=[1, 1, 0, 1], quantized=[1, 0, 0, 1], item_ids=["a", "b", "c", "d"])
+    """
+    return request.config.stash[SESSION_KEY].fixture(request.node)
