@@ -233,14 +233,20 @@ class Runtime:
         """Residual stream after every decoder layer at one token per prompt, ``[n, layers + 1, d]``.
 
         ``positions[i]`` indexes prompt i's own tokens (negative counts from the end); default -1.
-        Index 0 along the layer axis is the embedding output, index l the output of decoder layer l.
+        Index 0 is the embedding output and index l the output of decoder layer l, all *before* the
+        final norm (transformers hands back the last one normed; it is restored here so a logit lens
+        applies FinalNorm uniformly at every layer).
         """
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
         where = list(positions) if positions is not None else [-1] * len(seqs)
+        norm = final_norm(self.model)
+        captured: list[torch.Tensor] = []
+        hook = norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
 
         def run(batch: list[int]) -> list[np.ndarray]:
+            captured.clear()
             ids, mask = self._pad([seqs[i] for i in batch])
             out = self.model(
                 input_ids=ids,
@@ -249,7 +255,9 @@ class Runtime:
                 output_hidden_states=True,
                 logits_to_keep=1,
             )
-            stacked = torch.stack(out.hidden_states, dim=1).float()  # [b, layers+1, t, d]
+            layers = list(out.hidden_states)
+            layers[-1] = captured[-1]
+            stacked = torch.stack(layers, dim=1).float()  # [b, layers+1, t, d]
             width = ids.shape[1]
             rows = []
             for row, i in enumerate(batch):
@@ -258,7 +266,24 @@ class Runtime:
             self.stats.tokens_scored += int(mask.sum())
             return rows
 
-        return np.stack(self._run_batched("hidden", [len(s) for s in seqs], run))
+        try:
+            return np.stack(self._run_batched("hidden", [len(s) for s in seqs], run))
+        finally:
+            hook.remove()
+
+
+def final_norm(model: "PreTrainedModel") -> "torch.nn.Module":
+    """The norm applied after the last decoder layer (``norm`` in Llama-style models, ``ln_f`` in GPT-2)."""
+    from .errors import ArchitectureError
+
+    base = model.base_model
+    for name in ("norm", "ln_f", "final_layernorm"):
+        module = getattr(base, name, None)
+        if module is not None:
+            return module  # type: ignore[no-any-return]
+    raise ArchitectureError(
+        f"cannot find the final norm of model_type={getattr(model.config, 'model_type', '?')}"
+    )
 
 
 def probe_backward(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> tuple[bool, str]:

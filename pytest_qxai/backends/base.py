@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import BackendMissingError, QxaiError
-from ..specs import QuantSpec
+from ..specs import SCHEMES, QuantSpec, Scheme
 
 if TYPE_CHECKING:
     import torch
@@ -45,19 +45,8 @@ class QuantBackend(ABC):
     """One quantization library behind the plugin's interface."""
 
     name: ClassVar[str]
-    extra: ClassVar[str]
-    modules: ClassVar[tuple[str, ...]]
-    """Import names that must be importable; the first one is the library whose version is recorded."""
     distributions: ClassVar[tuple[str, ...]] = ()
     """pip distribution names whose versions enter the cache key and the baseline metadata."""
-
-    def check_available(self) -> None:
-        """Raise a one-line error naming the extra to install when the library is missing."""
-        for module in self.modules:
-            if importlib.util.find_spec(module.split(".")[0]) is None or _find(module) is None:
-                raise BackendMissingError(
-                    f"--quant needs the '{module.split('.')[0]}' library: pip install 'pytest-qxai[{self.extra}]'"
-                )
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this adapter relies on (for cache keys and baselines)."""
@@ -86,11 +75,25 @@ class QuantBackend(ABC):
         raise QxaiError(f"the {self.name} backend cannot load existing checkpoints")
 
 
-def _find(module: str) -> Any:
+def require_library(scheme: Scheme) -> None:
+    """Raise a one-line error naming the pip extra when the scheme's library is not installed.
+
+    Uses ``find_spec`` only, so validating ``--quant`` imports neither the library nor torch.
+    """
+    if not scheme.module:
+        return
+    top = scheme.module.split(".")[0]
     try:
-        return importlib.util.find_spec(module)
+        found = importlib.util.find_spec(top) is not None and importlib.util.find_spec(scheme.module) is not None
     except ModuleNotFoundError:
-        return None
+        found = False
+    if not found:
+        raise BackendMissingError(f"--quant {scheme.name} needs the '{top}' library: pip install 'pytest-qxai[{scheme.extra}]'")
+
+
+def scheme_for_backend(backend: str) -> Scheme:
+    """The first scheme implemented by ``backend`` (for checkpoints whose scheme is read from their config)."""
+    return next(s for s in SCHEMES.values() if s.backend == backend)
 
 
 _ADAPTERS: dict[str, str] = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ..backends.base import QuantBackend, QuantContext, get_backend
+from ..backends.base import QuantBackend, QuantContext, get_backend, require_library, scheme_for_backend
 from ..errors import QxaiError, QxaiUsageError
 from ..options import QxaiConfig
 from ..storage import DiskCache, stable_hash
@@ -93,7 +93,7 @@ def validate(cfg: QxaiConfig) -> ModelSource:
     source = resolve_source(cfg.model, cfg.revision)
     scheme = cfg.quant.scheme
     if cfg.quantized is None:
-        get_backend(scheme.backend).check_available()
+        require_library(scheme)
         if not scheme.cpu:
             if cfg.device == "cpu":
                 raise QxaiUsageError(f"--quant {scheme.name} needs a CUDA GPU, but --qxai-device is cpu")
@@ -105,7 +105,7 @@ def validate(cfg: QxaiConfig) -> ModelSource:
         from ..backends.checkpoint import detect_checkpoint
 
         backend_name, _ = detect_checkpoint(cfg.quantized)
-        get_backend(backend_name).check_available()
+        require_library(scheme_for_backend(backend_name))
     if cfg.judge is not None:
         resolve_source(cfg.judge)
     return source

@@ -1,0 +1,134 @@
+"""The runtime's batched calls return exactly what unbatched, full-logit computations return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_qxai.models.loading import load_reference, load_tokenizer  # noqa: E402
+from pytest_qxai.runtime import Runtime, final_norm, probe_backward  # noqa: E402
+from tiny import build_tiny_model  # noqa: E402
+
+PROMPTS = ["The capital of France is", "A cat sat", "Two plus two equals four, and three times three"]
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    tokenizer = load_tokenizer(folder, revision=None, trust_remote_code=False)
+    model = load_reference(folder, device="cpu", dtype=torch.float32, revision=None, trust_remote_code=False)
+    return Runtime(model, tokenizer, batch_size=2)
+
+
+def _full_logprobs(rt: Runtime, ids: list[int]) -> Any:
+    with torch.no_grad():
+        logits = rt.model(input_ids=torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits.float(), -1)
+
+
+def test_scores_equal_unbatched_full_vocabulary_computation(runtime: Runtime) -> None:
+    continuations = [" Paris", " on the mat", " equals nine"]
+    scores = runtime.score(PROMPTS, continuations)
+    for prompt, cont, got in zip(PROMPTS, continuations, scores):
+        p_ids = runtime.encode([prompt])[0]
+        c_ids = runtime.encode([cont], add_special_tokens=False)[0]
+        full = _full_logprobs(runtime, p_ids + c_ids)
+        expected = sum(float(full[len(p_ids) + j - 1, tok]) for j, tok in enumerate(c_ids))
+        assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_padding_and_batch_composition_do_not_change_scores(runtime: Runtime) -> None:
+    alone = runtime.score([PROMPTS[1]], [" on the mat"])
+    padded = runtime.score(PROMPTS, [" x", " on the mat", " y"])
+    assert padded[1] == pytest.approx(alone[0], abs=1e-4)
+
+
+def test_option_logprobs_keep_each_prompts_options_in_order(runtime: Runtime) -> None:
+    out = runtime.option_logprobs(PROMPTS[:2], [[" Paris", " Rome", " Berlin"], [" on", " under"]])
+    assert [len(o) for o in out] == [3, 2]
+    assert out[0][1] == pytest.approx(runtime.score([PROMPTS[0]], [" Rome"])[0], abs=1e-4)
+
+
+def test_greedy_generation_equals_a_manual_argmax_loop(runtime: Runtime) -> None:
+    generated = runtime.generate(PROMPTS, max_new_tokens=6, stop=None)
+    for prompt, text in zip(PROMPTS, generated):
+        ids = runtime.encode([prompt])[0]
+        new: list[int] = []
+        for _ in range(6):
+            token = int(_full_logprobs(runtime, ids + new)[-1].argmax())
+            new.append(token)
+            if token == runtime.tokenizer.eos_token_id:
+                break
+        assert text == runtime.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_next_token_logprobs_are_normalised_and_match_full_forward(runtime: Runtime) -> None:
+    lp = runtime.next_token_logprobs(PROMPTS)
+    assert lp.shape[0] == 3 and np.allclose(np.exp(lp).sum(-1), 1.0, atol=1e-4)
+    full = _full_logprobs(runtime, runtime.encode([PROMPTS[2]])[0])[-1].numpy()
+    assert np.allclose(lp[2], full, atol=1e-4)
+
+
+def test_hidden_states_are_pre_norm_and_the_lens_at_the_last_layer_is_the_output(runtime: Runtime) -> None:
+    hs = runtime.hidden_states(PROMPTS)
+    layers = runtime.model.config.num_hidden_layers
+    assert hs.shape == (3, layers + 1, runtime.model.config.hidden_size)
+    lens = torch.log_softmax(runtime.model.lm_head(final_norm(runtime.model)(torch.tensor(hs[:, -1]))), -1)
+    assert np.allclose(lens.detach().numpy(), runtime.next_token_logprobs(PROMPTS), atol=1e-4)
+
+
+def test_hidden_states_at_chosen_positions(runtime: Runtime) -> None:
+    ids = runtime.encode([PROMPTS[0]])[0]
+    first = runtime.hidden_states([PROMPTS[0]], positions=[0])[0, 0]
+    embedding = runtime.model.get_input_embeddings()(torch.tensor([ids[0]]))[0].detach().numpy()
+    assert np.allclose(first, embedding, atol=1e-5)
+    assert np.allclose(runtime.hidden_states([PROMPTS[0]], positions=[len(ids) - 1]),
+                       runtime.hidden_states([PROMPTS[0]]), atol=1e-5)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_order(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_forward = runtime.model.forward
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        size = kwargs["input_ids"].shape[0]
+        calls.append(size)
+        if size > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(*args, **kwargs)
+
+    expected = runtime.score(PROMPTS, [" a", " b", " c"])
+    monkeypatch.setattr(runtime.model, "forward", flaky)
+    before = runtime.stats.oom_backoffs
+    got = runtime.score(PROMPTS, [" a", " b", " c"])
+    assert np.allclose(got, expected, atol=1e-5)
+    assert runtime.stats.oom_backoffs > before and 1 in calls
+
+
+def test_backward_probe_reports_gradients_on_a_float_model(runtime: Runtime) -> None:
+    ok, reason = probe_backward(runtime.model, runtime.tokenizer)
+    assert ok and reason == "ok"
+
+
+def test_backward_probe_reports_a_kernel_without_backward(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_grad_forward(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+
+    monkeypatch.setattr(runtime.model, "forward", no_grad_forward)
+    ok, reason = probe_backward(runtime.model, runtime.tokenizer)
+    assert not ok and reason.startswith("backward failed: RuntimeError")
+
+
+def test_folder_hash_changes_with_weights(tmp_path: Path) -> None:
+    from pytest_qxai.models.loading import folder_content_hash
+
+    folder = build_tiny_model(tmp_path)
+    first = folder_content_hash(folder, tmp_path / "cache")
+    assert folder_content_hash(folder, tmp_path / "cache") == first
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    assert folder_content_hash(folder, tmp_path / "cache") != first
