@@ -41,6 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if explicitly_requested(config) and not _is_xdist_worker(config):
         _validate(config)
     _configure_xdist(config)
+    _configure_progress(config)
 
 
 def _validate(config: pytest.Config) -> None:
@@ -64,6 +65,15 @@ def _configure_xdist(config: pytest.Config) -> None:
     """Group each suite onto one xdist worker so a suite's model calls are never made twice."""
     if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadgroup"
+
+
+def _configure_progress(config: pytest.Config) -> None:
+    """Progress bars on an interactive terminal only: not under -q, not on xdist workers, not in CI."""
+    from . import progress
+
+    capman = config.pluginmanager.getplugin("capturemanager")
+    suspend = capman.global_and_fixture_disabled if capman is not None else None
+    progress.configure(config.get_verbosity() >= 0 and not _is_xdist_worker(config), suspend)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
