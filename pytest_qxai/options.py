@@ -125,9 +125,18 @@ def raw_value(config: pytest.Config, opt: OptionDef) -> Any:
     return opt.default if value is None else value
 
 
+MODEL_OPTIONS = ("qxai_model", "qxai_quant", "qxai_quantized", "qxai_revision", "qxai_device", "qxai_judge")
+
+
 def explicitly_requested(config: pytest.Config) -> bool:
-    """Whether the user set any qxai option (command line or ini): then heavy imports are allowed."""
-    return any(raw_value(config, opt) not in (None, [], False, opt.default) for opt in OPTIONS)
+    """Whether the user chose a model, spec or device: then they are validated at start-up.
+
+    Gate-only options (tolerances, baselines, reports) do not count: a test file that gates its own
+    numbers with ``qxai_check`` never needs a model.
+    """
+    return any(
+        raw_value(config, opt) not in (None, [], False, opt.default) for opt in OPTIONS if opt.dest in MODEL_OPTIONS
+    )
 
 
 def default_cache_dir() -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -64,6 +64,24 @@ class Runtime:
         self.stats = CallStats()
         self.progress: Callable[[int], None] | None = None
         """Called with the number of items finished after each batch (the suite's progress bar)."""
+        self.recorder: list[tuple[str, dict[str, Any]]] | None = None
+        """When a list, every model call's inputs are appended to it (the benchmark replays them bare)."""
+
+    def _record(self, kind: str, kwargs: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.append(
+                (kind, {k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in kwargs.items() if k != "tokenizer"})
+            )
+
+    def _forward(self, **kwargs: Any) -> Any:
+        """One forward pass of the model (recorded for the benchmark when asked)."""
+        self._record("forward", kwargs)
+        return self.model(**kwargs)
+
+    def _generate(self, **kwargs: Any) -> Any:
+        """One ``generate`` call of the model (recorded for the benchmark when asked)."""
+        self._record("generate", kwargs)
+        return self.model.generate(**kwargs)
 
     # ---- batching -------------------------------------------------------------------------------
 
@@ -155,7 +173,7 @@ class Runtime:
         def run(batch: list[int]) -> list[np.ndarray]:
             ids, mask = self._pad([seqs[i] for i in batch])
             keep = max(tail_lens[i] for i in batch) + 1
-            logits = self.model(
+            logits = self._forward(
                 input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=keep
             ).logits.float()
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predictions for the last keep-1 tokens
@@ -185,7 +203,7 @@ class Runtime:
 
         def run(batch: list[int]) -> list[np.ndarray]:
             ids, mask = self._pad([seqs[i] for i in batch])
-            logits = self.model(
+            logits = self._forward(
                 input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=1
             ).logits[:, -1].float()
             self.stats.tokens_scored += int(mask.sum())
@@ -210,7 +228,7 @@ class Runtime:
         def run(batch: list[int]) -> list[str]:
             ids, mask = self._pad([seqs[i] for i in batch])
             kwargs = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
-            out = self.model.generate(
+            out = self._generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
@@ -248,7 +266,7 @@ class Runtime:
         def run(batch: list[int]) -> list[np.ndarray]:
             captured.clear()
             ids, mask = self._pad([seqs[i] for i in batch])
-            out = self.model(
+            out = self._forward(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=self._position_ids(mask),
@@ -270,6 +288,109 @@ class Runtime:
             return np.stack(self._run_batched("hidden", [len(s) for s in seqs], run))
         finally:
             hook.remove()
+
+    def activations(
+        self,
+        prompts: Sequence[str],
+        taps: Mapping[str, tuple["torch.nn.Module", str]],
+        positions: Sequence[int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Inputs or outputs of chosen modules at one token per prompt, ``{name: [n, width]}``.
+
+        ``taps[name] = (module, "input" | "output")``: "input" is the module's first argument (e.g. the MLP
+        down projection's input, the neuron coefficients), "output" its output (a tuple's first element,
+        e.g. an attention block's). ``positions`` as in :meth:`hidden_states`.
+        """
+        import torch
+
+        seqs = [s[-self.max_length :] for s in self.encode(prompts)]
+        where = list(positions) if positions is not None else [-1] * len(seqs)
+        found: dict[str, torch.Tensor] = {}
+        index: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def keep(name: str, value: Any) -> None:
+            main = value[0] if isinstance(value, tuple) else value
+            rows, cols = index[-1]
+            found[name] = main[rows, cols].float().cpu()
+
+        def input_hook(name: str) -> Callable[..., None]:
+            return lambda _module, args, kwargs: keep(name, args[0] if args else kwargs["hidden_states"])
+
+        def output_hook(name: str) -> Callable[..., None]:
+            return lambda _module, _args, output: keep(name, output)
+
+        handles = [
+            module.register_forward_pre_hook(input_hook(name), with_kwargs=True) if kind == "input"
+            else module.register_forward_hook(output_hook(name))
+            for name, (module, kind) in taps.items()
+        ]
+
+        def run(batch: list[int]) -> list[dict[str, np.ndarray]]:
+            ids, mask = self._pad([seqs[i] for i in batch])
+            ends = [where[i] if where[i] < 0 else where[i] - len(seqs[i]) for i in batch]  # end-relative
+            index.append((torch.arange(len(batch)), torch.tensor(ends) + ids.shape[1]))
+            found.clear()
+            self._forward(input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=1)
+            self.stats.tokens_scored += int(mask.sum())
+            return [{name: found[name][row].numpy() for name in taps} for row in range(len(batch))]
+
+        try:
+            rows = self._run_batched("hidden", [len(s) for s in seqs], run)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: np.stack([row[name] for row in rows]) for name in taps}
+
+    def output_gradients(
+        self,
+        prompts: Sequence[str],
+        modules: Sequence["torch.nn.Module"],
+        positions: Sequence[int],
+        objective: Callable[["torch.Tensor", list[int]], "torch.Tensor"],
+    ) -> np.ndarray:
+        """Gradient of a next-token objective w.r.t. each module's output at one token per prompt, ``[n, m, width]``.
+
+        ``objective(log_probs [b, vocab], item_indices) -> [b]`` scores each prompt's next-token
+        distribution; entry ``[i, j]`` is d objective_i / d output_j[positions[i]], the first-order effect of
+        adding a vector to that module's output there (activation patching). Needs a backward pass through
+        the model (:func:`probe_backward`).
+        """
+        import torch
+
+        seqs = [s[-self.max_length :] for s in self.encode(prompts)]
+        where = list(positions)
+
+        def run(batch: list[int]) -> list[np.ndarray]:
+            with torch.inference_mode(False), torch.enable_grad():
+                ids, mask = self._pad([seqs[i] for i in batch])
+                ends = [where[i] if where[i] < 0 else where[i] - len(seqs[i]) for i in batch]
+                rows, cols = torch.arange(len(batch)), torch.tensor(ends) + ids.shape[1]
+                deltas: dict[int, torch.Tensor] = {}
+
+                def patch(module: torch.nn.Module, _args: Any, output: Any) -> Any:
+                    main = output[0] if isinstance(output, tuple) else output
+                    delta = torch.zeros(main.shape[0], main.shape[-1], dtype=main.dtype, device=main.device,
+                                        requires_grad=True)
+                    deltas[id(module)] = delta
+                    main = main.index_put((rows.to(main.device), cols.to(main.device)), delta, accumulate=True)
+                    return (main, *output[1:]) if isinstance(output, tuple) else main
+
+                handles = [module.register_forward_hook(patch) for module in modules]
+                try:
+                    logits = self._forward(
+                        input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask),
+                        logits_to_keep=1, use_cache=False,
+                    ).logits[:, -1].float()
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                value = objective(torch.log_softmax(logits, dim=-1), batch).sum()
+                grads = torch.autograd.grad(value, [deltas[id(module)] for module in modules])
+            self.stats.tokens_scored += int(mask.sum())
+            stacked = torch.stack(grads, dim=1).float().cpu().numpy()
+            return list(stacked)
+
+        return np.stack(self._run_batched("gradient", [len(s) for s in seqs], run))
 
 
 def final_norm(model: "PreTrainedModel") -> "torch.nn.Module":

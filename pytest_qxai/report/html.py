@@ -1,0 +1,148 @@
+"""The HTML report: one self-contained page (inline CSS, plots as base64 PNG) to attach to a release.
+
+Per suite, a dot-and-interval plot shows each metric's reference and quantized values with the
+confidence interval, next to the paired difference and the band edges; checks that carry per-layer
+profiles get line plots. matplotlib (the ``ml`` extra) is imported only here, without pyplot, so the
+user's backend is untouched; without it the page has the tables only.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from ..gate.check import CheckResult
+from ..gate.tolerance import parse_tolerance
+from .json_report import results_of
+from .text import KIND_LABELS, delta_cell, number, ordered, verdict_label
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+_COLORS = {"fail": "#c62828", "warn": "#ef6c00", "improved": "#2e7d32", "pass": "#37474f", "skipped": "#9e9e9e"}
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#212121}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{font-weight:bold}
+pre{background:#f5f5f5;padding:1em;overflow:auto;font-size:12px}
+img{max-width:100%}
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page for a report built by :func:`~pytest_qxai.report.json_report.build_report`."""
+    results = ordered(results_of(report))
+    summary = report["summary"]
+    counts = ", ".join(f"{n} {v}" for v, n in summary["counts"].items())
+    verdict = summary["verdict"]
+    parts = [
+        f"<h1 style='color:{_COLORS.get(verdict, '#212121')}'>pytest-qxai: {verdict.upper()}</h1>",
+        f"<p>Model <code>{_e(report['model'])}</code>, quantization <code>{_e(report['quant'])}</code>, "
+        f"baseline <code>{_e(report['baseline_name'])}</code>: {_e(counts)}.</p>",
+        _table(results),
+    ]
+    try:
+        from matplotlib.figure import Figure  # noqa: F401 - probe only
+    except ImportError:
+        parts.append("<p>Plots need matplotlib: <code>pip install pytest-qxai[ml]</code>.</p>")
+    else:
+        parts += _suite_plots(results) + _profile_plots(results)
+    if report.get("notes"):
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notes"]) + "</ul>")
+    parts.append("<h2>Run metadata</h2><pre>" + _e(json.dumps(report.get("metadata", {}), indent=2,
+                                                               sort_keys=True)) + "</pre>")
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>pytest-qxai: {verdict}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def _table(results: list[CheckResult]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("verdict", "check", "kind", "reference", "quantized", "Δ [CI]",
+                                              "baseline", "p", "n", "band", "reason"))
+    rows = []
+    for r in results:
+        cells = [
+            f"<td class='verdict' style='color:{_COLORS[r.verdict]}'>{verdict_label(r.verdict)}</td>",
+            f"<td>{_e(r.key)}</td>", f"<td>{KIND_LABELS[r.kind]}</td>",
+            *(f"<td class='num'>{v}</td>" for v in (number(r.reference), number(r.quantized), _e(delta_cell(r)),
+                                                     number(r.baseline),
+                                                     "-" if r.p_value is None else f"{r.p_value:.3g}", r.n)),
+            f"<td><code>{_e(r.tolerance)}</code></td>", f"<td>{_e(r.reason)}</td>",
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _suite_plots(results: list[CheckResult]) -> list[str]:
+    """Per suite: reference and quantized values with the CI (left), the difference and band (right)."""
+    from matplotlib.figure import Figure
+
+    by_suite: dict[str, list[CheckResult]] = defaultdict(list)
+    for r in results:
+        if r.kind == "vs_reference" and r.verdict != "skipped" and r.delta is not None:
+            by_suite[r.suite].append(r)
+    parts = []
+    for suite in sorted(by_suite):
+        checks = sorted(by_suite[suite], key=lambda r: r.metric)
+        fig = Figure(figsize=(9, 0.55 * len(checks) + 0.9), layout="constrained")
+        axes = fig.subplots(len(checks), 2, squeeze=False)
+        for row, r in enumerate(checks):
+            assert r.reference is not None and r.quantized is not None and r.delta is not None
+            low, high = r.ci if r.ci is not None else (r.delta, r.delta)
+            color = _COLORS[r.verdict]
+            left, right = axes[row]
+            left.plot([r.reference], [0], "o", color="#1565c0", label="reference")
+            left.errorbar([r.quantized], [0], xerr=[[r.delta - low], [high - r.delta]], fmt="s", color=color,
+                          capsize=3, label="quantized (CI)")
+            right.errorbar([r.delta], [0], xerr=[[r.delta - low], [high - r.delta]], fmt="D", color=color, capsize=3)
+            right.axvline(0, color="#9e9e9e", linewidth=0.8)
+            band = parse_tolerance(r.tolerance)
+            edge = band.threshold(r.reference)
+            for x in ((-edge, edge) if band.two_sided else (-edge,) if r.direction == "higher" else (edge,)):
+                right.axvline(x, color="#c62828", linestyle="--", linewidth=0.8)
+            left.set_ylabel(r.metric, rotation=0, ha="right", va="center")
+            for ax in (left, right):
+                ax.set_yticks([])
+        axes[0][0].set_title("reference vs quantized", fontsize=9)
+        axes[0][1].set_title("quantized − reference (CI; dashed: band)", fontsize=9)
+        axes[0][0].legend(fontsize=7, loc="best")
+        parts.append(f"<h2>{_e(suite)}</h2>{_png(fig)}")
+    return parts
+
+
+def _profile_plots(results: list[CheckResult]) -> list[str]:
+    """Per-layer line plots for checks that carry ``profiles`` ({title: {series: values}})."""
+    from matplotlib.figure import Figure
+
+    parts = []
+    for r in results:
+        if r.kind != "vs_reference" or not r.profiles:
+            continue
+        for title, series in sorted(r.profiles.items()):
+            fig = Figure(figsize=(7, 3), layout="constrained")
+            ax = fig.subplots()
+            for label, values in sorted(series.items()):
+                ax.plot(range(len(values)), [float("nan") if v is None else v for v in values], marker=".",
+                        label=label)
+            ax.set_xlabel("layer")
+            ax.set_title(f"{r.key}: {title}", fontsize=9)
+            ax.legend(fontsize=7)
+            parts.append(f"<h3>{_e(r.key)}: {_e(title)}</h3>{_png(fig)}")
+    if parts:
+        parts.insert(0, "<h2>Per-layer profiles</h2>")
+    return parts
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))

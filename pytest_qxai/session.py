@@ -1,0 +1,351 @@
+"""The gate's state for one pytest session: checks run so far, baselines, reports, the summary.
+
+Baseline policy (decided per check, written once at the end by the controller):
+
+* a stored baseline for the check: compare with it (stale fingerprint → fail). With
+  ``--qxai-update-baselines=all`` a failing comparison is reported as ``warn`` and the record refreshed.
+* no stored baseline: with ``--qxai-update-baselines`` (``all`` or ``missing``), record it; in CI (``$CI``
+  set) without that flag, fail and write nothing; locally without it, record it and fail once
+  ("fail and create", as pytest-regressions does), so a new baseline is always looked at before it
+  is committed.
+* nothing stored is removed unless ``--qxai-prune-baselines`` accompanies ``--qxai-update-baselines``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, NoReturn, Sequence
+
+import numpy as np
+import pytest
+
+from .baselines import Baseline, BaselineStore
+from .errors import BaselineError, QxaiError, QxaiUsageError
+from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable
+from .gate.stats import DEFAULT_RESAMPLES
+from .gate.tolerance import Tolerance, ToleranceOverrides
+from .metrics import Metric, SuiteResult, as_array, get_metric
+from .options import QxaiConfig
+from .report import build_report, write_reports
+from .report.text import KIND_LABELS, delta_cell, number, overall_line, table_lines
+
+Profiles = Mapping[str, Mapping[str, Sequence[float | None]]]
+Values = Sequence[float] | np.ndarray
+
+
+@dataclass
+class QxaiSession:
+    """Checks of this pytest process (plus its xdist workers' on the controller) and what to do at the end.
+
+    ``metadata`` describes the run (model id and hash, library versions, device ...); the model-pair
+    code fills it with ``session.metadata.update(...)``. ``metadata["model_id"]``, when set, names the
+    model for the baseline folder; otherwise ``--qxai-model`` (or ``default``) does.
+    """
+
+    config: QxaiConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
+    results: list[CheckResult] = field(default_factory=list)
+    n_resamples: int = DEFAULT_RESAMPLES
+    messages: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    overrides: ToleranceOverrides = field(init=False)
+    _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Parse the tolerance overrides now, so bad ones stop the run before any model loads."""
+        self.overrides = ToleranceOverrides.parse(self.config.tolerances)
+
+    @property
+    def model_id(self) -> str:
+        """The model's name in baselines and reports."""
+        return str(self.metadata.get("model_id") or self.config.model or "default")
+
+    @property
+    def store(self) -> BaselineStore:
+        """This run's baseline file."""
+        return BaselineStore(self.config.baseline_dir, self.model_id, self.config.baseline_name)
+
+    def run_metadata(self, *, stable: bool = False) -> dict[str, Any]:
+        """The run's settings from the options, then ``metadata`` on top.
+
+        ``stable=True`` leaves out timings (keys ending in ``_seconds``): what a baseline records, so
+        refreshing an unchanged run rewrites nothing and a reference drift is not blamed on a clock.
+        """
+        quant = self.config.quant
+        base = {"quant": str(quant), "quant_params": quant.resolved, "seed": self.config.seed,
+                "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
+                "dtype": self.config.dtype}
+        merged = base | self.metadata
+        if stable:
+            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds")}
+        return jsonable(merged)  # type: ignore[no-any-return]
+
+    def check(
+        self, metric: Metric | str, reference: Values, quantized: Values, *,
+        item_ids: Sequence[str] | None = None, fingerprint: Mapping[str, str] | None = None,
+        profiles: Profiles | None = None, notes: Mapping[str, Any] | None = None, nodeid: str = "",
+    ) -> list[CheckResult]:
+        """Gate one metric: vs the reference, and vs the stored baseline when there is (or should be) one."""
+        metric = resolve_metric(metric)
+        ref, quant = as_array(reference), as_array(quantized)
+        ids = [str(i) for i in (item_ids if item_ids is not None else range(ref.size))]
+        if not (ref.size == quant.size == len(ids)):
+            raise QxaiUsageError(f"{metric.key}: {ref.size} reference values, {quant.size} quantized values "
+                                 f"and {len(ids)} item ids; they must match")
+        if len(set(ids)) != len(ids):
+            raise QxaiUsageError(f"{metric.key}: item ids are not unique")
+        values = np.concatenate([ref, quant])
+        if metric.kind == "binary" and not np.all(np.isin(values, (0.0, 1.0)) | np.isnan(values)):
+            raise QxaiUsageError(f"{metric.key} is binary: per-item values must be 0, 1 or NaN")
+        tolerance = self.overrides.resolve(metric)
+        current = check_vs_reference(metric, tolerance, ref, quant, ids, seed=self.config.seed,
+                                     n_resamples=self.n_resamples)
+        current.fingerprint = {str(k): str(v) for k, v in (fingerprint or {}).items()}
+        current.profiles = jsonable(dict(profiles or {}))
+        current.notes = jsonable(dict(notes or {}))
+        results = [current, *self._vs_baseline(current, tolerance)]
+        for r in results:
+            r.nodeid = nodeid
+        self.results.extend(results)
+        return results
+
+    def check_suite(self, result: SuiteResult, metric: Metric, nodeid: str = "") -> list[CheckResult]:
+        """Gate one metric of a suite's per-item results (or record why the suite skipped it).
+
+        Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check.
+        """
+        if metric.name in result.skipped:
+            return [self.skip(metric, result.skipped[metric.name], nodeid)]
+        reference, quantized = result.values(metric.name)
+        profiles = {k: v for k, v in result.profiles.items() if k == metric.name or k.startswith(metric.name + "/")}
+        return self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
+                          profiles=profiles, notes=result.notes, nodeid=nodeid)
+
+    def skip(self, metric: Metric | str, reason: str, nodeid: str = "") -> CheckResult:
+        """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
+        metric = resolve_metric(metric)
+        result = CheckResult(metric.suite, metric.name, "vs_reference", "skipped", reason,
+                             tolerance=str(self.overrides.resolve(metric)), direction=metric.direction,
+                             scale=metric.kind, unit=metric.unit, nodeid=nodeid)
+        self.results.append(result)
+        return result
+
+    def _vs_baseline(self, current: CheckResult, tolerance: Tolerance) -> list[CheckResult]:
+        """The baseline comparisons for a vs_reference result, under the policy in the module docstring."""
+        if current.verdict == "skipped":
+            return []
+        baseline = self._load_baseline()
+        shown = display_path(self.store.path)
+        template = CheckResult(current.suite, current.metric, "vs_baseline", "fail", "", tolerance=current.tolerance,
+                               direction=current.direction, scale=current.scale, unit=current.unit)
+        if isinstance(baseline, BaselineError):
+            template.reason = str(baseline)
+            return [template]
+        if baseline is None or current.key not in baseline.checks:
+            mode = self.config.update_baselines
+            if mode is not None:
+                template.verdict = "skipped"
+                template.reason = f"no baseline for {current.key} yet: recording it in {shown}"
+            elif self.config.ci:
+                template.reason = (f"no baseline for {current.key} in {shown}; record one with "
+                                   "--qxai-update-baselines outside CI")
+            else:
+                template.reason = (f"no baseline for {current.key} in {shown}: recorded one now; review it, "
+                                   "commit it and run again")
+            return [template]
+        stored_meta = baseline.metadata_for(current.key)
+        results = check_vs_baseline(current, baseline.checks[current.key], tolerance, baseline_file=shown,
+                                    current_metadata=self.run_metadata(stable=True), stored_metadata=stored_meta,
+                                    seed=self.config.seed, n_resamples=self.n_resamples)
+        other_quant = stored_meta.get("quant")
+        for r in results:
+            if other_quant and other_quant != str(self.config.quant):
+                r.notes["baseline_quant"] = other_quant
+                r.reason += f" (baseline recorded with {other_quant}, this run {self.config.quant})"
+            if r.verdict == "fail" and self.config.update_baselines == "all":
+                r.verdict = "warn"
+                r.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
+        return results
+
+    def _load_baseline(self) -> Baseline | BaselineError | None:
+        """The stored baseline, read once per process and file; a load error becomes every check's reason."""
+        store = self.store
+        if store.path not in self._baselines:
+            try:
+                self._baselines[store.path] = store.load()
+            except BaselineError as exc:
+                self._baselines[store.path] = exc
+        return self._baselines[store.path]
+
+    def to_workeroutput(self) -> dict[str, Any]:
+        """This worker's results and metadata for the xdist controller (JSON types only)."""
+        return {"results": [r.to_dict() for r in self.results], "metadata": jsonable(self.metadata),
+                "errors": list(self.errors)}
+
+    def merge_workeroutput(self, data: Mapping[str, Any]) -> None:
+        """Add a worker's :meth:`to_workeroutput` on the controller; metadata the controller lacks is taken."""
+        self.results.extend(CheckResult.from_dict(r) for r in data.get("results", []))
+        for key, value in data.get("metadata", {}).items():
+            self.metadata.setdefault(key, value)
+        self.errors.extend(e for e in data.get("errors", []) if e not in self.errors)
+
+    def finish(self) -> None:
+        """Write baselines (as the policy says) and the requested reports; call on the controller only."""
+        self._write_baselines()
+        report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
+                              baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
+                              notes=self.notes())
+        try:
+            written = write_reports(report, json_path=self.config.report_json, md_path=self.config.report_md,
+                                    html_path=self.config.report_html)
+        except OSError as exc:
+            self.errors.append(f"qxai report not written: {exc}")
+        else:
+            self.messages += [f"qxai report: {display_path(p)}" for p in written]
+
+    def _write_baselines(self) -> None:
+        """Record baselines as the policy in the module docstring says; problems become summary errors."""
+        mode = self.config.update_baselines
+        if mode is None and self.config.ci:
+            return  # never write implicitly in CI
+        ran = [r for r in self.results if r.kind == "vs_reference"]
+        recordable = [r for r in ran if r.verdict != "skipped"]
+        prune = bool(mode) and self.config.prune_baselines
+        if not recordable and not prune:
+            return
+        twice = sorted(k for k, n in Counter(r.key for r in recordable).items() if n > 1)
+        if twice:
+            self.messages.append(f"qxai: checked more than once, the baseline keeps one of them: {', '.join(twice)}")
+        try:
+            # Without the flag (locally), record what is missing: "fail and create".
+            summary = self.store.update(recordable, self.run_metadata(stable=True),
+                                        mode="all" if mode == "all" else "missing",
+                                        keep={r.key for r in ran} if prune else None)
+        except (BaselineError, OSError) as exc:
+            self.errors.append(f"qxai baseline not written: {exc}")
+            return
+        if summary.written:
+            changes = ", ".join(f"{len(keys)} {what}" for what, keys in
+                                (("added", summary.added), ("refreshed", summary.refreshed),
+                                 ("pruned", summary.pruned)) if keys)
+            self.messages.append(f"qxai baseline {display_path(summary.path)}: {changes or 'metadata updated'}")
+
+    def notes(self) -> list[str]:
+        """Remarks for the summary and reports: unused tolerance overrides, ignored flags."""
+        notes = []
+        unused = self.overrides.unused({r.key for r in self.results})
+        if unused and self.results:
+            notes.append(f"--qxai-tolerance for {', '.join(unused)} matched no check that ran")
+        if self.config.prune_baselines and not self.config.update_baselines:
+            notes.append("--qxai-prune-baselines does nothing without --qxai-update-baselines")
+        return notes
+
+    def terminal_lines(self) -> list[str]:
+        """The summary section: the check table (failures first), reasons, files written, the overall verdict."""
+        if not self.results and not self.errors:
+            return []
+        lines = [f"model {self.model_id}, quant {self.config.quant}, baseline "
+                 f"{display_path(self.store.path)}"]
+        lines += table_lines(self.results) + self.notes() + self.messages + self.errors
+        lines.append(overall_line(self.results) + (f"; {len(self.errors)} error(s)" if self.errors else ""))
+        return lines
+
+    def exit_failed(self) -> bool:
+        """Whether the gate failed: a check failed or a baseline/report could not be written."""
+        return bool(self.errors) or any(r.failed for r in self.results)
+
+    def fixture(self, node: pytest.Item) -> CheckFixture:
+        """The ``qxai_check`` object for one test."""
+        return CheckFixture(self, node)
+
+
+class CheckFixture:
+    """``qxai_check``: gate a metric inside a test; the test fails (one readable message) on a regression.
+
+    Example::
+
+        ACC = register_metric(Metric("mysuite", "accuracy", "share correct", "binary", tolerance="abs:0.03"))
+
+        def test_accuracy(qxai_check):
+            qxai_check(ACC, reference=[1, 1, 0, 1], quantized=[1, 0, 0, 1], item_ids=["a", "b", "c", "d"])
+    """
+
+    def __init__(self, session: QxaiSession, node: pytest.Item) -> None:
+        self.session = session
+        self.node = node
+
+    def __call__(
+        self, metric: Metric | str, reference: Values, quantized: Values,
+        item_ids: Sequence[str] | None = None, fingerprint: Mapping[str, str] | None = None,
+        profiles: Profiles | None = None, notes: Mapping[str, Any] | None = None,
+    ) -> list[CheckResult]:
+        """Run :meth:`QxaiSession.check`, attach the numbers as JUnit properties, fail on a 'fail' verdict."""
+        try:
+            results = self.session.check(metric, reference, quantized, item_ids=item_ids, fingerprint=fingerprint,
+                                         profiles=profiles, notes=notes, nodeid=self.node.nodeid)
+        except QxaiError as exc:
+            pytest.fail(f"qxai: {exc}", pytrace=False)
+        self._conclude(results)
+        return results
+
+    def suite(self, result: SuiteResult, metrics: Sequence[Metric]) -> list[CheckResult]:
+        """Gate several metrics of one suite result; the test fails after all of them ran if any failed."""
+        results: list[CheckResult] = []
+        try:
+            for metric in metrics:
+                results += self.session.check_suite(result, metric, nodeid=self.node.nodeid)
+        except QxaiError as exc:
+            pytest.fail(f"qxai: {exc}", pytrace=False)
+        self._conclude(results)
+        return results
+
+    def skip(self, metric: Metric | str, reason: str) -> NoReturn:
+        """Record the metric as skipped with ``reason`` and skip the test."""
+        try:
+            self.session.skip(metric, reason, nodeid=self.node.nodeid)
+        except QxaiError as exc:
+            pytest.fail(f"qxai: {exc}", pytrace=False)
+        pytest.skip(reason)
+
+    def _conclude(self, results: list[CheckResult]) -> None:
+        for r in results:
+            prefix = f"qxai.{r.key}.{r.kind}"
+            self.node.user_properties += [
+                (f"{prefix}.verdict", r.verdict), (f"{prefix}.reference", r.reference),
+                (f"{prefix}.quantized", r.quantized), (f"{prefix}.baseline", r.baseline),
+                (f"{prefix}.delta", r.delta), (f"{prefix}.ci", list(r.ci) if r.ci else None),
+                (f"{prefix}.p_value", r.p_value), (f"{prefix}.n", r.n), (f"{prefix}.tolerance", r.tolerance),
+            ]
+        failed = [r for r in results if r.failed]
+        if failed:
+            pytest.fail("\n".join(failure_message(r) for r in failed), pytrace=False)
+
+
+def failure_message(result: CheckResult) -> str:
+    """One line with everything needed to judge a failed check."""
+    p = "-" if result.p_value is None else f"{result.p_value:.3g}"
+    return (f"qxai {result.key} {KIND_LABELS[result.kind]} FAIL: reference {number(result.reference)}, "
+            f"quantized {number(result.quantized)}, baseline {number(result.baseline)}, delta {delta_cell(result)}, "
+            f"p={p}, n={result.n}, band {result.tolerance}: {result.reason}")
+
+
+def resolve_metric(metric: Metric | str) -> Metric:
+    """A metric object, looked up in the registry when given by key or name."""
+    if isinstance(metric, Metric):
+        return metric
+    try:
+        return get_metric(metric)
+    except KeyError as exc:
+        raise QxaiUsageError(f"{exc.args[0]}; register it with pytest_qxai.metrics.register_metric(Metric(...))"
+                             ) from None
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the working directory when it lies below it, for short messages."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return os.fspath(path)

@@ -1,0 +1,129 @@
+"""The ``qxai`` command: compare runs, show baselines, merge shard reports; exit 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from pytest_qxai.cli import main
+from pytest_qxai.metrics import Metric
+from pytest_qxai.options import QxaiConfig
+from pytest_qxai.report import build_report, write_reports
+from pytest_qxai.session import QxaiSession
+
+SIM = Metric("nle", "similarity", "cosine", "continuous", tolerance="abs:0.02")
+ACC = Metric("nli", "accuracy", "share correct", "binary", tolerance="abs:0.03")
+
+
+def write_run(path: Path, config: QxaiConfig, sim_shift: float, metrics: tuple[Metric, ...] = (SIM, ACC)) -> Path:
+    """Run the checks of a session with the given shift of the quantized similarity and write its JSON report."""
+    session = QxaiSession(config, n_resamples=99)
+    ref = np.linspace(0.2, 0.8, 60)
+    for metric in metrics:
+        if metric is SIM:
+            session.check(SIM, ref, ref + sim_shift + 0.001 * np.sin(np.arange(60)))
+        else:
+            session.check(metric, np.ones(60), np.r_[np.zeros(1), np.ones(59)])
+    report = build_report(session.results, model="m", quant="bnb4", baseline_name="bnb4", metadata={"seed": 0})
+    write_reports(report, json_path=path)
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path, make_config: Callable[..., QxaiConfig]) -> dict[str, Path]:
+    config = make_config(update_baselines="all")
+    return {
+        "old": write_run(tmp_path / "old.json", config, 0.015),
+        "same": write_run(tmp_path / "same.json", config, 0.015),
+        "worse": write_run(tmp_path / "worse.json", config, -0.015),
+    }
+
+
+def test_compare_identical_runs_passes(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(runs["old"]), str(runs["same"]), "--resamples", "99"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("qxai gate: PASS")
+
+
+def test_compare_detects_a_regression(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(runs["old"]), str(runs["worse"]), "--resamples", "99"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL nle.similarity (vs base)" in out
+
+
+def test_compare_report_against_a_baseline_file(tmp_path: Path, make_config: Callable[..., QxaiConfig],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(update_baselines="all")
+    session = QxaiSession(config, n_resamples=99)
+    ref = np.linspace(0.2, 0.8, 60)
+    session.check(SIM, ref, ref + 0.015)
+    session.finish()
+    worse = write_run(tmp_path / "worse.json", config, -0.015, (SIM,))
+    baseline = tmp_path / "baselines" / "default" / "bnb4.json"
+    assert main(["compare", str(baseline), str(worse), "--resamples", "99"]) == 1
+    assert main(["show", str(baseline)]) == 0
+    out = capsys.readouterr().out
+    assert f"{baseline}: model default, 1 check(s)" in out and "similarity" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no such file"), ("{", "not valid JSON"),
+     ('{"schema": "x"}', "neither a pytest-qxai report nor a baseline"),
+     ('{"schema": "pytest-qxai/baseline/1", "model": "m"}', "malformed")],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, runs: dict[str, Path], content: str | None, message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    assert main(["compare", str(runs["old"]), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(bad) in err
+
+
+def test_merge_shards_into_one_verdict(tmp_path: Path, make_config: Callable[..., QxaiConfig],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(update_baselines="all")
+    first = write_run(tmp_path / "s1.json", config, 0.0, (SIM,))
+    second = write_run(tmp_path / "s2.json", config, 0.0, (ACC,))
+    out = tmp_path / "merged.json"
+    assert main(["merge", str(out), str(first), str(second), "--md", str(tmp_path / "m.md")]) == 0
+    merged = json.loads(out.read_text())
+    assert sorted(c["metric"] for c in merged["checks"]) == ["accuracy", "accuracy", "similarity", "similarity"]
+    assert merged["summary"]["checks"] == 4 and (tmp_path / "m.md").exists()
+    assert main(["merge", str(out), str(first), str(first)]) == 0  # identical duplicates are fine
+    capsys.readouterr()
+
+
+def test_merge_refuses_conflicts_and_mixed_runs(tmp_path: Path, make_config: Callable[..., QxaiConfig],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(update_baselines="all")
+    first = write_run(tmp_path / "s1.json", config, 0.0, (SIM,))
+    other = write_run(tmp_path / "s2.json", config, -0.01, (SIM,))
+    assert main(["merge", str(tmp_path / "o.json"), str(first), str(other)]) == 2
+    assert "conflicts with" in capsys.readouterr().err
+    data = json.loads(other.read_text())
+    data["model"] = "another"
+    other.write_text(json.dumps(data))
+    assert main(["merge", str(tmp_path / "o.json"), str(first), str(other)]) == 2
+    assert "model 'another' differs" in capsys.readouterr().err
+
+
+def test_merge_fails_when_a_shard_failed(tmp_path: Path, make_config: Callable[..., QxaiConfig],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(update_baselines="all")
+    failing = write_run(tmp_path / "s1.json", config, -0.2, (SIM,))
+    assert main(["merge", str(tmp_path / "o.json"), str(failing)]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("qxai gate: FAIL")
+
+
+def test_cli_does_not_import_torch() -> None:
+    code = "import sys; from pytest_qxai.cli import main; sys.exit('torch' in sys.modules or 'pytest' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

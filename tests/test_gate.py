@@ -1,0 +1,262 @@
+"""The gate's decision: fail only on a significant degradation beyond the band, vs reference and vs baseline."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_qxai.baselines import record_of
+from pytest_qxai.errors import QxaiUsageError
+from pytest_qxai.gate.check import (
+    CheckResult,
+    check_vs_baseline,
+    check_vs_reference,
+    metadata_changes,
+    summarize,
+)
+from pytest_qxai.gate.tolerance import parse_tolerance
+from pytest_qxai.metrics import Metric, SuiteResult
+from pytest_qxai.options import QxaiConfig
+from pytest_qxai.session import QxaiSession
+
+FAST = {"n_resamples": 199}
+ACC = Metric("nli", "accuracy", "share correct", "binary", "higher")
+SIM = Metric("nle", "similarity", "cosine to gold", "continuous", "higher")
+PPL = Metric("nle", "perplexity", "fluency", "continuous", "lower")
+
+
+def ids(n: int) -> list[str]:
+    return [f"item-{i}" for i in range(n)]
+
+
+def binary_pair(n: int, lost: int, gained: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Reference all-correct except the ``gained`` items; quantized loses ``lost`` items."""
+    ref = np.ones(n)
+    ref[:gained] = 0
+    quant = ref.copy()
+    quant[:gained] = 1
+    quant[gained : gained + lost] = 0
+    return ref, quant
+
+
+def vs_ref(metric: Metric, band: str, ref: np.ndarray, quant: np.ndarray) -> CheckResult:
+    return check_vs_reference(metric, parse_tolerance(band), ref, quant, ids(ref.size), **FAST)
+
+
+def test_significant_degradation_beyond_the_band_fails() -> None:
+    result = vs_ref(ACC, "abs:0.03", *binary_pair(200, lost=20))
+    assert result.verdict == "fail"
+    assert result.delta == pytest.approx(-0.1)
+    assert result.reference == 1.0 and result.quantized == pytest.approx(0.9) and result.n == 200
+    assert result.ci is not None and result.ci[0] <= -0.1 <= result.ci[1]
+    assert "degraded" in result.reason and "exact McNemar" in result.reason and "abs:0.03" in result.reason
+
+
+def test_significant_degradation_within_the_band_passes() -> None:
+    result = vs_ref(ACC, "abs:0.15", *binary_pair(200, lost=20))
+    assert result.verdict == "pass" and result.p_value is not None and result.p_value < 0.05
+    assert "within the band" in result.reason
+
+
+def test_degradation_beyond_the_band_without_significance_warns() -> None:
+    result = vs_ref(ACC, "abs:0.03", *binary_pair(10, lost=2))
+    assert result.verdict == "warn" and result.p_value is not None and result.p_value >= 0.05
+    assert "not significant" in result.reason
+
+
+def test_significant_improvement_is_reported_not_failed() -> None:
+    ref, quant = binary_pair(200, lost=0, gained=30)
+    result = vs_ref(ACC, "abs:0.03", ref, quant)
+    assert result.verdict == "improved" and result.delta == pytest.approx(0.15)
+
+
+def test_two_sided_band_fails_both_ways() -> None:
+    ref, quant = binary_pair(200, lost=0, gained=30)
+    result = vs_ref(ACC, "abs:0.03,two-sided", ref, quant)
+    assert result.verdict == "fail" and "changed" in result.reason
+
+
+def test_lower_is_better_metric_degrades_upwards() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(10, 20, 100)
+    assert vs_ref(PPL, "rel:0.05", ref, ref * 1.2).verdict == "fail"
+    assert vs_ref(PPL, "rel:0.05", ref, ref * 0.8).verdict == "improved"
+
+
+def test_relative_band_scales_with_the_reference() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0.4, 0.6, 200)
+    quant = ref - 0.04
+    assert vs_ref(SIM, "rel:0.1", ref, quant).verdict == "pass"  # band ±0.05 around 0.5
+    assert vs_ref(SIM, "rel:0.05", ref, quant).verdict == "fail"  # band ±0.025
+
+
+def test_alpha_decides_significance() -> None:
+    ref, quant = binary_pair(40, lost=5)  # p(one-sided) = 1/32
+    assert vs_ref(ACC, "abs:0.03", ref, quant).verdict == "fail"
+    assert vs_ref(ACC, "abs:0.03,alpha=0.01", ref, quant).verdict == "warn"
+
+
+def test_nan_items_are_not_applicable_and_n_counts_pairs() -> None:
+    ref = np.array([0.5, np.nan, 0.7, 0.6, np.nan])
+    quant = np.array([0.5, 0.4, np.nan, 0.6, np.nan])
+    result = vs_ref(SIM, "abs:0.1", ref, quant)
+    assert result.n == 2 and result.verdict == "pass"
+    assert result.reference_items == [0.5, None, 0.7, 0.6, None]
+
+
+def test_fewer_than_two_pairs_is_skipped_with_the_reason() -> None:
+    result = vs_ref(SIM, "abs:0.1", np.array([0.5, np.nan]), np.array([0.1, 0.2]))
+    assert result.verdict == "skipped" and "only 1 item" in result.reason and result.delta is None
+
+
+unit_values = st.lists(st.floats(0, 1, allow_nan=False), min_size=2, max_size=40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=unit_values, band=st.sampled_from(["abs:0", "rel:0", "abs:0,two-sided", "abs:0.1"]),
+       metric=st.sampled_from([ACC, SIM, PPL]))
+def test_a_zero_difference_never_fails(values: list[float], band: str, metric: Metric) -> None:
+    ref = np.round(values) if metric.kind == "binary" else np.array(values)
+    assert vs_ref(metric, band, ref, ref.copy()).verdict == "pass"
+
+
+@settings(max_examples=30, deadline=None)
+@given(ref=unit_values, noise=st.lists(st.floats(-0.5, 0.5, allow_nan=False), min_size=40, max_size=40),
+       small=st.floats(0, 0.3), extra=st.floats(0, 0.3), two_sided=st.booleans())
+def test_bands_are_monotone_in_the_tolerance(
+    ref: list[float], noise: list[float], small: float, extra: float, two_sided: bool
+) -> None:
+    """Widening the band never turns a pass into a failure."""
+    a = np.array(ref)
+    b = a + np.array(noise[: a.size])
+    suffix = ",two-sided" if two_sided else ""
+    narrow = vs_ref(SIM, f"abs:{small}{suffix}", a, b)
+    wide = vs_ref(SIM, f"abs:{small + extra}{suffix}", a, b)
+    if wide.verdict == "fail":
+        assert narrow.verdict == "fail"
+
+
+def baseline_of(result: CheckResult, fingerprint: dict[str, str] | None = None) -> dict:
+    result.fingerprint = fingerprint or {}
+    return record_of(result)
+
+
+def test_regression_against_the_baseline_fails_while_the_reference_check_passes() -> None:
+    """Re-quantization regression: the gap moved from +0.04 to -0.04 (band 0.05 each way vs reference)."""
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(0.3, 0.7, 150)
+    old = vs_ref(SIM, "abs:0.05", ref, ref + 0.04 + rng.normal(0, 0.01, 150))
+    new = vs_ref(SIM, "abs:0.05", ref, ref - 0.04 + rng.normal(0, 0.01, 150))
+    assert old.verdict == new.verdict == "pass"
+    results = check_vs_baseline(new, baseline_of(old), parse_tolerance("abs:0.05"), baseline_file="b.json",
+                                current_metadata={}, stored_metadata={}, **FAST)
+    assert [r.kind for r in results] == ["vs_baseline"]
+    assert results[0].verdict == "fail" and results[0].delta == pytest.approx(-0.08, abs=0.01)
+    assert results[0].baseline == pytest.approx(old.quantized)
+    assert "b.json" in results[0].reason
+
+
+def test_baseline_items_are_matched_by_id_not_position() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(0.3, 0.7, 60)
+    quant = ref - rng.uniform(0, 0.02, 60)
+    old = vs_ref(SIM, "abs:0.05", ref, quant)
+    stored = baseline_of(old)
+    stored["items"] = dict(reversed(list(stored["items"].items())))
+    results = check_vs_baseline(old, stored, parse_tolerance("abs:0.05"), baseline_file="b.json",
+                                current_metadata={}, stored_metadata={}, **FAST)
+    assert results[0].delta == 0.0 and results[0].verdict == "pass" and results[0].n == 60
+
+
+def test_stale_fingerprint_fails_naming_the_key() -> None:
+    ref, quant = binary_pair(50, lost=1)
+    old = vs_ref(ACC, "abs:0.05", ref, quant)
+    stored = baseline_of(old, {"data": "aaa", "templates": "t1"})
+    old.fingerprint = {"data": "bbb", "templates": "t1"}
+    (result,) = check_vs_baseline(old, stored, parse_tolerance("abs:0.05"), baseline_file="baselines/m/bnb4.json",
+                                  current_metadata={}, stored_metadata={}, **FAST)
+    assert result.verdict == "fail"
+    assert result.reason == ("stale baseline baselines/m/bnb4.json: fingerprint data changed; "
+                             "re-record with --qxai-update-baselines")
+
+
+def test_reference_drift_warns_with_the_recorded_cause() -> None:
+    rng = np.random.default_rng(4)
+    ref = rng.uniform(0.3, 0.7, 100)
+    old = vs_ref(SIM, "abs:0.02", ref, ref - 0.01)
+    new = vs_ref(SIM, "abs:0.02", ref + 0.1, ref + 0.09)
+    results = check_vs_baseline(
+        new, baseline_of(old), parse_tolerance("abs:0.02"), baseline_file="b.json",
+        current_metadata={"libraries": {"transformers": "5.23.0"}, "model_hash": "abc"},
+        stored_metadata={"libraries": {"transformers": "5.17.0"}, "model_hash": "abc"}, **FAST)
+    assert [(r.kind, r.verdict) for r in results] == [("vs_baseline", "pass"), ("reference_drift", "warn")]
+    assert "the reference itself changed" in results[1].reason
+    assert "libraries.transformers 5.17.0->5.23.0" in results[1].reason
+
+
+def test_metadata_changes_lists_differing_leaves() -> None:
+    old = {"a": 1, "b": {"c": 2, "d": 3}}
+    new = {"a": 1, "b": {"c": 5}, "e": 0}
+    assert metadata_changes(old, new) == ["b.c 2->5", "b.d 3->?", "e ?->0"]
+
+
+def test_summary_counts_and_overall_verdict() -> None:
+    def r(verdict: str) -> CheckResult:
+        return CheckResult("s", "m", "vs_reference", verdict, "")  # type: ignore[arg-type]
+
+    assert summarize([r("pass"), r("improved")])["verdict"] == "pass"
+    assert summarize([r("pass"), r("warn")])["verdict"] == "warn"
+    summary = summarize([r("fail"), r("warn"), r("skipped")])
+    assert summary["verdict"] == "fail" and summary["counts"]["skipped"] == 1 and summary["checks"] == 3
+
+
+def test_result_dict_round_trip() -> None:
+    result = vs_ref(SIM, "abs:0.05", np.array([0.1, 0.2, np.nan]), np.array([0.1, 0.25, 0.3]))
+    assert CheckResult.from_dict(result.to_dict()) == result
+
+
+@pytest.mark.parametrize(
+    ("reference", "quantized", "item_ids", "message"),
+    [
+        ([1.0, 0.0], [1.0], None, "2 reference values, 1 quantized values and 2 item ids"),
+        ([1.0, 0.0], [1.0, 0.0], ["a", "a"], "item ids are not unique"),
+        ([1.0, 0.5], [1.0, 0.0], None, "nli.accuracy is binary: per-item values must be 0, 1 or NaN"),
+    ],
+)
+def test_session_rejects_malformed_values(make_config: Callable[..., QxaiConfig], reference: list[float],
+                                          quantized: list[float], item_ids: list[str] | None, message: str) -> None:
+    with pytest.raises(QxaiUsageError, match=re.escape(message)):
+        QxaiSession(make_config()).check(ACC, reference, quantized, item_ids=item_ids)
+
+
+def test_check_suite_takes_its_profiles_and_records_skips(make_config: Callable[..., QxaiConfig]) -> None:
+    session = QxaiSession(make_config(update_baselines="all"), n_resamples=99)
+    values = np.linspace(0, 1, 10)
+    suite = SuiteResult(
+        "nle", ids(10), {"similarity": values}, {"similarity": values}, {"data": "d"},
+        profiles={"similarity/per layer": {"reference": [1.0]}, "other": {"reference": [2.0]}},
+        skipped={"perplexity": "no scorer model"},
+    )
+    (checked, recorded) = session.check_suite(suite, SIM)
+    assert checked.verdict == "pass" and checked.profiles == {"similarity/per layer": {"reference": [1.0]}}
+    assert checked.fingerprint == {"data": "d"} and recorded.verdict == "skipped"
+    (skipped,) = session.check_suite(suite, PPL)
+    assert (skipped.verdict, skipped.reason) == ("skipped", "no scorer model")
+
+
+def test_worker_output_merges_on_the_controller(make_config: Callable[..., QxaiConfig]) -> None:
+    worker = QxaiSession(make_config(), n_resamples=99)
+    worker.metadata.update({"model_id": "org/model", "versions": {"torch": "2.13.0"}})
+    worker.check(SIM, np.linspace(0, 1, 10), np.linspace(0, 1, 10))
+    data = json.loads(json.dumps(worker.to_workeroutput()))  # what crosses the process boundary
+    controller = QxaiSession(make_config(), n_resamples=99)
+    controller.merge_workeroutput(data)
+    assert controller.results == worker.results
+    assert controller.model_id == "org/model" and controller.metadata["versions"] == {"torch": "2.13.0"}
