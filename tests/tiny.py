@@ -1,0 +1,68 @@
+"""A tiny random Llama model with a locally trained tokenizer, for fast tests that need a real HF folder.
+
+The model is Llama-shaped (so every quantization backend and probe treats it like SmolLM2) but
+small enough to build, save and quantize in seconds on two CPU cores. Its dimensions are multiples
+of 64 so that group-wise kernels (GPTQ, HQQ, AWQ) accept them. It is evidence that code runs, not
+that a metric means anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_TEXTS = [
+    "The capital of France is Paris.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "A cat sat on the mat because the mat was warm.",
+    "Berlin is the capital of Germany, and Rome is the capital of Italy.",
+    "If it rains, the ground gets wet; the ground is wet, so maybe it rained.",
+    "Two plus two equals four, and three times three equals nine.",
+    "The doctor asked the patient how she was feeling today.",
+]
+"""Sentences the tokenizer is trained on; tests can reuse them as inputs or calibration text."""
+
+HIDDEN = 128
+INTERMEDIATE = 256
+LAYERS = 2
+VOCAB = 320
+
+
+def build_tiny_model(tmp_path: Path, seed: int = 0) -> Path:
+    """Write a random tiny Llama model and its tokenizer into ``tmp_path/tiny-llama`` and return the folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(tmp_path) / "tiny-llama"
+    if (folder / "config.json").is_file():
+        return folder
+    special = ["<unk>", "<s>", "</s>"]
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    raw.train_from_iterator(TINY_TEXTS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
