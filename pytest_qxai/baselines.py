@@ -10,6 +10,7 @@ inter-process lock, so concurrent pytest processes or xdist workers lose nothing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -171,6 +172,11 @@ class BaselineStore:
         """
         summary = UpdateSummary(self.path)
         with locked(self.path):
+            # Every writer of this file holds the lock: a temporary file of it found now was left by a
+            # killed run (SIGTERM/SIGKILL skip atomic_write's cleanup), so it is removed.
+            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
             existing = self.load()
             old = existing.to_bytes() if existing else b""
             doc: dict[str, Any] = existing.doc if existing else {

@@ -22,6 +22,7 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 UPDATE_MODES = ("all", "missing")
 DEFAULT_QUANT = "bnb4"
+DATA_NAMES = ("esnli", "ecqa", "lre")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ OPTIONS: tuple[OptionDef, ...] = (
               "Keep only one model on the GPU at a time (default: automatic when both do not fit)", False,
               ini_type="bool", kwargs={"action": "store_true"}),
     OptionDef(("--qxai-data",), "qxai_data",
-              "Use your own JSONL file for a dataset: NAME=PATH (repeatable; names: esnli, ecqa, lre)",
+              f"Use your own JSONL file for a dataset: NAME=PATH (repeatable; names: {', '.join(DATA_NAMES)})",
               ini_type="args", kwargs={"action": "append", "metavar": "NAME=PATH"}),
     OptionDef(("--qxai-baseline-dir",), "qxai_baseline_dir", "Folder of stored baselines (default: ./baselines)",
               kwargs={"metavar": "DIR"}),
@@ -201,7 +202,10 @@ class QxaiConfig:
         def as_path(value: Any) -> Path | None:
             if value in (None, ""):
                 return None
-            path = Path(str(value)).expanduser()
+            try:
+                path = Path(str(value)).expanduser()
+            except RuntimeError:  # "~someone" for a user that does not exist
+                raise QxaiUsageError(f"path {str(value)!r}: cannot expand '~' (no such user)") from None
             return path if path.is_absolute() else (Path.cwd() / path)
 
         quant = parse_spec(str(get["qxai_quant"] or DEFAULT_QUANT))
@@ -223,11 +227,19 @@ class QxaiConfig:
             name, eq, path = str(item).partition("=")
             if not eq or not name.strip() or not path.strip():
                 raise QxaiUsageError(f"--qxai-data {item!r}: write NAME=PATH, e.g. esnli=my_nli.jsonl")
+            name = name.strip()
+            if name not in DATA_NAMES:
+                raise QxaiUsageError(f"--qxai-data {name}: unknown dataset; names: {', '.join(DATA_NAMES)}")
             resolved = as_path(path.strip())
             assert resolved is not None
-            if not resolved.is_file():
+            try:
+                found = resolved.is_file() or (name == "lre" and resolved.is_dir())
+            except OSError as exc:  # e.g. a name too long for the file system
+                raise QxaiUsageError(f"--qxai-data {name}: cannot be used as a path ({exc.strerror or exc})") from None
+            if not found:
                 raise QxaiUsageError(f"--qxai-data {name}: file not found: {resolved}")
-            data[name.strip()] = resolved
+            _check_data(name, resolved)
+            data[name] = resolved
         update = get["qxai_update_baselines"]
         if update not in (None, "", *UPDATE_MODES):
             raise QxaiUsageError(f"qxai_update_baselines {update!r}: use one of {', '.join(UPDATE_MODES)}")
@@ -260,6 +272,22 @@ class QxaiConfig:
             ci=bool(os.environ.get("CI")),
             rootdir=root,
         )
+
+
+def _check_data(name: str, path: Path) -> None:
+    """Load a user dataset once now, so an empty or malformed file stops the run before any model loads."""
+    from . import datasets
+    from .errors import DatasetError
+
+    try:
+        if name == "esnli":
+            datasets.load_esnli(None, 0, path)
+        elif name == "ecqa":
+            datasets.load_ecqa(None, 0, path)
+        else:
+            datasets.load_relations(path=path)
+    except DatasetError as exc:
+        raise QxaiUsageError(f"--qxai-data {name}: {exc}") from None
 
 
 def _as_bool(value: Any) -> bool:

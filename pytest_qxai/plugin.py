@@ -101,7 +101,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_xdist_worker(config):
         config.workeroutput["qxai"] = qxai.to_workeroutput()  # type: ignore[attr-defined]
         return
-    qxai.finish()
+    complete = exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR) and not (
+        session.shouldstop or session.shouldfail
+    )
+    qxai.finish(complete)
     if qxai.exit_failed() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -192,9 +192,13 @@ class QxaiSession:
             self.metadata.setdefault(key, value)
         self.errors.extend(e for e in data.get("errors", []) if e not in self.errors)
 
-    def finish(self) -> None:
-        """Write baselines (as the policy says) and the requested reports; call on the controller only."""
-        self._write_baselines()
+    def finish(self, complete: bool = True) -> None:
+        """Write baselines (as the policy says) and the requested reports; call on the controller only.
+
+        ``complete`` is False when the run was interrupted or stopped early (``-x``, Ctrl-C): checks
+        that did not run are then never pruned from the baseline.
+        """
+        self._write_baselines(complete)
         report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
                               notes=self.notes())
@@ -206,14 +210,16 @@ class QxaiSession:
         else:
             self.messages += [f"qxai report: {display_path(p)}" for p in written]
 
-    def _write_baselines(self) -> None:
+    def _write_baselines(self, complete: bool) -> None:
         """Record baselines as the policy in the module docstring says; problems become summary errors."""
         mode = self.config.update_baselines
         if mode is None and self.config.ci:
             return  # never write implicitly in CI
         ran = [r for r in self.results if r.kind == "vs_reference"]
         recordable = [r for r in ran if r.verdict != "skipped"]
-        prune = bool(mode) and self.config.prune_baselines
+        prune = bool(mode) and self.config.prune_baselines and complete
+        if bool(mode) and self.config.prune_baselines and not complete:
+            self.messages.append("qxai: the run stopped early, so nothing was pruned from the baseline")
         if not recordable and not prune:
             return
         twice = sorted(k for k, n in Counter(r.key for r in recordable).items() if n > 1)

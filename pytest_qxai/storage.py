@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pickle
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -21,10 +22,23 @@ from filelock import FileLock
 T = TypeVar("T")
 
 _MAGIC = b"QXAI1\n"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits ``path`` keeps on rewrite: its current ones, else what ``open()`` would give."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so readers see either the old file or the whole new one.
+
+    The file keeps its permission bits (a new one gets the umask's), not ``mkstemp``'s private 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -32,6 +46,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

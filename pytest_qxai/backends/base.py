@@ -8,16 +8,21 @@ loaded model (:func:`pytest_qxai.runtime.probe_backward`), never assumed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
+import os
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from ..errors import BackendMissingError, QxaiError
 from ..specs import SCHEMES, QuantSpec, Scheme
+from ..storage import locked
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +80,7 @@ class QuantBackend(ABC):
         raise QxaiError(f"the {self.name} backend cannot load existing checkpoints")
 
 
-def require_library(scheme: Scheme) -> None:
+def require_library(scheme: Scheme, option: str | None = None) -> None:
     """Raise a one-line error naming the pip extra when the scheme's library is not installed.
 
     Uses ``find_spec`` only, so validating ``--quant`` imports neither the library nor torch.
@@ -88,12 +93,91 @@ def require_library(scheme: Scheme) -> None:
     except ModuleNotFoundError:
         found = False
     if not found:
-        raise BackendMissingError(f"--quant {scheme.name} needs the '{top}' library: pip install 'pytest-qxai[{scheme.extra}]'")
+        who = option or f"--quant {scheme.name}"
+        raise BackendMissingError(f"{who} needs the '{top}' library: pip install 'pytest-qxai[{scheme.extra}]'")
 
 
 def scheme_for_backend(backend: str) -> Scheme:
     """The first scheme implemented by ``backend`` (for checkpoints whose scheme is read from their config)."""
     return next(s for s in SCHEMES.values() if s.backend == backend)
+
+
+def finish(model: "PreTrainedModel") -> "PreTrainedModel":
+    """Put a quantized model in eval mode with frozen parameters (libraries leave some trainable)."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_float_copy(ctx: QuantContext) -> "PreTrainedModel":
+    """A fresh full-precision load of the reference on ``ctx.device``, for libraries that quantize in place."""
+    from ..models.loading import load_reference
+
+    return load_reference(
+        ctx.reference_dir, device=ctx.device, dtype=ctx.dtype, revision=None, trust_remote_code=ctx.trust_remote_code
+    )
+
+
+def plain_weight(module: "torch.nn.Module") -> "torch.Tensor | None":
+    """The float32 weight of an unquantized ``nn.Linear`` (e.g. ``lm_head``, which no adapter quantizes), else None."""
+    import torch
+
+    if type(module) is torch.nn.Linear:
+        return module.weight.detach().float()
+    return None
+
+
+@contextlib.contextmanager
+def library_errors(library: str, action: str) -> Iterator[None]:
+    """Turn a library's exception into a one-line :class:`QxaiError` saying which library failed at what."""
+    import torch
+
+    try:
+        yield
+    except (QxaiError, MemoryError, torch.OutOfMemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any library failure becomes one readable line
+        lines = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        raise QxaiError(f"{library} could not {action}: {detail}") from exc
+
+
+@dataclass(frozen=True)
+class CheckpointSlot:
+    """Where a quantized checkpoint is (``found``) or is to be written (a staging folder)."""
+
+    path: Path
+    found: bool
+    persistent: bool
+    """Whether what is written here is kept in the cache (False without ``ctx.cache_dir``)."""
+
+
+@contextlib.contextmanager
+def checkpoint_slot(ctx: QuantContext) -> Iterator[CheckpointSlot]:
+    """Hold the cache entry of ``ctx`` and yield its checkpoint folder, or a staging folder to fill.
+
+    The checkpoint lives in ``ctx.cache_dir / "checkpoint"``. It is written into a sibling staging
+    folder and renamed in one step when the block exits cleanly, so a half-written checkpoint is never
+    found; a lock makes concurrent processes (xdist workers) quantize once. Without a cache the staging
+    folder is temporary and removed at exit.
+    """
+    if ctx.cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="qxai-quant-") as tmp:
+            yield CheckpointSlot(Path(tmp), found=False, persistent=False)
+        return
+    target = ctx.cache_dir / "checkpoint"
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    with locked(target):
+        if target.is_dir():
+            yield CheckpointSlot(target, found=True, persistent=True)
+            return
+        staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=ctx.cache_dir))
+        try:
+            yield CheckpointSlot(staging, found=False, persistent=True)
+            if any(staging.iterdir()):
+                os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 _ADAPTERS: dict[str, str] = {

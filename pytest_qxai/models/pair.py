@@ -8,8 +8,10 @@ keyed by the model's content hash, the spec, the calibration data and the librar
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -105,9 +107,12 @@ def validate(cfg: QxaiConfig) -> ModelSource:
         from ..backends.checkpoint import detect_checkpoint
 
         backend_name, _ = detect_checkpoint(cfg.quantized)
-        require_library(scheme_for_backend(backend_name))
+        require_library(scheme_for_backend(backend_name), f"--qxai-quantized {cfg.quantized}")
     if cfg.judge is not None:
-        resolve_source(cfg.judge)
+        try:
+            resolve_source(cfg.judge)
+        except QxaiUsageError as exc:
+            raise QxaiUsageError(str(exc).replace("--qxai-model", "--qxai-judge", 1)) from None
     return source
 
 
@@ -133,6 +138,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     apply_determinism(cfg.seed)
     cache_root = cfg.cache_dir
     scratch = Path(tempfile.mkdtemp(prefix="qxai-"))
+    atexit.register(shutil.rmtree, scratch, True)  # a no-cache GGUF conversion lives here
     location, content_id = materialize(source, cache_root, scratch)
     tokenizer = load_tokenizer(location, revision=source.revision, trust_remote_code=cfg.trust_remote_code)
     reference = load_reference(

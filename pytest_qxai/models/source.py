@@ -36,7 +36,7 @@ class ModelSource:
 
     @property
     def slug(self) -> str:
-        """A folder-name-safe identifier for baselines (``SmolLM2-135M-Instruct``, ``org--name``)."""
+        """A folder-name-safe identifier for baselines (``SmolLM2-135M-Instruct``, ``org--name``; never ``..``)."""
         if self.embedded:
             return "SmolLM2-135M-Instruct"
         if self.kind == "hub":
@@ -45,7 +45,8 @@ class ModelSource:
             base = Path(self.gguf_file or self.location).stem
         else:
             base = Path(self.location).name
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "model"
+        slug = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "_", base))
+        return slug.strip("._") or "model"
 
 
 def default_source() -> ModelSource:
@@ -77,12 +78,18 @@ def resolve_source(model: str | None, revision: str | None = None) -> ModelSourc
     if model is None:
         return default_source()
     text = model.strip()
-    path = Path(text).expanduser()
-    if path.is_file():
+    try:
+        path = Path(text).expanduser()
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except RuntimeError:  # "~someone" for a user that does not exist
+        raise QxaiUsageError(f"--qxai-model {text}: no such file or folder") from None
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise QxaiUsageError(f"--qxai-model {text}: cannot be used as a path ({exc.strerror or exc})") from None
+    if is_file:
         if path.suffix.lower() != ".gguf":
             raise QxaiUsageError(f"--qxai-model {text}: a file must be a .gguf model; give the folder of an HF model")
         return ModelSource("gguf", str(path.parent.resolve()), path.name, gguf_file=path.name)
-    if path.is_dir():
+    if is_dir:
         if (path / "config.json").is_file():
             return ModelSource("local", str(path.resolve()), path.resolve().name)
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
@@ -95,12 +102,26 @@ def resolve_source(model: str | None, revision: str | None = None) -> ModelSourc
         raise QxaiUsageError(f"--qxai-model {text}: the folder is not a model (no config.json and no .gguf file)")
     if _looks_like_path(text) or not _HUB_ID.match(text):
         raise QxaiUsageError(f"--qxai-model {text}: no such file or folder")
+    _check_hub_id(text)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         if not _in_hub_cache(text, revision):
             raise QxaiUsageError(
                 f"--qxai-model {text}: not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)"
             )
     return ModelSource("hub", text, text, revision=revision)
+
+
+def _check_hub_id(text: str) -> None:
+    """Apply the hub's own repo-id rules (no ``--`` or ``..``, at most 96 characters ...) before any lookup."""
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        return
+    try:
+        validate_repo_id(text)
+    except ValueError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QxaiUsageError(f"--qxai-model {text}: not a valid Hugging Face repo id ({detail})") from None
 
 
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
