@@ -142,6 +142,18 @@ def library_errors(library: str, action: str) -> Iterator[None]:
         raise QxaiError(f"{library} could not {action}: {detail}") from exc
 
 
+@contextlib.contextmanager
+def quiet_quantized_load() -> Iterator[None]:
+    """Silence transformers' progress bars, and its warning that a passed config only sets loading attributes."""
+    import warnings
+
+    from ..models.loading import _quiet_transformers
+
+    with _quiet_transformers(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        yield
+
+
 @dataclass(frozen=True)
 class CheckpointSlot:
     """Where a quantized checkpoint is (``found``) or is to be written (a staging folder)."""
