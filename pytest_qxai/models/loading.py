@@ -129,10 +129,11 @@ def convert_gguf(source: ModelSource, target: Path) -> None:
             raise
 
 
-def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> tuple[Path | str, str]:
-    """Return a loadable location (folder or hub id) and the model's content hash or revision.
+def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> tuple[Path, str]:
+    """Return a local HF folder for the model and its content hash.
 
-    GGUF models are converted into ``cache_root/models`` (or ``scratch`` without a cache).
+    GGUF models are converted into ``cache_root/models`` (or ``scratch`` without a cache); hub models
+    are snapshotted into the Hugging Face cache.
     """
     if source.kind == "gguf":
         assert source.gguf_file is not None
@@ -145,10 +146,29 @@ def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> 
             if not (target / "config.json").is_file():
                 convert_gguf(source, target)
         return target, f"gguf-sha256:{digest}"
-    if source.kind == "local":
-        folder = Path(source.location)
-        return folder, f"sha256:{folder_content_hash(folder, cache_root)}"
-    return source.location, f"hub:{source.location}@{source.revision or 'default-branch'}"
+    folder = Path(source.location) if source.kind == "local" else hub_snapshot(source)
+    return folder, f"sha256:{folder_content_hash(folder, cache_root)}"
+
+
+def hub_snapshot(source: ModelSource) -> Path:
+    """Download (or find in the HF cache) a hub model's config, tokenizer and safetensors weights.
+
+    A local folder is what every quantization adapter reloads from, and what the content hash covers.
+    Only safetensors weights are fetched: pickled ``.bin`` weights are never loaded from the hub.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            source.location,
+            revision=source.revision,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"],
+        )
+    except Exception as exc:  # noqa: BLE001 - network, auth and missing-repo errors alike
+        raise QxaiError(f"--qxai-model {source.location}: cannot download from the hub: {_first_line(exc)}") from None
+    if not any(Path(folder).glob("*.safetensors")):
+        raise QxaiError(f"--qxai-model {source.location}: the hub repository has no safetensors weights")
+    return Path(folder)
 
 
 def _gguf_digest(path: Path, cache_root: Path | None) -> str:

@@ -140,9 +140,9 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     scratch = Path(tempfile.mkdtemp(prefix="qxai-"))
     atexit.register(shutil.rmtree, scratch, True)  # a no-cache GGUF conversion lives here
     location, content_id = materialize(source, cache_root, scratch)
-    tokenizer = load_tokenizer(location, revision=source.revision, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(location, revision=None, trust_remote_code=cfg.trust_remote_code)
     reference = load_reference(
-        location, device=device, dtype=dtype, revision=source.revision, trust_remote_code=cfg.trust_remote_code
+        location, device=device, dtype=dtype, revision=None, trust_remote_code=cfg.trust_remote_code
     )
     if cfg.quantized is not None:
         from ..backends.checkpoint import detect_checkpoint
@@ -154,7 +154,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         scheme_name = cfg.quant.name
     versions = library_versions(backend)
     ctx = QuantContext(
-        reference_dir=Path(location) if isinstance(location, Path) else scratch,
+        reference_dir=location,
         device=device,
         dtype=dtype,
         tokenizer=tokenizer,

@@ -1,0 +1,57 @@
+"""The model pair on a tiny model: hub snapshots, the null spec, caching identities, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+pytest.importorskip("torch")
+
+from pytest_qxai.errors import QxaiError  # noqa: E402
+from pytest_qxai.models import pair as pair_module  # noqa: E402
+from pytest_qxai.models.loading import materialize  # noqa: E402
+from pytest_qxai.models.source import ModelSource  # noqa: E402
+from pytest_qxai.options import QxaiConfig  # noqa: E402
+from pytest_qxai.specs import parse_spec  # noqa: E402
+from tiny import build_tiny_model  # noqa: E402
+
+
+def test_hub_models_are_snapshotted_to_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = build_tiny_model(tmp_path)
+    asked: dict[str, Any] = {}
+
+    def fake_snapshot(repo_id: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> str:
+        asked.update(repo_id=repo_id, revision=revision, patterns=allow_patterns)
+        return str(tiny)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
+    folder, content = materialize(ModelSource("hub", "org/tiny", "org/tiny", revision="abc123"), None, tmp_path)
+    assert folder == tiny and content.startswith("sha256:")
+    assert asked["repo_id"] == "org/tiny" and asked["revision"] == "abc123"
+    assert "*.safetensors" in asked["patterns"] and not any(p.endswith(".bin") for p in asked["patterns"])
+
+
+def test_hub_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: Any, **kwargs: Any) -> str:
+        raise OSError("We couldn't connect to the hub.\nCheck your connection.")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    with pytest.raises(QxaiError) as info:
+        materialize(ModelSource("hub", "org/tiny", "org/tiny"), None, tmp_path)
+    assert str(info.value) == "--qxai-model org/tiny: cannot download from the hub: We couldn't connect to the hub."
+
+
+def test_null_spec_pair_shares_the_reference_identity(make_config: Callable[..., QxaiConfig], tmp_path: Path) -> None:
+    tiny = build_tiny_model(tmp_path)
+    cfg = make_config(model=str(tiny), quant=parse_spec("none"), cache_dir=tmp_path / "cache", baseline_name="none")
+    pair = pair_module.get_pair(cfg)
+    assert pair_module.get_pair(cfg) is pair  # loaded at most once per process
+    assert pair.quantized.model is not pair.reference.model
+    assert pair.quantized.identity == pair.reference.identity  # the null check reuses reference results
+    assert pair.metadata["model_id"] == "tiny-llama" and pair.metadata["model_hash"].startswith("sha256:")
+    calls: list[int] = []
+    first = pair.cached(pair.reference, "demo", {"n": 1}, lambda: calls.append(1) or 42)
+    again = pair.cached(pair.quantized, "demo", {"n": 1}, lambda: calls.append(1) or 43)
+    assert first == again == 42 and calls == [1]
