@@ -55,3 +55,22 @@ def test_null_spec_pair_shares_the_reference_identity(make_config: Callable[...,
     first = pair.cached(pair.reference, "demo", {"n": 1}, lambda: calls.append(1) or 42)
     again = pair.cached(pair.quantized, "demo", {"n": 1}, lambda: calls.append(1) or 43)
     assert first == again == 42 and calls == [1]
+
+
+def test_quantized_checkpoint_made_by_the_project_loads_as_the_pair(
+    make_config: Callable[..., QxaiConfig], tmp_path: Path
+) -> None:
+    """``--qxai-quantized`` on a GPTQ checkpoint the GPTQ adapter wrote: scheme read from its config."""
+    import torch
+
+    tiny = build_tiny_model(tmp_path)
+    cache = tmp_path / "cache"
+    spec = parse_spec("gptq4:group_size=32,calibration=4")
+    made = pair_module.get_pair(make_config(model=str(tiny), quant=spec, cache_dir=cache, baseline_name="gptq4"))
+    checkpoint = next((cache / "quantized").glob("gptq4*/checkpoint"))
+    loaded = pair_module.get_pair(make_config(model=str(tiny), quantized=str(checkpoint), cache_dir=cache))
+    assert loaded.metadata["quant"] == "gptq4" and loaded.metadata["quantized_checkpoint"] == str(checkpoint)
+    ids = loaded.tokenizer("The capital of France is Paris.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = made.quantized.model(ids).logits.argmax(-1)
+        assert torch.equal(loaded.quantized.model(ids).logits.argmax(-1), expected)
