@@ -49,7 +49,7 @@ def detect_checkpoint(location: str | Path) -> tuple[str, str]:
             return "bnb", "bnb8"
         if quant.get("load_in_4bit"):
             return "bnb", "bnb4-fp4" if quant.get("bnb_4bit_quant_type") == "fp4" else "bnb4"
-        raise QxaiUsageError(f"--qxai-quantized {location}: bitsandbytes config sets neither load_in_8bit nor 4bit")
+        raise QxaiUsageError(f"--qxai-quantized {location}: bitsandbytes config is neither load_in_8bit nor load_in_4bit")
     if method == "compressed-tensors":
         if importlib.util.find_spec("compressed_tensors") is None:
             raise QxaiUsageError(
