@@ -86,7 +86,7 @@ OPTIONS: tuple[OptionDef, ...] = (
     OptionDef(("--qxai-baseline-dir",), "qxai_baseline_dir", "Folder of stored baselines (default: ./baselines)",
               kwargs={"metavar": "DIR"}),
     OptionDef(("--qxai-baseline-name",), "qxai_baseline_name",
-              "Baseline to compare with and record into (default: the quant spec)", kwargs={"metavar": "NAME"}),
+              "Baseline to compare with and record into (default: the quant spec, plus -PROFILE unless standard)", kwargs={"metavar": "NAME"}),
     OptionDef(("--qxai-update-baselines",), "qxai_update_baselines",
               "Record baselines: 'all' (default when given bare) refreshes what ran, 'missing' adds only absent ones",
               kwargs={"nargs": "?", "const": "all", "choices": UPDATE_MODES}),
@@ -244,7 +244,8 @@ class QxaiConfig:
         if update not in (None, "", *UPDATE_MODES):
             raise QxaiUsageError(f"qxai_update_baselines {update!r}: use one of {', '.join(UPDATE_MODES)}")
         no_cache = _as_bool(get["qxai_no_cache"])
-        baseline_name = check_baseline_name(str(get["qxai_baseline_name"] or quant.slug))
+        default_name = quant.slug if profile == "standard" else f"{quant.slug}-{profile}"
+        baseline_name = check_baseline_name(str(get["qxai_baseline_name"] or default_name))
         return cls(
             model=get["qxai_model"] or None,
             quant=quant,

@@ -76,6 +76,14 @@ def _configure_progress(config: pytest.Config) -> None:
     progress.configure(config.get_verbosity() >= 0 and not _is_xdist_worker(config), suspend)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Name progress bars after the suite whose fixtures are about to compute (``test_nle.py`` -> ``nle``)."""
+    from . import progress
+
+    progress.set_scope(item.path.stem.removeprefix("test_"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Validate lazily when qxai suites were collected without explicit options; tag suites for xdist."""
     uses_pair = False

@@ -16,11 +16,11 @@ SUITES = (
 SIZES: dict[str, dict[str, int]] = {
     "smoke": {
         "task_accuracy": 24, "nle": 16, "nle_faithfulness": 16, "cc_shap": 6, "counterfactual": 16,
-        "attribution": 16, "knowledge": 24, "neurons": 16, "multihop": 24, "probes": 24,
+        "attribution": 8, "knowledge": 24, "neurons": 16, "multihop": 24, "probes": 24,
     },
     "standard": {
-        "task_accuracy": 300, "nle": 120, "nle_faithfulness": 120, "cc_shap": 24, "counterfactual": 80,
-        "attribution": 80, "knowledge": 300, "neurons": 60, "multihop": 150, "probes": 300,
+        "task_accuracy": 300, "nle": 120, "nle_faithfulness": 120, "cc_shap": 24, "counterfactual": 48,
+        "attribution": 32, "knowledge": 300, "neurons": 60, "multihop": 150, "probes": 300,
     },
     "full": {
         "task_accuracy": 1200, "nle": 400, "nle_faithfulness": 400, "cc_shap": 80, "counterfactual": 300,

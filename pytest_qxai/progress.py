@@ -21,6 +21,8 @@ class ProgressSink:
 
     enabled: bool = False
     suspend: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+    scope: str = ""
+    """What is running now (the suite module), prefixed to every bar's description."""
 
 
 _SINK = ProgressSink()
@@ -32,6 +34,11 @@ def configure(enabled: bool, suspend: Callable[[], ContextManager[Any]] | None =
     _SINK.suspend = suspend or contextlib.nullcontext
 
 
+def set_scope(name: str) -> None:
+    """Name the work that follows (the plugin sets the suite module before each test's setup)."""
+    _SINK.scope = name
+
+
 class Bar:
     """One suite's bar; a no-op when progress is off."""
 
@@ -41,7 +48,8 @@ class Bar:
             from tqdm import tqdm
 
             with _SINK.suspend():
-                self._bar = tqdm(total=total, desc=description, unit="item", leave=False, file=sys.stderr)
+                desc = f"{_SINK.scope} {description}".strip()
+                self._bar = tqdm(total=total, desc=desc, unit="item", leave=False, file=sys.stderr)
 
     def advance(self, n: int = 1) -> None:
         """Mark ``n`` more items done."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
+
+from .progress import Bar, track
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +57,7 @@ class Runtime:
         *,
         batch_size: int | None = None,
         max_length: int = 1024,
+        label: str = "model",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -62,8 +65,8 @@ class Runtime:
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 64)
         self.max_length = max_length
         self.stats = CallStats()
-        self.progress: Callable[[int], None] | None = None
-        """Called with the number of items finished after each batch (the suite's progress bar)."""
+        self.label = label
+        """Which side this is (``reference`` or ``quantized``), shown on progress bars."""
         self.recorder: list[tuple[str, dict[str, Any]]] | None = None
         """When a list, every model call's inputs are appended to it (the benchmark replays them bare)."""
 
@@ -97,6 +100,15 @@ class Runtime:
 
         results: list[R | None] = [None] * len(lengths)
         pending = list(self._batches(lengths, self.batch_size))
+        with track(f"{self.label} {kind}", len(lengths)) as bar:
+            self._drain(kind, pending, fn, results, bar)
+        return results  # type: ignore[return-value]
+
+    def _drain(self, kind: str, pending: list[list[int]], fn: Callable[[list[int]], list[R]],
+               results: list[Any], bar: Bar) -> None:
+        """Run ``pending`` batches into ``results``; an out-of-memory batch is split in two and retried."""
+        import torch
+
         while pending:
             batch = pending.pop(0)
             start = time.perf_counter()
@@ -120,9 +132,7 @@ class Runtime:
             self.stats.add(kind, time.perf_counter() - start)
             for index, value in zip(batch, out):
                 results[index] = value
-            if self.progress is not None:
-                self.progress(len(batch))
-        return results  # type: ignore[return-value]
+            bar.advance(len(batch))
 
     def encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         """Token ids of each text (no padding)."""
@@ -292,7 +302,7 @@ class Runtime:
     def activations(
         self,
         prompts: Sequence[str],
-        taps: Mapping[str, tuple["torch.nn.Module", str]],
+        taps: dict[str, tuple["torch.nn.Module", str]],
         positions: Sequence[int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Inputs or outputs of chosen modules at one token per prompt, ``{name: [n, width]}``.
@@ -347,32 +357,35 @@ class Runtime:
         modules: Sequence["torch.nn.Module"],
         positions: Sequence[int],
         objective: Callable[["torch.Tensor", list[int]], "torch.Tensor"],
-    ) -> np.ndarray:
-        """Gradient of a next-token objective w.r.t. each module's output at one token per prompt, ``[n, m, width]``.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each module's output at one token per prompt and the gradient of a next-token objective there.
 
         ``objective(log_probs [b, vocab], item_indices) -> [b]`` scores each prompt's next-token
-        distribution; entry ``[i, j]`` is d objective_i / d output_j[positions[i]], the first-order effect of
-        adding a vector to that module's output there (activation patching). Needs a backward pass through
-        the model (:func:`probe_backward`).
+        distribution. Returns ``(outputs, grads)``, both ``[n, len(modules), width]``: ``grads[i, j]`` is
+        d objective_i / d output_j[positions[i]], the first-order effect of adding a vector to that module's
+        output there (activation patching). Needs a backward pass through the model (:func:`probe_backward`).
         """
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
         where = list(positions)
 
-        def run(batch: list[int]) -> list[np.ndarray]:
+        def run(batch: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
             with torch.inference_mode(False), torch.enable_grad():
                 ids, mask = self._pad([seqs[i] for i in batch])
                 ends = [where[i] if where[i] < 0 else where[i] - len(seqs[i]) for i in batch]
                 rows, cols = torch.arange(len(batch)), torch.tensor(ends) + ids.shape[1]
                 deltas: dict[int, torch.Tensor] = {}
+                outputs: dict[int, torch.Tensor] = {}
 
                 def patch(module: torch.nn.Module, _args: Any, output: Any) -> Any:
                     main = output[0] if isinstance(output, tuple) else output
+                    at = (rows.to(main.device), cols.to(main.device))
+                    outputs[id(module)] = main[at].detach().float().cpu()
                     delta = torch.zeros(main.shape[0], main.shape[-1], dtype=main.dtype, device=main.device,
                                         requires_grad=True)
                     deltas[id(module)] = delta
-                    main = main.index_put((rows.to(main.device), cols.to(main.device)), delta, accumulate=True)
+                    main = main.index_put(at, delta, accumulate=True)
                     return (main, *output[1:]) if isinstance(output, tuple) else main
 
                 handles = [module.register_forward_hook(patch) for module in modules]
@@ -387,10 +400,89 @@ class Runtime:
                 value = objective(torch.log_softmax(logits, dim=-1), batch).sum()
                 grads = torch.autograd.grad(value, [deltas[id(module)] for module in modules])
             self.stats.tokens_scored += int(mask.sum())
+            found = torch.stack([outputs[id(module)] for module in modules], dim=1).numpy()
             stacked = torch.stack(grads, dim=1).float().cpu().numpy()
-            return list(stacked)
+            return list(zip(found, stacked))
 
-        return np.stack(self._run_batched("gradient", [len(s) for s in seqs], run))
+        pairs = self._run_batched("gradient", [len(s) for s in seqs], run)
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def prefixed_tail_logprobs(
+        self, prefix: Sequence[int], seqs: Sequence[Sequence[int]], tails: Sequence[int]
+    ) -> list[np.ndarray]:
+        """Log-probabilities of the last ``tails[i]`` tokens of each token-id sequence after a shared prefix.
+
+        The prefix (few-shot demonstrations, a question shared by its answer options) runs once and its
+        key/value cache serves every batch, so scoring many continuations or perturbations of one prompt
+        (Shapley sampling) costs only their own tokens. Sequences are left-padded after the prefix;
+        ``0 < tails[i] < len(seqs[i])``.
+        """
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        if len(tails) != len(seqs) or any(not 0 < t < len(s) for s, t in zip(seqs, tails)):
+            raise ValueError("prefixed_tail_logprobs needs one tail per sequence, each shorter than its sequence")
+        offset = len(prefix)
+        base = DynamicCache()
+        if offset and seqs:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                self._forward(input_ids=torch.tensor([list(prefix)], device=self.device), past_key_values=base,
+                              use_cache=True, logits_to_keep=1)
+            self.stats.add("score", time.perf_counter() - start)
+            self.stats.tokens_scored += offset
+
+        def run(batch: list[int]) -> list[np.ndarray]:
+            ids, mask = self._pad([seqs[i] for i in batch])
+            keep = max(tails[i] for i in batch) + 1
+            cache = None
+            if offset:
+                cache = copy.deepcopy(base)
+                cache.batch_repeat_interleave(len(batch))
+            logits = self._forward(
+                input_ids=ids, past_key_values=cache, use_cache=bool(offset), logits_to_keep=keep,
+                attention_mask=torch.cat([mask.new_ones(len(batch), offset), mask], dim=1),
+                position_ids=offset + self._position_ids(mask),
+            ).logits[:, :-1].float()
+            if cache is not None:
+                cache.crop(-ids.shape[1])  # back to the prefix alone, so a recorded call replays the same work
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -(keep - 1) :, None])[..., 0]
+            self.stats.tokens_scored += int(mask.sum())
+            return [picked[row, picked.shape[1] - tails[i] :].cpu().numpy() for row, i in enumerate(batch)]
+
+        return self._run_batched("score", [len(s) for s in seqs], run)
+
+    def generate_scored(
+        self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n",
+    ) -> tuple[list[str], np.ndarray]:
+        """Greedy continuations as :meth:`generate`, plus the first step's log-softmax ``[n, vocab]``.
+
+        The first step's distribution is :meth:`next_token_logprobs` of each prompt, read off the same
+        prefill instead of a second forward pass (suites that need both save half their model time).
+        """
+        import torch
+
+        seqs = [s[-self.max_length :] for s in self.encode(prompts)]
+
+        def run(batch: list[int]) -> list[tuple[str, np.ndarray]]:
+            ids, mask = self._pad([seqs[i] for i in batch])
+            kwargs = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
+            out = self._generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                return_dict_in_generate=True, output_logits=True, **kwargs,
+            )
+            new = out.sequences[:, ids.shape[1] :]
+            first = torch.log_softmax(out.logits[0].float(), dim=-1).cpu().numpy()
+            self.stats.tokens_scored += int(mask.sum())
+            self.stats.tokens_generated += int((new != self.tokenizer.pad_token_id).sum())
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            return [(t.split(stop)[0].strip() if stop else t.strip(), row) for t, row in zip(texts, first)]
+
+        done = self._run_batched("generate", [len(s) for s in seqs], run)
+        return [text for text, _ in done], np.stack([row for _, row in done])
 
 
 def final_norm(model: "PreTrainedModel") -> "torch.nn.Module":

@@ -181,9 +181,9 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     quant_seconds = time.perf_counter() - quant_started
     ref_id = stable_hash([content_id, device, str(dtype)])
     pair = ModelPair(
-        reference=ModelSide("reference", reference, Runtime(reference, tokenizer, batch_size=cfg.batch_size), ref_id),
+        reference=ModelSide("reference", reference, Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference"), ref_id),
         quantized=ModelSide(
-            "quantized", quantized, Runtime(quantized, tokenizer, batch_size=cfg.batch_size),
+            "quantized", quantized, Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized"),
             ref_id if scheme_name == "none" else quant_id,
         ),
         tokenizer=tokenizer,

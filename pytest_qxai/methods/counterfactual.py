@@ -1,0 +1,245 @@
+"""Self-generated counterfactual examples on e-SNLI: does the model's own minimal edit change the label?
+
+Each model sees the item and *its own* predicted label (the task suite's prediction, shared through the
+cache) and is asked for a minimal edit of the hypothesis that would make the relationship a target label:
+the next label after its prediction in the fixed cycle entailment → neutral → contradiction →
+entailment. Two variants (versioned few-shot templates, greedy, bounded length): one step ("Edited
+hypothesis:"), and two steps (first "Words to change:", then the edit of those words). Per item and
+variant:
+
+* ``self_flip``: the generating model's prediction (task suite prompt) on the edited input differs from
+  its prediction on the original input. Whether the new label is the requested target is reported in
+  the notes only: SmolLM2-135M almost never reaches a named target, so that rate carries no signal.
+* ``validity``: the same flip judged by the FP reference as a fixed judge (its prediction on the edit
+  versus its prediction on the original); on the reference side it equals ``self_flip``.
+* ``minimality``: word-level Levenshtein distance between hypothesis and edit, normalised by the longer
+  word sequence (rapidfuzz); lower is more minimal.
+* ``similarity``: sentence-embedding cosine of hypothesis and edit.
+* ``fluency``: log-perplexity (mean token negative log-likelihood) of the edit under the reference model.
+
+A degenerate edit (empty, or the same words as the hypothesis) counts as no flip for ``self_flip`` and
+``validity`` and is NaN (not applicable) for the three text metrics, so copying the input can never look
+minimal; the number of degenerate edits per side is in the notes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
+from ..metrics import Metric, SuiteResult, register_metric
+from ..profiles import suite_size
+from ..storage import stable_hash
+from . import task
+from .nle import log_perplexity
+from .text import pairwise_cosine, token_edit_distance, words
+
+if TYPE_CHECKING:
+    from ..models.pair import ModelPair, ModelSide
+    from ..runtime import Runtime
+
+SUITE = "counterfactual"
+
+VARIANTS = {"one_step": "", "two_step": "two_step_"}
+"""Variant name → metric name prefix."""
+MAX_EDIT_TOKENS = 40
+MAX_WORDS_TOKENS = 12
+EXAMPLES_IN_NOTES = 3
+
+TEMPLATES: dict[str, Any] = {
+    "version": "counterfactual-v1",
+    "instruction": (
+        "Change as few words of the hypothesis as possible so that the relationship between the premise and "
+        "the hypothesis becomes the target relationship.\n\n"
+    ),
+    "words_instruction": (
+        "Name the words of the hypothesis that must change so that the relationship between the premise and "
+        "the hypothesis becomes the target relationship.\n\n"
+    ),
+    "item": "Premise: {premise}\nHypothesis: {hypothesis}\nRelationship: {label}\nTarget: {target}\n",
+    "words": "Words to change:",
+    "edit": "Edited hypothesis:",
+    # Hand-written demonstrations (not from e-SNLI), one per step of the label cycle.
+    "demos": (
+        {"premise": "A man in a red shirt is riding a bike down a hill.", "hypothesis": "A man is riding a bike.",
+         "label": "entailment", "target": "neutral", "words": "a bike", "edit": "A man is riding his new bike."},
+        {"premise": "Two children are playing with a ball in the park.", "hypothesis": "The children are brothers.",
+         "label": "neutral", "target": "contradiction", "words": "brothers", "edit": "The children are sleeping."},
+        {"premise": "A woman is cooking dinner in the kitchen.", "hypothesis": "A woman is sleeping on the couch.",
+         "label": "contradiction", "target": "entailment", "words": "sleeping on the couch",
+         "edit": "A woman is cooking in the kitchen."},
+    ),
+}
+
+
+def _metric(name: str, description: str, kind: str, **kwargs: Any) -> dict[str, Metric]:
+    """Register one metric for every variant (``two_step_`` prefix for the two-step one)."""
+    return {
+        variant: register_metric(Metric(SUITE, prefix + name, f"{description} ({variant.replace('_', '-')})",
+                                        kind, **kwargs))  # type: ignore[arg-type]
+        for variant, prefix in VARIANTS.items()
+    }
+
+
+SELF_FLIP = _metric("self_flip", "Generating model's own label changes on its counterfactual edit", "binary",
+                    direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.05")
+VALIDITY = _metric("validity", "FP reference's label changes on the counterfactual edit (fixed judge)", "binary",
+                   direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.05")
+MINIMALITY = _metric("minimality", "Normalised word edit distance between hypothesis and counterfactual",
+                     "continuous", direction="lower", bounds=(0.0, 1.0), tolerance="abs:0.05")
+SIMILARITY = _metric("similarity", "Sentence-embedding cosine of hypothesis and counterfactual", "continuous",
+                     direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.03")
+FLUENCY = _metric("fluency", "Log-perplexity of the counterfactual under the reference model", "continuous",
+                  direction="lower", bounds=(0.0, None), unit="nats/token", tolerance="abs:0.25")
+COUNTERFACTUAL_METRICS: list[Metric] = [
+    group[variant] for variant in VARIANTS for group in (SELF_FLIP, VALIDITY, MINIMALITY, SIMILARITY, FLUENCY)
+]
+
+
+# --- templates --------------------------------------------------------------------------------------------
+
+def target_label(label: int) -> int:
+    """The requested label: the next one in the cycle entailment → neutral → contradiction → entailment."""
+    return (label + 1) % len(NLI_LABELS)
+
+
+def _item_block(premise: str, hypothesis: str, label: str, target: str) -> str:
+    """One item: premise, hypothesis, the model's label and the requested target."""
+    return TEMPLATES["item"].format(premise=premise, hypothesis=hypothesis, label=label, target=target)
+
+
+def _demo_block(demo: dict[str, str], with_words: bool, with_edit: bool) -> str:
+    """A worked demonstration, with its words to change and/or its edit."""
+    block = _item_block(demo["premise"], demo["hypothesis"], demo["label"], demo["target"])
+    if with_words:
+        block += f"{TEMPLATES['words']} {demo['words']}\n"
+    if with_edit:
+        block += f"{TEMPLATES['edit']} {demo['edit']}\n"
+    return block + "\n"
+
+
+def edit_prompt(item: NLIItem, label: int, words_to_change: str | None = None) -> str:
+    """The prompt asking for the edit; with ``words_to_change`` it is step two of the two-step variant."""
+    two_step = words_to_change is not None
+    demos = "".join(_demo_block(d, with_words=two_step, with_edit=True) for d in TEMPLATES["demos"])
+    query = _item_block(item.premise, item.hypothesis, NLI_LABELS[label], NLI_LABELS[target_label(label)])
+    if two_step:
+        query += f"{TEMPLATES['words']} {words_to_change}\n"
+    return TEMPLATES["instruction"] + demos + query + TEMPLATES["edit"]
+
+
+def words_prompt(item: NLIItem, label: int) -> str:
+    """Step one of the two-step variant: which words of the hypothesis to change."""
+    demos = "".join(_demo_block(d, with_words=True, with_edit=False) for d in TEMPLATES["demos"])
+    query = _item_block(item.premise, item.hypothesis, NLI_LABELS[label], NLI_LABELS[target_label(label)])
+    return TEMPLATES["words_instruction"] + demos + query + TEMPLATES["words"]
+
+
+# --- per-item formulas ------------------------------------------------------------------------------------
+
+def is_degenerate(hypothesis: str, edit: str) -> bool:
+    """An edit that is empty or has exactly the hypothesis's words (case and spacing ignored)."""
+    return not words(edit) or words(edit) == words(hypothesis)
+
+
+def flips(before: np.ndarray, after: np.ndarray, degenerate: np.ndarray) -> np.ndarray:
+    """1 where the label changed on a non-degenerate edit, else 0 (a degenerate edit never counts as a flip)."""
+    return ((np.asarray(before) != np.asarray(after)) & ~np.asarray(degenerate, dtype=bool)).astype(np.float64)
+
+
+def text_scores(
+    hypotheses: Sequence[str], edits: Sequence[str], degenerate: np.ndarray, scorer: "Runtime"
+) -> dict[str, np.ndarray]:
+    """Minimality, similarity and fluency per item; NaN for degenerate edits."""
+    minimality = np.array([token_edit_distance(h, e) for h, e in zip(hypotheses, edits)])
+    similarity = pairwise_cosine(list(hypotheses), list(edits))
+    fluency = log_perplexity(scorer, edits)
+    scores = {"minimality": minimality, "similarity": similarity, "fluency": fluency}
+    for values in scores.values():
+        values[np.asarray(degenerate, dtype=bool)] = np.nan
+    return scores
+
+
+# --- model computations -----------------------------------------------------------------------------------
+
+def _predict_edited(runtime: "Runtime", items: Sequence[NLIItem], edits: Sequence[str]) -> np.ndarray:
+    """The task suite's prediction with each hypothesis replaced by its edit."""
+    return task.predict_nli(runtime, [(item.premise, edit) for item, edit in zip(items, edits)])
+
+
+def _generate(side: "ModelSide", items: Sequence[NLIItem], labels: np.ndarray) -> dict[str, Any]:
+    """Both variants' edits by one model, and that model's predictions on them."""
+    runtime = side.runtime
+    one_step = runtime.generate([edit_prompt(it, int(y)) for it, y in zip(items, labels)], MAX_EDIT_TOKENS)
+    chosen = runtime.generate([words_prompt(it, int(y)) for it, y in zip(items, labels)], MAX_WORDS_TOKENS)
+    two_step = runtime.generate(
+        [edit_prompt(it, int(y), w) for it, y, w in zip(items, labels, chosen)], MAX_EDIT_TOKENS
+    )
+    edits = {"one_step": one_step, "two_step": two_step}
+    return {
+        "edits": edits,
+        "words": chosen,
+        "predictions": {v: _predict_edited(runtime, items, e) for v, e in edits.items()},
+    }
+
+
+def _judge(
+    pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], generated: dict[str, Any]
+) -> dict[str, Any]:
+    """The FP reference's predictions on a side's edits and the text metrics (scored by the reference)."""
+    scorer = pair.reference.runtime
+    out: dict[str, Any] = {}
+    for variant, texts in generated["edits"].items():
+        degenerate = np.array([is_degenerate(it.hypothesis, e) for it, e in zip(items, texts)])
+        own = generated["predictions"][variant]  # the reference judging its own edits: already computed
+        out[variant] = {
+            "predictions": own if side is pair.reference else _predict_edited(scorer, items, texts),
+            "degenerate": degenerate,
+            **text_scores([it.hypothesis for it in items], texts, degenerate, scorer),
+        }
+    return out
+
+
+def run_counterfactual(pair: "ModelPair") -> SuiteResult:
+    """Counterfactual edits of both models, with their flip rates, minimality, similarity and fluency."""
+    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    items = task.esnli_items(pair, n)
+    data_hash = dataset_fingerprint(items)
+    params = {"data": data_hash, "templates": stable_hash(TEMPLATES), "task": task.template_id(pair.tokenizer),
+              "max_tokens": [MAX_EDIT_TOKENS, MAX_WORDS_TOKENS]}
+    judge_labels = task.nli_predictions(pair, pair.reference, n).predicted
+    values: dict[str, dict[str, np.ndarray]] = {}
+    notes: dict[str, Any] = {
+        "judge": "the reference model, with the task suite's prompt", "fluency_scorer": "the reference model",
+        "template_version": f"{TEMPLATES['version']}, {task.NLI_TEMPLATE['version']}",
+        "target": "next label after the model's own prediction: " + " -> ".join((*NLI_LABELS, NLI_LABELS[0])),
+        "degenerate": {}, "target_reached": {}, "examples": {},
+    }
+    for side in pair.sides:
+        labels = task.nli_predictions(pair, side, n).predicted
+        generated = pair.cached(side, "counterfactual", params, lambda: _generate(side, items, labels))
+        judged = pair.cached(side, "counterfactual/judge", {**params, "judge": pair.reference.identity},
+                             lambda: _judge(pair, side, items, generated))
+        values[side.role] = {}
+        for variant, prefix in VARIANTS.items():
+            verdict, own = judged[variant], generated["predictions"][variant]
+            values[side.role][prefix + "self_flip"] = flips(labels, own, verdict["degenerate"])
+            values[side.role][prefix + "validity"] = flips(judge_labels, verdict["predictions"], verdict["degenerate"])
+            for name in ("minimality", "similarity", "fluency"):
+                values[side.role][prefix + name] = verdict[name]
+            key = f"{side.role}/{variant}"
+            notes["degenerate"][key] = f"{int(verdict['degenerate'].sum())}/{n}"
+            reached = (own == np.array([target_label(int(y)) for y in labels])) & ~verdict["degenerate"]
+            notes["target_reached"][key] = round(float(reached.mean()), 4)
+            notes["examples"][key] = [
+                {"id": it.id, "hypothesis": it.hypothesis, "edit": e}
+                for it, e in zip(items[:EXAMPLES_IN_NOTES], generated["edits"][variant])
+            ]
+    return SuiteResult(
+        SUITE, [item.id for item in items], values["reference"], values["quantized"],
+        fingerprint={"data": data_hash, "templates": TEMPLATES["version"],
+                     "task_template": task.template_id(pair.tokenizer), "params": stable_hash(params)},
+        notes=notes,
+    )

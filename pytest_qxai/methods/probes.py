@@ -1,0 +1,158 @@
+"""Linear probes and representation similarity between the FP and quantized residual streams, per e-SNLI item.
+
+Each item's residual stream after every decoder layer is read at the last token of the NLI prompt (the position
+that predicts the label). Per layer, a logistic-regression probe (scikit-learn, standardised features, fixed
+seed) predicts the gold NLI label. Every item gets a held-out prediction through stratified k-fold
+cross-validation: probes trained on the FP activations of the other folds classify the item's FP activations
+(reference) and its quantized activations (transfer); probes retrained on quantized activations classify the
+quantized ones (retrained). An item's score is the share of layers whose probe classifies it correctly: no
+layer is chosen on the very items that are gated (which would favour the reference), and the per-layer
+accuracies go to the report as profiles. Similarity: linear CKA per layer (Kornblith et al. 2019) as a
+profile, and per item the cosine of the FP and quantized states averaged over layers, after subtracting the
+FP mean state of the layer (the shared mean, dominated by a few massive activation dimensions, would put
+every raw cosine near 1).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint, load_esnli
+from ..metrics import Metric, SuiteResult, register_metric
+from ..profiles import suite_size
+from ..storage import stable_hash
+from .task import NLI_TEMPLATE, nli_prompt, template_id
+
+if TYPE_CHECKING:
+    from ..models.pair import ModelPair, ModelSide
+
+SUITE = "probes"
+PROBE = {"version": "probes-v1", "folds": 5, "C": 0.1, "max_iter": 2000}
+"""Probe settings: k-fold cross-validation and the inverse L2 strength of the logistic regression."""
+
+TRANSFER = register_metric(Metric(
+    SUITE, "probe_transfer_accuracy",
+    "share of layers whose FP-trained NLI probe classifies the item's activations correctly (quantized: transfer)",
+    "continuous", bounds=(0.0, 1.0), unit="share of layers", tolerance="abs:0.03",
+))
+RETRAINED = register_metric(Metric(
+    SUITE, "probe_retrained_accuracy",
+    "share of layers whose NLI probe, trained on the same model's activations, classifies the item correctly",
+    "continuous", bounds=(0.0, 1.0), unit="share of layers", tolerance="abs:0.03",
+))
+COSINE = register_metric(Metric(
+    SUITE, "representation_cosine",
+    "cosine of FP and quantized residual states (FP mean removed), averaged over layers (FP side: 1)",
+    "continuous", bounds=(-1.0, 1.0), unit="cosine", tolerance="abs:0.05",
+))
+PROBES_METRICS = [TRANSFER, RETRAINED, COSINE]
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA of two activation matrices ``[n, d1]``, ``[n, d2]`` (Kornblith et al. 2019, Eq. 5).
+
+    ``‖Yᵀ X‖²_F / (‖Xᵀ X‖_F ‖Yᵀ Y‖_F)`` on column-centred matrices: 1 for identical representations,
+    invariant to orthogonal transforms and isotropic scaling of either side.
+    """
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
+    """Per item, the cosine of FP and quantized states ``[n, L, d]`` after removing the FP mean, averaged over L."""
+    mean = reference.mean(axis=0, keepdims=True)
+    a, b = reference - mean, quantized - mean
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    cos = np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)
+    return cos.mean(axis=1)
+
+
+def probe_predictions(
+    train: np.ndarray, labels: np.ndarray, tests: Sequence[np.ndarray], seed: int, folds: int = PROBE["folds"],
+) -> list[np.ndarray]:
+    """Held-out predictions per layer: probes fit on ``train`` ``[n, L, d]`` classify each array of ``tests``.
+
+    Returns one ``[n, L]`` array of predicted labels per test array; item i's prediction comes from the probe
+    of the fold that held it out.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n, depth, _ = train.shape
+    out = [np.empty((n, depth), dtype=labels.dtype) for _ in tests]
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n), labels)
+    for fit_rows, held in splits:
+        for layer in range(depth):
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE["C"], max_iter=PROBE["max_iter"]))
+            probe.fit(train[fit_rows, layer], labels[fit_rows])
+            for target, test in zip(out, tests):
+                target[held, layer] = probe.predict(test[held, layer])
+    return out
+
+
+def residual_states(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem]) -> np.ndarray:
+    """Residual stream after each decoder layer at the prompt's last token, ``[n, L, d]`` (cached per side)."""
+
+    tokenizer = side.runtime.tokenizer
+
+    def compute() -> np.ndarray:
+        hidden = side.runtime.hidden_states([nli_prompt(tokenizer, it.premise, it.hypothesis) for it in items])
+        return hidden[:, 1:].astype(np.float32)
+
+    params = {"items": dataset_fingerprint(items), "prompt": template_id(tokenizer)}
+    return pair.cached(side, "probes.states", params, compute)
+
+
+def run_probes(pair: "ModelPair") -> SuiteResult:
+    """Probe transfer and retraining accuracy, CKA and per-item similarity of FP and quantized activations."""
+    items = load_esnli(suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed,
+                       path=pair.config.data.get("esnli"))
+    labels = np.array([NLI_LABELS.index(it.label) for it in items])
+    reference, quantized = (residual_states(pair, side, items) for side in pair.sides)
+    seed, depth = pair.config.seed, reference.shape[1]
+    counts = np.bincount(labels)[np.bincount(labels) > 0]
+    folds = min(PROBE["folds"], int(counts.min()))
+    ref_vals = {COSINE.name: np.ones(len(items))}
+    quant_vals = {COSINE.name: centred_cosine(reference, quantized)}
+    profiles = {f"{COSINE.name}/cka_by_layer": {
+        "reference": [1.0] * depth,
+        "quantized": [linear_cka(reference[:, layer], quantized[:, layer]) for layer in range(depth)],
+    }}
+    skipped = {}
+    if len(counts) < 2 or folds < 2:
+        reason = (f"{len(items)} items give too few per NLI label for cross-validated probes "
+                  f"(smallest label count {int(counts.min())}, at least 2 of two labels needed)")
+        skipped = {TRANSFER.name: reason, RETRAINED.name: reason}
+    else:
+        on_reference, transferred = probe_predictions(reference, labels, [reference, quantized], seed, folds)
+        (retrained,) = probe_predictions(quantized, labels, [quantized], seed, folds)
+        correct = {name: (pred == labels[:, None]).astype(float) for name, pred in
+                   (("reference", on_reference), ("transfer", transferred), ("retrained", retrained))}
+        ref_vals |= {TRANSFER.name: correct["reference"].mean(1), RETRAINED.name: correct["reference"].mean(1)}
+        quant_vals |= {TRANSFER.name: correct["transfer"].mean(1), RETRAINED.name: correct["retrained"].mean(1)}
+        for metric, side in ((TRANSFER, "transfer"), (RETRAINED, "retrained")):
+            profiles[f"{metric.name}/accuracy_by_layer"] = {"reference": correct["reference"].mean(0).tolist(),
+                                                            "quantized": correct[side].mean(0).tolist()}
+    return SuiteResult(
+        suite=SUITE,
+        item_ids=[it.id for it in items],
+        reference=ref_vals,
+        quantized=quant_vals,
+        fingerprint={"items": dataset_fingerprint(items), "prompt": template_id(pair.tokenizer),
+                     "probe": stable_hash(PROBE)},
+        profiles=profiles,
+        skipped=skipped,
+        notes={
+            "probe": (f"per-layer logistic regression (C={PROBE['C']}, standardised) on the gold e-SNLI label, "
+                      f"{folds}-fold stratified cross-validation, seed {seed}"),
+            "position": f"last token of the task suite's NLI prompt ({NLI_TEMPLATE['version']})",
+            "item_score": "share of the model's decoder layers whose held-out probe classifies the item correctly",
+            "chance": f"{counts.max() / len(labels):.3f} (majority label share)",
+        },
+    )
