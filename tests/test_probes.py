@@ -50,11 +50,12 @@ def test_cka_by_hand() -> None:
 
 
 def test_centred_cosine_by_hand() -> None:
-    """FP states (1, 0), (−1, 0) have mean 0; quantized (1, 1), (−1, 0) → cosines 1/√2 and 1."""
+    """FP (1, 0), (−1, 0) have mean 0; quantized (1, 1), (−1, 0) have mean (0, ½): centred (1, ½), (−1, −½) → 2/√5."""
     reference = np.array([[[1.0, 0.0]], [[-1.0, 0.0]]])
     quantized = np.array([[[1.0, 1.0]], [[-1.0, 0.0]]])
-    np.testing.assert_allclose(P.centred_cosine(reference, quantized), [1 / np.sqrt(2), 1.0])
+    np.testing.assert_allclose(P.centred_cosine(reference, quantized), [2 / np.sqrt(5)] * 2)
     np.testing.assert_allclose(P.centred_cosine(reference, reference), [1.0, 1.0])
+    np.testing.assert_allclose(P.centred_cosine(reference, reference + [3.0, -7.0]), [1.0, 1.0])  # a shared shift
 
 
 def test_probes_classify_separable_data_and_transfer_to_a_copy() -> None:

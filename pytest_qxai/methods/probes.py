@@ -8,9 +8,10 @@ cross-validation: probes trained on the FP activations of the other folds classi
 quantized ones (retrained). An item's score is the share of layers whose probe classifies it correctly: no
 layer is chosen on the very items that are gated (which would favour the reference), and the per-layer
 accuracies go to the report as profiles. Similarity: linear CKA per layer (Kornblith et al. 2019) as a
-profile, and per item the cosine of the FP and quantized states averaged over layers, after subtracting the
-FP mean state of the layer (the shared mean, dominated by a few massive activation dimensions, would put
-every raw cosine near 1).
+profile, and per item the cosine of the FP and quantized states averaged over layers, each side centred on its
+own mean state of the layer, as CKA centres: the shared mean, dominated by a few massive activation dimensions,
+would put every raw cosine near 1, and a shift that quantization adds to every item alike is not a difference
+in how items are represented (centring both on the FP mean put bnb8 at 0.61 on SmolLM2 through that shift alone).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
 
 SUITE = "probes"
-PROBE = {"version": "probes-v1", "folds": 5, "C": 0.1, "max_iter": 2000}
+PROBE = {"version": "probes-v2", "folds": 5, "C": 0.1, "max_iter": 2000}
 """Probe settings: k-fold cross-validation and the inverse L2 strength of the logistic regression."""
 
 TRANSFER = register_metric(Metric(
@@ -44,7 +45,7 @@ RETRAINED = register_metric(Metric(
 ))
 COSINE = register_metric(Metric(
     SUITE, "representation_cosine",
-    "cosine of FP and quantized residual states (FP mean removed), averaged over layers (FP side: 1)",
+    "cosine of FP and quantized residual states (each centred on its mean), averaged over layers (FP side: 1)",
     "continuous", bounds=(-1.0, 1.0), unit="cosine", tolerance="abs:0.05",
 ))
 PROBES_METRICS = [TRANSFER, RETRAINED, COSINE]
@@ -63,9 +64,9 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
-    """Per item, the cosine of FP and quantized states ``[n, L, d]`` after removing the FP mean, averaged over L."""
-    mean = reference.mean(axis=0, keepdims=True)
-    a, b = reference - mean, quantized - mean
+    """Per item, the cosine of FP and quantized states ``[n, L, d]``, each centred on its own mean, averaged over L."""
+    a = reference - reference.mean(axis=0, keepdims=True)
+    b = quantized - quantized.mean(axis=0, keepdims=True)
     norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
     cos = np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)
     return cos.mean(axis=1)
