@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+from tiny import assert_sides_match
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -157,10 +158,7 @@ def test_second_hop_derivative_matches_a_finite_difference(tiny_runtime: Any) ->
 
 def test_suite_on_identical_models(tiny_runtime: Any, make_config: Any) -> None:
     result = M.run_multihop(tiny_pair(tiny_runtime, make_config(samples=3)))
-    assert len(result.item_ids) == 3 and not result.skipped
-    for metric in M.MULTIHOP_METRICS:
-        reference, quantized = result.values(metric.name)
-        np.testing.assert_allclose(reference, quantized, atol=1e-6)
+    assert_sides_match(result, M.MULTIHOP_METRICS, 3)
     assert len(result.profiles["first_hop/share_by_layer"]["reference"]) == 2
     assert set(result.notes["test_layers"]) == {"first_hop", "second_hop"}
 

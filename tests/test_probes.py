@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from tiny import assert_sides_match
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,10 +96,7 @@ def test_suite_on_identical_models(tiny_runtime: Any, make_config: Any) -> None:
     from test_arch import tiny_pair
 
     result = P.run_probes(tiny_pair(tiny_runtime, make_config(samples=15)))
-    assert len(result.item_ids) == 15 and not result.skipped
-    for metric in P.PROBES_METRICS:
-        reference, quantized = result.values(metric.name)
-        np.testing.assert_allclose(reference, quantized, atol=1e-6)
+    assert_sides_match(result, P.PROBES_METRICS, 15)
     np.testing.assert_allclose(result.profiles["representation_cosine/cka_by_layer"]["quantized"], 1.0, atol=1e-6)
 
 

@@ -9,6 +9,7 @@ that a metric means anything.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 TINY_TEXTS = [
     "The capital of France is Paris.",
@@ -66,3 +67,14 @@ def build_tiny_model(tmp_path: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def assert_sides_match(result: Any, metrics: Sequence[Any], n_items: int, atol: float = 1e-6) -> None:
+    """A suite run on two identical models: ``n_items`` items, nothing skipped, equal per-item values per metric."""
+    import numpy as np
+
+    assert len(result.item_ids) == n_items and not result.skipped
+    for metric in metrics:
+        reference, quantized = result.values(metric.name)
+        assert reference.shape == (n_items,)
+        np.testing.assert_allclose(reference, quantized, rtol=0, atol=atol)
