@@ -76,6 +76,15 @@ def _configure_progress(config: pytest.Config) -> None:
     progress.configure(config.get_verbosity() >= 0 and not _is_xdist_worker(config), suspend)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A suite that stops on a known condition (an architecture the probes do not know...) shows one line."""
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(QxaiError):
+        report.longrepr = f"qxai: {call.excinfo.value}"
+    return report
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Name progress bars after the suite whose fixtures are about to compute (``test_nle.py`` -> ``nle``)."""

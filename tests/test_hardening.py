@@ -224,6 +224,24 @@ def test_model_source_messages_are_exact(tmp_path: Path, monkeypatch: pytest.Mon
 
 # --- catalogue: architecture the probes do not know -----------------------------------------------------------
 
+def test_a_suite_stopped_by_a_qxai_error_reports_one_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite="""
+        import pytest
+        from pytest_qxai.errors import ArchitectureError
+
+        @pytest.fixture(scope="module")
+        def result():
+            raise ArchitectureError("the probes do not know architecture BertForMaskedLM (model_type=bert)")
+
+        def test_probe(result):
+            pass
+    """)
+    run = pytester.runpytest_subprocess()
+    run.assert_outcomes(errors=1)
+    run.stdout.fnmatch_lines(["*qxai: the probes do not know architecture BertForMaskedLM (model_type=bert)*"])
+    assert "Traceback" not in run.stdout.str() and "raise ArchitectureError" not in run.stdout.str()
+
+
 def test_unknown_architecture_is_one_line() -> None:
     from pytest_qxai.methods.arch import model_parts
 
