@@ -31,7 +31,7 @@ from pytest_qxai.errors import BackendMissingError, QxaiError, QxaiUsageError  #
 from pytest_qxai.models.loading import load_reference, load_tokenizer  # noqa: E402
 from pytest_qxai.runtime import probe_backward  # noqa: E402
 from pytest_qxai.specs import parse_spec  # noqa: E402
-from tests.tiny import TINY_TEXTS, build_tiny_model  # noqa: E402
+from tests.tiny import TINY_TEXTS, backend_or_skip, build_tiny_model  # noqa: E402
 
 SPECS = [
     "none", "bnb8", "bnb4", "bnb4-fp4", "gptq4:group_size=64", "gptq8:group_size=64", "awq4:group_size=64",
@@ -85,12 +85,7 @@ def quantized(make_ctx: Callable[..., QuantContext]) -> Callable[[str], tuple[Qu
 
     def get(text: str) -> tuple[QuantBackend, Any, QuantContext]:
         if text not in done:
-            spec = parse_spec(text)
-            try:
-                require_library(spec.scheme)
-            except BackendMissingError as exc:
-                pytest.skip(str(exc))
-            backend = get_backend(spec.scheme.backend)
+            spec, backend = backend_or_skip(text)
             ctx = make_ctx()
             done[text] = (backend, backend.quantize(spec, ctx), ctx)
         return done[text]
@@ -209,12 +204,7 @@ def test_checkpoint_is_cached_and_reused(
     make_ctx: Callable[..., QuantContext], tokenizer: Any, tmp_path: Path, text: str
 ) -> None:
     """The first run saves the quantized model into the cache entry; the second loads it, with equal outputs."""
-    spec = parse_spec(text)
-    try:
-        require_library(spec.scheme)
-    except BackendMissingError as exc:
-        pytest.skip(str(exc))
-    backend = get_backend(spec.scheme.backend)
+    spec, backend = backend_or_skip(text)
     entry = tmp_path / "entry"
     first_ctx, second_ctx = make_ctx(entry), make_ctx(entry)
     first = backend.quantize(spec, first_ctx)
@@ -251,12 +241,7 @@ def test_gptq_checkpoint_is_detected_and_loads(
     make_ctx: Callable[..., QuantContext], tokenizer: Any, tmp_path: Path
 ) -> None:
     """A checkpoint the adapter saved is recognised as GPTQ and loads through ``load_checkpoint``."""
-    spec = parse_spec("gptq4:group_size=64")
-    try:
-        require_library(spec.scheme)
-    except BackendMissingError as exc:
-        pytest.skip(str(exc))
-    backend = get_backend("gptq")
+    spec, backend = backend_or_skip("gptq4:group_size=64")
     made = backend.quantize(spec, make_ctx(tmp_path))
     folder = tmp_path / "checkpoint"
     assert detect_checkpoint(folder) == ("gptq", "gptq4")

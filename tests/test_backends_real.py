@@ -16,13 +16,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from pytest_qxai.backends.base import QuantContext, get_backend, require_library  # noqa: E402
+from pytest_qxai.backends.base import QuantContext, get_backend  # noqa: E402
 from pytest_qxai.backends.checkpoint import detect_checkpoint  # noqa: E402
-from pytest_qxai.errors import BackendMissingError, QxaiUsageError  # noqa: E402
+from pytest_qxai.errors import QxaiUsageError  # noqa: E402
 from pytest_qxai.models.loading import load_reference, load_tokenizer, materialize  # noqa: E402
 from pytest_qxai.models.source import default_source  # noqa: E402
 from pytest_qxai.options import default_cache_dir  # noqa: E402
 from pytest_qxai.specs import parse_spec  # noqa: E402
+from tests.tiny import backend_or_skip  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +80,7 @@ def measured(
 
     def measure(text: str) -> dict[str, Any]:
         if text not in done:
-            spec = parse_spec(text)
-            try:
-                require_library(spec.scheme)
-            except BackendMissingError as exc:
-                pytest.skip(str(exc))
-            backend = get_backend(spec.scheme.backend)
+            spec, backend = backend_or_skip(text)
             calibration: list[str] = []
             if backend.uses_calibration(spec):
                 from pytest_qxai.datasets import load_calibration

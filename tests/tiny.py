@@ -78,3 +78,19 @@ def assert_sides_match(result: Any, metrics: Sequence[Any], n_items: int, atol: 
         reference, quantized = result.values(metric.name)
         assert reference.shape == (n_items,)
         np.testing.assert_allclose(reference, quantized, rtol=0, atol=atol)
+
+
+def backend_or_skip(text: str) -> tuple[Any, Any]:
+    """The parsed ``--quant`` spec and its backend adapter; skips the test when the backend's library is missing."""
+    import pytest
+
+    from pytest_qxai.backends.base import get_backend, require_library
+    from pytest_qxai.errors import BackendMissingError
+    from pytest_qxai.specs import parse_spec
+
+    spec = parse_spec(text)
+    try:
+        require_library(spec.scheme)
+    except BackendMissingError as exc:
+        pytest.skip(str(exc))
+    return spec, get_backend(spec.scheme.backend)
