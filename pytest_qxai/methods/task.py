@@ -23,6 +23,7 @@ task suite's item set (the explanation suites' items are a prefix of it) and ret
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -186,17 +187,27 @@ def predict_nli(runtime: "Runtime", pairs: Sequence[tuple[str, str]]) -> np.ndar
 def mcq_logprobs(runtime: "Runtime", items: Sequence[MCQItem]) -> np.ndarray:
     """``[n, options]`` summed log-probability of each option's text after the cloze prompt (−inf pads short rows).
 
-    One call per question: its prompt runs once and is shared by its options (a batch over questions would
-    run every 3-shot prompt once per option, about four times the work).
+    The demonstrations are the same for every question: the token prefix all prompts share runs once and
+    every (question, option) continuation is scored after it in length-sorted batches across questions.
     """
     out = np.full((len(items), max((len(item.options) for item in items), default=0)), -np.inf)
-    for row, item in enumerate(items):
-        prompt = runtime.encode([mcq_prompt(item.question)])[0]
+    if not items:
+        return out
+    prompts = runtime.encode([mcq_prompt(item.question) for item in items])
+    shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1)
+    seqs: list[list[int]] = []
+    tails: list[int] = []
+    where: list[tuple[int, int]] = []
+    for row, (item, prompt) in enumerate(zip(items, prompts)):
         options = runtime.encode([MCQ_TEMPLATE["option"].format(option=o) for o in item.options],
                                  add_special_tokens=False)
-        scores = runtime.prefixed_tail_logprobs(prompt[:-1], [prompt[-1:] + ids for ids in options],
-                                                [len(ids) for ids in options])
-        out[row, : len(scores)] = [float(s.sum()) for s in scores]
+        for column, ids in enumerate(options):
+            seqs.append(prompt[shared:] + ids)
+            tails.append(len(ids))
+            where.append((row, column))
+    scores = runtime.prefixed_tail_logprobs(prompts[0][:shared], seqs, tails)
+    for (row, column), score in zip(where, scores):
+        out[row, column] = float(score.sum())
     return out
 
 
