@@ -115,6 +115,9 @@ def test_pruned_search_finds_exactly_the_brute_force_top_set(tiny_case: tuple[An
     assert scores.above == int((every >= threshold).sum())
     np.testing.assert_allclose(scores.probe_imp, every[probe], atol=1e-5)
     assert scores.n_neurons == downs[0].shape[1]
+    with torch.no_grad():
+        own = N.score_neurons(parts, res, downs, token, threshold=None, probe=None, top_k=20)
+    assert own.above == int((every >= own.tau - 1e-6).sum()) >= 20
 
 
 def test_the_bound_never_falls_below_the_exact_importance(tiny_case: tuple[Any, N.Residuals, Any, int]) -> None:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 SUITE = "neurons"
 TOP_K = 300
 """Size of the important-neuron set (the paper's top 300)."""
+METHOD = "exact-pruned-v2"
+"""Version of the scoring method (v2: the FP side counts neurons tied at its τ, as the quantized side does)."""
 CANDIDATES_PER_ITEM = 4
 """Facts are drawn from this many times ``n`` knowledge items, keeping those the reference recalls."""
 CHUNK = 256
@@ -54,7 +56,7 @@ TOP_RETAINED = register_metric(Metric(
     "continuous", bounds=(0.0, 1.0), unit="share", tolerance="abs:0.1",
 ))
 ABOVE_TAU = register_metric(Metric(
-    SUITE, "neurons_above_tau", "quantized neurons with Imp ≥ τ, divided by 300 (FP side: 1 by definition of τ)",
+    SUITE, "neurons_above_tau", "neurons with Imp ≥ the FP τ, divided by 300 (FP side: 1, more only if neurons tie at τ)",
     "continuous", bounds=(0.0, None), unit="× 300", tolerance="abs:0.2,two-sided",
 ))
 SUBLAYER_COSINE = register_metric(Metric(
@@ -88,7 +90,7 @@ class NeuronScores:
     """Flat indices of the ``TOP_K`` most important neurons, most important first."""
     top_imp: np.ndarray
     above: int
-    """Neurons with Imp ≥ the threshold that was asked for (the top-K count when none was)."""
+    """Neurons with Imp ≥ the threshold asked for, else ≥ their own τ (K, or more when neurons tie at τ)."""
     probe_imp: np.ndarray
     """Imp of the neurons asked for by flat index (the FP top set, on the quantized side)."""
     n_neurons: int
@@ -170,7 +172,8 @@ def score_neurons(
                 scored[missing] = exact(missing)
         known = np.flatnonzero(~np.isnan(scored))
         top = known[np.argsort(-scored[known], kind="stable")[:top_k]]
-        above = int((scored[known] >= threshold).sum()) if threshold is not None else top_k
+        cut = threshold if threshold is not None else float(scored[top[-1]])
+        above = int((scored[known] >= cut).sum())
         return NeuronScores(
             attn=sub_attn.double().numpy(), ffn=sub_ffn.double().numpy(), top=top, top_imp=scored[top],
             above=above, probe_imp=scored[probe] if probe is not None else np.zeros(0), n_neurons=width,
@@ -216,7 +219,7 @@ def side_scores(
         ]
 
     params = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in items]), "prompt": PROMPT,
-              "top_k": TOP_K, "method": "exact-pruned-v1",
+              "top_k": TOP_K, "method": METHOD,
               "reference": None if reference is None else stable_hash([[s.tau, s.top.tolist()] for s in reference])}
     return pair.cached(side, "neurons.scores", params, compute)
 
@@ -243,7 +246,7 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
     quantized = side_scores(pair, pair.quantized, items, backend=pair.backend, reference=reference)
     ids = [it.id for it in items]
     fingerprint = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in items]),
-                   "method": stable_hash({"top_k": TOP_K, "method": "exact-pruned-v1", "prompt": PROMPT})}
+                   "method": stable_hash({"top_k": TOP_K, "method": METHOD, "prompt": PROMPT})}
     notes = {
         "facts": f"{len(items)} knowledge facts the reference recalls correctly (prompt {PROMPT['version']})",
         "answer_token": "first token of the object after the prompt",
@@ -273,5 +276,6 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
         side: np.mean([np.bincount(s.top // s.n_neurons, minlength=len(s.attn)) for s in scores], axis=0).tolist()
         for side, scores in (("reference", reference), ("quantized", quantized))
     }
-    return SuiteResult(SUITE, ids, {name: ones for name in quant_vals}, quant_vals, fingerprint,
+    ref_vals = {name: ones for name in quant_vals} | {ABOVE_TAU.name: np.array([r.above / TOP_K for r in reference])}
+    return SuiteResult(SUITE, ids, ref_vals, quant_vals, fingerprint,
                        profiles=profiles, notes=notes)
