@@ -97,6 +97,9 @@ OPTIONS: tuple[OptionDef, ...] = (
               "Override a tolerance band: [SUITE.]METRIC=BAND, e.g. accuracy=abs:0.03 or "
               "cc_shap=rel:0.1,two-sided,alpha=0.01 (repeatable)", ini_type="args",
               kwargs={"action": "append", "metavar": "METRIC=BAND"}),
+    OptionDef(("--qxai-shard",), "qxai_shard",
+              "Run only shard I of N (e.g. 2/4) of the collected test modules, each module whole; "
+              "merge the shards' JSON reports with `qxai merge`", kwargs={"metavar": "I/N"}),
     OptionDef(("--qxai-report-json",), "qxai_report_json", "Write the machine-readable report here",
               kwargs={"metavar": "PATH"}),
     OptionDef(("--qxai-report-md",), "qxai_report_md", "Write a Markdown report (for a pull-request comment)",
@@ -190,6 +193,8 @@ class QxaiConfig:
     report_json: Path | None
     report_md: Path | None
     report_html: Path | None
+    shard: tuple[int, int] | None
+    """``(index, count)``, 1-based: this session runs test modules ``index, index + count, …`` in name order."""
     ci: bool
     rootdir: Path
 
@@ -244,6 +249,10 @@ class QxaiConfig:
         if update not in (None, "", *UPDATE_MODES):
             raise QxaiUsageError(f"qxai_update_baselines {update!r}: use one of {', '.join(UPDATE_MODES)}")
         no_cache = _as_bool(get["qxai_no_cache"])
+        shard = parse_shard(str(get["qxai_shard"])) if get["qxai_shard"] not in (None, "") else None
+        if shard is not None and _as_bool(get["qxai_prune_baselines"]):
+            raise QxaiUsageError("--qxai-prune-baselines cannot be combined with --qxai-shard: a shard runs only "
+                                 "part of the checks, so pruning would drop the other shards' records")
         default_name = quant.slug if profile == "standard" else f"{quant.slug}-{profile}"
         baseline_name = check_baseline_name(str(get["qxai_baseline_name"] or default_name))
         return cls(
@@ -270,9 +279,21 @@ class QxaiConfig:
             report_json=as_path(get["qxai_report_json"]),
             report_md=as_path(get["qxai_report_md"]),
             report_html=as_path(get["qxai_report_html"]),
+            shard=shard,
             ci=bool(os.environ.get("CI")),
             rootdir=root,
         )
+
+
+_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → ``(I, N)`` with ``1 <= I <= N``; a one-line usage error otherwise."""
+    found = _SHARD.fullmatch(text)
+    if found is None or not 1 <= int(found[1]) <= int(found[2]):
+        raise QxaiUsageError(f"--qxai-shard {text!r}: write I/N with 1 <= I <= N, e.g. 2/4")
+    return int(found[1]), int(found[2])
 
 
 def _check_data(name: str, path: Path) -> None:

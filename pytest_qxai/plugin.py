@@ -93,8 +93,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     progress.set_scope(item.path.stem.removeprefix("test_"))
 
 
+def shard_modules(items: list[pytest.Item], index: int, count: int) -> tuple[list[pytest.Item], list[pytest.Item]]:
+    """Items of shard ``index`` of ``count`` (1-based) and the rest: whole modules, dealt round-robin in name order.
+
+    A module is never split, so a suite's model work runs in one shard only.
+    """
+    modules = sorted({item.nodeid.split("::", 1)[0] for item in items})
+    mine = {name for position, name in enumerate(modules) if position % count == index - 1}
+    keep = [item for item in items if item.nodeid.split("::", 1)[0] in mine]
+    return keep, [item for item in items if item.nodeid.split("::", 1)[0] not in mine]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Validate lazily when qxai suites were collected without explicit options; tag suites for xdist."""
+    """Keep this run's shard, tag suites for xdist, validate lazily when suites were collected without options."""
+    shard = config.stash[SESSION_KEY].config.shard
+    if shard is not None:
+        keep, drop = shard_modules(items, *shard)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
     uses_pair = False
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES):

@@ -30,7 +30,7 @@ def make_config(tmp_path: Path) -> Callable[..., QxaiConfig]:
             profile="smoke", samples=None, seed=0, batch_size=None, cache_dir=None, trust_remote_code=False,
             judge=None, offload=False, data={}, baseline_dir=tmp_path / "baselines", baseline_name="bnb4",
             update_baselines=None, prune_baselines=False, tolerances=(), report_json=None, report_md=None,
-            report_html=None, ci=False, rootdir=tmp_path,
+            report_html=None, shard=None, ci=False, rootdir=tmp_path,
         )
         return dataclasses.replace(config, **changes)
 

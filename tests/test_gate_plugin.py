@@ -239,3 +239,56 @@ def pytest_unconfigure(config):
                                            "--qxai-report-md=r.md")
     assert result.ret == pytest.ExitCode.OK
     assert (pytester.path / "r.md").exists() and (pytester.path / "heavy.txt").read_text() == ""
+
+
+SHARD_MODULE = """
+from pytest_qxai.metrics import Metric
+
+M = Metric("{suite}", "score", "a score", "continuous", tolerance="abs:0.05")
+
+def test_score(qxai_check):
+    qxai_check(M, [0.5 + i / 100 for i in range(20)], [0.5 + i / 100 + {gap} for i in range(20)],
+               item_ids=[f"i{{i}}" for i in range(20)])
+"""
+
+
+@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["no-xdist", "xdist-n2"])
+def test_shards_split_modules_and_merge_into_one_verdict(gate: pytest.Pytester, args: tuple[str, ...]) -> None:
+    """Shards run disjoint whole modules that together cover the run; `qxai merge` gives the joint verdict."""
+    from pytest_qxai.cli import main
+
+    gaps = {"alpha": 0.0, "beta": -0.2, "gamma": 0.01}
+    gate.makepyfile(**{f"test_{suite}": SHARD_MODULE.format(suite=suite, gap=gap) for suite, gap in gaps.items()})
+    ran: dict[str, set[str]] = {}
+    for shard in ("1/2", "2/2"):
+        report = gate.path / f"shard{shard[0]}.json"
+        result = run_gate(gate, *LEAN, *args, f"--qxai-shard={shard}", "--qxai-update-baselines=missing",
+                          f"--qxai-report-json={report}")
+        ran[shard] = {c["suite"] for c in json.loads(report.read_text())["checks"]}
+        assert result.ret == (pytest.ExitCode.TESTS_FAILED if "beta" in ran[shard] else pytest.ExitCode.OK)
+    assert ran == {"1/2": {"alpha", "gamma"}, "2/2": {"beta"}}
+    merged = gate.path / "merged.json"
+    assert main(["merge", str(merged), str(gate.path / "shard1.json"), str(gate.path / "shard2.json")]) == 1
+    summary = json.loads(merged.read_text())["summary"]
+    assert summary["verdict"] == "fail" and summary["counts"]["fail"] == 1
+    recorded = json.loads((gate.path / "baselines" / "default" / "bnb4.json").read_text())
+    assert set(recorded["checks"]) == {"alpha.score", "beta.score", "gamma.score"}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("3/2", "--qxai-shard '3/2': write I/N with 1 <= I <= N, e.g. 2/4"),
+    ("half", "--qxai-shard 'half': write I/N with 1 <= I <= N, e.g. 2/4"),
+])
+def test_a_malformed_shard_is_a_usage_error(gate: pytest.Pytester, value: str, message: str) -> None:
+    gate.makepyfile(test_demo=source())
+    result = run_gate(gate, *LEAN, f"--qxai-shard={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_pruning_a_shard_is_refused(gate: pytest.Pytester) -> None:
+    gate.makepyfile(test_demo=source())
+    result = run_gate(gate, *LEAN, "--qxai-shard=1/2", "--qxai-update-baselines=all", "--qxai-prune-baselines")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --qxai-prune-baselines cannot be combined with --qxai-shard*"])
+    assert not baseline_files(gate.path / "baselines")

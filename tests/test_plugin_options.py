@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pytest_qxai.options import OPTIONS
+from pytest_qxai.errors import QxaiUsageError
+from pytest_qxai.options import OPTIONS, parse_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -159,3 +162,12 @@ def test_default_model_is_embedded_and_needs_no_options() -> None:
     source = default_source()
     assert source.embedded and source.kind == "gguf" and Path(source.location, source.gguf_file or "").is_file()
     assert source.slug == "SmolLM2-135M-Instruct"
+
+
+@given(st.integers(min_value=1, max_value=500), st.integers(min_value=0, max_value=500))
+def test_shard_parser_accepts_exactly_one_based_indices(count: int, index: int) -> None:
+    if 1 <= index <= count:
+        assert parse_shard(f"{index}/{count}") == parse_shard(f" {index} / {count} ") == (index, count)
+    else:
+        with pytest.raises(QxaiUsageError, match="write I/N with 1 <= I <= N"):
+            parse_shard(f"{index}/{count}")
