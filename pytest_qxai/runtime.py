@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+STATIC_BUCKET = 64
+"""Prompt widths are rounded up to this many tokens when generating with a static KV cache."""
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -58,6 +61,7 @@ class Runtime:
         batch_size: int | None = None,
         max_length: int = 1024,
         label: str = "model",
+        static_cache: bool | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -67,6 +71,10 @@ class Runtime:
         self.stats = CallStats()
         self.label = label
         """Which side this is (``reference`` or ``quantized``), shown on progress bars."""
+        self.static_cache = self.device.type == "cuda" if static_cache is None else static_cache
+        """Generate with a static KV cache (default on GPU): transformers then compiles the decode step
+        where the backend allows it. Prompts are left-padded to a multiple of :data:`STATIC_BUCKET`
+        tokens so the cache shape, and with it the compiled graph, repeats across batches."""
         self.recorder: list[tuple[str, dict[str, Any]]] | None = None
         """When a list, every model call's inputs are appended to it (the benchmark replays them bare)."""
 
@@ -83,6 +91,8 @@ class Runtime:
 
     def _generate(self, **kwargs: Any) -> Any:
         """One ``generate`` call of the model (recorded for the benchmark when asked)."""
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
         self._record("generate", kwargs)
         return self.model.generate(**kwargs)
 
@@ -134,6 +144,11 @@ class Runtime:
                 results[index] = value
             bar.advance(len(batch))
 
+    @property
+    def _generate_multiple(self) -> int:
+        """Prompt-width multiple for ``generate``: :data:`STATIC_BUCKET` with a static cache, else 1."""
+        return STATIC_BUCKET if self.static_cache else 1
+
     def encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         """Token ids of each text (no padding)."""
         return [
@@ -141,11 +156,14 @@ class Runtime:
             for ids in self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
         ]
 
-    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple["torch.Tensor", "torch.Tensor"]:
-        """Left-pad token id lists into ``input_ids`` and ``attention_mask`` on the model's device."""
+    def _pad(self, seqs: Sequence[Sequence[int]], multiple: int = 1) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Left-pad token id lists into ``input_ids`` and ``attention_mask`` on the model's device.
+
+        ``multiple`` rounds the width up (so generation with a static cache meets few distinct shapes).
+        """
         import torch
 
-        width = max(len(s) for s in seqs)
+        width = -(-max(len(s) for s in seqs) // multiple) * multiple
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -236,7 +254,7 @@ class Runtime:
         eos = self.tokenizer.eos_token_id
 
         def run(batch: list[int]) -> list[str]:
-            ids, mask = self._pad([seqs[i] for i in batch])
+            ids, mask = self._pad([seqs[i] for i in batch], self._generate_multiple)
             kwargs = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
             out = self._generate(
                 input_ids=ids,
@@ -467,7 +485,7 @@ class Runtime:
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
 
         def run(batch: list[int]) -> list[tuple[str, np.ndarray]]:
-            ids, mask = self._pad([seqs[i] for i in batch])
+            ids, mask = self._pad([seqs[i] for i in batch], self._generate_multiple)
             kwargs = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
             out = self._generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,

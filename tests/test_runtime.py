@@ -67,6 +67,17 @@ def test_greedy_generation_equals_a_manual_argmax_loop(runtime: Runtime) -> None
         assert text == runtime.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
+def test_static_cache_generation_equals_the_dynamic_cache(runtime: Runtime) -> None:
+    """The GPU default (static KV cache, prompts padded to a bucket) generates what the dynamic cache does."""
+    static = Runtime(runtime.model, runtime.tokenizer, batch_size=2, static_cache=True)
+    assert not runtime.static_cache and static.static_cache  # the default follows the device: CPU here
+    assert static.generate(PROMPTS, max_new_tokens=6, stop=None) == runtime.generate(PROMPTS, max_new_tokens=6, stop=None)
+    texts, first = static.generate_scored(PROMPTS, max_new_tokens=4)
+    dyn_texts, dyn_first = runtime.generate_scored(PROMPTS, max_new_tokens=4)
+    assert texts == dyn_texts
+    np.testing.assert_allclose(first, dyn_first, atol=1e-4)
+
+
 def test_next_token_logprobs_are_normalised_and_match_full_forward(runtime: Runtime) -> None:
     lp = runtime.next_token_logprobs(PROMPTS)
     assert lp.shape[0] == 3 and np.allclose(np.exp(lp).sum(-1), 1.0, atol=1e-4)

@@ -205,6 +205,8 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "seed": cfg.seed,
             "profile": cfg.profile,
             "deterministic": True,
+            "kv_cache": "static (decode step compiled where the backend allows)" if device.startswith("cuda")
+            else "dynamic",
             "load_seconds": round(quant_started - started, 2),
             "quantize_seconds": round(quant_seconds, 2),
             "backend_notes": ctx.notes,
