@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 STATIC_BUCKET = 64
 """Prompt widths are rounded up to this many tokens when generating with a static KV cache."""
+STATIC_MIN_PARAMETERS = 1_000_000_000
+"""Below this size a decode step is too cheap for compilation to pay off: on an H100 the smoke profile of
+SmolLM2-135M took 280 s with a static cache (compiling each new shape) against 102 s without; an 8B model
+decodes 3.7 times faster with it (``benchmarks/bench_decode.py``)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,10 +75,12 @@ class Runtime:
         self.stats = CallStats()
         self.label = label
         """Which side this is (``reference`` or ``quantized``), shown on progress bars."""
-        self.static_cache = self.device.type == "cuda" if static_cache is None else static_cache
-        """Generate with a static KV cache (default on GPU): transformers then compiles the decode step
-        where the backend allows it. Prompts are left-padded to a multiple of :data:`STATIC_BUCKET`
-        tokens so the cache shape, and with it the compiled graph, repeats across batches."""
+        if static_cache is None:
+            static_cache = self.device.type == "cuda" and model.num_parameters() >= STATIC_MIN_PARAMETERS
+        self.static_cache = static_cache
+        """Generate with a static KV cache (default on GPU for models of :data:`STATIC_MIN_PARAMETERS` or more):
+        transformers then compiles the decode step where the backend allows it. Prompts are left-padded to a
+        multiple of :data:`STATIC_BUCKET` tokens so the cache shape, and the compiled graph, repeat across batches."""
         self.recorder: list[tuple[str, dict[str, Any]]] | None = None
         """When a list, every model call's inputs are appended to it (the benchmark replays them bare)."""
 

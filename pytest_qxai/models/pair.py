@@ -180,12 +180,13 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         quantized = backend.quantize(cfg.quant, ctx)
     quant_seconds = time.perf_counter() - quant_started
     ref_id = stable_hash([content_id, device, str(dtype)])
+    reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference")
+    # The quantized side follows the reference's cache choice (a packed model under-counts its parameters).
+    quantized_runtime = Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized",
+                                static_cache=reference_runtime.static_cache)
     pair = ModelPair(
-        reference=ModelSide("reference", reference, Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference"), ref_id),
-        quantized=ModelSide(
-            "quantized", quantized, Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized"),
-            ref_id if scheme_name == "none" else quant_id,
-        ),
+        reference=ModelSide("reference", reference, reference_runtime, ref_id),
+        quantized=ModelSide("quantized", quantized, quantized_runtime, ref_id if scheme_name == "none" else quant_id),
         tokenizer=tokenizer,
         config=cfg,
         source=source,
@@ -205,7 +206,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "seed": cfg.seed,
             "profile": cfg.profile,
             "deterministic": True,
-            "kv_cache": "static (decode step compiled where the backend allows)" if device.startswith("cuda")
+            "kv_cache": "static (decode step compiled where the backend allows)" if reference_runtime.static_cache
             else "dynamic",
             "load_seconds": round(quant_started - started, 2),
             "quantize_seconds": round(quant_seconds, 2),
