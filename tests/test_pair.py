@@ -74,3 +74,26 @@ def test_quantized_checkpoint_made_by_the_project_loads_as_the_pair(
     with torch.no_grad():
         expected = made.quantized.model(ids).logits.argmax(-1)
         assert torch.equal(loaded.quantized.model(ids).logits.argmax(-1), expected)
+
+
+def test_xdist_workers_share_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """N workers each get 1/N of the CPUs for torch's threads, so they do not oversubscribe the machine."""
+    import os
+
+    import torch
+
+    from pytest_qxai.models.loading import share_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        assert share_cpu_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's explicit choice wins
+        assert share_cpu_threads() == before
+        monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT")
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert share_cpu_threads() == before  # one process: torch's default is kept
+    finally:
+        torch.set_num_threads(before)

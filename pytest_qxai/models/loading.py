@@ -68,6 +68,20 @@ def apply_determinism(seed: int) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def share_cpu_threads() -> int:
+    """Under pytest-xdist, give each worker its share of the CPUs for torch's threads; return the count in use.
+
+    Every process otherwise starts one thread per core, and N workers oversubscribe the machine N times.
+    An explicit ``OMP_NUM_THREADS`` is left alone.
+    """
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+    return torch.get_num_threads()
+
+
 def folder_content_hash(folder: Path, cache_root: Path | None) -> str:
     """A sha256 over the config and weight files of a model folder, memoised by size and mtime."""
     files = sorted(

@@ -129,13 +129,15 @@ def get_pair(cfg: QxaiConfig) -> ModelPair:
 
 def _load_pair(cfg: QxaiConfig) -> ModelPair:
     from ..runtime import Runtime
-    from .loading import apply_determinism, load_reference, load_tokenizer, materialize, resolve_device, resolve_dtype
+    from .loading import (apply_determinism, load_reference, load_tokenizer, materialize, resolve_device, resolve_dtype,
+                          share_cpu_threads)
 
     started = time.perf_counter()
     source = validate(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     apply_determinism(cfg.seed)
+    threads = share_cpu_threads()
     cache_root = cfg.cache_dir
     scratch = Path(tempfile.mkdtemp(prefix="qxai-"))
     atexit.register(shutil.rmtree, scratch, True)  # a no-cache GGUF conversion lives here
@@ -206,6 +208,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "seed": cfg.seed,
             "profile": cfg.profile,
             "deterministic": True,
+            "cpu_threads": threads,
             "kv_cache": "static (decode step compiled where the backend allows)" if reference_runtime.static_cache
             else "dynamic",
             "load_seconds": round(quant_started - started, 2),
