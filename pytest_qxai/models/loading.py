@@ -66,6 +66,8 @@ def apply_determinism(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = False
+    # cuDNN's fused attention is not deterministic (torch warns so); flash or memory-efficient attention run instead.
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def share_cpu_threads() -> int:
