@@ -98,10 +98,13 @@ def shard_modules(items: list[pytest.Item], index: int, count: int) -> tuple[lis
 
     A module is never split, so a suite's model work runs in one shard only.
     """
-    modules = sorted({item.nodeid.split("::", 1)[0] for item in items})
-    mine = {name for position, name in enumerate(modules) if position % count == index - 1}
-    keep = [item for item in items if item.nodeid.split("::", 1)[0] in mine]
-    return keep, [item for item in items if item.nodeid.split("::", 1)[0] not in mine]
+    module = {id(item): item.nodeid.split("::", 1)[0] for item in items}
+    mine = set(sorted(set(module.values()))[index - 1 :: count])
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        (keep if module[id(item)] in mine else drop).append(item)
+    return keep, drop
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
