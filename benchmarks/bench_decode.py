@@ -22,22 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from random_llama import build_model  # the sibling script (benchmarks/ is on sys.path when run as a script)
 
 from pytest_qxai.models.loading import load_tokenizer
 from pytest_qxai.runtime import Runtime
-
-LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192, "rope_theta": 500000.0}
-
-
-def build_model(layers: int) -> Any:
-    """A Llama-3-8B-shaped model (``layers`` decoder layers) with random bf16 weights, built on the GPU."""
-    config = LlamaConfig(**{**LLAMA3_8B, "num_hidden_layers": layers})
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    return model.eval()
 
 
 def prompts(tokenizer: Any, batch: int, length: int) -> list[str]:

@@ -76,6 +76,8 @@ def _reset_peaks() -> None:
 class BenchPlugin:
     """Times each suite module and turns on call recording once the model pair exists."""
 
+    record: bool = True
+    """Record every model call for the bare-loop replay (off for models whose inputs are too large to keep)."""
     suites: dict[str, SuiteFigures] = field(default_factory=dict)
     pair: Any = None
     _current: str | None = None
@@ -96,7 +98,7 @@ class BenchPlugin:
         if fixturedef.argname == "qxai_pair" and self.pair is None:
             self.pair = outcome.get_result()
             for side in self.pair.sides:
-                side.runtime.recorder = []
+                side.runtime.recorder = [] if self.record else None
             self._stats0 = self._totals()  # loading is not suite time
 
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -140,18 +142,25 @@ def replay(pair: Any) -> float:
         for kind, kwargs in side.runtime.recorder or []:
             inputs = {k: v.to(side.runtime.device) if hasattr(v, "to") else v for k, v in kwargs.items()}
             start = time.perf_counter()
-            with torch.inference_mode():
-                if kind == "generate":
-                    model.generate(**inputs, **({"tokenizer": tokenizer} if "stop_strings" in inputs else {}))
-                else:
-                    model(**inputs)
+            if kind == "gradient":  # a captum integrated-gradients pass: forward, then backward to the embeddings
+                embeds = inputs["inputs_embeds"].requires_grad_(True)
+                with torch.enable_grad():
+                    torch.autograd.grad(model(**inputs).logits[:, -1].float().sum(), embeds)
+            else:
+                with torch.inference_mode():
+                    if kind == "generate":
+                        model.generate(**inputs, **({"tokenizer": tokenizer} if "stop_strings" in inputs else {}))
+                    else:
+                        model(**inputs)
+            if side.runtime.device.type == "cuda":
+                torch.cuda.synchronize()
             total += time.perf_counter() - start
     return total
 
 
 def run_once(args: argparse.Namespace, quant: str, cache_dir: Path) -> dict[str, Any]:
     """One pytest run of the suites with ``quant``; returns its figures."""
-    plugin = BenchPlugin()
+    plugin = BenchPlugin(record=not args.no_bare)
     report = cache_dir / f"report-{quant}.json"
     argv = [str(ROOT / "suites"), f"--quant={quant}", f"--qxai-profile={args.profile}", "-q", "-p", "no:cacheprovider",
             f"--qxai-cache-dir={cache_dir}", f"--qxai-baseline-dir={cache_dir / 'baselines'}",
@@ -172,10 +181,14 @@ def run_once(args: argparse.Namespace, quant: str, cache_dir: Path) -> dict[str,
         quantize = float(plugin.pair.metadata.get("quantize_seconds") or 0.0)
         # The first suite's setup loads and quantizes the pair; the bare loop starts from loaded models.
         suites_wall = sum(s.wall_s for s in plugin.suites.values()) - load - quantize
-        bare = replay(plugin.pair)
+        bare = None if args.no_bare else replay(plugin.pair)
+        meta = plugin.pair.metadata
         result |= {"suites_wall_s": suites_wall, "bare_loop_s": bare,
                    "plugin_over_bare": suites_wall / bare if bare else None,
                    "load_s": load, "quantize_s": quantize,
+                   "parameters": plugin.pair.reference.model.num_parameters(),
+                   "device": meta.get("device"), "kv_cache": meta.get("kv_cache"), "residency": meta.get("residency"),
+                   "peak_gpu_mib": max((s.peak_gpu_mib for s in plugin.suites.values()), default=0.0),
                    "cache_hits": plugin.pair.cache.hits, "cache_misses": plugin.pair.cache.misses}
     return result
 
@@ -187,9 +200,13 @@ def print_run(run: dict[str, Any]) -> None:
     for s in run["suites"]:
         print(f"{s['suite']:<22}{s['wall_s']:>9.1f}{s['model_s']:>9.1f}{s['tokens_scored']:>9}"
               f"{s['tokens_generated']:>10}{s['tokens_per_s']:>8.0f}{s['peak_rss_mib']:>9.0f}{s['peak_gpu_mib']:>9.0f}")
-    if run.get("bare_loop_s"):
-        print(f"suites (less load and quantize) {run['suites_wall_s']:.1f} s vs bare loop over the same calls {run['bare_loop_s']:.1f} s: "
-              f"ratio {run['plugin_over_bare']:.2f}; load {run['load_s']} s, quantize {run['quantize_s']} s")
+    if "suites_wall_s" not in run:
+        return
+    print(f"{run['parameters'] / 1e9:.2f} B parameters on {run['device']}, KV cache {run['kv_cache']}, "
+          f"{run['residency']}; peak GPU {run['peak_gpu_mib']:.0f} MiB; load {run['load_s']} s, quantize {run['quantize_s']} s")
+    if run["bare_loop_s"]:
+        print(f"suites (less load and quantize) {run['suites_wall_s']:.1f} s vs bare loop over the same calls "
+              f"{run['bare_loop_s']:.1f} s: ratio {run['plugin_over_bare']:.2f}")
 
 
 def main() -> int:
@@ -203,6 +220,8 @@ def main() -> int:
     parser.add_argument("-k", help="pytest -k expression to select suites")
     parser.add_argument("--cache-dir", type=Path, help="default: a fresh temporary folder (a cold first run)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--no-bare", action="store_true",
+                        help="skip the bare-loop replay (and the recording it needs): timings of the suites only")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="qxai-bench-"))

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from .models.residency import Residency
+
 STATIC_BUCKET = 64
 """Prompt widths are rounded up to this many tokens when generating with a static KV cache."""
 STATIC_MIN_PARAMETERS = 1_000_000_000
@@ -66,10 +68,16 @@ class Runtime:
         max_length: int = 1024,
         label: str = "model",
         static_cache: bool | None = None,
+        device: str | None = None,
+        residency: "Residency | None" = None,
     ) -> None:
+        import torch
+
         self.model = model
         self.tokenizer = tokenizer
-        self.device = next(model.parameters()).device
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        """Where the model runs (it may wait elsewhere between turns, see :class:`Residency`)."""
+        self.residency = residency
         self.batch_size = batch_size or (16 if self.device.type == "cpu" else 64)
         self.max_length = max_length
         self.stats = CallStats()
@@ -90,9 +98,18 @@ class Runtime:
                 (kind, {k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in kwargs.items() if k != "tokenizer"})
             )
 
-    def _forward(self, **kwargs: Any) -> Any:
-        """One forward pass of the model (recorded for the benchmark when asked)."""
-        self._record("forward", kwargs)
+    def forward(self, **kwargs: Any) -> Any:
+        """One forward pass of the model, recorded for the benchmark when asked.
+
+        A pass whose ``inputs_embeds`` require a gradient (captum's integrated gradients) is recorded as
+        ``gradient``, so the benchmark's bare loop replays its backward pass too.
+        """
+        import torch
+
+        embeds = kwargs.get("inputs_embeds")
+        gradient = embeds is not None and embeds.requires_grad and torch.is_grad_enabled()
+        self._record("gradient" if gradient else "forward", kwargs)
+        self.make_resident()
         return self.model(**kwargs)
 
     def _generate(self, **kwargs: Any) -> Any:
@@ -100,7 +117,13 @@ class Runtime:
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
         self._record("generate", kwargs)
+        self.make_resident()
         return self.model.generate(**kwargs)
+
+    def make_resident(self) -> None:
+        """Put this model on its device before it runs, when the pair's models take turns there."""
+        if self.residency is not None:
+            self.residency.ensure(self.model)
 
     # ---- batching -------------------------------------------------------------------------------
 
@@ -207,7 +230,7 @@ class Runtime:
         def run(batch: list[int]) -> list[np.ndarray]:
             ids, mask = self._pad([seqs[i] for i in batch])
             keep = max(tail_lens[i] for i in batch) + 1
-            logits = self._forward(
+            logits = self.forward(
                 input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=keep
             ).logits.float()
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predictions for the last keep-1 tokens
@@ -237,7 +260,7 @@ class Runtime:
 
         def run(batch: list[int]) -> list[np.ndarray]:
             ids, mask = self._pad([seqs[i] for i in batch])
-            logits = self._forward(
+            logits = self.forward(
                 input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=1
             ).logits[:, -1].float()
             self.stats.tokens_scored += int(mask.sum())
@@ -300,7 +323,7 @@ class Runtime:
         def run(batch: list[int]) -> list[np.ndarray]:
             captured.clear()
             ids, mask = self._pad([seqs[i] for i in batch])
-            out = self._forward(
+            out = self.forward(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=self._position_ids(mask),
@@ -364,7 +387,7 @@ class Runtime:
             ends = [where[i] if where[i] < 0 else where[i] - len(seqs[i]) for i in batch]  # end-relative
             index.append((torch.arange(len(batch)), torch.tensor(ends) + ids.shape[1]))
             found.clear()
-            self._forward(input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=1)
+            self.forward(input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=1)
             self.stats.tokens_scored += int(mask.sum())
             return [{name: found[name][row].numpy() for name in taps} for row in range(len(batch))]
 
@@ -414,7 +437,7 @@ class Runtime:
 
                 handles = [module.register_forward_hook(patch) for module in modules]
                 try:
-                    logits = self._forward(
+                    logits = self.forward(
                         input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask),
                         logits_to_keep=1, use_cache=False,
                     ).logits[:, -1].float()
@@ -453,7 +476,7 @@ class Runtime:
         if offset and seqs:
             start = time.perf_counter()
             with torch.inference_mode():
-                self._forward(input_ids=torch.tensor([list(prefix)], device=self.device), past_key_values=base,
+                self.forward(input_ids=torch.tensor([list(prefix)], device=self.device), past_key_values=base,
                               use_cache=True, logits_to_keep=1)
             self.stats.add("score", time.perf_counter() - start)
             self.stats.tokens_scored += offset
@@ -465,7 +488,7 @@ class Runtime:
             if offset:
                 cache = copy.deepcopy(base)
                 cache.batch_repeat_interleave(len(batch))
-            logits = self._forward(
+            logits = self.forward(
                 input_ids=ids, past_key_values=cache, use_cache=bool(offset), logits_to_keep=keep,
                 attention_mask=torch.cat([mask.new_ones(len(batch), offset), mask], dim=1),
                 position_ids=offset + self._position_ids(mask),

@@ -160,3 +160,13 @@ def test_a_backend_that_cannot_dequantize_skips_the_suite_with_the_reason(
     monkeypatch.setattr(N, "recall_values", lambda pair, side, items: {"recall_accuracy": np.ones(len(items))})
     result = N.run_neurons(tiny_pair(tiny_runtime, make_config(samples=2)))
     assert result.skipped == {m.name: "the fake backend cannot dequantize its linear layers" for m in N.NEURONS_METRICS}
+
+
+def test_a_reference_that_recalls_no_fact_skips_the_suite_with_the_reason(
+    tiny_runtime: Any, make_config: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(N, "recall_values", lambda pair, side, items: {"recall_accuracy": np.zeros(len(items))})
+    result = N.run_neurons(tiny_pair(tiny_runtime, make_config(samples=2), backend=SameWeights()))
+    assert result.item_ids == []
+    assert set(result.skipped) == {m.name for m in N.NEURONS_METRICS}
+    assert all("recalls none of the candidate facts" in reason for reason in result.skipped.values())

@@ -51,6 +51,7 @@ def test_null_spec_pair_shares_the_reference_identity(make_config: Callable[...,
     assert pair.quantized.model is not pair.reference.model
     assert pair.quantized.identity == pair.reference.identity  # the null check reuses reference results
     assert pair.metadata["model_id"] == "tiny-llama" and pair.metadata["model_hash"].startswith("sha256:")
+    assert pair.metadata["residency"] == "both models on cpu"
     calls: list[int] = []
     first = pair.cached(pair.reference, "demo", {"n": 1}, lambda: calls.append(1) or 42)
     again = pair.cached(pair.quantized, "demo", {"n": 1}, lambda: calls.append(1) or 43)

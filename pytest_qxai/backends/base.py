@@ -75,6 +75,13 @@ class QuantBackend(ABC):
     def dequantized_weight(self, module: "torch.nn.Module") -> "torch.Tensor | None":
         """The float weight ``[out, in]`` of one (possibly quantized) linear layer, or None if not possible."""
 
+    def can_move(self, model: "PreTrainedModel") -> bool:
+        """Whether ``model`` survives a round trip GPU → CPU → GPU unchanged (so it can take turns on the GPU).
+
+        Off unless an adapter knows its packed weights and kernels move intact.
+        """
+        return False
+
     def load_checkpoint(self, location: str, ctx: QuantContext) -> "PreTrainedModel":
         """Load an existing quantized checkpoint of this backend's format."""
         raise QxaiError(f"the {self.name} backend cannot load existing checkpoints")

@@ -92,6 +92,12 @@ class BitsAndBytesBackend(QuantBackend):
             _keep_standard_4bit_layout(model)
         return finish(model)
 
+    def can_move(self, model: "PreTrainedModel") -> bool:
+        """bitsandbytes moves its 4-bit and (from 0.48) 8-bit parameters with their quantization state."""
+        from packaging.version import Version
+
+        return not getattr(model, "is_loaded_in_8bit", False) or Version(self.versions()["bitsandbytes"]) >= Version("0.48")
+
     def dequantized_weight(self, module: "torch.nn.Module") -> "torch.Tensor | None":
         """Dequantize with bitsandbytes' own functions: ``dequantize_4bit`` or int8 codes times their row scales."""
         import bitsandbytes as bnb

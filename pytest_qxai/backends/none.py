@@ -39,6 +39,10 @@ class NoneBackend(QuantBackend):
         """Load the reference again (a separate copy of the weights); nothing to cache, nothing is computed."""
         return finish(load_float_copy(ctx))
 
+    def can_move(self, model: "PreTrainedModel") -> bool:
+        """A plain float model moves between devices like any module."""
+        return True
+
     def load_checkpoint(self, location: str, ctx: QuantContext) -> "PreTrainedModel":
         """Load a compressed-tensors checkpoint through transformers, decompressing its weights at load."""
         from transformers import AutoModelForCausalLM, CompressedTensorsConfig

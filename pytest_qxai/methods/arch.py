@@ -60,7 +60,7 @@ class LayerParts:
 
 @dataclass(frozen=True)
 class ModelParts:
-    """The modules a probe needs, resolved on one loaded model; tensors come back float32 on the CPU."""
+    """The modules a probe needs, resolved on one loaded model; tensors come back float32 on the CPU unless noted."""
 
     model_type: str
     final_norm: "torch.nn.Module"
@@ -68,32 +68,44 @@ class ModelParts:
     layers: tuple[LayerParts, ...]
     down_transposed: bool
 
+    @property
+    def device(self) -> "torch.device":
+        """Where the model's unembedding (and so the probes' arithmetic) lives."""
+        return next(self.unembed.parameters()).device
+
     def _final(self, hidden: "torch.Tensor") -> "torch.Tensor":
         """``FinalNorm(hidden)`` on the model's device, in its dtype."""
         weight = next(self.unembed.parameters())
         return self.final_norm(hidden.to(device=weight.device, dtype=weight.dtype))
 
-    def normed(self, hidden: "torch.Tensor") -> "torch.Tensor":
-        """``FinalNorm(hidden)`` for residual vectors ``[..., d]``."""
-        return self._final(hidden).float().cpu()
+    def _log_softmax(self, hidden: "torch.Tensor") -> "torch.Tensor":
+        """``log_softmax(W_U · FinalNorm(hidden))``, float32 on the model's device."""
+        import torch
+
+        return torch.log_softmax(self.unembed(self._final(hidden)).float(), dim=-1)
+
+    def normed(self, hidden: "torch.Tensor", keep_device: bool = False) -> "torch.Tensor":
+        """``FinalNorm(hidden)`` for residual vectors ``[..., d]`` (float32; on the model's device if asked)."""
+        found = self._final(hidden).float()
+        return found if keep_device else found.cpu()
 
     def log_probs(self, hidden: "torch.Tensor") -> "torch.Tensor":
         """The logit lens: ``log_softmax(W_U · FinalNorm(hidden))`` for residual vectors ``[..., d]``."""
-        import torch
-
-        return torch.log_softmax(self.unembed(self._final(hidden)).float(), dim=-1).cpu()
+        return self._log_softmax(hidden).cpu()
 
     def token_log_probs(self, hidden: "torch.Tensor", tokens: "torch.Tensor", chunk: int = 256) -> "torch.Tensor":
         """Logit-lens log-probability of one token per residual vector (``[N, d]``, ``[N]`` → ``[N]``).
 
-        The softmax needs the full vocabulary, so rows go through the unembedding ``chunk`` at a time.
+        The softmax needs the full vocabulary, so rows go through the unembedding ``chunk`` at a time; only the
+        picked log-probabilities leave the model's device.
         """
         import torch
 
+        tokens = tokens.to(self.device)
         return torch.cat([
-            self.log_probs(hidden[start : start + chunk]).gather(-1, tokens[start : start + chunk, None])[:, 0]
+            self._log_softmax(hidden[start : start + chunk]).gather(-1, tokens[start : start + chunk, None])[:, 0].cpu()
             for start in range(0, hidden.shape[0], chunk)
-        ]) if hidden.shape[0] else hidden.new_zeros(0)
+        ]) if hidden.shape[0] else hidden.new_zeros(0).cpu()
 
     def token_log_probs_and_grads(
         self, hidden: "torch.Tensor", tokens: "torch.Tensor", chunk: int = 256,
@@ -101,13 +113,14 @@ class ModelParts:
         """:meth:`token_log_probs` and its gradient with respect to each residual vector, ``[N]`` and ``[N, d]``."""
         import torch
 
+        tokens = tokens.to(self.device)
         values, grads = [], []
         with torch.enable_grad():
             for start in range(0, hidden.shape[0], chunk):
                 rows = hidden[start : start + chunk].detach().clone().requires_grad_(True)
-                picked = self.log_probs(rows).gather(-1, tokens[start : start + chunk, None])[:, 0]
+                picked = self._log_softmax(rows).gather(-1, tokens[start : start + chunk, None])[:, 0]
                 grads.append(torch.autograd.grad(picked.sum(), rows)[0])
-                values.append(picked.detach())
+                values.append(picked.detach().cpu())
         if not values:
             return hidden.new_zeros(0), hidden.new_zeros(hidden.shape)
         return torch.cat(values), torch.cat(grads)
@@ -128,10 +141,10 @@ class ModelParts:
             return torch.autograd.grad(value, point)[0].float().cpu()
 
     def down_weight(self, index: int, backend: "QuantBackend | None" = None) -> "torch.Tensor | None":
-        """Layer ``index``'s ``W_down`` as float32 ``[d_model, n_neurons]``; column k is value neuron k.
+        """Layer ``index``'s ``W_down`` ``[d_model, n_neurons]`` on the model's device; column k is value neuron k.
 
-        Without ``backend`` the module's own float weight is read (the reference); with one, the backend
-        dequantizes its packed weight (None when it cannot).
+        Without ``backend`` the module's own float weight is read (the reference; no copy, in its dtype); with one,
+        the backend dequantizes its packed weight (None when it cannot).
         """
         down = self.layers[index].down
         if backend is None:
@@ -144,7 +157,7 @@ class ModelParts:
             weight = found.detach()
             if self.down_transposed and tuple(weight.shape) == tuple(down.weight.shape):
                 weight = weight.t()  # an adapter that hands back Conv1D's own [in, out] layout
-        return weight.float().cpu()
+        return weight.to(self.device)
 
 
 def model_parts(model: "PreTrainedModel") -> ModelParts:

@@ -29,6 +29,7 @@ words kept (sufficiency); each score is the mean over the five k of ``p(y|x) −
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
@@ -251,7 +252,9 @@ def word_attributions(
     option_ids = torch.tensor(option_token_ids(runtime), device=runtime.device)
 
     def forward(embeds: "torch.Tensor", mask: "torch.Tensor", positions: "torch.Tensor") -> "torch.Tensor":
-        logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        logits = runtime.forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                 logits_to_keep=1).logits
+        runtime.stats.tokens_scored += int(mask.sum())
         return torch.softmax(logits[:, -1].float().index_select(-1, option_ids), dim=-1)
 
     out: list[np.ndarray] = [np.zeros(0)] * len(layouts)
@@ -267,6 +270,7 @@ def word_attributions(
             embeds = model.get_input_embeddings()(enc["input_ids"].to(runtime.device))
         baseline = embeds * torch.as_tensor(word_of < 0, device=runtime.device).unsqueeze(-1)
         target = torch.as_tensor(labels[batch], device=runtime.device)
+        started = time.perf_counter()
         if method == "integrated_gradients":
             with torch.enable_grad():
                 attr = IntegratedGradients(forward).attribute(
@@ -281,6 +285,7 @@ def word_attributions(
                     feature_mask=torch.as_tensor(word_of + 1, device=runtime.device).unsqueeze(-1),
                 )
             token_scores = attr[..., 0]  # occlusion gives every element of a word the whole word's effect
+        runtime.stats.add(method, time.perf_counter() - started)  # captum's passes are model work
         scores = token_scores.detach().float().cpu().numpy()
         for row, i in enumerate(batch):
             words, n_words = word_of[row], len(layouts[i].spans)

@@ -102,25 +102,42 @@ class NeuronScores:
         return float(self.top_imp[-1])
 
 
-def importance(parts: ModelParts, base: "torch.Tensor", added: "torch.Tensor", token: int) -> "torch.Tensor":
-    """Imp = log p(w | base + added) − log p(w | base) for rows of ``added`` ``[N, d]`` and one ``base`` ``[d]``."""
+def importance(
+    parts: ModelParts, base: "torch.Tensor", added: "torch.Tensor", token: int, base_of: "torch.Tensor | None" = None,
+) -> "torch.Tensor":
+    """Imp = log p(w | base + added) − log p(w | base) for the rows of ``added`` ``[N, d]``, on the CPU.
+
+    ``base`` is one residual ``[d]``, or several ``[B, d]`` with ``base_of`` ``[N]`` naming each row's: every base
+    and every perturbed row go through the full-vocabulary softmax together, ``CHUNK`` rows per unembedding pass.
+    """
     import torch
 
-    tokens = torch.full((added.shape[0] + 1,), token, dtype=torch.long)
-    scores = parts.token_log_probs(torch.cat([base[None], base[None] + added]), tokens, chunk=CHUNK)
-    return scores[1:] - scores[0]
+    bases = base.reshape(-1, base.shape[-1])
+    if base_of is None:
+        base_of = torch.zeros(added.shape[0], dtype=torch.long, device=bases.device)
+    rows = torch.cat([bases, bases[base_of] + added])
+    scores = parts.token_log_probs(rows, torch.full((rows.shape[0],), token, dtype=torch.long), chunk=CHUNK)
+    return scores[len(bases):] - scores[: len(bases)][base_of.cpu()]
+
+
+def bound_directions(parts: ModelParts, bases: "torch.Tensor", token: int) -> "torch.Tensor":
+    """``W_U^T (onehot(w) − p)`` for each residual of ``bases`` ``[B, d]``: the bound's linearisation, ``[B, d]``."""
+    probs = parts.log_probs(bases).exp()
+    probs[:, token] -= 1.0
+    return -parts.unembed_transpose(probs)
+
+
+def bound_rows(parts: ModelParts, base: "torch.Tensor", added: "torch.Tensor", direction: "torch.Tensor") -> "torch.Tensor":
+    """Upper bound of :func:`importance` per row of ``added`` ``[N, d]`` (on the model's device; CPU result)."""
+    import torch
+
+    normed = parts.normed(torch.cat([base[None], base[None] + added]), keep_device=True)
+    return ((normed[1:] - normed[0]) @ direction.to(normed.device)).cpu()
 
 
 def importance_bound(parts: ModelParts, base: "torch.Tensor", added: "torch.Tensor", token: int) -> "torch.Tensor":
     """Upper bound of :func:`importance` per row: ``Δz_w − p·Δz`` (convexity of log-sum-exp), ``O(N·d)``."""
-    import torch
-
-    probs = parts.log_probs(base[None]).exp()
-    onehot = torch.zeros_like(probs)
-    onehot[0, token] = 1.0
-    direction = parts.unembed_transpose(onehot - probs)[0]
-    normed = parts.normed(torch.cat([base[None], base[None] + added]))
-    return (normed[1:] - normed[0]) @ direction
+    return bound_rows(parts, base, added, bound_directions(parts, base[None], token)[0])
 
 
 def score_neurons(
@@ -129,31 +146,40 @@ def score_neurons(
 ) -> NeuronScores:
     """Exact Imp of the top-k neurons, of every neuron above ``threshold`` and of the ``probe`` neurons.
 
-    ``downs[l]`` is layer l's ``W_down`` ``[d, n_neurons]``. Neurons are scored exactly in decreasing order of
-    their upper bound until the bound falls below the running k-th score and ``threshold``.
+    ``downs[l]`` is layer l's ``W_down`` ``[d, n_neurons]`` (any dtype and device). Neurons are scored exactly in
+    decreasing order of their upper bound until the bound falls below the running k-th score and ``threshold``;
+    the work runs on the model's device, each step batched across layers.
     """
     import torch
 
     with torch.no_grad():
-        block_in, attn, mlp, coeffs = (torch.from_numpy(np.asarray(a, dtype=np.float32))
+        block_in, attn, mlp, coeffs = (torch.from_numpy(np.asarray(a, dtype=np.float32)).to(parts.device)
                                        for a in (residuals.block_in, residuals.attn, residuals.mlp, residuals.coeffs))
         mid = block_in + attn
-        width = coeffs.shape[1]
-        sub_attn = torch.stack([importance(parts, block_in[l], attn[l : l + 1], token)[0] for l in range(len(downs))])
-        sub_ffn = torch.stack([importance(parts, mid[l], mlp[l : l + 1], token)[0] for l in range(len(downs))])
+        depth, width = coeffs.shape
+        sublayers = importance(parts, torch.cat([block_in, mid]), torch.cat([attn, mlp]), token,
+                               base_of=torch.arange(2 * depth, device=parts.device))
+
+        def values(l: int, units: "torch.Tensor") -> "torch.Tensor":
+            """The vectors ``m_k · W_down[:, k]`` that neurons ``units`` of layer ``l`` add, ``[len(units), d]``."""
+            down = downs[l].to(parts.device)
+            return coeffs[l, units][:, None] * down[:, units].t().float()
 
         def exact(flat: np.ndarray) -> np.ndarray:
-            """Exact Imp of flat neuron indices, one full-vocabulary pass per layer they come from."""
+            """Exact Imp of flat neuron indices, their layers' softmaxes batched together."""
+            order = np.argsort(flat // width, kind="stable")
+            layer_of = flat[order] // width
+            added = torch.cat([values(int(l), torch.from_numpy(flat[order][layer_of == l] % width).to(parts.device))
+                               for l in np.unique(layer_of)])  # grouped by layer, ascending, as ``order`` is
             found = np.empty(len(flat))
-            for l in np.unique(flat // width):
-                rows = np.flatnonzero(flat // width == l)
-                units = torch.from_numpy(flat[rows] % width)
-                added = coeffs[l, units][:, None] * downs[l][:, units].t()
-                found[rows] = importance(parts, mid[l], added, token).double().numpy()
+            found[order] = importance(parts, mid, added, token,
+                                      base_of=torch.from_numpy(layer_of).to(parts.device)).double().numpy()
             return found
 
+        directions = bound_directions(parts, mid, token)
         bound = torch.cat([
-            importance_bound(parts, mid[l], coeffs[l][:, None] * downs[l].t(), token) for l in range(len(downs))
+            bound_rows(parts, mid[l], values(l, torch.arange(width, device=parts.device)), directions[l])
+            for l in range(depth)
         ]).double().numpy()
         order = np.argsort(-bound, kind="stable")
         scored = np.full(bound.shape, np.nan)
@@ -175,7 +201,7 @@ def score_neurons(
         cut = threshold if threshold is not None else float(scored[top[-1]])
         above = int((scored[known] >= cut).sum())
         return NeuronScores(
-            attn=sub_attn.double().numpy(), ffn=sub_ffn.double().numpy(), top=top, top_imp=scored[top],
+            attn=sublayers[:depth].double().numpy(), ffn=sublayers[depth:].double().numpy(), top=top, top_imp=scored[top],
             above=above, probe_imp=scored[probe] if probe is not None else np.zeros(0), n_neurons=width,
         )
 
@@ -240,7 +266,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_neurons(pair: "ModelPair") -> SuiteResult:
     """Neuron and sublayer attribution of both models on facts the reference recalls."""
-    items = neuron_items(pair, suite_size(SUITE, pair.config.profile, pair.config.samples))
+    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    items = neuron_items(pair, n)
+    if not items:
+        reason = "the reference recalls none of the candidate facts (greedy), so no answer token can be attributed"
+        return SuiteResult(SUITE, [], {}, {}, {"items": dataset_fingerprint([])},
+                           skipped={m.name: reason for m in NEURONS_METRICS})
     reference = side_scores(pair, pair.reference, items, backend=None)
     assert reference is not None  # the reference's own float weights are always readable
     quantized = side_scores(pair, pair.quantized, items, backend=pair.backend, reference=reference)

@@ -22,9 +22,11 @@ from ..backends.base import QuantBackend, QuantContext, get_backend, require_lib
 from ..errors import QxaiError, QxaiUsageError
 from ..options import QxaiConfig
 from ..storage import DiskCache, stable_hash
+from .residency import Residency, estimated_quantized_bytes, models_fit
 from .source import ModelSource, resolve_source
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from ..runtime import Runtime
@@ -49,6 +51,7 @@ class ModelSide:
         if self.backward is None:
             from ..runtime import probe_backward
 
+            self.runtime.make_resident()
             self.backward = probe_backward(self.model, self.runtime.tokenizer)
         return self.backward
 
@@ -72,9 +75,18 @@ class ModelPair:
         return self.reference, self.quantized
 
     def cached(self, side: ModelSide, namespace: str, params: Any, compute: Callable[[], T]) -> T:
-        """Compute a side's result once: keyed by the side's identity, the method parameters and versions."""
+        """Compute a side's result once: keyed by the side's identity, the method parameters and versions.
+
+        The side's model is put on the GPU before ``compute`` runs (when the models take turns there), since a
+        method may use its modules directly.
+        """
         key = {"model": side.identity, "params": params, "versions": self.metadata.get("versions", {})}
-        return self.cache.memo(namespace, key, compute)
+
+        def resident_compute() -> T:
+            side.runtime.make_resident()
+            return compute()
+
+        return self.cache.memo(namespace, key, resident_compute)
 
 
 def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
@@ -146,6 +158,9 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     reference = load_reference(
         location, device=device, dtype=dtype, revision=None, trust_remote_code=cfg.trust_remote_code
     )
+    residency = plan_residency(cfg, device, dtype, reference)
+    if residency.turns:
+        reference.to("cpu")  # the GPU is the quantizer's while it works
     if cfg.quantized is not None:
         from ..backends.checkpoint import detect_checkpoint
 
@@ -182,10 +197,13 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         quantized = backend.quantize(cfg.quant, ctx)
     quant_seconds = time.perf_counter() - quant_started
     ref_id = stable_hash([content_id, device, str(dtype)])
-    reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference")
+    residency.add(reference, movable=True)
+    residency.add(quantized, movable=backend.can_move(quantized))
+    reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference", device=device,
+                                residency=residency)
     # The quantized side follows the reference's cache choice (a packed model under-counts its parameters).
-    quantized_runtime = Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized",
-                                static_cache=reference_runtime.static_cache)
+    quantized_runtime = Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized", device=device,
+                                static_cache=reference_runtime.static_cache, residency=residency)
     pair = ModelPair(
         reference=ModelSide("reference", reference, reference_runtime, ref_id),
         quantized=ModelSide("quantized", quantized, quantized_runtime, ref_id if scheme_name == "none" else quant_id),
@@ -211,12 +229,26 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "cpu_threads": threads,
             "kv_cache": "static (decode step compiled where the backend allows)" if reference_runtime.static_cache
             else "dynamic",
+            "residency": residency.describe(),
             "load_seconds": round(quant_started - started, 2),
             "quantize_seconds": round(quant_seconds, 2),
             "backend_notes": ctx.notes,
         },
     )
     return pair
+
+
+def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference: "PreTrainedModel") -> Residency:
+    """Whether the models take turns on the GPU: ``--qxai-offload``, or automatically when both would not fit."""
+    if not device.startswith("cuda"):
+        return Residency(device, turns=False)
+    import torch
+
+    reference_bytes = reference.get_memory_footprint()
+    bits = cfg.quant.scheme.bits if cfg.quantized is None else 4
+    quantized_bytes = estimated_quantized_bytes(reference_bytes, bits, torch.finfo(dtype).bits)
+    gpu_bytes = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return Residency(device, turns=cfg.offload or not models_fit(reference_bytes, quantized_bytes, gpu_bytes))
 
 
 def _checkpoint_stamp(location: str) -> Any:
