@@ -98,3 +98,13 @@ def test_xdist_workers_share_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
         assert share_cpu_threads() == before  # one process: torch's default is kept
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("device", "worker", "gpus", "expected"), [
+    ("cuda", "gw0", 4, "cuda:0"), ("cuda", "gw5", 4, "cuda:1"), ("cuda", "gw1", 1, "cuda"),
+    ("cuda", None, 4, "cuda"), ("cuda:3", "gw0", 4, "cuda:3"), ("cpu", "gw1", 4, "cpu"), ("cuda", "master", 2, "cuda"),
+])
+def test_each_xdist_worker_takes_its_own_gpu(device: str, worker: str | None, gpus: int, expected: str) -> None:
+    from pytest_qxai.models.loading import worker_gpu
+
+    assert worker_gpu(device, worker, gpus) == expected

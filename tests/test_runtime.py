@@ -143,3 +143,21 @@ def test_folder_hash_changes_with_weights(tmp_path: Path) -> None:
     assert folder_content_hash(folder, tmp_path / "cache") == first
     (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
     assert folder_content_hash(folder, tmp_path / "cache") != first
+
+
+def test_recorded_calls_name_gradient_passes_so_the_bare_loop_replays_their_backward(runtime: Runtime) -> None:
+    """The benchmark replays what the recorder holds: captum's gradient passes must be told from forwards."""
+    ids = torch.tensor([runtime.encode(["A cat sat"])[0]])
+    embeds = runtime.model.get_input_embeddings()(ids).detach()
+    runtime.recorder = []
+    try:
+        with torch.no_grad():
+            runtime.forward(inputs_embeds=embeds, logits_to_keep=1)
+        with torch.enable_grad():
+            runtime.forward(inputs_embeds=embeds.clone().requires_grad_(True), logits_to_keep=1)
+        runtime.score(["A cat"], [" sat"])
+        kinds = [kind for kind, _ in runtime.recorder]
+        assert kinds == ["forward", "gradient", "forward"]
+        assert not runtime.recorder[1][1]["inputs_embeds"].requires_grad  # stored detached, on the CPU
+    finally:
+        runtime.recorder = None

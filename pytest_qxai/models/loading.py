@@ -29,11 +29,16 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; explicit CUDA needs a GPU."""
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; explicit CUDA needs a GPU.
+
+    Under pytest-xdist a plain ``cuda`` becomes the worker's own GPU (:func:`worker_gpu`).
+    """
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and torch.cuda.is_available():
+        return worker_gpu(device, os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count())
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise QxaiError(f"--qxai-device {device}: no CUDA GPU is visible on this machine")
@@ -41,6 +46,16 @@ def resolve_device(device: str) -> str:
         if index >= torch.cuda.device_count():
             raise QxaiError(f"--qxai-device {device}: only {torch.cuda.device_count()} GPU(s) visible")
     return device
+
+
+def worker_gpu(device: str, worker: str | None, gpus: int) -> str:
+    """xdist worker ``gwN`` takes GPU ``N mod gpus`` of those visible (so an outer ``CUDA_VISIBLE_DEVICES`` holds).
+
+    One process, one GPU, or an explicit index (``cuda:1``) keep ``device`` as given.
+    """
+    if device != "cuda" or gpus < 2 or not worker or not worker.startswith("gw") or not worker[2:].isdigit():
+        return device
+    return f"cuda:{int(worker[2:]) % gpus}"
 
 
 def resolve_dtype(dtype: str, device: str) -> "torch.dtype":

@@ -180,6 +180,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         trust_remote_code=cfg.trust_remote_code,
         cache_dir=None,
     )
+    kind = device.split(":")[0]  # workers on GPUs 0 and 1 share cache entries: the same kind of device
     quant_started = time.perf_counter()
     if cfg.quantized is not None:
         quantized = backend.load_checkpoint(cfg.quantized, ctx)
@@ -191,12 +192,12 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
             ctx.calibration = load_calibration(int(cfg.quant.get("calibration")), int(cfg.quant.get("seed")))
             calib_id = stable_hash(ctx.calibration)
-        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, versions, device, str(dtype)])
+        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, versions, kind, str(dtype)])
         if cache_root is not None:
             ctx.cache_dir = cache_root / "quantized" / f"{cfg.quant.slug}-{quant_id}"
         quantized = backend.quantize(cfg.quant, ctx)
     quant_seconds = time.perf_counter() - quant_started
-    ref_id = stable_hash([content_id, device, str(dtype)])
+    ref_id = stable_hash([content_id, kind, str(dtype)])
     residency.add(reference, movable=True)
     residency.add(quantized, movable=backend.can_move(quantized))
     reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference", device=device,
