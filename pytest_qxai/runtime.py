@@ -279,28 +279,7 @@ class Runtime:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n") -> list[str]:
         """Greedy continuations (KV cache, left padding), cut at the first ``stop`` string."""
-        seqs = [s[-self.max_length :] for s in self.encode(prompts)]
-        eos = self.tokenizer.eos_token_id
-
-        def run(batch: list[int]) -> list[str]:
-            ids, mask = self._pad([seqs[i] for i in batch], self._generate_multiple)
-            kwargs = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
-            out = self._generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=eos,
-                **kwargs,
-            )
-            new = out[:, ids.shape[1] :]
-            self.stats.tokens_scored += int(mask.sum())
-            self.stats.tokens_generated += int((new != self.tokenizer.pad_token_id).sum())
-            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            return [t.split(stop)[0].strip() if stop else t.strip() for t in texts]
-
-        return self._run_batched("generate", [len(s) for s in seqs], run)
+        return [text for text, _ in self._greedy(prompts, max_new_tokens, stop, scored=False)]
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -509,27 +488,36 @@ class Runtime:
         The first step's distribution is :meth:`next_token_logprobs` of each prompt, read off the same
         prefill instead of a second forward pass (suites that need both save half their model time).
         """
+        done = self._greedy(prompts, max_new_tokens, stop, scored=True)
+        return [text for text, _ in done], np.stack([row for _, row in done])
+
+    def _greedy(
+        self, prompts: Sequence[str], max_new_tokens: int, stop: str | None, scored: bool,
+    ) -> list[tuple[str, np.ndarray | None]]:
+        """Batched greedy generation; with ``scored``, each prompt's first-step log-softmax too (else None)."""
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
 
-        def run(batch: list[int]) -> list[tuple[str, np.ndarray]]:
+        def run(batch: list[int]) -> list[tuple[str, np.ndarray | None]]:
             ids, mask = self._pad([seqs[i] for i in batch], self._generate_multiple)
-            kwargs = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
+            kwargs: dict[str, Any] = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
+            if scored:
+                kwargs |= {"return_dict_in_generate": True, "output_logits": True}
             out = self._generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                return_dict_in_generate=True, output_logits=True, **kwargs,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
             )
-            new = out.sequences[:, ids.shape[1] :]
-            first = torch.log_softmax(out.logits[0].float(), dim=-1).cpu().numpy()
+            new = (out.sequences if scored else out)[:, ids.shape[1] :]
+            first: list[np.ndarray | None] = (
+                list(torch.log_softmax(out.logits[0].float(), dim=-1).cpu().numpy()) if scored else [None] * len(batch)
+            )
             self.stats.tokens_scored += int(mask.sum())
             self.stats.tokens_generated += int((new != self.tokenizer.pad_token_id).sum())
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             return [(t.split(stop)[0].strip() if stop else t.strip(), row) for t, row in zip(texts, first)]
 
-        done = self._run_batched("generate", [len(s) for s in seqs], run)
-        return [text for text, _ in done], np.stack([row for _, row in done])
+        return self._run_batched("generate", [len(s) for s in seqs], run)
 
 
 def final_norm(model: "PreTrainedModel") -> "torch.nn.Module":
