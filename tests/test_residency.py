@@ -42,26 +42,29 @@ def test_fitting_keeps_the_headroom(ref: int, quant: int, gpu: int) -> None:
     assert models_fit(ref, quant, gpu) == (ref + quant <= (1 - HEADROOM) * gpu)
 
 
-def test_taking_turns_moves_the_other_model_off_first_and_only_on_a_switch() -> None:
+def taking_turns(device: str, quantized_movable: bool) -> tuple[Residency, Any, Any]:
+    """A residency that takes turns on ``device`` between a movable reference and a quantized model."""
     reference, quantized = FakeModel(), FakeModel()
-    residency = Residency("cuda:0", turns=True)
+    residency = Residency(device, turns=True)
     residency.add(reference, movable=True)  # type: ignore[arg-type]
-    residency.add(quantized, movable=True)  # type: ignore[arg-type]
-    residency.ensure(reference)  # type: ignore[arg-type]
-    residency.ensure(reference)  # type: ignore[arg-type]
+    residency.add(quantized, movable=quantized_movable)  # type: ignore[arg-type]
+    return residency, reference, quantized
+
+
+def test_taking_turns_moves_the_other_model_off_first_and_only_on_a_switch() -> None:
+    residency, reference, quantized = taking_turns("cuda:0", quantized_movable=True)
+    residency.ensure(reference)
+    residency.ensure(reference)
     assert (quantized.moves, reference.moves, residency.swaps) == (["cpu"], ["cuda:0"], 1)
-    residency.ensure(quantized)  # type: ignore[arg-type]
+    residency.ensure(quantized)
     assert (reference.moves, quantized.moves, residency.swaps) == (["cuda:0", "cpu"], ["cpu", "cuda:0"], 2)
     assert residency.describe() == "one model on the GPU at a time (the other waits on the CPU)"
 
 
 def test_a_model_that_cannot_move_stays_and_the_report_says_so() -> None:
-    reference, quantized = FakeModel(), FakeModel()
-    residency = Residency("cuda", turns=True)
-    residency.add(reference, movable=True)  # type: ignore[arg-type]
-    residency.add(quantized, movable=False)  # type: ignore[arg-type]
-    residency.ensure(reference)  # type: ignore[arg-type]
-    residency.ensure(quantized)  # type: ignore[arg-type]
+    residency, reference, quantized = taking_turns("cuda", quantized_movable=False)
+    residency.ensure(reference)
+    residency.ensure(quantized)
     assert quantized.moves == [] and reference.moves == ["cuda", "cpu"]
     assert "cannot move" in residency.describe()
 

@@ -84,10 +84,9 @@ class ModelParts:
 
         return torch.log_softmax(self.unembed(self._final(hidden)).float(), dim=-1)
 
-    def normed(self, hidden: "torch.Tensor", keep_device: bool = False) -> "torch.Tensor":
-        """``FinalNorm(hidden)`` for residual vectors ``[..., d]`` (float32; on the model's device if asked)."""
-        found = self._final(hidden).float()
-        return found if keep_device else found.cpu()
+    def normed(self, hidden: "torch.Tensor") -> "torch.Tensor":
+        """``FinalNorm(hidden)`` for residual vectors ``[..., d]``, float32 on the model's device."""
+        return self._final(hidden).float()
 
     def log_probs(self, hidden: "torch.Tensor") -> "torch.Tensor":
         """The logit lens: ``log_softmax(W_U · FinalNorm(hidden))`` for residual vectors ``[..., d]``."""

@@ -131,7 +131,7 @@ def bound_rows(parts: ModelParts, base: "torch.Tensor", added: "torch.Tensor", d
     """Upper bound of :func:`importance` per row of ``added`` ``[N, d]`` (on the model's device; CPU result)."""
     import torch
 
-    normed = parts.normed(torch.cat([base[None], base[None] + added]), keep_device=True)
+    normed = parts.normed(torch.cat([base[None], base[None] + added]))
     return ((normed[1:] - normed[0]) @ direction.to(normed.device)).cpu()
 
 
