@@ -30,7 +30,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Resolve the options; validate them now when the user asked for qxai explicitly."""
-    config.addinivalue_line("markers", "qxai_suite(name): a pytest-qxai check suite (groups work under xdist)")
     try:
         qxai_config = QxaiConfig.from_pytest(config)
         session = QxaiSession(qxai_config)
@@ -62,9 +61,19 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 
 def _configure_xdist(config: pytest.Config) -> None:
-    """Group each suite onto one xdist worker so a suite's model calls are never made twice."""
+    """Keep each test module (a suite) whole on one xdist worker, handed out in collection order.
+
+    ``-n`` alone means ``--dist load``, which would spread a suite's tests over workers and make each one load
+    the models and compute the suite. ``loadfile`` keeps modules whole (``loadgroup`` markers cannot: from
+    pytest 9.2 xdist no longer sees them, pytest-dev/pytest-xdist#1386). Workers sort the suites costliest
+    first (:func:`costliest_suites_first`), so xdist's reordering by number of tests is switched off.
+    """
+    if _is_xdist_worker(config):
+        return
     if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "numprocesses", None):
-        config.option.dist = "loadgroup"
+        config.option.dist = "loadfile"
+    if getattr(config.option, "dist", "no") in ("loadfile", "loadscope", "loadgroup"):
+        config.option.loadscopereorder = False
 
 
 def _configure_progress(config: pytest.Config) -> None:
@@ -108,22 +117,45 @@ def shard_modules(items: list[pytest.Item], index: int, count: int) -> tuple[lis
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep this run's shard, tag suites for xdist, validate lazily when suites were collected without options."""
+    """Keep this run's shard, order suites for xdist workers, validate lazily when suites ran without options."""
     shard = config.stash[SESSION_KEY].config.shard
     if shard is not None:
         keep, drop = shard_modules(items, *shard)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
-    uses_pair = False
+    groups: dict[int, str] = {}
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES):
-            uses_pair = True
-            module = getattr(item, "module", None)
-            group = getattr(module, "__name__", "qxai").rsplit(".", 1)[-1]
-            item.add_marker(pytest.mark.xdist_group(f"qxai-{group}"))
-    if uses_pair and not _is_xdist_worker(config):
+            groups[id(item)] = item.nodeid.split("::", 1)[0]
+    if groups and _is_xdist_worker(config):
+        qxai_config = config.stash[SESSION_KEY].config
+        items[:] = costliest_suites_first(items, groups, qxai_config.profile, qxai_config.samples)
+    if groups and not _is_xdist_worker(config):
         _validate(config)
+
+
+def costliest_suites_first(items: list[pytest.Item], modules: dict[int, str], profile: str,
+                           samples: int | None) -> list[pytest.Item]:
+    """Items of suite modules (``modules``: item id -> module path) costliest first, then the other items.
+
+    Under xdist this is the order in which whole suites go to idle workers: starting the longest first keeps
+    the last one from running alone at the end. A module of unknown cost (a suite of your own) is placed as
+    if it cost the mean of the standard suites. The order within a module, and among other items, is kept.
+    """
+    from .profiles import ITEM_COST, suite_cost
+
+    known = [suite_cost(suite, profile, samples) or 0.0 for suite in ITEM_COST]
+    default = sum(known) / len(known)
+
+    def cost(item: pytest.Item) -> float:
+        module = modules.get(id(item))
+        if module is None:
+            return float("-inf")
+        estimate = suite_cost(module.rsplit("/", 1)[-1].removesuffix(".py").removeprefix("test_"), profile, samples)
+        return default if estimate is None else estimate
+
+    return sorted(items, key=cost, reverse=True)
 
 
 # --- gate hooks (session, reports) ---

@@ -29,6 +29,22 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
+# Seconds per item of each suite, measured on SmolLM2-135M (smoke profile, two CPU cores,
+# benchmarks/results/smollm2_cpu_smoke_bench_v2.json). Only their ratios matter: under pytest-xdist the suites
+# are handed out costliest first, so the longest one does not start last and leave the other workers idle.
+ITEM_COST: dict[str, float] = {
+    "nle_faithfulness": 15.0, "attribution": 11.0, "counterfactual": 4.5, "nle": 2.0, "neurons": 1.4,
+    "multihop": 1.0, "task_accuracy": 0.75, "probes": 0.5, "knowledge": 0.3,
+}
+
+
+def suite_cost(suite: str, profile: str, samples_override: int | None = None) -> float | None:
+    """Estimated relative cost of a standard suite (items x seconds per item); None for a suite of unknown cost."""
+    if suite not in ITEM_COST:
+        return None
+    return ITEM_COST[suite] * suite_size(suite, profile, samples_override)
+
+
 def suite_size(suite: str, profile: str, samples_override: int | None = None) -> int:
     """Items for ``suite`` under ``profile``; ``samples_override`` (``--qxai-samples``) wins when given."""
     if profile not in SIZES:

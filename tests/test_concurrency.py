@@ -182,3 +182,39 @@ def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
             proc.join()
     with locked(store.path, timeout=5):
         pass
+
+
+SUITE_MODULE = """
+import os
+import pytest
+
+@pytest.fixture(scope="module")
+def result(qxai_pair):
+    return __name__
+
+@pytest.mark.parametrize("k", range(3))
+def test_metric(result, k):
+    with open(os.environ["QXAI_TEST_LOG"], "a") as log:
+        log.write(f"{os.environ['PYTEST_XDIST_WORKER']} {result}\\n")
+"""
+
+
+def test_xdist_hands_out_whole_suites_costliest_first(pytester: pytest.Pytester, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in pair: the scheduling is under test, not the models.
+    pytester.makeconftest("import pytest\n\n@pytest.fixture(scope='session')\ndef qxai_pair():\n    return None\n")
+    names = ["test_counterfactual", "test_custom", "test_knowledge", "test_nle_faithfulness"]
+    pytester.makepyfile(**{name: SUITE_MODULE for name in names}, test_plain="def test_plain():\n    pass\n")
+    log = tmp_path / "log.txt"
+    monkeypatch.setenv("QXAI_TEST_LOG", str(log))
+    result = run_gate(pytester, *LEAN, "-n", "2", "-p", "xdist")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.assert_outcomes(passed=13)
+    runs = [line.split() for line in log.read_text().splitlines()]
+    workers_of = {module: {w for w, m in runs if m == module} for module in names}
+    assert all(len(workers) == 1 for workers in workers_of.values()), workers_of  # each suite on one worker only
+    firsts = {next(m for w, m in runs if w == worker) for worker in ("gw0", "gw1")}
+    # The two costliest at the standard profile go first: nle_faithfulness and the suite of unknown cost, which
+    # counts as the mean of the standard suites (more than counterfactual). Collection order would start
+    # counterfactual and custom.
+    assert firsts == {"test_nle_faithfulness", "test_custom"}, runs
