@@ -35,6 +35,9 @@ from .report.text import KIND_LABELS, delta_cell, number, overall_line, table_li
 Profiles = Mapping[str, Mapping[str, Sequence[float | None]]]
 Values = Sequence[float] | np.ndarray
 
+PER_WORKER_METADATA = ("device", "cpu_threads", "residency", "kv_cache", "load_seconds", "quantize_seconds")
+"""Metadata that an xdist worker may not share with the others (kept per worker on the controller)."""
+
 
 @dataclass
 class QxaiSession:
@@ -80,7 +83,7 @@ class QxaiSession:
                 "dtype": self.config.dtype}
         merged = base | self.metadata
         if stable:
-            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds")}
+            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k != "workers"}
         return jsonable(merged)  # type: ignore[no-any-return]
 
     def check(
@@ -183,13 +186,21 @@ class QxaiSession:
     def to_workeroutput(self) -> dict[str, Any]:
         """This worker's results and metadata for the xdist controller (JSON types only)."""
         return {"results": [r.to_dict() for r in self.results], "metadata": jsonable(self.metadata),
-                "errors": list(self.errors)}
+                "errors": list(self.errors), "worker": os.environ.get("PYTEST_XDIST_WORKER")}
 
     def merge_workeroutput(self, data: Mapping[str, Any]) -> None:
-        """Add a worker's :meth:`to_workeroutput` on the controller; metadata the controller lacks is taken."""
+        """Add a worker's :meth:`to_workeroutput` on the controller; metadata the controller lacks is taken.
+
+        What differs from worker to worker (its device, threads, load time) is also kept per worker under
+        ``metadata["workers"]``, so a report of ``-n 2`` on two GPUs names both.
+        """
         self.results.extend(CheckResult.from_dict(r) for r in data.get("results", []))
-        for key, value in data.get("metadata", {}).items():
+        metadata = data.get("metadata", {})
+        for key, value in metadata.items():
             self.metadata.setdefault(key, value)
+        own = {key: metadata[key] for key in PER_WORKER_METADATA if key in metadata}
+        if data.get("worker") and own:
+            self.metadata.setdefault("workers", {})[data["worker"]] = own
         self.errors.extend(e for e in data.get("errors", []) if e not in self.errors)
 
     def finish(self, complete: bool = True) -> None:

@@ -260,3 +260,18 @@ def test_worker_output_merges_on_the_controller(make_config: Callable[..., QxaiC
     controller.merge_workeroutput(data)
     assert controller.results == worker.results
     assert controller.model_id == "org/model" and controller.metadata["versions"] == {"torch": "2.13.0"}
+
+
+def test_each_workers_device_is_kept(make_config: Callable[..., QxaiConfig],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    controller = QxaiSession(make_config(), n_resamples=99)
+    for worker_id, device in (("gw0", "cuda:0"), ("gw1", "cuda:1")):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker_id)
+        worker = QxaiSession(make_config(), n_resamples=99)
+        worker.metadata.update({"device": device, "cpu_threads": 16, "load_seconds": 4.0, "model_id": "m"})
+        controller.merge_workeroutput(json.loads(json.dumps(worker.to_workeroutput())))
+    assert controller.metadata["workers"] == {
+        "gw0": {"device": "cuda:0", "cpu_threads": 16, "load_seconds": 4.0},
+        "gw1": {"device": "cuda:1", "cpu_threads": 16, "load_seconds": 4.0},
+    }
+    assert "workers" in controller.run_metadata() and "workers" not in controller.run_metadata(stable=True)
