@@ -61,14 +61,15 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 
 def _configure_xdist(config: pytest.Config) -> None:
-    """Keep each test module (a suite) whole on one xdist worker, handed out in collection order.
+    """When a run asks for a model, keep each test module (a suite) whole on one xdist worker.
 
     ``-n`` alone means ``--dist load``, which would spread a suite's tests over workers and make each one load
     the models and compute the suite. ``loadfile`` keeps modules whole (``loadgroup`` markers cannot: from
     pytest 9.2 xdist no longer sees them, pytest-dev/pytest-xdist#1386). Workers sort the suites costliest
-    first (:func:`costliest_suites_first`), so xdist's reordering by number of tests is switched off.
+    first (:func:`costliest_suites_first`), so xdist's reordering by number of tests is switched off. Runs
+    that choose no model, spec or device (your unit tests, with this plugin installed) are left as they are.
     """
-    if _is_xdist_worker(config):
+    if _is_xdist_worker(config) or not explicitly_requested(config):
         return
     if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadfile"

@@ -199,22 +199,38 @@ def test_metric(result, k):
 """
 
 
-def test_xdist_hands_out_whole_suites_costliest_first(pytester: pytest.Pytester, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # A stand-in pair: the scheduling is under test, not the models.
-    pytester.makeconftest("import pytest\n\n@pytest.fixture(scope='session')\ndef qxai_pair():\n    return None\n")
+@pytest.fixture
+def suite_modules(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Four suite modules over a stand-in pair (the scheduling is under test, not the models), and a plain one.
+
+    The controller prints its distribution mode in the header; each test logs its worker and module.
+    """
+    pytester.makeconftest(
+        "import pytest\n\n@pytest.fixture(scope='session')\ndef qxai_pair():\n    return None\n\n"
+        "def pytest_report_header(config):\n    return f'dist={config.option.dist}'\n"
+    )
     names = ["test_counterfactual", "test_custom", "test_knowledge", "test_nle_faithfulness"]
     pytester.makepyfile(**{name: SUITE_MODULE for name in names}, test_plain="def test_plain():\n    pass\n")
-    log = tmp_path / "log.txt"
-    monkeypatch.setenv("QXAI_TEST_LOG", str(log))
-    result = run_gate(pytester, *LEAN, "-n", "2", "-p", "xdist")
+    monkeypatch.setenv("QXAI_TEST_LOG", str(tmp_path / "log.txt"))
+    return tmp_path / "log.txt"
+
+
+def test_xdist_hands_out_whole_suites_costliest_first(pytester: pytest.Pytester, suite_modules: Path) -> None:
+    result = run_gate(pytester, *LEAN, "-n", "2", "-p", "xdist", "--qxai-device=cpu")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.assert_outcomes(passed=13)
-    runs = [line.split() for line in log.read_text().splitlines()]
-    workers_of = {module: {w for w, m in runs if m == module} for module in names}
-    assert all(len(workers) == 1 for workers in workers_of.values()), workers_of  # each suite on one worker only
+    result.stdout.fnmatch_lines(["dist=loadfile"])
+    runs = [line.split() for line in suite_modules.read_text().splitlines()]
+    workers_of = {module: {w for w, m in runs if m == module} for _, module in runs}
+    assert len(workers_of) == 4 and all(len(w) == 1 for w in workers_of.values()), workers_of  # one worker each
     firsts = {next(m for w, m in runs if w == worker) for worker in ("gw0", "gw1")}
     # The two costliest at the standard profile go first: nle_faithfulness and the suite of unknown cost, which
     # counts as the mean of the standard suites (more than counterfactual). Collection order would start
     # counterfactual and custom.
     assert firsts == {"test_nle_faithfulness", "test_custom"}, runs
+
+
+def test_xdist_runs_without_a_model_are_left_alone(pytester: pytest.Pytester, suite_modules: Path) -> None:
+    result = run_gate(pytester, *LEAN, "-n", "2", "-p", "xdist")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["dist=load"])
