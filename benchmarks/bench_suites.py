@@ -136,11 +136,14 @@ def replay(pair: Any) -> float:
     """Run every recorded model call again, bare, and return the seconds it took."""
     import torch
 
+    from pytest_qxai.runtime import CacheShape
+
     total = 0.0
     for side in pair.sides:
         model, tokenizer = side.runtime.model, side.runtime.tokenizer
         for kind, kwargs in side.runtime.recorder or []:
-            inputs = {k: v.to(side.runtime.device) if hasattr(v, "to") else v for k, v in kwargs.items()}
+            inputs = {k: v.build(side.runtime.device) if isinstance(v, CacheShape)
+                      else v.to(side.runtime.device) if hasattr(v, "to") else v for k, v in kwargs.items()}
             start = time.perf_counter()
             if kind == "gradient":  # a captum integrated-gradients pass: forward, then backward to the embeddings
                 embeds = inputs["inputs_embeds"].requires_grad_(True)

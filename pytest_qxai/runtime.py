@@ -50,6 +50,44 @@ class CallStats:
         self.by_kind[kind] = self.by_kind.get(kind, 0.0) + seconds
 
 
+@dataclass(frozen=True)
+class CacheShape:
+    """A recorded KV cache, kept as its layers' tensor shapes: the benchmark's replay rebuilds one of zeros.
+
+    Attention costs the same whatever the cached values are, so the replay does the same work, while the
+    recording holds no key/value tensors (keeping the caches themselves took 24 GB on the standard profile).
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: str
+
+    @classmethod
+    def of(cls, cache: Any) -> "CacheShape":
+        """The shapes of a transformers cache's initialised layers (keys and values share a shape)."""
+        keys = [layer.keys for layer in cache.layers if getattr(layer, "keys", None) is not None]
+        return cls(tuple(tuple(k.shape) for k in keys), str(keys[0].dtype).removeprefix("torch.") if keys else "")
+
+    def build(self, device: "torch.device") -> Any:
+        """A ``DynamicCache`` of zeros with these shapes on ``device``."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for index, shape in enumerate(self.shapes):
+            zeros = torch.zeros(shape, dtype=getattr(torch, self.dtype), device=device)
+            cache.update(zeros, zeros.clone(), index)
+        return cache
+
+
+def _recorded(value: Any) -> Any:
+    """What the recorder keeps of a model call's argument: tensors on the CPU, caches by their shapes."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu()
+    if hasattr(value, "layers") and hasattr(value, "batch_repeat_interleave"):
+        return CacheShape.of(value)
+    return value
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -94,9 +132,7 @@ class Runtime:
 
     def _record(self, kind: str, kwargs: dict[str, Any]) -> None:
         if self.recorder is not None:
-            self.recorder.append(
-                (kind, {k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in kwargs.items() if k != "tokenizer"})
-            )
+            self.recorder.append((kind, {k: _recorded(v) for k, v in kwargs.items() if k != "tokenizer"}))
 
     def forward(self, **kwargs: Any) -> Any:
         """One forward pass of the model, recorded for the benchmark when asked.
@@ -472,8 +508,6 @@ class Runtime:
                 attention_mask=torch.cat([mask.new_ones(len(batch), offset), mask], dim=1),
                 position_ids=offset + self._position_ids(mask),
             ).logits[:, :-1].float()
-            if cache is not None:
-                cache.crop(-ids.shape[1])  # back to the prefix alone, so a recorded call replays the same work
             picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -(keep - 1) :, None])[..., 0]
             self.stats.tokens_scored += int(mask.sum())
             return [picked[row, picked.shape[1] - tails[i] :].cpu().numpy() for row, i in enumerate(batch)]

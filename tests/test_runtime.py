@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_qxai.models.loading import load_reference, load_tokenizer  # noqa: E402
-from pytest_qxai.runtime import Runtime, final_norm, probe_backward  # noqa: E402
+from pytest_qxai.runtime import CacheShape, Runtime, final_norm, probe_backward  # noqa: E402
 from tiny import build_tiny_model  # noqa: E402
 
 PROMPTS = ["The capital of France is", "A cat sat", "Two plus two equals four, and three times three"]
@@ -161,3 +161,23 @@ def test_recorded_calls_name_gradient_passes_so_the_bare_loop_replays_their_back
         assert not runtime.recorder[1][1]["inputs_embeds"].requires_grad  # stored detached, on the CPU
     finally:
         runtime.recorder = None
+
+
+def test_recorded_prefix_caches_are_kept_as_their_shapes_at_call_time(runtime: Runtime) -> None:
+    """The replay must redo the same work without the recorder holding every batch's key/value tensors."""
+    prefix = runtime.encode(["The capital of France is"])[0]
+    seqs = [runtime.encode([" Paris today"], add_special_tokens=False)[0],
+            runtime.encode([" a large city"], add_special_tokens=False)[0]]
+    runtime.recorder = []
+    try:
+        runtime.prefixed_tail_logprobs(prefix, seqs, [1, 1])
+        caches = [kwargs["past_key_values"] for _, kwargs in runtime.recorder]
+    finally:
+        runtime.recorder = None
+    assert all(isinstance(cache, CacheShape) for cache in caches)
+    assert caches[0].shapes == ()  # the prefix pass starts from an empty cache
+    layers = runtime.model.config.num_hidden_layers
+    batches = caches[1:]  # one or more batches of the two sequences, each after the prefix
+    assert sum(cache.shapes[0][0] for cache in batches) == 2
+    assert all([shape[2] for shape in cache.shapes] == [len(prefix)] * layers for cache in batches)
+    assert batches[0].build(runtime.device).get_seq_length() == len(prefix)

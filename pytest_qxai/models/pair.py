@@ -140,6 +140,8 @@ def get_pair(cfg: QxaiConfig) -> ModelPair:
 
 
 def _load_pair(cfg: QxaiConfig) -> ModelPair:
+    import torch
+
     from ..runtime import Runtime
     from .loading import (apply_determinism, load_reference, load_tokenizer, materialize, resolve_device, resolve_dtype,
                           share_cpu_threads)
@@ -228,6 +230,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "profile": cfg.profile,
             "deterministic": True,
             "cpu_threads": threads,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # CPU kernels (bitsandbytes' int8 too) differ by it
             "kv_cache": "static (decode step compiled where the backend allows)" if reference_runtime.static_cache
             else "dynamic",
             "residency": residency.describe(),
