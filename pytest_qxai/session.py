@@ -35,7 +35,9 @@ from .report.text import KIND_LABELS, delta_cell, number, overall_line, table_li
 Profiles = Mapping[str, Mapping[str, Sequence[float | None]]]
 Values = Sequence[float] | np.ndarray
 
-PER_WORKER_METADATA = ("device", "cpu_threads", "cpu_capability", "residency", "kv_cache", "load_seconds", "quantize_seconds")
+PER_WORKER_METADATA = (
+    "device", "cpu_threads", "cpu_capability", "residency", "kv_cache", "load_seconds", "quantize_seconds",
+)
 """Metadata that an xdist worker may not share with the others (kept per worker on the controller)."""
 
 

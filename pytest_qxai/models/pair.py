@@ -230,7 +230,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "profile": cfg.profile,
             "deterministic": True,
             "cpu_threads": threads,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # CPU kernels (bitsandbytes' int8 too) differ by it
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # CPU kernels, bitsandbytes' too, vary by it
             "kv_cache": "static (decode step compiled where the backend allows)" if reference_runtime.static_cache
             else "dynamic",
             "residency": residency.describe(),
