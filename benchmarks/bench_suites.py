@@ -28,6 +28,8 @@ from typing import Any, Generator
 
 import pytest
 
+from pytest_qxai.plugin import suite_name
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,7 +105,7 @@ class BenchPlugin:
 
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Close the previous suite and open this item's one when the module changes."""
-        suite = item.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")  # type: ignore[attr-defined]
+        suite = suite_name(item)
         if suite != self._current:
             self._close()
             self._current, self._started = suite, time.perf_counter()
@@ -177,7 +179,8 @@ def run_once(args: argparse.Namespace, quant: str, cache_dir: Path) -> dict[str,
     started = time.perf_counter()
     code = pytest.main(argv, plugins=[plugin])
     wall = time.perf_counter() - started
-    result: dict[str, Any] = {"quant": quant, "exit_code": int(code), "wall_s": wall,
+    result: dict[str, Any] = {"quant": quant, "profile": args.profile, "k": args.k, "exit_code": int(code),
+                              "wall_s": wall,
                               "suites": [asdict(s) | {"tokens_per_s": s.tokens_per_s} for s in plugin.suites.values()]}
     if plugin.pair is not None:
         load = float(plugin.pair.metadata.get("load_seconds") or 0.0)
@@ -190,7 +193,8 @@ def run_once(args: argparse.Namespace, quant: str, cache_dir: Path) -> dict[str,
                    "plugin_over_bare": suites_wall / bare if bare else None,
                    "load_s": load, "quantize_s": quantize,
                    "parameters": plugin.pair.reference.model.num_parameters(),
-                   "device": meta.get("device"), "kv_cache": meta.get("kv_cache"), "residency": meta.get("residency"),
+                   "device": meta.get("device"), "cpu_capability": meta.get("cpu_capability"),
+                   "kv_cache": meta.get("kv_cache"), "residency": meta.get("residency"),
                    "peak_gpu_mib": max((s.peak_gpu_mib for s in plugin.suites.values()), default=0.0),
                    "cache_hits": plugin.pair.cache.hits, "cache_misses": plugin.pair.cache.misses}
     return result

@@ -100,7 +100,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Name progress bars after the suite whose fixtures are about to compute (``test_nle.py`` -> ``nle``)."""
     from . import progress
 
-    progress.set_scope(item.path.stem.removeprefix("test_"))
+    progress.set_scope(suite_name(item))
+
+
+def suite_name(item: pytest.Item) -> str:
+    """The suite an item belongs to, named after its module (``test_nle.py`` -> ``nle``)."""
+    return item.path.stem.removeprefix("test_")
 
 
 def shard_modules(items: list[pytest.Item], index: int, count: int) -> tuple[list[pytest.Item], list[pytest.Item]]:
@@ -125,20 +130,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
-    groups: dict[int, str] = {}
-    for item in items:
-        if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES):
-            groups[id(item)] = item.nodeid.split("::", 1)[0]
-    if groups and _is_xdist_worker(config):
+    uses_pair = {id(item) for item in items
+                 if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES)}
+    if uses_pair and _is_xdist_worker(config):
         qxai_config = config.stash[SESSION_KEY].config
-        items[:] = costliest_suites_first(items, groups, qxai_config.profile, qxai_config.samples)
-    if groups and not _is_xdist_worker(config):
+        items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile, qxai_config.samples)
+    if uses_pair and not _is_xdist_worker(config):
         _validate(config)
 
 
-def costliest_suites_first(items: list[pytest.Item], modules: dict[int, str], profile: str,
+def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profile: str,
                            samples: int | None) -> list[pytest.Item]:
-    """Items of suite modules (``modules``: item id -> module path) costliest first, then the other items.
+    """Items that use the model pair (``uses_pair``: their ids) by suite, costliest first, then the other items.
 
     Under xdist this is the order in which whole suites go to idle workers: starting the longest first keeps
     the last one from running alone at the end. A module of unknown cost (a suite of your own) is placed as
@@ -150,10 +153,9 @@ def costliest_suites_first(items: list[pytest.Item], modules: dict[int, str], pr
     default = sum(known) / len(known)
 
     def cost(item: pytest.Item) -> float:
-        module = modules.get(id(item))
-        if module is None:
+        if id(item) not in uses_pair:
             return float("-inf")
-        estimate = suite_cost(module.rsplit("/", 1)[-1].removesuffix(".py").removeprefix("test_"), profile, samples)
+        estimate = suite_cost(suite_name(item), profile, samples)
         return default if estimate is None else estimate
 
     return sorted(items, key=cost, reverse=True)
