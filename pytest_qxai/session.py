@@ -3,7 +3,7 @@
 Baseline policy (decided per check, written once at the end by the controller):
 
 * a stored baseline for the check: compare with it (stale fingerprint → fail). With
-  ``--qxai-update-baselines=all`` a failing comparison is reported as ``warn`` and the record refreshed.
+  ``--qxai-update-baselines=all`` a failing comparison is reported as ``inconclusive`` and the record refreshed.
 * no stored baseline: with ``--qxai-update-baselines`` (``all`` or ``missing``), record it; in CI (``$CI``
   set) without that flag, fail and write nothing; locally without it, record it and fail once
   ("fail and create", as pytest-regressions does), so a new baseline is always looked at before it
@@ -171,7 +171,7 @@ class QxaiSession:
                 r.notes["baseline_quant"] = other_quant
                 r.reason += f" (baseline recorded with {other_quant}, this run {self.config.quant})"
             if r.verdict == "fail" and self.config.update_baselines == "all":
-                r.verdict = "warn"
+                r.verdict = "inconclusive"
                 r.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
         return results
 

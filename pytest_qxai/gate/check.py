@@ -6,7 +6,7 @@ Verdict rules (the same for both comparisons):
   two-sided band), its point estimate lies beyond the band, AND the paired test rejects "no change"
   at the band's alpha. Both conditions: a tiny but significant change passes, a large but noisy one
   does not fail.
-* ``warn``: a degradation beyond the band that is not significant (p >= alpha): more items would tell.
+* ``inconclusive``: a degradation beyond the band that is not significant (p >= alpha): more items would tell.
 * ``improved``: a significant change in the good direction beyond the band (one-sided bands only).
 * ``pass``: anything else. ``skipped``: fewer than two items valid on both sides, so no test.
 
@@ -26,9 +26,9 @@ from ..metrics import Direction, Kind, Metric, as_array
 from .stats import DEFAULT_RESAMPLES, MIN_PAIRED, Alternative, PairedTest, paired_test, paired_valid
 from .tolerance import Tolerance
 
-Verdict = Literal["pass", "fail", "improved", "warn", "skipped"]
+Verdict = Literal["pass", "fail", "improved", "inconclusive", "skipped"]
 CheckKind = Literal["vs_reference", "vs_baseline", "reference_drift"]
-VERDICTS: tuple[Verdict, ...] = ("fail", "warn", "improved", "pass", "skipped")  # also the display order
+VERDICTS: tuple[Verdict, ...] = ("fail", "inconclusive", "improved", "pass", "skipped")  # also the display order
 
 
 @dataclass
@@ -39,7 +39,10 @@ class CheckResult:
     (vs_baseline) or stored reference mean (reference_drift). ``delta`` is quantized − reference for
     vs_reference, the change of that gap since the baseline for vs_baseline, and the change of the
     reference for reference_drift. Per-item values (NaN as None) travel with vs_reference results only,
-    for the baseline file.
+    for the baseline file. ``ci`` is the interval the decision used; ``p_value`` the decisive one-sided test's
+    p-value and ``p_adjusted`` the same after multiplicity control over the run. ``mdd`` is the smallest
+    degradation beyond the band this run detects with 80 % power, ``n_needed`` the items that would decide an
+    inconclusive check, ``lost`` the items lost or degenerate per side.
     """
 
     suite: str
@@ -65,6 +68,10 @@ class CheckResult:
     profiles: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     nodeid: str = ""
+    p_adjusted: float | None = None
+    mdd: float | None = None
+    n_needed: int | None = None
+    lost: dict[str, int] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -96,9 +103,9 @@ class CheckResult:
 
 
 def summarize(results: Sequence[CheckResult]) -> dict[str, Any]:
-    """Counts per verdict and the overall verdict: ``fail`` if any failed, else ``warn`` if any warned."""
+    """Counts per verdict and the overall verdict: ``fail`` if any failed, else ``inconclusive`` if any was."""
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
-    overall = "fail" if counts["fail"] else "warn" if counts["warn"] else "pass"
+    overall = "fail" if counts["fail"] else "inconclusive" if counts["inconclusive"] else "pass"
     return {"checks": len(results), "counts": counts, "verdict": overall}
 
 
@@ -217,7 +224,7 @@ def _reference_drift(
     cause = (", ".join(changes[:6]) + (" ..." if len(changes) > 6 else "")) if changes else (
         "no recorded library, model or device difference explains it (nondeterminism?)")
     drift = _result(metric, "reference_drift", tolerance)
-    drift.verdict = "warn"
+    drift.verdict = "inconclusive"
     drift.reference, drift.baseline, drift.delta = float(b.mean()), float(a.mean()), test.estimate
     drift.ci, drift.p_value, drift.n = test.ci, test.p_value, test.n
     drift.reason = (f"the reference itself changed since {baseline_file}: {metric.name} "
@@ -286,7 +293,7 @@ def _decide(result: CheckResult, test: PairedTest, tolerance: Tolerance, thresho
         result.reason = (f"{result.metric} {word}: delta {change} is beyond the {band} and significant ({stat}); "
                          f"{context}")
     elif beyond:
-        result.verdict = "warn"
+        result.verdict = "inconclusive"
         result.reason = (f"{result.metric} degraded: delta {change} is beyond the {band} but not significant "
                          f"({stat}), more items would tell; {context}")
     elif better and significant:
