@@ -139,6 +139,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         _validate(config)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plan the run's fail decisions (vs reference and vs baseline per gating test) for the test-time bound."""
+    qxai = session.config.stash.get(SESSION_KEY, None)
+    if qxai is not None:
+        qxai.planned = 2 * sum("qxai_check" in getattr(item, "fixturenames", ()) for item in session.items)
+
+
 def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profile: str,
                            samples: int | None) -> list[pytest.Item]:
     """Items that use the model pair (``uses_pair``: their ids) by suite, costliest first, then the other items.

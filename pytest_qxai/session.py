@@ -25,6 +25,7 @@ import pytest
 from .baselines import Baseline, BaselineStore
 from .errors import BaselineError, QxaiError, QxaiUsageError
 from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable
+from .gate.multiplicity import adjust, test_time_family
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import Tolerance, ToleranceOverrides
 from .metrics import Metric, SuiteResult, as_array, get_metric
@@ -56,6 +57,8 @@ class QxaiSession:
     n_resamples: int = DEFAULT_RESAMPLES
     messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    planned: int = 0
+    """Fail decisions this process plans (two per collected test that uses ``qxai_check``): the test-time bound."""
     overrides: ToleranceOverrides = field(init=False)
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
 
@@ -82,7 +85,7 @@ class QxaiSession:
         quant = self.config.quant
         base = {"quant": str(quant), "quant_params": quant.resolved, "seed": self.config.seed,
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
-                "dtype": self.config.dtype}
+                "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
         merged = base | self.metadata
         if stable:
             merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k != "workers"}
@@ -107,7 +110,7 @@ class QxaiSession:
             raise QxaiUsageError(f"{metric.key} is binary: per-item values must be 0, 1 or NaN")
         tolerance = self.overrides.resolve(metric)
         current = check_vs_reference(metric, tolerance, ref, quant, ids, seed=self.config.seed,
-                                     n_resamples=self.n_resamples)
+                                     n_resamples=self.n_resamples, family=self.family)
         current.fingerprint = {str(k): str(v) for k, v in (fingerprint or {}).items()}
         current.profiles = jsonable(dict(profiles or {}))
         current.notes = jsonable(dict(notes or {}))
@@ -116,6 +119,11 @@ class QxaiSession:
             r.nodeid = nodeid
         self.results.extend(results)
         return results
+
+    @property
+    def family(self) -> int:
+        """The Bonferroni multiplier of a fail decision made before the run's other p-values are known."""
+        return test_time_family(self.config.multiple_testing, self.planned)
 
     def check_suite(self, result: SuiteResult, metric: Metric, nodeid: str = "") -> list[CheckResult]:
         """Gate one metric of a suite's per-item results (or record why the suite skipped it).
@@ -164,15 +172,15 @@ class QxaiSession:
         stored_meta = baseline.metadata_for(current.key)
         results = check_vs_baseline(current, baseline.checks[current.key], tolerance, baseline_file=shown,
                                     current_metadata=self.run_metadata(stable=True), stored_metadata=stored_meta,
-                                    seed=self.config.seed, n_resamples=self.n_resamples)
+                                    seed=self.config.seed, n_resamples=self.n_resamples, family=self.family)
         other_quant = stored_meta.get("quant")
         for r in results:
             if other_quant and other_quant != str(self.config.quant):
                 r.notes["baseline_quant"] = other_quant
                 r.reason += f" (baseline recorded with {other_quant}, this run {self.config.quant})"
-            if r.verdict == "fail" and self.config.update_baselines == "all":
-                r.verdict = "inconclusive"
-                r.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
+            if self.config.update_baselines == "all":
+                r.notes["accepted"] = True
+                accept(r)
         return results
 
     def _load_baseline(self) -> Baseline | BaselineError | None:
@@ -211,6 +219,11 @@ class QxaiSession:
         ``complete`` is False when the run was interrupted or stopped early (``-x``, Ctrl-C): checks
         that did not run are then never pruned from the baseline.
         """
+        adjustment = adjust(self.results, self.config.multiple_testing)
+        for r in self.results:
+            accept(r)
+        adjustment.added = [r for r in adjustment.added if r.failed]
+        self.messages += adjustment.lines(self.planned)
         self._write_baselines(complete)
         report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
@@ -341,6 +354,13 @@ class CheckFixture:
         failed = [r for r in results if r.failed]
         if failed:
             pytest.fail("\n".join(failure_message(r) for r in failed), pytrace=False)
+
+
+def accept(result: CheckResult) -> None:
+    """A failing comparison that ``--qxai-update-baselines=all`` refreshes is reported inconclusive, not failed."""
+    if result.failed and result.notes.get("accepted"):
+        result.verdict = "inconclusive"
+        result.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
 
 
 def failure_message(result: CheckResult) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ..metrics import Direction, Kind, Metric, as_array
+from ..metrics import Direction, Kind, Metric, as_array, get_metric
 from .stats import DEFAULT_RESAMPLES, MIN_PAIRED, MarginTest, detectable, items_needed, margin_test, paired_valid
 from .tolerance import Tolerance, parse_tolerance
 
@@ -100,8 +100,9 @@ class CheckResult:
     def from_dict(cls, data: dict[str, Any]) -> CheckResult:
         """Rebuild a result from :meth:`to_dict` output (unknown keys are ignored)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        ci = known.get("ci")
-        known["ci"] = None if ci is None or None in ci else (float(ci[0]), float(ci[1]))
+        ci = known.get("ci")  # an infinite bound was written as null
+        known["ci"] = None if ci is None else (-math.inf if ci[0] is None else float(ci[0]),
+                                               math.inf if ci[1] is None else float(ci[1]))
         return cls(**known)
 
 
@@ -211,8 +212,11 @@ def check_vs_baseline(
 
 
 def _metric_of(result: CheckResult) -> Metric:
-    """The parts of a result's metric definition a re-test needs (identity, kind, direction, unit)."""
-    return Metric(result.suite, result.metric, "", result.scale, result.direction, unit=result.unit)
+    """The result's registered metric, else the parts of its definition a re-test needs (no bounds known)."""
+    try:
+        return get_metric(result.key)
+    except KeyError:
+        return Metric(result.suite, result.metric, "", result.scale, result.direction, unit=result.unit)
 
 
 def _span(metric: Metric, differences: int) -> tuple[float, float]:
