@@ -44,13 +44,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _validate(config: pytest.Config) -> None:
-    """Check model, spec, backend and device without loading anything; usage error on bad input."""
+    """Check model, spec, backend, device and the model's band file without loading anything; usage error on bad input."""
     if config.stash.get(VALIDATED_KEY, False):
         return
     from .models.pair import validate
 
+    session = config.stash[SESSION_KEY]
     try:
-        validate(config.stash[SESSION_KEY].config)
+        session.load_bands(validate(session.config).slug)
     except QxaiError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[VALIDATED_KEY] = True

@@ -22,8 +22,9 @@ from typing import Any, Mapping, NoReturn, Sequence
 import numpy as np
 import pytest
 
-from .baselines import Baseline, BaselineStore
+from .baselines import Baseline, BaselineStore, model_slug
 from .errors import BaselineError, QxaiError, QxaiUsageError
+from .gate.bands import ModelBands, load_bands
 from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable
 from .gate.multiplicity import adjust, test_time_family
 from .gate.stats import DEFAULT_RESAMPLES
@@ -60,6 +61,7 @@ class QxaiSession:
     planned: int = 0
     """Fail decisions this process plans (two per collected test that uses ``qxai_check``): the test-time bound."""
     overrides: ToleranceOverrides = field(init=False)
+    model_bands: ModelBands | None = None
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +72,16 @@ class QxaiSession:
     def model_id(self) -> str:
         """The model's name in baselines and reports."""
         return str(self.metadata.get("model_id") or self.config.model or "default")
+
+    def load_bands(self, model_id: str) -> ModelBands:
+        """Read the model's band file once (a usage error when it is bad) and use it for every check."""
+        self.model_bands = load_bands(self.config.baseline_dir / model_slug(model_id), model_id)
+        return self.model_bands
+
+    def tolerance(self, metric: Metric) -> Tolerance:
+        """The metric's band in this run: overrides > the model's band file > the metric's default."""
+        bands = self.model_bands if self.model_bands is not None else self.load_bands(self.model_id)
+        return self.overrides.resolve(metric, bands.bands)
 
     @property
     def store(self) -> BaselineStore:
@@ -108,7 +120,7 @@ class QxaiSession:
         values = np.concatenate([ref, quant])
         if metric.kind == "binary" and not np.all(np.isin(values, (0.0, 1.0)) | np.isnan(values)):
             raise QxaiUsageError(f"{metric.key} is binary: per-item values must be 0, 1 or NaN")
-        tolerance = self.overrides.resolve(metric)
+        tolerance = self.tolerance(metric)
         current = check_vs_reference(metric, tolerance, ref, quant, ids, seed=self.config.seed,
                                      n_resamples=self.n_resamples, family=self.family)
         current.fingerprint = {str(k): str(v) for k, v in (fingerprint or {}).items()}
@@ -141,7 +153,7 @@ class QxaiSession:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
         metric = resolve_metric(metric)
         result = CheckResult(metric.suite, metric.name, "vs_reference", "skipped", reason,
-                             tolerance=str(self.overrides.resolve(metric)), direction=metric.direction,
+                             tolerance=str(self.tolerance(metric)), direction=metric.direction,
                              scale=metric.kind, unit=metric.unit, nodeid=nodeid)
         self.results.append(result)
         return result

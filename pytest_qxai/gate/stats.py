@@ -128,12 +128,14 @@ class ScoreTest(MarginTest):
 
 @dataclass(frozen=True)
 class BootstrapT(MarginTest):
-    """Studentized (bootstrap-t) inference on a mean of per-item differences.
+    """Studentized (bootstrap-t) inference on a mean of per-item differences, never bolder than Student's t.
 
-    t* = (mean* - mean) / se* over seeded resamples of the items; p-values and bounds compare
-    (mean - c) / se with that distribution. Hand-written because scipy's ``bootstrap`` offers percentile,
-    basic and BCa intervals only, and the studentized one kept its one-sided coverage for skewed and
-    heavy-tailed differences where BCa did not (docs/gate.md). ``span`` is the range per-item differences
+    t* = (mean* - mean) / se* over seeded resamples of the items; p-values and bounds compare (mean - c) / se
+    with that distribution, and take the more conservative of it and Student's t with n - 1 degrees of
+    freedom (the larger p-value, the wider bound): the bootstrap-t corrects for skew, where the t-test fails,
+    and the t-test holds for symmetric heavy tails, where the bootstrap-t was slightly liberal (docs/gate.md).
+    Hand-written because scipy's ``bootstrap`` offers percentile, basic and BCa intervals only, and BCa's
+    one-sided coverage was worse than either. ``span`` is the range per-item differences
     can take (from the metric's bounds). Identical differences show no spread, which does not make them exact:
     then the bounds allow a share 1 - alpha**(1/n) of unseen items anywhere in the span (the binomial bound
     behind the "rule of three"), and an unbounded metric decides nothing.
@@ -147,14 +149,20 @@ class BootstrapT(MarginTest):
         if self.sd == 0:
             return self._p_identical(self.estimate - c, self.estimate - self.span[0])
         t = (self.estimate - c) / self.se
-        return float((1 + np.count_nonzero(self.t_star >= t)) / (self.t_star.size + 1))
+        return max(float((1 + np.count_nonzero(self.t_star >= t)) / (self.t_star.size + 1)), self._student(t))
 
     def p_below(self, c: float) -> float:
         """Bootstrap-t p-value of H0 theta >= c."""
         if self.sd == 0:
             return self._p_identical(c - self.estimate, self.span[1] - self.estimate)
         t = (self.estimate - c) / self.se
-        return float((1 + np.count_nonzero(self.t_star <= t)) / (self.t_star.size + 1))
+        return max(float((1 + np.count_nonzero(self.t_star <= t)) / (self.t_star.size + 1)), self._student(-t))
+
+    def _student(self, t: float) -> float:
+        """Student's t upper-tail p-value with n - 1 degrees of freedom."""
+        from scipy.stats import t as student
+
+        return float(student.sf(t, self.n - 1))
 
     def _p_identical(self, distance: float, room: float) -> float:
         """p of a margin ``distance`` inside the estimate when all n differences were equal (``room`` to the span)."""
@@ -167,8 +175,12 @@ class BootstrapT(MarginTest):
         if self.sd == 0:
             edge = self.span[0] if side == "lower" else self.span[1]
             return self.estimate + (1 - alpha ** (1 / self.n)) * (edge - self.estimate)
+        from scipy.stats import t as student
+
         q = np.quantile(self.t_star, 1 - alpha if side == "lower" else alpha,
                         method="higher" if side == "lower" else "lower")
+        edge = float(student.isf(alpha, self.n - 1))
+        q = max(q, edge) if side == "lower" else min(q, -edge)
         value = self.estimate - float(q) * self.se if math.isfinite(q) else -math.copysign(math.inf, q)
         return float(np.clip(value, *self.span))
 
