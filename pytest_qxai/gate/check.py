@@ -153,8 +153,9 @@ def check_vs_reference(
     if a.size < MIN_PAIRED:
         return _skip_small(result, "valid (not NaN) on both sides")
     result.reference, result.quantized = float(a.mean()), float(b.mean())
-    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed, span=_span(metric, 1))
-    result.comparison = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)}"
+    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
+                       span=_span(metric, 1, np.concatenate([a, b])))
+    result.comparison = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)} ({test.method})"
     _measure(result, test, tolerance, family)
     return result
 
@@ -197,11 +198,11 @@ def check_vs_baseline(
     result.reference, result.quantized = float(ref_now[valid].mean()), float(q_now[valid].mean())
     result.baseline = float(q_base[valid].mean())
     test = margin_test(gap_base[valid], gap_now[valid], "continuous", n_resamples=n_resamples, seed=seed,
-                       span=_span(metric, 2))
+                       span=_span(metric, 2, np.concatenate([gap_base[valid], gap_now[valid]])))
     result.comparison = (
         f"the quantized-reference gap moved from {_fmt(float(gap_base[valid].mean()))} in {baseline_file} "
         f"to {_fmt(float(gap_now[valid].mean()))}"
-        + (f" ({unmatched} item(s) of this run are not in the baseline)" if unmatched else ""))
+        + (f" ({unmatched} item(s) of this run are not in the baseline)" if unmatched else "") + f" ({test.method})")
     _measure(result, test, tolerance, family)
     results = [result]
     drift = _reference_drift(metric, tolerance, ref_base, ref_now, current_metadata, stored_metadata,
@@ -219,11 +220,13 @@ def _metric_of(result: CheckResult) -> Metric:
         return Metric(result.suite, result.metric, "", result.scale, result.direction, unit=result.unit)
 
 
-def _span(metric: Metric, differences: int) -> tuple[float, float]:
-    """The range a mean of ``differences``-fold per-item differences can take, from the metric's bounds."""
+def _span(metric: Metric, differences: int, values: np.ndarray) -> tuple[float, float]:
+    """The range a mean of ``differences``-fold per-item differences can take: from the metric's bounds, or for
+    a metric without both bounds from the range of the values seen on both sides (an assumption, docs/gate.md)."""
     low, high = metric.bounds
     if low is None or high is None:
-        return -math.inf, math.inf
+        width = float(np.nanmax(values) - np.nanmin(values)) if np.isfinite(values).any() else math.inf
+        return -width, width
     width = differences * (high - low)
     return -width, width
 
@@ -237,7 +240,8 @@ def _reference_drift(
     a, b = paired_valid(ref_base, ref_now)
     if a.size < MIN_PAIRED:
         return None
-    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed, span=_span(metric, 1))
+    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
+                       span=_span(metric, 1, np.concatenate([a, b])))
     threshold = tolerance.threshold(float(a.mean()))
     p = min(1.0, 2 * min(test.p_above(threshold), test.p_below(-threshold)))
     if p >= tolerance.alpha:
