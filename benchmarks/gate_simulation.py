@@ -84,7 +84,7 @@ def outcomes(scenario: Scenario, n: int, degradation: float, reps: int, seed: in
         reference, quantized = scenario.sample(rng, n, degradation)
         test = margin_test(reference, quantized, scenario.kind, n_resamples=resamples, seed=rep, span=(-1.0, 1.0))
         p_fail[rep] = test.p_below(-scenario.band)
-        passed[rep] = test.bound(alpha, "lower") > -scenario.band
+        passed[rep] = test.p_above(-scenario.band) < alpha  # the lower bound of delta lies above -b
     return p_fail, passed
 
 
