@@ -39,6 +39,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[VALIDATED_KEY] = False
     if explicitly_requested(config) and not _is_xdist_worker(config):
         _validate(config)
+    elif not _is_xdist_worker(config):
+        try:  # a run without a model: its band file is that of --qxai-model's name (or "default")
+            session.load_bands(session.model_id)
+        except QxaiError as exc:
+            raise pytest.UsageError(str(exc)) from None
     _configure_xdist(config)
     _configure_progress(config)
 

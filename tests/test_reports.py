@@ -87,10 +87,10 @@ def test_terminal_lines_table_and_overall_verdict(make_config: Callable[..., Qxa
     header = next(line for line in lines if line.startswith("verdict"))
     for column in ("suite", "metric", "kind", "reference", "quantized", "delta [CI]", "baseline", "band"):
         assert column in header
-    rows = [line for line in lines if re.match(r"(FAIL|WARN|IMPROVED|pass|skipped) +\|", line)]
+    rows = [line for line in lines if re.match(r"(FAIL|INCONCLUSIVE|IMPROVED|pass|skipped) +\|", line)]
     assert [row.split("|")[0].strip() for row in rows] == ["FAIL"] * 3 + ["pass", "skipped"]
     assert re.match(r"FAIL +\| nli +\| accuracy +\| vs ref +\| +1\.0000 \| +0\.8000 \| -0\.2000 \[", rows[1])
-    assert lines[-1] == "qxai gate: FAIL (3 fail, 0 warn, 0 improved, 1 pass, 1 skipped)"
+    assert lines[-1] == "qxai gate: FAIL (3 fail, 0 inconclusive, 0 improved, 1 pass, 1 skipped)"
     assert any("record one with --qxai-update-baselines outside CI" in line for line in lines)
     assert all(line.isascii() for line in lines)  # readable in any CI log encoding
 

@@ -23,7 +23,7 @@ from .text import KIND_LABELS, delta_cell, number, ordered, verdict_label
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-_COLORS = {"fail": "#c62828", "warn": "#ef6c00", "improved": "#2e7d32", "pass": "#37474f", "skipped": "#9e9e9e"}
+_COLORS = {"fail": "#c62828", "inconclusive": "#ef6c00", "improved": "#2e7d32", "pass": "#37474f", "skipped": "#9e9e9e"}
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#212121}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}

@@ -7,7 +7,7 @@ from typing import Any
 from .json_report import results_of
 from .text import KIND_LABELS, delta_cell, number, ordered, verdict_label
 
-_ICONS = {"fail": "❌", "warn": "⚠️", "pass": "✅"}
+_ICONS = {"fail": "❌", "inconclusive": "⚠️", "pass": "✅"}
 
 
 def render_markdown(report: dict[str, Any]) -> str:

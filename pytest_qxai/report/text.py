@@ -11,7 +11,7 @@ KIND_LABELS = {"vs_reference": "vs ref", "vs_baseline": "vs base", "reference_dr
 
 
 def ordered(results: Sequence[CheckResult]) -> list[CheckResult]:
-    """Failures first, then warnings, improvements, passes and skips; by check key within each."""
+    """Failures first, then inconclusive checks, improvements, passes and skips; by check key within each."""
     kinds = list(KIND_LABELS)
     return sorted(results, key=lambda r: (VERDICTS.index(r.verdict), r.key, kinds.index(r.kind)))
 
@@ -35,11 +35,11 @@ def delta_cell(result: CheckResult) -> str:
 
 def verdict_label(verdict: str) -> str:
     """Verdicts that need attention in capitals."""
-    return verdict.upper() if verdict in ("fail", "warn", "improved") else verdict
+    return verdict.upper() if verdict in ("fail", "inconclusive", "improved") else verdict
 
 
 def overall_line(results: Sequence[CheckResult]) -> str:
-    """``qxai gate: FAIL (1 fail, 0 warn, ...)``."""
+    """``qxai gate: FAIL (1 fail, 0 inconclusive, ...)``."""
     summary = summarize(results)
     counts = ", ".join(f"{n} {v}" for v, n in summary["counts"].items())
     return f"qxai gate: {summary['verdict'].upper()} ({counts})"
