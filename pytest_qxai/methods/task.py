@@ -115,8 +115,8 @@ def agreement(reference: np.ndarray, quantized: np.ndarray) -> tuple[np.ndarray,
 
     Item i scores (agree_i - p_e) / (1 - p_e), p_e the agreement expected by chance from the two label
     distributions, so the mean is Cohen's kappa (sklearn's ``cohen_kappa_score``) and a model that labels at
-    random scores about 0 rather than its chance agreement. NaN when both sides give one and the same label
-    throughout (kappa undefined).
+    random scores about 0 rather than its chance agreement. When both sides give one and the same label
+    throughout, kappa is 0/0; the items then score 1, the convention for perfect observed agreement.
     """
     reference, quantized = np.asarray(reference), np.asarray(quantized)
     if reference.shape != quantized.shape:
@@ -125,7 +125,7 @@ def agreement(reference: np.ndarray, quantized: np.ndarray) -> tuple[np.ndarray,
     shares = [np.bincount(side, minlength=labels) / max(side.size, 1) for side in (reference, quantized)]
     chance = float(shares[0] @ shares[1])
     agree = (reference == quantized).astype(np.float64)
-    kappa = (agree - chance) / (1 - chance) if chance < 1 else np.full(agree.shape, np.nan)
+    kappa = (agree - chance) / (1 - chance) if chance < 1 else agree
     return np.ones(reference.shape, dtype=np.float64), kappa
 
 
