@@ -79,13 +79,13 @@ def _metrics(method: Method, label: str) -> list[Metric]:
             SUITE, prefix + "rank_correlation",
             f"Spearman correlation of the quantized model's {label} word attributions with the reference's "
             "(reference = 1)",
-            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.25",
+            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
         )),
         register_metric(Metric(
             SUITE, prefix + "topk_overlap",
             f"Share of the reference's top-20% words by {label} also in the quantized model's top 20%, beyond "
             "the share two random rankings have (reference = 1)",
-            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.25",
+            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
         )),
     ]
 
