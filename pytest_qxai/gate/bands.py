@@ -49,7 +49,7 @@ def load_bands(model_dir: Path, model_id: str) -> ModelBands:
     path = model_dir / FILE
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no band file (the baseline check reports a bad folder)
         return ModelBands()
     except OSError as exc:
         raise QxaiUsageError(f"band file {path} cannot be read: {exc.strerror}") from None
