@@ -3,7 +3,8 @@ family-wise false-fail rate of a whole run under Holm, and power at twice the ba
 
 The tests (tests/test_gate_validity.py) run a small seeded grid; docs/gate.md reports the larger one::
 
-    python benchmarks/gate_simulation.py --reps 2000
+    python benchmarks/gate_simulation.py --reps 1000
+    python benchmarks/gate_simulation.py --reps 300 --compare-methods
 
 Every scenario is a metric where higher is better with degradation D (quantized worse by D on average).
 """
@@ -141,7 +142,41 @@ def _table(reps: int) -> None:
         print(f"| {suite} | " + " | ".join(cells) + " |")
 
 
+def compare_methods(reps: int) -> None:
+    """False-fail rates at D = b of BCa, Student's t, the bootstrap-t alone and the gate's combination."""
+    import warnings
+
+    from scipy import stats
+
+    shapes = {**SHAPES, "skewed left (lognormal, sigma 1)": _standard(
+        lambda rng, n: -rng.lognormal(0.0, 1.0, n), -math.exp(0.5), math.sqrt((math.e - 1) * math.e))}
+    print(f"False-fail rate at D = b by method ({reps} runs per cell): BCa / t / bootstrap-t / gate\n")
+    for shape, draw in shapes.items():
+        for n in (10, 30, 100):
+            hits = np.zeros(4)
+            for rep in range(reps):
+                rng = np.random.default_rng(rep)
+                diff = -(CONTINUOUS_BAND + CONTINUOUS_SD * draw(rng, n))  # delta; fail when delta < -b is shown
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    bca = stats.bootstrap((diff,), np.mean, confidence_level=1 - 2 * ALPHA, n_resamples=499,
+                                          method="BCa", rng=rng).confidence_interval.high
+                gate = margin_test(np.zeros(n), diff, "continuous", n_resamples=499, seed=rep, span=(-1.0, 1.0))
+                t_only = stats.ttest_1samp(diff, -CONTINUOUS_BAND, alternative="less").pvalue
+                boot_only = gate.p_below(-CONTINUOUS_BAND) if gate.sd == 0 else (1 + np.count_nonzero(
+                    gate.t_star <= (gate.estimate + CONTINUOUS_BAND) / gate.se)) / (gate.t_star.size + 1)  # type: ignore[attr-defined]
+                hits += [bca < -CONTINUOUS_BAND, t_only < ALPHA, boot_only < ALPHA,
+                         gate.p_below(-CONTINUOUS_BAND) < ALPHA]
+            print(f"| {shape} | n={n} | " + " | ".join(f"{h / reps:.3f}" for h in hits) + " |")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2000, help="Simulated runs per cell (default: 2000)")
-    _table(parser.parse_args().reps)
+    parser.add_argument("--compare-methods", action="store_true",
+                        help="Compare the continuous methods instead (BCa, Student's t, bootstrap-t, the gate's)")
+    args = parser.parse_args()
+    if args.compare_methods:
+        compare_methods(args.reps)
+    else:
+        _table(args.reps)
