@@ -388,7 +388,7 @@ class CheckFixture:
             self.session.skip(metric, reason, nodeid=self.node.nodeid)
         except QxaiError as exc:
             pytest.fail(f"qxai: {exc}", pytrace=False)
-        pytest.skip(reason)
+        skip_test(reason)
 
     def _conclude(self, results: list[CheckResult]) -> None:
         """The test's outcome from its checks: FAILED on a fail (or, under ``--qxai-strict``, an inconclusive one),
@@ -407,7 +407,12 @@ class CheckFixture:
             pytest.fail("\n".join(failure_message(r, self.session.config.strict) for r in failed), pytrace=False)
         against_reference = [r for r in results if r.kind == "vs_reference"]
         if against_reference and all(r.verdict == "skipped" for r in against_reference):
-            pytest.skip("; ".join(dict.fromkeys(r.reason for r in against_reference)))
+            skip_test("; ".join(dict.fromkeys(r.reason for r in against_reference)))
+
+
+def skip_test(reason: str) -> NoReturn:
+    """Skip the running test, reported at the test's own location (as a skip marker is), not at this line."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 def failure_message(result: CheckResult, strict: bool = False) -> str:

@@ -119,8 +119,8 @@ def failed_setup(nodeid: str, suite: str, message: str) -> pytest.TestReport:
 @given(st.lists(st.sampled_from(VERDICTS), max_size=8), st.lists(st.sampled_from(["a", "b"]), max_size=3))
 def test_the_run_verdict_is_error_then_fail_then_inconclusive_then_pass(verdicts: list[str], errors: list[str]
                                                                         ) -> None:
-    summary = summarize([CheckResult("s", f"m{i}", "vs_reference", v, "") for i, v in enumerate(verdicts)],  # type: ignore[arg-type]
-                        errors)
+    checks = [CheckResult("s", f"m{i}", "vs_reference", v, "") for i, v in enumerate(verdicts)]  # type: ignore[arg-type]
+    summary = summarize(checks, errors)
     decided = [v for v in verdicts if v != "skipped"]
     expected = ("error" if errors or not decided else "fail" if "fail" in verdicts else
                 "inconclusive" if "inconclusive" in verdicts else "pass")
