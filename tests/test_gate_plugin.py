@@ -94,7 +94,7 @@ def test_summary_json_report_and_junit_properties(gate: pytest.Pytester, plugin_
         "*qxai explainability gate*",
         "model default, quant bnb4, baseline baselines/default/bnb4.json",
         "verdict*suite*metric*kind*reference*quantized*delta [[]CI]*baseline*p*p adj*n*band*mdd*n needed",
-        "FAIL *| demo *| similarity *| vs ref *| *0.4963 | *0.2963 | -0.2000 [[]*abs:0.05 | *",
+        "FAIL *| demo *| similarity *| vs ref *| *0.4963 | *0.2963 | -0.2000 [[]*abs:0.05 *| *",
         "*pass *| demo *| accuracy *| vs ref*",
         "FAIL demo.similarity (vs ref): similarity degraded: delta -0.2*",
         "qxai baseline baselines/default/bnb4.json: 2 added",
@@ -190,7 +190,7 @@ def test_tolerance_override_from_command_line_beats_ini(gate: pytest.Pytester) -
     assert run_gate(gate, *LEAN, "--qxai-update-baselines").ret == pytest.ExitCode.OK
     result = run_gate(gate, *LEAN, "--qxai-tolerance=demo.similarity=abs:0.1")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["FAIL *| demo *| similarity *| vs ref *abs:0.1 | *"])
+    result.stdout.fnmatch_lines(["FAIL *| demo *| similarity *| vs ref *abs:0.1 *| *"])
 
 
 def test_bad_tolerance_is_a_usage_error(gate: pytest.Pytester) -> None:
