@@ -16,6 +16,7 @@ from .baselines import SCHEMA as BASELINE_SCHEMA
 from .baselines import Baseline, record_of, result_of
 from .errors import BaselineError, QxaiError, QxaiUsageError
 from .gate.check import NOTHING_CHECKED, CheckResult, check_vs_baseline, summarize
+from .gate.multiplicity import adjust
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import parse_tolerance
 from .report import build_report, write_reports
@@ -55,7 +56,7 @@ def load_run(path: Path) -> Run:
 
 
 def compare(old: Run, new: Run, *, seed: int, n_resamples: int) -> tuple[list[CheckResult], list[str]]:
-    """Test every check of ``new`` against ``old`` item by item, as the gate does against a baseline."""
+    """Test every check of ``new`` against ``old`` item by item, as the gate does against a baseline (Holm over all)."""
     results: list[CheckResult] = []
     notes = [f"{old.path} is for model {old.model!r}, {new.path} for {new.model!r}"] if old.model != new.model else []
     for key, current in sorted(new.checks.items()):
@@ -67,6 +68,7 @@ def compare(old: Run, new: Run, *, seed: int, n_resamples: int) -> tuple[list[Ch
             current_metadata=new.metadata[key], stored_metadata=old.metadata[key], seed=seed,
             n_resamples=n_resamples)
     notes += [f"{key}: in {old.path}, not in {new.path}" for key in sorted(set(old.checks) - set(new.checks))]
+    notes += adjust(results, "holm").lines(len(results))
     return results, notes
 
 
@@ -137,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise QxaiUsageError("--resamples must be at least 1")
             old, new = load_run(args.old), load_run(args.new)
             results, notes = compare(old, new, seed=args.seed, n_resamples=args.resamples)
-            summary = summarize(results, run_errors(old, new))
+            summary = summarize(results, run_errors(old, new), "holm")
             lines = table_lines(results) + notes + verdict_lines(summary)
         elif args.command == "show":
             run = load_run(args.file)

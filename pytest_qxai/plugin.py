@@ -43,18 +43,24 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ReportObserver(session), "qxai-observer")
         if session.requested:
             _validate(config)
+        else:
+            try:  # a run without a model: its band file is that of --qxai-model's name (or "default")
+                session.load_bands(session.model_id)
+            except QxaiError as exc:
+                raise pytest.UsageError(str(exc)) from None
     _configure_xdist(config)
     _configure_progress(config)
 
 
 def _validate(config: pytest.Config) -> None:
-    """Check model, spec, backend and device without loading anything; usage error on bad input."""
+    """Check model, spec, backend, device and the model's band file without loading anything; usage error on bad input."""
     if config.stash.get(VALIDATED_KEY, False):
         return
     from .models.pair import validate
 
+    session = config.stash[SESSION_KEY]
     try:
-        validate(config.stash[SESSION_KEY].config)
+        session.load_bands(validate(session.config).slug)
     except QxaiError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[VALIDATED_KEY] = True
@@ -146,6 +152,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile, qxai_config.samples)
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plan the run's fail decisions (vs reference and vs baseline per gating test) for the test-time bound."""
+    qxai = session.config.stash.get(SESSION_KEY, None)
+    if qxai is not None:
+        qxai.planned = 2 * sum("qxai_check" in getattr(item, "fixturenames", ()) for item in session.items)
 
 
 def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profile: str,

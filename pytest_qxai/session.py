@@ -22,9 +22,11 @@ from typing import Any, Mapping, NoReturn, Sequence
 import numpy as np
 import pytest
 
-from .baselines import Baseline, BaselineStore
+from .baselines import Baseline, BaselineStore, model_slug
 from .errors import BaselineError, QxaiError, QxaiUsageError
+from .gate.bands import ModelBands, load_bands
 from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable, summarize
+from .gate.multiplicity import adjust, test_time_family
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import Tolerance, ToleranceOverrides
 from .metrics import Metric, SuiteResult, as_array, get_metric
@@ -61,7 +63,10 @@ class QxaiSession:
     """The user chose a model, spec or device: this run is a gate run even before a gate test reports."""
     used: bool = False
     """A test using ``qxai_check`` reported in this session."""
+    planned: int = 0
+    """Fail decisions this process plans (two per collected test that uses ``qxai_check``): the test-time bound."""
     overrides: ToleranceOverrides = field(init=False)
+    model_bands: ModelBands | None = None
     _worker_suites: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
     _errored_suites: set[str] = field(default_factory=set, init=False, repr=False)
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
@@ -74,6 +79,16 @@ class QxaiSession:
     def model_id(self) -> str:
         """The model's name in baselines and reports."""
         return str(self.metadata.get("model_id") or self.config.model or "default")
+
+    def load_bands(self, model_id: str) -> ModelBands:
+        """Read the model's band file once (a usage error when it is bad) and use it for every check."""
+        self.model_bands = load_bands(self.config.baseline_dir / model_slug(model_id), model_id)
+        return self.model_bands
+
+    def tolerance(self, metric: Metric) -> Tolerance:
+        """The metric's band in this run: overrides > the model's band file > the metric's default."""
+        bands = self.model_bands if self.model_bands is not None else self.load_bands(self.model_id)
+        return self.overrides.resolve(metric, bands.bands)
 
     @property
     def store(self) -> BaselineStore:
@@ -89,7 +104,7 @@ class QxaiSession:
         quant = self.config.quant
         base = {"quant": str(quant), "quant_params": quant.resolved, "seed": self.config.seed,
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
-                "dtype": self.config.dtype}
+                "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
         merged = base | self.metadata
         if stable:
             merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k != "workers"}
@@ -112,9 +127,9 @@ class QxaiSession:
         values = np.concatenate([ref, quant])
         if metric.kind == "binary" and not np.all(np.isin(values, (0.0, 1.0)) | np.isnan(values)):
             raise QxaiUsageError(f"{metric.key} is binary: per-item values must be 0, 1 or NaN")
-        tolerance = self.overrides.resolve(metric)
+        tolerance = self.tolerance(metric)
         current = check_vs_reference(metric, tolerance, ref, quant, ids, seed=self.config.seed,
-                                     n_resamples=self.n_resamples)
+                                     n_resamples=self.n_resamples, family=self.family)
         current.fingerprint = {str(k): str(v) for k, v in (fingerprint or {}).items()}
         current.profiles = jsonable(dict(profiles or {}))
         current.notes = jsonable(dict(notes or {}))
@@ -123,6 +138,11 @@ class QxaiSession:
             r.nodeid = nodeid
         self.results.extend(results)
         return results
+
+    @property
+    def family(self) -> int:
+        """The Bonferroni multiplier of a fail decision made before the run's other p-values are known."""
+        return test_time_family(self.config.multiple_testing, self.planned)
 
     def check_suite(self, result: SuiteResult, metric: Metric, nodeid: str = "") -> list[CheckResult]:
         """Gate one metric of a suite's per-item results (or record why the suite skipped it).
@@ -140,7 +160,7 @@ class QxaiSession:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
         metric = resolve_metric(metric)
         result = CheckResult(metric.suite, metric.name, "vs_reference", "skipped", reason,
-                             tolerance=str(self.overrides.resolve(metric)), direction=metric.direction,
+                             tolerance=str(self.tolerance(metric)), direction=metric.direction,
                              scale=metric.kind, unit=metric.unit, nodeid=nodeid)
         self.results.append(result)
         return result
@@ -171,15 +191,15 @@ class QxaiSession:
         stored_meta = baseline.metadata_for(current.key)
         results = check_vs_baseline(current, baseline.checks[current.key], tolerance, baseline_file=shown,
                                     current_metadata=self.run_metadata(stable=True), stored_metadata=stored_meta,
-                                    seed=self.config.seed, n_resamples=self.n_resamples)
+                                    seed=self.config.seed, n_resamples=self.n_resamples, family=self.family)
         other_quant = stored_meta.get("quant")
         for r in results:
             if other_quant and other_quant != str(self.config.quant):
                 r.notes["baseline_quant"] = other_quant
                 r.reason += f" (baseline recorded with {other_quant}, this run {self.config.quant})"
-            if r.verdict == "fail" and self.config.update_baselines == "all":
-                r.verdict = "inconclusive"
-                r.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
+            if self.config.update_baselines == "all":
+                r.notes["accepted"] = True
+                accept(r)
         return results
 
     def _load_baseline(self) -> Baseline | BaselineError | None:
@@ -238,7 +258,7 @@ class QxaiSession:
 
     def summary(self) -> dict[str, Any]:
         """The run's verdict and counts (:func:`~pytest_qxai.gate.check.summarize`)."""
-        return summarize(self.results, self.errors)
+        return summarize(self.results, self.errors, self.config.multiple_testing)
 
     def to_workeroutput(self) -> dict[str, Any]:
         """This worker's results and metadata for the xdist controller (JSON types only)."""
@@ -266,10 +286,16 @@ class QxaiSession:
         ``complete`` is False when the run was interrupted or stopped early (``-x``, Ctrl-C); such a run, or one
         in which a suite did not run to the end, never prunes the checks that did not run from the baseline.
         """
+        adjustment = adjust(self.results, self.config.multiple_testing)
+        for r in self.results:
+            accept(r)
+        adjustment.added = [r for r in adjustment.added if r.failed]
+        self.messages += adjustment.lines(self.planned)
         self._write_baselines(complete and not self.errors)
         report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
-                              notes=self.notes(), errors=self.errors)
+                              notes=self.notes(), errors=self.errors,
+                              multiple_testing=self.config.multiple_testing)
         try:
             written = write_reports(report, json_path=self.config.report_json, md_path=self.config.report_md,
                                     html_path=self.config.report_html)
@@ -408,6 +434,13 @@ class CheckFixture:
         against_reference = [r for r in results if r.kind == "vs_reference"]
         if against_reference and all(r.verdict == "skipped" for r in against_reference):
             skip_test("; ".join(dict.fromkeys(r.reason for r in against_reference)))
+
+
+def accept(result: CheckResult) -> None:
+    """A failing comparison that ``--qxai-update-baselines=all`` refreshes is reported inconclusive, not failed."""
+    if result.failed and result.notes.get("accepted"):
+        result.verdict = "inconclusive"
+        result.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
 
 
 def skip_test(reason: str) -> NoReturn:

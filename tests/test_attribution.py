@@ -60,8 +60,16 @@ def test_agreement_uses_the_top_twenty_percent() -> None:
     ref = [np.arange(10.0)]  # top 2 of 10: {9, 8}
     quant = [np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, -1.0])]  # top 2: {8, 7}
     rho, overlap = A.agreement(ref, quant)
-    assert overlap.tolist() == [0.5]
+    assert overlap == pytest.approx([(0.5 - 0.2) / (1 - 0.2)])  # half shared, beyond the 2/10 of chance
     assert -1 <= rho[0] <= 1
+
+
+def test_overlap_of_random_rankings_is_about_zero_after_chance_correction() -> None:
+    rng = np.random.default_rng(0)
+    values = [A.chance_corrected_overlap(rng.random(15), rng.random(15), 3) for _ in range(4000)]
+    assert abs(np.mean(values)) < 0.02
+    assert A.chance_corrected_overlap(np.arange(5.0), np.arange(5.0), 5) != A.chance_corrected_overlap(
+        np.arange(5.0), np.arange(5.0), 5)  # k = n: every word is in the top k, nothing to compare (NaN)
 
 
 unique_ints = st.lists(st.integers(-1000, 1000), min_size=2, max_size=30, unique=True)
