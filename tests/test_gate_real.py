@@ -60,5 +60,5 @@ def test_every_spec_runs_a_suite_end_to_end(pytester: pytest.Pytester, scheme: s
     if scheme in EXPECTED:
         assert summary["verdict"] == EXPECTED[scheme], result.stdout.str()[-3000:]
         assert result.ret == (pytest.ExitCode.OK if EXPECTED[scheme] == "pass" else pytest.ExitCode.TESTS_FAILED)
-    if scheme == "none":
-        assert all(c["delta"] == 0 for c in decided)  # an independent load of the same weights: identical outputs
+    if scheme == "none":  # an independent load of the same weights: equal outputs up to float rounding
+        assert all(abs(c["delta"]) < 1e-4 for c in decided), [(c["metric"], c["delta"]) for c in decided]
