@@ -136,7 +136,7 @@ def _forest_plot(results: list[CheckResult]) -> str:
     seen = sorted({r.verdict for r, *_ in rows}, key=list(_COLORS).index)
     for verdict in seen:
         ax.plot([], [], color=_COLORS[verdict], linewidth=2, label=verdict)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return f"<h2>Every check against its band</h2>{_png(fig)}"
 
 
