@@ -104,6 +104,9 @@ OPTIONS: tuple[OptionDef, ...] = (
     OptionDef(("--qxai-shard",), "qxai_shard",
               "Run only shard I of N (e.g. 2/4) of the collected test modules, each module whole; "
               "merge the shards' JSON reports with `qxai merge`", kwargs={"metavar": "I/N"}),
+    OptionDef(("--qxai-strict",), "qxai_strict",
+              "Treat an inconclusive check as a failure: its test fails and the run exits 1 (default: it passes, "
+              "exit 0)", False, ini_type="bool", kwargs={"action": "store_true"}),
     OptionDef(("--qxai-report-json",), "qxai_report_json", "Write the machine-readable report here",
               kwargs={"metavar": "PATH"}),
     OptionDef(("--qxai-report-md",), "qxai_report_md", "Write a Markdown report (for a pull-request comment)",
@@ -201,6 +204,8 @@ class QxaiConfig:
     """``(index, count)``, 1-based: this session runs test modules ``index, index + count, …`` in name order."""
     ci: bool
     rootdir: Path
+    strict: bool = False
+    """``--qxai-strict``: an inconclusive check fails its test and the run."""
     multiple_testing: str = "holm"
     """How fail decisions are adjusted over the run: ``holm``, ``bh`` or ``none`` (docs/gate.md)."""
 
@@ -292,6 +297,7 @@ class QxaiConfig:
             shard=shard,
             ci=bool(os.environ.get("CI")),
             rootdir=root,
+            strict=_as_bool(get["qxai_strict"]),
             multiple_testing=multiple_testing,
         )
 

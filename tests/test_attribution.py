@@ -169,14 +169,10 @@ def tiny_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_pair(runtime: Any, make_config: Any, quantized_backward: tuple[bool, str] = (True, "ok")) -> Any:
-    """A model pair whose two sides are the same tiny model (3 items, no result cache)."""
-    from pytest_qxai.models.pair import ModelPair, ModelSide
-    from pytest_qxai.storage import DiskCache
+    """A pair of the tiny model and an independent copy of it, on 3 items (:func:`test_arch.tiny_pair`)."""
+    from test_arch import tiny_pair as twin_pair
 
-    ref = ModelSide("reference", runtime.model, runtime, "tiny", backward=(True, "ok"))
-    quant = ModelSide("quantized", runtime.model, runtime, "tiny-same", backward=quantized_backward)
-    return ModelPair(ref, quant, runtime.tokenizer, make_config(samples=3), source=None,  # type: ignore[arg-type]
-                     backend=None, cache=DiskCache(None))  # type: ignore[arg-type]
+    return twin_pair(runtime, make_config(samples=3), quantized_backward=quantized_backward)
 
 
 ITEMS = [ITEM, NLIItem("y", "The cat sat on the mat.", "A cat sits.", "entailment", ("same",)),

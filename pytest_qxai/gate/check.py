@@ -106,11 +106,24 @@ class CheckResult:
         return cls(**known)
 
 
-def summarize(results: Sequence[CheckResult]) -> dict[str, Any]:
-    """Counts per verdict and the overall verdict: ``fail`` if any failed, else ``inconclusive`` if any was."""
+RunVerdict = Literal["pass", "fail", "inconclusive", "error"]
+NOTHING_CHECKED = "nothing was checked: no check reached a decision (none ran, or every one was skipped)"
+"""The error a run without a single decided check reports (a run that did not check is never green)."""
+
+
+def summarize(
+    results: Sequence[CheckResult], errors: Sequence[str] = (), multiple_testing: str | None = None,
+) -> dict[str, Any]:
+    """Counts per verdict and the run's verdict: ``error`` if anything did not run (``errors``, or no check was
+    decided: :data:`NOTHING_CHECKED`), else ``fail``, ``inconclusive`` or ``pass`` by the worst check."""
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
-    overall = "fail" if counts["fail"] else "inconclusive" if counts["inconclusive"] else "pass"
-    return {"checks": len(results), "counts": counts, "verdict": overall}
+    problems = list(dict.fromkeys(errors))
+    if len(results) == counts["skipped"] and NOTHING_CHECKED not in problems:
+        problems.append(NOTHING_CHECKED)
+    overall: RunVerdict = ("error" if problems else "fail" if counts["fail"] else
+                           "inconclusive" if counts["inconclusive"] else "pass")
+    return {"checks": len(results), "counts": counts, "verdict": overall, "errors": problems,
+            "multiple_testing": multiple_testing}
 
 
 def jsonable(value: Any) -> Any:
