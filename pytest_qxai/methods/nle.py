@@ -23,6 +23,15 @@ of METHODS.md):
   explanation in 83 % (coherence) and 78 % (trust) of 120 items.
 * ``fp_agreement``: embedding cosine of the quantized model's explanation with the reference's for the same
   item (1 when identical); the reference side is 1 by definition, as for label agreement.
+* ``degenerate_rate``: the explanation is empty (nothing but whitespace before the first newline).
+
+An empty explanation is an outcome, not a missing value: it scores the worst value of every quality metric
+(gold similarity −1, ROUGE-L 0, judge ratings 1, fluency the log-perplexity of a uniform guess over the
+scorer's vocabulary) and counts in ``degenerate_rate``.
+
+Precondition: ``gold_similarity`` and ``rouge_l`` compare the explanation of the model's own label with
+the human explanations of the gold label; when the reference is not significantly above chance on these
+items, most explained labels are wrong and the two metrics are ``not applicable``.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
+from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
 from .task import esnli_items, nli_predictions, option_scores, template_id
 from .text import ENCODER_NAME, embed, pairwise_cosine, perplexity, rouge_l
 
@@ -98,7 +108,11 @@ FP_AGREEMENT = register_metric(Metric(
     "Embedding cosine of the quantized model's explanation with the reference's (reference = 1)",
     "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.15",
 ))
-NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT]
+DEGENERATE = degenerate_metric(SUITE, "empty explanation")
+NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT,
+                             DEGENERATE]
+QUALITY_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST]
+TASK_DEPENDENT: list[Metric] = [GOLD_SIMILARITY, ROUGE_L]
 
 
 # --- generation -------------------------------------------------------------------------------------------
@@ -179,6 +193,11 @@ def gold_similarity(explanations: Sequence[str], references: Sequence[Sequence[s
             out[i] = float(np.max(refs[start : start + len(group)] @ own[i]))
         start += len(group)
     return out
+
+
+def is_empty(texts: Sequence[str]) -> np.ndarray:
+    """True for every text that is empty or only whitespace."""
+    return np.array([not text.strip() for text in texts], dtype=bool)
 
 
 def log_perplexity(scorer: "Runtime", texts: Sequence[str]) -> np.ndarray:
@@ -262,9 +281,15 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
     for side in pair.sides:
         explanations[side.role], values[side.role] = _side_quality(pair, side, items, params, judge_runtime)
     reference, quantized = explanations["reference"], explanations["quantized"]
+    empty = {role: is_empty(texts) for role, texts in explanations.items()}
+    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
+    for role, per_side in values.items():
+        values[role] = {m.name: scored(per_side[m.name], empty[role],
+                                       fluency_worst if m is FLUENCY else worst_value(m)) for m in QUALITY_METRICS}
+        values[role][DEGENERATE.name] = empty[role].astype(np.float64)
     values["reference"][FP_AGREEMENT.name] = np.ones(n)
     values["quantized"][FP_AGREEMENT.name] = explanation_agreement(reference, quantized)
-    return SuiteResult(
+    result = SuiteResult(
         suite=SUITE,
         item_ids=[item.id for item in items],
         reference=values["reference"],
@@ -281,11 +306,15 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
             "fluency": "log-perplexity (mean token NLL, nats) under the reference model",
             "encoder": ENCODER_NAME,
             "identical_explanations": int(sum(a.strip() == b.strip() for a, b in zip(reference, quantized))),
-            "empty_explanations": {role: int(sum(not t.strip() for t in texts))
-                                   for role, texts in explanations.items()},
+            "degenerate": f"empty explanation; scored gold similarity -1, ROUGE-L 0, judge ratings 1, fluency "
+                          f"{fluency_worst:.3f} (log vocabulary size)",
             "examples": [
                 {"item": item.id, "hypothesis": item.hypothesis, "reference": ref, "quantized": quant}
                 for item, ref, quant in list(zip(items, reference, quantized))[:EXAMPLES_IN_NOTES]
             ],
         },
     )
+    result.lost = lost_counts(empty, QUALITY_METRICS)
+    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, n).correct, 1 / len(NLI_LABELS),
+                       TASK_DEPENDENT)
+    return result
