@@ -56,11 +56,11 @@ def test_degenerate_edits_are_empty_or_the_same_words(edit: str, degenerate: boo
     assert C.is_degenerate("An animal moves.", edit) is degenerate
 
 
-def test_flips_need_a_changed_label_on_a_non_degenerate_edit() -> None:
-    before = np.array([0, 1, 2, 0])
-    after = np.array([1, 1, 0, 2])
-    degenerate = np.array([False, False, True, False])
-    assert C.flips(before, after, degenerate).tolist() == [1.0, 0.0, 0.0, 1.0]
+def test_a_flip_is_the_requested_target_reached_by_an_eligible_edit() -> None:
+    targets = np.array([1, 2, 0, 1])
+    after = np.array([1, 0, 0, 1])  # item 1 changed its label, but not to the target
+    eligible = np.array([True, True, False, True])
+    assert C.reaches(targets, after, eligible).tolist() == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_minimality_is_word_levenshtein_over_the_longer_sequence() -> None:
@@ -81,25 +81,28 @@ class _FixedNLL:
         return [np.full(3, 2.0) for _ in texts]
 
 
-def test_text_scores_are_not_applicable_to_degenerate_edits() -> None:
+def test_degenerate_edits_score_the_worst_value_of_each_text_metric() -> None:
     hypotheses = ["An animal moves.", "A cat sits.", "A man runs."]
     edits = ["An animal sleeps.", "", "A man runs."]
-    scores = C.text_scores(hypotheses, edits, np.array([False, True, True]), _FixedNLL())  # type: ignore[arg-type]
+    raw = C.text_scores(hypotheses, edits, _FixedNLL())  # type: ignore[arg-type]
+    scores = C.degenerate_scores(raw, np.array([False, True, True]), fluency_worst=10.0)
     assert scores["minimality"][0] == pytest.approx(token_edit_distance(hypotheses[0], edits[0]))
     assert scores["fluency"][0] == pytest.approx(2.0)  # log-perplexity = mean token NLL
     assert 0.0 < scores["similarity"][0] < 1.0
-    for values in scores.values():
-        assert np.isnan(values[1:]).all()
+    assert scores["minimality"][1:].tolist() == [1.0, 1.0]  # a copy never looks minimal
+    assert scores["similarity"][1:].tolist() == [-1.0, -1.0]
+    assert scores["fluency"][1:].tolist() == [10.0, 10.0]
+    assert not any(np.isnan(v).any() for v in scores.values())
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.booleans()), min_size=1, max_size=20))
-def test_flips_are_binary_and_never_count_degenerate_edits(rows: list[tuple[int, int, bool]]) -> None:
-    before, after, degenerate = (np.array(col) for col in zip(*rows))
-    got = C.flips(before, after, degenerate)
+def test_flips_are_binary_and_never_count_ineligible_edits(rows: list[tuple[int, int, bool]]) -> None:
+    target, after, eligible = (np.array(col) for col in zip(*rows))
+    got = C.reaches(target, after, eligible)
     assert set(got.tolist()) <= {0.0, 1.0}
-    assert not got[degenerate].any()
-    assert np.array_equal(got == 1.0, (before != after) & ~degenerate)
+    assert not got[~eligible].any()
+    assert np.array_equal(got == 1.0, (target == after) & eligible)
 
 
 words_text = st.lists(st.sampled_from(["a", "dog", "runs", "the", "park", "."]), max_size=8).map(" ".join)
@@ -126,9 +129,11 @@ def test_identical_models_give_identical_per_item_values(
     assert [m.name for m in C.COUNTERFACTUAL_METRICS] == list(result.reference)
     for name, values in result.reference.items():
         assert np.array_equal(values, result.quantized[name], equal_nan=True)
-    assert np.array_equal(result.reference["validity"], result.reference["self_flip"])
-    assert set(result.notes["degenerate"]) == {f"{side}/{v}" for side in ("reference", "quantized")
-                                              for v in C.VARIANTS}
+    assert np.all(result.reference["validity"] <= result.reference["self_flip"])  # validity adds the bound
+    assert set(result.notes["degenerate_edits"]) == {f"{side}/{v}" for side in ("reference", "quantized")
+                                                    for v in C.VARIANTS}
+    for name, values in result.reference.items():
+        assert not np.isnan(values).any(), name  # every item counts
 
 
 @pytest.mark.slow

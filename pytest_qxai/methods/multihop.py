@@ -11,7 +11,10 @@ names the bridge entity ``e2`` (France) only through a descriptive mention. Per 
 * CnstScore = −½[H(p2, p1) + H(p1, p2)] between the next-token distributions of the two-hop prompt and of
   the one-hop prompt r2(e2);
 * second hop: d CnstScore / dα at α = 0 when x^l_t ← x^l_t + α ∇EntRec^l (autograd), positive or not;
-* greedy accuracy of r1(e1), r2(e2) and r2(r1(e1)).
+* greedy accuracy of r1(e1), r2(e2) and r2(r1(e1));
+* ``worst_layer_entrec_shift``: the EntRec profile as a gated metric, the largest change over layers of the
+  bridge entity's logit-lens probability exp(EntRec^l) (probabilities, so the noise of tiny early-layer
+  log-probabilities does not dominate).
 
 The test layer is chosen once, on the reference, from held-out items that are never gated (``SELECTION_ITEMS``),
 so the gated items carry no winner's-curse bias towards the reference; the per-layer shares of all layers go
@@ -70,8 +73,14 @@ TWO_HOP_ACCURACY = register_metric(Metric(
     SUITE, "two_hop_accuracy", "greedy answer to r2(r1(e1)) starts with the final answer",
     "binary", bounds=(0.0, 1.0), unit="share", tolerance="abs:0.03",
 ))
+WORST_LAYER = register_metric(Metric(
+    SUITE, "worst_layer_entrec_shift",
+    "largest change over layers of the logit-lens probability of the bridge entity, exp(EntRec^l) (FP side: 0)",
+    "continuous", direction="lower", bounds=(0.0, 1.0), unit="probability", tolerance="abs:0.05",
+))
+"""The EntRec profile as a gated metric; its band is the first-hop test's (5 points)."""
 MULTIHOP_METRICS = [FIRST_HOP, CNST_SCORE, SECOND_HOP,
-                    FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY]
+                    FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY, WORST_LAYER]
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,8 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
                                               "quantized": quant_out.mean(0).tolist()}
     profiles[f"{FIRST_HOP.name}/entrec_by_layer"] = {
         "reference": reference["real"].mean(0).tolist(), "quantized": quantized["real"].mean(0).tolist()}
+    ref_vals[WORST_LAYER.name] = np.zeros(len(items))
+    quant_vals[WORST_LAYER.name] = np.abs(np.exp(quantized["real"]) - np.exp(reference["real"])).max(axis=1)
     for metric in (CNST_SCORE, FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY):
         ref_vals[metric.name], quant_vals[metric.name] = reference[metric.name], quantized[metric.name]
     counts: dict[str, int] = {}
