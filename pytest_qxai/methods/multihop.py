@@ -18,7 +18,9 @@ names the bridge entity ``e2`` (France) only through a descriptive mention. Per 
 
 The test layer is chosen once, on the reference, from held-out items that are never gated (``SELECTION_ITEMS``),
 so the gated items carry no winner's-curse bias towards the reference; the per-layer shares of all layers go
-into the report as profiles. Compositions and templates: ``data/twohop/compositions.json``.
+into the report as profiles. Compositions and templates: ``data/twohop/compositions.json``: 12 compositions
+bridging through a country and one through a company (product → company → CEO); one item per distinct
+r2(e2), so no two gated items are copies of one second hop.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ def build_items(table: dict[str, Any], relations: dict[str, Sequence[Fact]], see
     """Every composable item, compositions taking turns in a seeded order (nested across prefixes).
 
     An item exists for each fact (e1, e2) of r1 whose object e2 is a subject of r2. Its entity negative
-    substitutes the next e1' in the composition's seeded order whose bridge differs from e2.
+    substitutes the next e1' in the composition's seeded order whose bridge differs from e2. Items that share
+    their one-hop prompt r2(e2) share their second-hop answer and CnstScore reference: only the first of them
+    in the seeded order is kept, so the gate's items are independent.
     """
     items: list[TwoHopItem] = []
     for r1, r2 in table["compositions"]:
@@ -147,7 +151,8 @@ def build_items(table: dict[str, Any], relations: dict[str, Sequence[Fact]], see
                 second_hop=hop2["prompt"].format(fact.object),
                 bridge_context=prefix.rstrip(),
             ))
-    return seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.composition)
+    ordered = seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.composition)
+    return list({it.second_hop: it for it in reversed(ordered)}.values())[::-1]
 
 
 def twohop_items(pair: "ModelPair", n: int) -> tuple[list[TwoHopItem], list[TwoHopItem], dict[str, Any]]:
