@@ -64,6 +64,16 @@ def test_candidates_hold_no_negation_and_are_rare_in_human_explanations() -> Non
     assert sum("not" in e for e in explanations) / len(explanations) > 0.3  # why negations are out
 
 
+def test_ecqa_units_go_into_the_question_and_skip_words_of_the_options() -> None:
+    from pytest_qxai.datasets import MCQItem
+
+    item = MCQItem("e", "Where do tired people sleep?", ("bed", "quiet room", "car"), "bed", "x")
+    units = F.insertions(item, seed=0)
+    assert units and {u.field for u in units} == {"question"}
+    assert not {u.word for u in units} & {"tired", "quiet"}
+    assert all(u.ask(item).options == item.options and u.word in u.ask(item).question.lower() for u in units)
+
+
 def test_a_word_the_item_already_holds_is_never_inserted() -> None:
     item = NLIItem("q", "A tired old man sleeps.", "The man is tired and old.", "entailment", ("x",))
     for seed in range(20):
@@ -189,11 +199,14 @@ def test_suite_on_identical_models_gives_identical_values(tiny_runtime: Any, mak
     pair = tiny_pair(tiny_runtime, make_config)
     result = F.run_nle_faithfulness(pair)
     assert set(result.reference) == {m.name for m in F.NLE_FAITHFULNESS_METRICS}
+    assert len(result.item_ids) == 6 and result.item_ids[3].startswith("ecqa:")  # 3 e-SNLI, then 3 ECQA items
     for metric in result.reference:
         np.testing.assert_array_equal(result.reference[metric], result.quantized[metric])
-    flip, unfaithful = result.reference["flip"], result.reference["unfaithful"]
-    assert not np.isnan(flip).any() and not np.isnan(unfaithful).any()  # pinned: every item counts
-    assert np.all(unfaithful <= flip)
+    for prefix, part in (("", slice(0, 3)), ("ecqa_", slice(3, 6))):
+        flip, unfaithful = result.reference[prefix + "flip"][part], result.reference[prefix + "unfaithful"][part]
+        assert not np.isnan(flip).any() and not np.isnan(unfaithful).any()  # pinned: every item counts
+        assert np.all(unfaithful <= flip)
+    assert set(result.notes["precondition"]) == {"e-SNLI", "ECQA"}
     assert result.fingerprint["units_per_item"] == "8"
 
 

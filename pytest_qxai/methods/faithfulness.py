@@ -18,7 +18,9 @@ original; every flipped unit's new label is explained with the NLE suite's templ
 nothing). Per item (the cluster of its units), ``flip`` is the share of its units that flip and
 ``unfaithful`` the share that are unfaithful flips: the denominator is the item's units on both sides, so the
 reference value never depends on the quantized model. The paper's ratio #(unfaithful flips) / #(flips),
-whose denominator moves with each model, is reported per side in the notes.
+whose denominator moves with each model, is reported per side in the notes. The same test runs on ECQA
+(``ecqa_flip``, ``ecqa_unfaithful``), where SmolLM2 is above chance: the words go into the question, the
+prediction is the task suite's cloze answer and the NLE suite's ECQA template explains the new answer.
 
 CC-SHAP (Parcalabescu & Frank, ACL 2024). Features are the words of premise and hypothesis. A coalition
 keeps some words and replaces every token of the others with the mask token (the tokenizer's, else
@@ -38,24 +40,28 @@ scores −1, the worst value.
 
 ``degenerate_rate``: the model's explanation of its own label on the original item is empty.
 
-Precondition: every metric but ``degenerate_rate`` asks how the model explains its e-SNLI label; they are
-``not applicable`` when the reference is not significantly above chance on the suite's items.
+Precondition: every metric but ``degenerate_rate`` asks how the model explains its task label; the e-SNLI ones
+and the ECQA ones are each ``not applicable`` when the reference is not significantly above chance on that
+task's items of the suite.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
+from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
-from .nle import NLE_TEMPLATE, explain, explanation_params, explanation_prompt, is_empty, side_explanations
+from .nle import (ECQA_NLE_TEMPLATE, NLE_TEMPLATE, explain, explain_ecqa, explanation_params, explanation_prompt,
+                  is_empty, side_explanations)
 from .outcomes import degenerate_metric, require_competence, scored
-from .task import NLI_TEMPLATE, esnli_items, nli_predictions, nli_prompt, predict_nli
+from .task import (NLI_TEMPLATE, ecqa_items, esnli_items, mcq_logprobs, mcq_predictions, nli_predictions, nli_prompt,
+                   predict_nli, template_id)
 from .text import words
 
 if TYPE_CHECKING:
@@ -97,7 +103,17 @@ CC_SHAP_SCORE = register_metric(Metric(
     "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.05",
 ))
 DEGENERATE = degenerate_metric(SUITE, "empty explanation of the model's own label")
-NLE_FAITHFULNESS_METRICS: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE]
+ECQA_FLIP = register_metric(Metric(
+    SUITE, "ecqa_flip",
+    "Share of the ECQA question's insertions (4 positions x 2 words) that change the model's answer",
+    "continuous", direction="lower", bounds=(0.0, 1.0), tolerance="abs:0.10,two-sided",
+))
+ECQA_UNFAITHFUL = register_metric(Metric(
+    SUITE, "ecqa_unfaithful", "Share of the ECQA question's insertions that change the answer and go unmentioned by "
+    "the explanation of the new answer",
+    "continuous", direction="lower", bounds=(0.0, 1.0), tolerance="abs:0.05",
+))
+NLE_FAITHFULNESS_METRICS: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE, ECQA_FLIP, ECQA_UNFAITHFUL]
 TASK_DEPENDENT: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE]
 
 
@@ -105,20 +121,28 @@ TASK_DEPENDENT: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE]
 
 @dataclass(frozen=True)
 class Insertion:
-    """One word inserted before the word at ``position`` of the premise or the hypothesis."""
+    """One word inserted before the word at ``position`` of an item's text field (premise, hypothesis, question)."""
 
     field: str
     position: int
     word: str
 
-    def apply(self, item: NLIItem) -> tuple[str, str]:
-        """The item's (premise, hypothesis) with the word inserted (capitalised at the start of a sentence)."""
-        tokens = getattr(item, self.field).split()
+    def insert(self, text: str) -> str:
+        """``text`` with the word inserted (capitalised, and the old first word lower-cased, at the start)."""
+        tokens = text.split()
         word = self.word
         if self.position == 0 and tokens:
             word, tokens = word.capitalize(), [tokens[0][:1].lower() + tokens[0][1:], *tokens[1:]]
-        edited = " ".join(tokens[: self.position] + [word] + tokens[self.position :])
+        return " ".join(tokens[: self.position] + [word] + tokens[self.position :])
+
+    def apply(self, item: NLIItem) -> tuple[str, str]:
+        """The NLI item's (premise, hypothesis) with the word inserted."""
+        edited = self.insert(getattr(item, self.field))
         return (edited, item.hypothesis) if self.field == "premise" else (item.premise, edited)
+
+    def ask(self, item: MCQItem) -> MCQItem:
+        """The ECQA item with the word inserted into its question."""
+        return dataclasses.replace(item, question=self.insert(item.question))
 
 
 def pos_tags(tokens: Sequence[str]) -> list[str]:
@@ -144,12 +168,17 @@ def insertion_slots(text: str) -> list[tuple[int, str]]:
     return slots
 
 
-def insertions(item: NLIItem, seed: int) -> list[Insertion]:
-    """The item's units: seeded positions, each with seeded distinct words (the same on both sides)."""
+def insertions(item: NLIItem | MCQItem, seed: int) -> list[Insertion]:
+    """The item's units: seeded positions, each with seeded distinct words (the same on both sides).
+
+    NLI items take insertions in premise and hypothesis, ECQA items in the question.
+    """
     rng = np.random.default_rng(int(stable_hash([seed, item.id, INSERTIONS["version"]]), 16))
-    slots = [(field, pos, pool) for field in ("premise", "hypothesis")
-             for pos, pool in insertion_slots(getattr(item, field))]
-    present = set(words(f"{item.premise} {item.hypothesis}"))
+    fields = ("question",) if isinstance(item, MCQItem) else ("premise", "hypothesis")
+    slots = [(field, pos, pool) for field in fields for pos, pool in insertion_slots(getattr(item, field))]
+    present = set(words(" ".join(getattr(item, field) for field in fields)))
+    if isinstance(item, MCQItem):
+        present |= set(words(" ".join(item.options)))
     units = []
     for j in rng.permutation(len(slots))[: INSERTIONS["positions"]]:
         field, position, pool = slots[j]
@@ -178,21 +207,44 @@ def unfaithfulness(flipped: np.ndarray, unfaithful: np.ndarray) -> float | None:
 
 def counterfactual_test(runtime: "Runtime", items: Sequence[NLIItem], labels: np.ndarray,
                         seed: int) -> dict[str, Any]:
-    """Every unit's flip and unfaithful-flip outcome for one model, and the first few flipped examples."""
+    """Every e-SNLI unit's flip and unfaithful-flip outcome for one model, and the first few flipped examples."""
+    return insertion_test(
+        items, labels, seed, edit=lambda item, unit: unit.apply(item),
+        predict=lambda edited: predict_nli(runtime, edited),
+        explain=lambda edited, labels_: explain(runtime, edited, labels_),
+        show=lambda edited, label: (" / ".join(edited), NLI_LABELS[label]))
+
+
+def ecqa_counterfactual_test(runtime: "Runtime", items: Sequence[MCQItem], answers: np.ndarray,
+                             seed: int) -> dict[str, Any]:
+    """Every ECQA unit's flip and unfaithful-flip outcome for one model (insertions into the question)."""
+    return insertion_test(
+        items, answers, seed, edit=lambda item, unit: unit.ask(item),
+        predict=lambda edited: np.argmax(mcq_logprobs(runtime, edited), axis=1),
+        explain=lambda edited, labels_: explain_ecqa(runtime, [it.question for it in edited],
+                                                     [it.options[y] for it, y in zip(edited, labels_)]),
+        show=lambda edited, label: (edited.question, edited.options[label]))
+
+
+def insertion_test(items: Sequence[Any], labels: np.ndarray, seed: int, edit: Callable[[Any, Insertion], Any],
+                   predict: Callable[[list[Any]], np.ndarray], explain: Callable[[list[Any], list[int]], list[str]],
+                   show: Callable[[Any, int], tuple[str, str]]) -> dict[str, Any]:
+    """Units of every item, predicted on the edited inputs; each flipped unit's new label explained and checked."""
     units = [insertions(item, seed) for item in items]
     flat = [(i, insertion) for i, group in enumerate(units) for insertion in group]
-    predicted = predict_nli(runtime, [insertion.apply(items[i]) for i, insertion in flat])
+    edited = [edit(items[i], insertion) for i, insertion in flat]
+    predicted = np.asarray(predict(edited)) if edited else np.zeros(0, dtype=np.int64)
     flipped = np.array([label != labels[i] for (i, _), label in zip(flat, predicted)], dtype=bool)
     order = np.flatnonzero(flipped)
-    texts = explain(runtime, [flat[u][1].apply(items[flat[u][0]]) for u in order], [int(predicted[u]) for u in order])
+    texts = explain([edited[u] for u in order], [int(predicted[u]) for u in order])
     unfaithful = np.zeros(len(flat), dtype=bool)
     empty = np.zeros(len(flat), dtype=bool)
     for u, text in zip(order, texts):
         unfaithful[u] = not mentions(text, flat[u][1].word)
         empty[u] = not text.strip()
-    examples = [{"item": items[flat[u][0]].id, "word": flat[u][1].word,
-                 "edited": " / ".join(flat[u][1].apply(items[flat[u][0]])), "label": NLI_LABELS[int(predicted[u])],
-                 "explanation": text} for u, text in list(zip(order, texts))[:EXAMPLES_IN_NOTES]]
+    examples = [dict(zip(("item", "word", "edited", "label", "explanation"),
+                         (items[flat[u][0]].id, flat[u][1].word, *show(edited[u], int(predicted[u])), text)))
+                for u, text in list(zip(order, texts))[:EXAMPLES_IN_NOTES]]
     return {"units": [len(group) for group in units], "flipped": flipped, "unfaithful": unfaithful,
             "empty": empty, "examples": examples}
 
@@ -325,20 +377,46 @@ def _side(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], n_shap
     }
 
 
+def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -> dict[str, Any]:
+    """One side's ECQA insertion test: per-item flip and unfaithful-flip shares (cached)."""
+    seed = pair.config.seed
+    answers = mcq_predictions(pair, side, len(items)).predicted
+    params = {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer),
+              "nle": stable_hash(ECQA_NLE_TEMPLATE), "insertions": stable_hash(INSERTIONS), "seed": seed}
+    edits = pair.cached(side, "nle_faithfulness/ecqa_units", params,
+                        lambda: ecqa_counterfactual_test(side.runtime, items, answers, seed))
+    return {
+        ECQA_FLIP.name: item_shares(edits["units"], edits["flipped"]),
+        ECQA_UNFAITHFUL.name: item_shares(edits["units"], edits["unfaithful"]),
+        "lost": int(edits["empty"].sum()),
+        "summary": {"units": int(sum(edits["units"])), "flipped_units": int(edits["flipped"].sum()),
+                    "unfaithful_flips": int(edits["unfaithful"].sum()),
+                    "unfaithfulness_over_flips": unfaithfulness(edits["flipped"], edits["unfaithful"])},
+        "examples": edits["examples"],
+    }
+
+
 def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
     """Counterfactual-edit flip and unfaithfulness shares, CC-SHAP and empty explanations on the same items."""
     n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
     n_shap = min(suite_size("cc_shap", pair.config.profile, pair.config.samples), n_edit)
-    items = esnli_items(pair, n_edit)
+    items, questions = esnli_items(pair, n_edit), ecqa_items(pair, n_edit)
     results = {side.role: _side(pair, side, items, n_shap) for side in pair.sides}
+    ecqa = {side.role: _ecqa_side(pair, side, questions) for side in pair.sides}
+    blank = {"esnli": np.full(len(questions), np.nan), "ecqa": np.full(len(items), np.nan)}
+    values = {role: {m.name: np.concatenate([results[role][m.name], blank["esnli"]])
+                     for m in (FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE)}
+              | {m.name: np.concatenate([blank["ecqa"], ecqa[role][m.name]]) for m in (ECQA_FLIP, ECQA_UNFAITHFUL)}
+              for role in results}
     result = SuiteResult(
         suite=SUITE,
-        item_ids=[item.id for item in items],
-        reference={m.name: results["reference"][m.name] for m in NLE_FAITHFULNESS_METRICS},
-        quantized={m.name: results["quantized"][m.name] for m in NLE_FAITHFULNESS_METRICS},
+        item_ids=[item.id for item in items] + [f"ecqa:{it.id}" for it in questions],
+        reference=values["reference"],
+        quantized=values["quantized"],
         fingerprint={"data": dataset_fingerprint(items), "templates": stable_hash(explanation_params(pair, items)),
                      "insertions": stable_hash(INSERTIONS), "cc_shap": stable_hash(CC_SHAP),
-                     "units_per_item": str(INSERTIONS["positions"] * INSERTIONS["words_per_position"])},
+                     "units_per_item": str(INSERTIONS["positions"] * INSERTIONS["words_per_position"]),
+                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_NLE_TEMPLATE])},
         notes={
             "templates": f"{INSERTIONS['version']}, {CC_SHAP['version']}, {NLE_TEMPLATE['version']}",
             "insertion_candidates": f"{len(INSERTIONS['adjectives'])} adjectives, {len(INSERTIONS['adverbs'])} "
@@ -348,16 +426,23 @@ def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
                      "unit is explained",
             "position_tagger": f"{INSERTIONS['tagger']}: adjective before NN/NNS, adverb before a non-auxiliary VB*",
             "per_side": {role: r["summary"] for role, r in results.items()},
+            "ecqa_per_side": {role: r["summary"] for role, r in ecqa.items()},
+            "ecqa": "insertions into the question; the cloze answer (task suite) is predicted on every unit and each "
+                    "changed answer explained with the NLE suite's ECQA template",
             "unfaithful_denominator": "the item's insertion units (fixed before either model runs)",
             "degenerate": "empty explanation: mentions no inserted word (an unfaithful flip); CC-SHAP -1 for an "
                           "empty explanation or an all-zero attribution",
             "cc_shap": f"{CC_SHAP['estimator']}, {CC_SHAP['permutations']} permutations per item, word features, "
                        f"mask token replaces left-out words, {n_shap} items",
             "examples": {role: r["examples"] for role, r in results.items()},
+            "ecqa_examples": {role: r["examples"] for role, r in ecqa.items()},
         },
         lost={name: {role: r["lost"][name] for role, r in results.items()} for name in (UNFAITHFUL.name,
-                                                                                      CC_SHAP_SCORE.name)},
+                                                                                      CC_SHAP_SCORE.name)}
+        | {ECQA_UNFAITHFUL.name: {role: r["lost"] for role, r in ecqa.items()}},
     )
     reference = nli_predictions(pair, pair.reference, n_edit)
     require_competence(result, "e-SNLI", reference.correct, 1 / len(NLI_LABELS), TASK_DEPENDENT)
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n_edit).correct, 1 / 5,
+                       [ECQA_FLIP, ECQA_UNFAITHFUL])
     return result

@@ -303,6 +303,12 @@ def ecqa_explanation_prompt(question: str, answer: str) -> str:
     return demos + block.format(question=question, answer=answer)
 
 
+def explain_ecqa(runtime: "Runtime", questions: Sequence[str], answers: Sequence[str]) -> list[str]:
+    """Greedy post-hoc explanations of ``answers`` to ECQA ``questions``."""
+    prompts = [ecqa_explanation_prompt(q, a) for q, a in zip(questions, answers)]
+    return runtime.generate(prompts, NLE_TEMPLATE["max_new_tokens"], stop="\n") if prompts else []
+
+
 def ecqa_references(item: MCQItem) -> list[str]:
     """The human explanations of an ECQA item: its positive statements joined, and its free-flow explanation."""
     return [text for text in (" ".join(item.positives), item.explanation) if text.strip()]
@@ -315,8 +321,8 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -
               "nle": stable_hash(ECQA_NLE_TEMPLATE), "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
 
     def compute() -> tuple[list[str], dict[str, Any]]:
-        prompts = [ecqa_explanation_prompt(it.question, it.options[int(a)]) for it, a in zip(items, answers)]
-        texts = side.runtime.generate(prompts, NLE_TEMPLATE["max_new_tokens"], stop="\n") if prompts else []
+        texts = explain_ecqa(side.runtime, [it.question for it in items],
+                             [it.options[int(a)] for it, a in zip(items, answers)])
         references = [ecqa_references(it) for it in items]
         return texts, {
             GOLD_SIMILARITY.name: gold_similarity(texts, references),
