@@ -43,6 +43,15 @@ def test_two_step_prompts_ask_for_words_then_for_the_edit_of_those_words() -> No
     assert second.count("Words to change:") == len(C.TEMPLATES["demos"]) + 1
 
 
+def test_the_ecqa_target_is_the_next_option_and_the_prompt_asks_for_it() -> None:
+    from pytest_qxai.datasets import MCQItem
+
+    item = MCQItem("q", "Where do fish live?", ("sea", "desert", "sky"), "sea", "x")
+    assert [C.ecqa_target(item, a) for a in range(3)] == [1, 2, 0]
+    assert C.ecqa_edit_prompt(item, 2).endswith(
+        "Question: Where do fish live?\nAnswer: sky\nTarget: sea\nEdited question:")
+
+
 def test_templates_cover_every_step_of_the_cycle() -> None:
     steps = {(d["label"], d["target"]) for d in C.TEMPLATES["demos"]}
     assert steps == {(NLI_LABELS[i], NLI_LABELS[C.target_label(i)]) for i in range(3)}
@@ -129,11 +138,14 @@ def test_identical_models_give_identical_per_item_values(
     assert [m.name for m in C.COUNTERFACTUAL_METRICS] == list(result.reference)
     for name, values in result.reference.items():
         assert np.array_equal(values, result.quantized[name], equal_nan=True)
-    assert np.all(result.reference["validity"] <= result.reference["self_flip"])  # validity adds the bound
+    assert np.all(result.reference["validity"][:3] <= result.reference["self_flip"][:3])  # validity adds the bound
     assert set(result.notes["degenerate_edits"]) == {f"{side}/{v}" for side in ("reference", "quantized")
-                                                    for v in C.VARIANTS}
+                                                    for v in [*C.VARIANTS, "ecqa"]}
+    assert len(result.item_ids) == 6 and result.item_ids[3].startswith("ecqa:")  # 3 e-SNLI, then 3 ECQA items
     for name, values in result.reference.items():
-        assert not np.isnan(values).any(), name  # every item counts
+        part = slice(3, 6) if name.startswith("ecqa_") else slice(0, 3)
+        assert not np.isnan(values[part]).any(), name  # every item of the metric's task counts
+    assert set(result.notes["precondition"]) == {"e-SNLI", "ECQA"}
 
 
 @pytest.mark.slow

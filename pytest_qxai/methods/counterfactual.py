@@ -22,17 +22,23 @@ A degenerate edit is an outcome, never a missing value: it never flips and never
 scores the worst value of each text metric (minimality 1, similarity −1, fluency the log-perplexity of a
 uniform guess over the scorer's vocabulary), so copying the input or writing nothing can never look minimal.
 
-Precondition: ``self_flip`` and ``validity`` ask whether the model can move its own e-SNLI label; they are
-``not applicable`` when the reference is not significantly above chance on the suite's items.
+ECQA (``ecqa_`` metrics, one step): the model sees an ECQA question, its own cloze answer (task suite) and a
+target, the next option after its answer in the item's option order, and edits the question (hand-written
+demonstrations, not from ECQA). The edit is answered by the task suite's cloze scoring over the same options;
+the six metrics are defined and scored as their e-SNLI counterparts, against the question.
+
+Precondition: ``self_flip`` and ``validity`` ask whether the model can move its own task label; the e-SNLI and
+the ECQA ones are ``not applicable`` when the reference is not significantly above chance on that task's items.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
+from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
@@ -83,6 +89,23 @@ TEMPLATES: dict[str, Any] = {
 }
 
 
+ECQA_TEMPLATES: dict[str, Any] = {
+    "version": "counterfactual-ecqa-v1",
+    "instruction": "Change as few words of the question as possible so that the target becomes its answer.\n\n",
+    "item": "Question: {question}\nAnswer: {answer}\nTarget: {target}\n",
+    "edit": "Edited question:",
+    # Hand-written demonstrations (not from ECQA).
+    "demos": (
+        {"question": "What do people use to write on paper?", "answer": "pen", "target": "scissors",
+         "edit": "What do people use to cut paper?"},
+        {"question": "Where would you see many fish swimming?", "answer": "aquarium", "target": "zoo",
+         "edit": "Where would you see many lions sleeping?"},
+        {"question": "Where do you keep milk cold?", "answer": "refrigerator", "target": "oven",
+         "edit": "Where do you keep bread hot?"},
+    ),
+}
+
+
 def _metric(name: str, description: str, kind: str, **kwargs: Any) -> dict[str, Metric]:
     """Register one metric for every variant (``two_step_`` prefix for the two-step one)."""
     return {
@@ -112,6 +135,15 @@ COUNTERFACTUAL_METRICS: list[Metric] = [
     for group in (SELF_FLIP, VALIDITY, MINIMALITY, SIMILARITY, FLUENCY, DEGENERATE)
 ]
 TASK_DEPENDENT: list[Metric] = [group[variant] for variant in VARIANTS for group in (SELF_FLIP, VALIDITY)]
+ECQA_METRICS: dict[str, Metric] = {
+    metric.name: register_metric(dataclasses.replace(
+        metric, name="ecqa_" + metric.name, description=metric.description.replace("(one-step)", "(ECQA, one-step)")
+        .replace("hypothesis", "question")))
+    for metric in (SELF_FLIP["one_step"], VALIDITY["one_step"], MINIMALITY["one_step"], SIMILARITY["one_step"],
+                   FLUENCY["one_step"], DEGENERATE["one_step"])
+}
+"""Each one-step e-SNLI metric's name → its ECQA counterpart."""
+COUNTERFACTUAL_METRICS += list(ECQA_METRICS.values())
 
 
 # --- templates --------------------------------------------------------------------------------------------
@@ -220,6 +252,52 @@ def _judge(
     return out
 
 
+def ecqa_target(item: MCQItem, answer: int) -> int:
+    """The requested ECQA answer: the next option after the model's answer in the item's option order."""
+    return (answer + 1) % len(item.options)
+
+
+def ecqa_edit_prompt(item: MCQItem, answer: int) -> str:
+    """The prompt asking for an edit of the question that makes the target option its answer."""
+    t = ECQA_TEMPLATES
+    demos = "".join(t["item"].format(**d) + f"{t['edit']} {d['edit']}\n\n" for d in t["demos"])
+    query = t["item"].format(question=item.question, answer=item.options[answer],
+                             target=item.options[ecqa_target(item, answer)])
+    return t["instruction"] + demos + query + t["edit"]
+
+
+def _ecqa_answers(runtime: "Runtime", items: Sequence[MCQItem], questions: Sequence[str]) -> np.ndarray:
+    """The task suite's cloze answer with each question replaced by its edit (same options)."""
+    edited = [dataclasses.replace(item, question=q) for item, q in zip(items, questions)]
+    return np.argmax(task.mcq_logprobs(runtime, edited), axis=1)
+
+
+def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem], fluency_worst: float
+               ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """One side's ECQA edits: the ``ecqa_`` metrics (degenerate edits at their worst), the flags and the edits."""
+    answers = task.mcq_predictions(pair, side, len(items)).predicted
+    params = {"data": dataset_fingerprint(items), "templates": stable_hash(ECQA_TEMPLATES),
+              "task": task.template_id(pair.tokenizer), "max_tokens": MAX_EDIT_TOKENS,
+              "judge": pair.reference.identity, "scoring": SCORING_VERSION}
+
+    def compute() -> dict[str, Any]:
+        edits = side.runtime.generate([ecqa_edit_prompt(it, int(a)) for it, a in zip(items, answers)],
+                                      MAX_EDIT_TOKENS)
+        own = _ecqa_answers(side.runtime, items, edits)
+        judged = own if side is pair.reference else _ecqa_answers(pair.reference.runtime, items, edits)
+        return {"edits": edits, "own": own, "judged": judged,
+                **text_scores([it.question for it in items], edits, pair.reference.runtime)}
+
+    out = pair.cached(side, "counterfactual/ecqa", params, compute)
+    flags = np.array([is_degenerate(it.question, e) for it, e in zip(items, out["edits"])], dtype=bool)
+    texts = degenerate_scores({k: out[k] for k in ("minimality", "similarity", "fluency")}, flags, fluency_worst)
+    targets = np.array([ecqa_target(it, int(a)) for it, a in zip(items, answers)])
+    values = {"self_flip": reaches(targets, out["own"], ~flags),
+              "validity": reaches(targets, out["judged"], ~flags & (texts["minimality"] <= MINIMALITY_BOUND)),
+              **texts, "degenerate_rate": flags.astype(np.float64)}
+    return {ECQA_METRICS[name].name: v for name, v in values.items()}, flags, out["edits"]
+
+
 def run_counterfactual(pair: "ModelPair") -> SuiteResult:
     """Counterfactual edits of both models: target reached, validity, minimality, similarity, fluency, degeneracy."""
     n = suite_size(SUITE, pair.config.profile, pair.config.samples)
@@ -263,16 +341,32 @@ def run_counterfactual(pair: "ModelPair") -> SuiteResult:
             notes["examples"][f"{side.role}/{variant}"] = [
                 {"id": it.id, "hypothesis": it.hypothesis, "edit": e} for it, e in zip(items[:EXAMPLES_IN_NOTES], edits)
             ]
+    questions = task.ecqa_items(pair, n)
+    ecqa_flags: dict[str, np.ndarray] = {}
+    for side in pair.sides:
+        ecqa, ecqa_flags[side.role], edits = _ecqa_side(pair, side, questions, fluency_worst)
+        values[side.role] = {k: np.concatenate([v, np.full(len(questions), np.nan)])
+                             for k, v in values[side.role].items()}
+        values[side.role] |= {k: np.concatenate([np.full(n, np.nan), v]) for k, v in ecqa.items()}
+        notes["degenerate_edits"][f"{side.role}/ecqa"] = f"{int(ecqa_flags[side.role].sum())}/{len(questions)}"
+        notes["examples"][f"{side.role}/ecqa"] = [{"id": it.id, "question": it.question, "edit": e}
+                                                  for it, e in zip(questions[:EXAMPLES_IN_NOTES], edits)]
     result = SuiteResult(
-        SUITE, [item.id for item in items], values["reference"], values["quantized"],
+        SUITE, [item.id for item in items] + [f"ecqa:{it.id}" for it in questions], values["reference"],
+        values["quantized"],
         fingerprint={"data": data_hash, "templates": TEMPLATES["version"],
                      "task_template": task.template_id(pair.tokenizer), "params": stable_hash(params),
-                     "scoring": SCORING_VERSION},
+                     "scoring": SCORING_VERSION,
+                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_TEMPLATES])},
         notes=notes,
     )
     for variant, prefix in VARIANTS.items():
         result.lost.update(lost_counts(degenerate[variant], [prefix + name for name in (
             "self_flip", "validity", "minimality", "similarity", "fluency")]))
+    result.lost.update(lost_counts(ecqa_flags, [ECQA_METRICS[name] for name in (
+        "self_flip", "validity", "minimality", "similarity", "fluency")]))
     reference = task.nli_predictions(pair, pair.reference, n)
     require_competence(result, "e-SNLI", reference.correct, 1 / len(NLI_LABELS), TASK_DEPENDENT)
+    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
+                       [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]])
     return result
