@@ -154,8 +154,9 @@ def test_real_silent_quantized_side_loses_no_unit_and_fails_its_degenerate_rate(
         assert not (np.isnan(values) & ~np.isnan(result.reference[name])).any(), name  # nothing dropped
     verdicts = _verdicts(result, tmp_path)
     assert verdicts["degenerate_rate"] == "fail"
-    expected_failures = {"nle": ["fluency", "judge_coherence", "judge_trust"],
-                         "counterfactual": ["minimality", "similarity", "fluency", "two_step_degenerate_rate"],
+    expected_failures = {"nle": ["fluency", "judge_coherence", "judge_trust", "ecqa_fluency", "ecqa_degenerate_rate"],
+                         "counterfactual": ["minimality", "similarity", "fluency", "two_step_degenerate_rate",
+                                            "ecqa_minimality", "ecqa_degenerate_rate"],
                          "nle_faithfulness": []}[suite]
     for name in expected_failures:
         assert verdicts[name] == "fail", name
