@@ -73,7 +73,9 @@ SUITES = ("nle", "counterfactual", "nle_faithfulness")
 
 
 @pytest.fixture(scope="module")
-def real_results(smollm: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, SuiteResult]]:  # noqa: F811
+def real_results(
+    smollm: Any, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> dict[str, dict[str, SuiteResult]]:
     """Each generating suite on 8 items: the null pair (same model twice) and a pair with a silent quantized side."""
     from pytest_qxai.methods import counterfactual, faithfulness, nle
     from pytest_qxai.models.pair import ModelPair, ModelSide
