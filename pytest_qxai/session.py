@@ -147,14 +147,16 @@ class QxaiSession:
     def check_suite(self, result: SuiteResult, metric: Metric, nodeid: str = "") -> list[CheckResult]:
         """Gate one metric of a suite's per-item results (or record why the suite skipped it).
 
-        Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check.
+        Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check, and so do the
+        suite's counts of degenerate units per side for this metric (``notes["lost"]``).
         """
         if metric.name in result.skipped:
             return [self.skip(metric, result.skipped[metric.name], nodeid)]
         reference, quantized = result.values(metric.name)
         profiles = {k: v for k, v in result.profiles.items() if k == metric.name or k.startswith(metric.name + "/")}
+        notes = {**result.notes, "lost": result.lost.get(metric.name, {"reference": 0, "quantized": 0})}
         return self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
-                          profiles=profiles, notes=result.notes, nodeid=nodeid)
+                          profiles=profiles, notes=notes, nodeid=nodeid)
 
     def skip(self, metric: Metric | str, reason: str, nodeid: str = "") -> CheckResult:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
