@@ -206,6 +206,8 @@ _ADAPTERS: dict[str, str] = {
     "hqq": "pytest_qxai.backends.hqq:HQQBackend",
     "quanto": "pytest_qxai.backends.quanto:QuantoBackend",
     "torchao": "pytest_qxai.backends.torchao:TorchAOBackend",
+    "gguf": "pytest_qxai.backends.gguf:GGUFBackend",
+    "ctensors": "pytest_qxai.backends.ctensors:CompressedTensorsBackend",
 }
 
 
