@@ -1,9 +1,12 @@
 """compressed-tensors (llm-compressor's checkpoint format): ``ct-w4a16``, ``ct-w8a16`` and ``ct-w8a8``.
 
 A checkpoint (``--qxai-quantized``) is loaded through transformers with its weights decompressed to
-dense layers at load (``dequantize=True``); compressed-tensors keeps its scheme on every layer, so a W8A8
-layer still rounds its input to int8 per token (dynamic, symmetric) in each forward, as vLLM's int8
-kernels do, while W4A16/W8A16 layers multiply float activations by the dequantized weight.
+dense layers at load (``dequantize=True``). A W8A8 layer rounds its input to int8 per token (dynamic,
+symmetric, compressed-tensors' own ``forward_quantize``) in each forward, as vLLM's int8 kernels do;
+W4A16/W8A16 layers multiply float activations by the dequantized weight. compressed-tensors rounds
+without autograd, so gradients would silently skip every W8A8 layer (reaching the inputs through the
+residual stream only); here the rounding is a straight-through estimator instead (the gradient of
+``x @ W_deq.T``, as LLM.int8()'s backward does).
 
 As a ``--quant`` spec the reference is quantized with the library's preset scheme and round-to-nearest
 min-max parameters (compressed-tensors' own ``calculate_qparams``: what llm-compressor's
@@ -14,6 +17,7 @@ full precision (the presets' usual ``ignore``).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -62,8 +66,8 @@ class CompressedTensorsBackend(QuantBackend):
                 quantization_config=CompressedTensorsConfig(dequantize=True),
                 trust_remote_code=ctx.trust_remote_code,
             )
-        ctx.notes["ct_activations"] = ("int8 per token in each matmul" if _quantizes_inputs(model)
-                                       else "float (weights only)")
+        rounded = _straight_through_inputs(model)
+        ctx.notes["ct_activations"] = f"int8 per token in {rounded} layers" if rounded else "float (weights only)"
         return finish(model.to(ctx.device))
 
     def can_move(self, model: "PreTrainedModel") -> bool:
@@ -75,9 +79,23 @@ class CompressedTensorsBackend(QuantBackend):
         return plain_weight(module)
 
 
-def _quantizes_inputs(model: "PreTrainedModel") -> bool:
-    return any(getattr(getattr(m, "quantization_scheme", None), "input_activations", None) is not None
-               for m in model.modules())
+def _straight_through_inputs(model: "PreTrainedModel") -> int:
+    """Give every layer that quantizes its input a forward whose rounding passes gradients through; count them."""
+    import torch
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+    def forward(module: torch.nn.Linear, args: object, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            rounded = forward_quantize(module, x.detach(), "input", args)
+        return torch.nn.functional.linear(x + (rounded - x).detach(), module.weight, module.bias)
+
+    count = 0
+    for module in model.modules():
+        args = getattr(getattr(module, "quantization_scheme", None), "input_activations", None)
+        if args is not None and isinstance(module, torch.nn.Linear):
+            module.forward = functools.partial(forward, module, args)
+            count += 1
+    return count
 
 
 def write_checkpoint(model: "PreTrainedModel", spec: QuantSpec, folder: Path) -> None:
