@@ -63,7 +63,7 @@ def detect_checkpoint(location: str | Path) -> tuple[str, str]:
     if gguf_file is not None:
         from ..models.gguf_file import read_header
 
-        return "gguf", f"gguf-file:{read_header(gguf_file, f'--qxai-quantized {location}').quant_label}"
+        return "gguf", "gguf-file:" + read_header(gguf_file, "--qxai-quantized").quant_label
     quant = quantization_config(location)
     method = str(quant.get("quant_method", "")).lower()
     if method in ("gptq", "awq"):

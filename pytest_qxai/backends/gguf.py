@@ -86,7 +86,7 @@ class GGUFBackend(QuantBackend):
             folder = slot.path / "model"
             if not slot.found:
                 with library_errors("transformers' GGUF reader", f"dequantize {path.name}"):
-                    convert_gguf(source, folder)
+                    convert_gguf(source, folder, tokenizer=False)
             ctx.notes["gguf_checkpoint"] = "cached" if slot.found else ("saved" if slot.persistent else "temporary")
             model = load_reference(folder, device=ctx.device, dtype=ctx.dtype, revision=None,
                                    trust_remote_code=ctx.trust_remote_code)

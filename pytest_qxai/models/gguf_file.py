@@ -9,6 +9,7 @@ differ, naming the first difference in one line.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,8 +63,9 @@ def read_header(path: Path, option: str) -> GGUFHeader:
         reader = gguf.GGUFReader(path, "r")
     except ValueError as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "GGMLQuantizationType" in detail:
-            raise QxaiUsageError(f"{option} {path}: a tensor has a type unknown to gguf {_version()} ({detail})"
+        unknown = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", detail)
+        if unknown:
+            raise QxaiUsageError(f"{option} {path}: a tensor has type id {unknown[1]}, unknown to gguf {_version()}"
                                  ) from None
         raise QxaiUsageError(f"{option} {path}: not a readable GGUF file ({detail})") from None
     except (OSError, KeyError, IndexError, TypeError, OverflowError, MemoryError) as exc:
