@@ -21,12 +21,13 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from ..errors import QxaiError
 from ..specs import CT_SCHEMES, QuantSpec
 from .base import (
     QuantBackend,
     QuantContext,
+    check_widths,
     checkpoint_slot,
+    decoder_linears,
     finish,
     library_errors,
     load_float_copy,
@@ -115,16 +116,14 @@ def write_checkpoint(model: "PreTrainedModel", spec: QuantSpec, folder: Path) ->
     scheme = preset_name_to_scheme(preset, ["Linear"])
     if scheme.weights is not None and scheme.weights.strategy == QuantizationStrategy.GROUP:
         scheme.weights.group_size = int(spec.get("group_size"))
+        check_widths(decoder_linears(model), spec, scheme.weights.group_size, f"group_size={scheme.weights.group_size}")
     apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"]))
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             args = getattr(getattr(module, "quantization_scheme", None), "weights", None)
             if args is None:
                 continue
             weight = module.weight.float()
-            if args.strategy == QuantizationStrategy.GROUP and weight.shape[1] % args.group_size:
-                raise QxaiError(f"--quant {spec}: {name} has {weight.shape[1]} input features, not a multiple "
-                                f"of group_size={args.group_size}")
             if args.strategy == QuantizationStrategy.CHANNEL:
                 scale, zero = calculate_qparams(weight.amin(-1, keepdim=True), weight.amax(-1, keepdim=True), args)
             else:

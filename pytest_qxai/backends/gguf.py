@@ -19,22 +19,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from ..errors import QxaiError
 from ..specs import QuantSpec
-from .base import QuantBackend, QuantContext, checkpoint_slot, finish, library_errors, load_float_copy, plain_weight
+from .base import (
+    QuantBackend,
+    QuantContext,
+    check_widths,
+    checkpoint_slot,
+    decoder_linears,
+    finish,
+    library_errors,
+    load_float_copy,
+    plain_weight,
+)
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
-
-
-def decoder_linears(model: "PreTrainedModel") -> dict[str, "torch.nn.Linear"]:
-    """The model's ``nn.Linear`` layers except the output projection (``lm_head``): what the spec quantizes."""
-    import torch
-
-    output = model.get_output_embeddings()
-    return {name: module for name, module in model.named_modules()
-            if type(module) is torch.nn.Linear and module is not output}
 
 
 def gguf_round_trip(weight: "torch.Tensor", type_name: str) -> "torch.Tensor":
@@ -64,10 +64,8 @@ class GGUFBackend(QuantBackend):
         block, _ = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
         model = load_float_copy(ctx)
         layers = decoder_linears(model)
+        check_widths(layers, spec, block, f"the {type_name} block size {block}")
         for name, module in layers.items():
-            if module.in_features % block:
-                raise QxaiError(f"--quant {spec}: {name} has {module.in_features} input features, not a multiple "
-                                f"of the {type_name} block size {block}")
             with library_errors("gguf", f"quantize {name} to {type_name}"), torch.no_grad():
                 module.weight.copy_(gguf_round_trip(module.weight, type_name).to(module.weight))
         ctx.notes["gguf"] = {"type": type_name, "quantized_layers": len(layers),
