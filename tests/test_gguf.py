@@ -139,6 +139,20 @@ def test_bad_releases_are_one_usage_error_line_before_any_model_loads(pytester: 
         assert "Traceback" not in text and "a suite ran" not in text, case
 
 
+def test_a_release_is_recorded_under_its_own_name(pytester: pytest.Pytester) -> None:
+    """The default baseline name of ``--qxai-quantized`` is the release's file stem, not the unused ``--quant``
+    default; a matching pair passes validation without loading a model."""
+    reference = _reference(pytester.path)
+    release = header_only(pytester.path / "model-Q4_K_M.gguf", tokens=TOKENS)
+    pytester.makepyfile(
+        "def test_name(qxai_config):\n"
+        "    assert qxai_config.baseline_name == 'model-Q4_K_M-smoke', qxai_config.baseline_name\n"
+    )
+    result = pytester.runpytest(f"--qxai-model={reference}", f"--qxai-quantized={release}", "--qxai-device=cpu",
+                                "--qxai-profile=smoke", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+
+
 def test_gguf_spec_rounds_decoder_linears_through_the_library(tmp_path: Path) -> None:
     """``gguf-q4_0`` holds exactly the gguf library's round trip in every decoder linear; embeddings, ``lm_head``
     and norms are untouched."""
