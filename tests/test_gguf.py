@@ -220,8 +220,9 @@ def test_a_gguf_release_is_gated_against_its_reference(pytester: pytest.Pytester
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["metadata"]["quant"] == "gguf-file:Q4_K_M"
-    checks = [c for c in report["checks"] if c["kind"] == "vs_reference" and c["suite"] == "knowledge"]
-    assert checks and all(c["n"] == 24 for c in checks)
+    checks = [c for c in report["checks"] if c["kind"] == "vs_reference" and c["suite"] == "knowledge"
+              and c["verdict"] != "skipped"]
+    assert checks and all(c["n"] == 24 for c in checks), checks  # the smoke profile's 24 items, both sides
     (converted,) = cache.glob("quantized/checkpoint-*/checkpoint/model")
     weights: dict[str, np.ndarray] = {}
     for part in converted.glob("*.safetensors"):
