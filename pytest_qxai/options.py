@@ -268,7 +268,9 @@ class QxaiConfig:
         if shard is not None and _as_bool(get["qxai_prune_baselines"]):
             raise QxaiUsageError("--qxai-prune-baselines cannot be combined with --qxai-shard: a shard runs only "
                                  "part of the checks, so pruning would drop the other shards' records")
-        default_name = quant.slug if profile == "standard" else f"{quant.slug}-{profile}"
+        # An existing checkpoint is named after its file or folder (model-Q4_K_M), not the unused --quant default.
+        stem = _file_slug(str(get["qxai_quantized"])) if get["qxai_quantized"] else quant.slug
+        default_name = stem if profile == "standard" else f"{stem}-{profile}"
         baseline_name = check_baseline_name(str(get["qxai_baseline_name"] or default_name))
         return cls(
             model=get["qxai_model"] or None,
@@ -300,6 +302,13 @@ class QxaiConfig:
             strict=_as_bool(get["qxai_strict"]),
             multiple_testing=multiple_testing,
         )
+
+
+def _file_slug(location: str) -> str:
+    """A baseline-name-safe form of a checkpoint's file stem or folder name."""
+    path = Path(location.rstrip("/\\"))
+    name = path.stem if path.suffix.lower() == ".gguf" else path.name
+    return re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._+-]+", "_", name)).strip("._+-")[:100] or "checkpoint"
 
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
