@@ -69,6 +69,12 @@ class ModelPair:
     cache: DiskCache
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse one model object on both sides: hooks, caches or in-place edits of one side would reach the other."""
+        if self.reference.model is self.quantized.model:
+            raise ValueError("the reference and quantized sides must be two model objects (load the quantized "
+                             "side separately, as --quant=none does)")
+
     @property
     def sides(self) -> tuple[ModelSide, ModelSide]:
         """``(reference, quantized)``."""
