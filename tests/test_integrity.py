@@ -64,7 +64,18 @@ def test_the_gate_receives_the_lost_counts_of_each_metric(make_config: Callable[
     result = SuiteResult("integrity_demo", list("abcd"), {metric.name: np.zeros(4)}, {metric.name: np.ones(4)}, {},
                          lost={metric.name: {"reference": 0, "quantized": 4}})
     (check, *_) = QxaiSession(make_config()).check_suite(result, metric)
-    assert check.notes["lost"] == {"reference": 0, "quantized": 4}
+    assert check.notes["lost"] == check.lost == {"reference": 0, "quantized": 4}
+
+
+def test_items_outside_a_metrics_units_are_not_lost_but_a_dropped_unit_is(make_config: Callable[..., Any]) -> None:
+    from pytest_qxai.session import QxaiSession
+
+    metric = O.degenerate_metric("integrity_demo", "nothing")
+    nan = np.nan
+    result = SuiteResult("integrity_demo", list("abcdef"), {metric.name: np.array([0, 0, 0, 0, nan, nan])},
+                         {metric.name: np.array([0, 0, 0, nan, nan, nan])}, {})  # e, f: another task's items
+    (check, *_) = QxaiSession(make_config()).check_suite(result, metric)
+    assert check.lost == {"reference": 0, "quantized": 1}
 
 
 # --- the real model: a quantized side that always generates nothing must fail (slow) -------------------
