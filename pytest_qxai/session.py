@@ -148,15 +148,21 @@ class QxaiSession:
         """Gate one metric of a suite's per-item results (or record why the suite skipped it).
 
         Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check, and so do the
-        suite's counts of degenerate units per side for this metric (``notes["lost"]``).
+        suite's counts of degenerate units per side for this metric (``notes["lost"]``, and added to the
+        check's ``lost``: a degenerate unit scored at its worst value is still a unit the model lost).
         """
         if metric.name in result.skipped:
             return [self.skip(metric, result.skipped[metric.name], nodeid)]
         reference, quantized = result.values(metric.name)
         profiles = {k: v for k, v in result.profiles.items() if k == metric.name or k.startswith(metric.name + "/")}
-        notes = {**result.notes, "lost": result.lost.get(metric.name, {"reference": 0, "quantized": 0})}
-        return self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
-                          profiles=profiles, notes=notes, nodeid=nodeid)
+        degenerate = result.lost.get(metric.name, {})
+        notes = {**result.notes, "lost": {"reference": 0, "quantized": 0} | degenerate}
+        checks = self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
+                            profiles=profiles, notes=notes, nodeid=nodeid)
+        for check in (c for c in checks if c.kind == "vs_reference"):  # units lost (NaN) + units scored degenerate
+            check.lost = {side: check.lost.get(side, 0) + degenerate.get(side, 0)
+                          for side in ("reference", "quantized")}
+        return checks
 
     def skip(self, metric: Metric | str, reason: str, nodeid: str = "") -> CheckResult:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
