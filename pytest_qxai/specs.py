@@ -275,3 +275,10 @@ KEEP = Param(str, "", "decoder sublayers left in full precision: LAYER, FIRST-LA
              canonical=canonical_keep)
 SCHEMES.update({name: replace(s, params={**s.params, "keep": KEEP})
                 for name, s in SCHEMES.items() if s.backend in KEEP_BACKENDS})
+
+
+def with_keep(spec: QuantSpec, units: KeepUnits) -> QuantSpec:
+    """``spec`` keeping ``units`` in full precision as well (on top of any ``keep=`` it has)."""
+    params = dict(spec.params)
+    params["keep"] = format_keep(units | keep_units(spec))
+    return QuantSpec(spec.scheme, tuple(sorted(params.items())))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import QxaiUsageError
+from ..errors import ModelMismatchError, QxaiUsageError
 from ..methods.arch import ARCHITECTURES
 from ..specs import KeepUnits, QuantSpec, keep_units
 
@@ -33,5 +33,5 @@ def check_keep_layers(spec: QuantSpec, n_layers: int) -> None:
     """A one-line usage error when ``keep=`` names a layer the model does not have."""
     beyond = sorted({layer for layer, _ in keep_units(spec) if layer >= n_layers})
     if beyond:
-        raise QxaiUsageError(f"--quant {spec}: keep names layer {beyond[0]}, but the model has {n_layers} decoder "
+        raise ModelMismatchError(f"--quant {spec}: keep names layer {beyond[0]}, but the model has {n_layers} decoder "
                              f"layers (0-{n_layers - 1})")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..gate.check import CheckResult
 from ..gate.tolerance import parse_tolerance
+from .blame import blame_html
 from .json_report import results_of
 from .text import KIND_LABELS, delta_cell, number, ordered, verdict_label
 
@@ -51,8 +52,9 @@ def render_html(report: dict[str, Any]) -> str:
         from matplotlib.figure import Figure  # noqa: F401 - probe only
     except ImportError:
         parts.append("<p>Plots need matplotlib: <code>pip install pytest-qxai[ml]</code>.</p>")
+        parts += blame_html(report, None)
     else:
-        parts += _suite_plots(results) + _profile_plots(results)
+        parts += _suite_plots(results) + _profile_plots(results) + blame_html(report, _png)
     if report.get("notes"):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notes"]) + "</ul>")
     parts.append("<h2>Run metadata</h2><pre>" + _e(json.dumps(report.get("metadata", {}), indent=2,
