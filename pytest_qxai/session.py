@@ -151,9 +151,8 @@ class QxaiSession:
 
         chosen = [r for r in results if r.kind == "vs_reference" and (r.key in targets if targets else r.failed)]
         for r in chosen:
-            reason = why_not(self.config.quant, self.config.quantized, r)
-            if reason is None and not r.failed:
-                reason = f"{r.key} did not fail (verdict {r.verdict}): nothing to blame"
+            reason = (why_not(self.config.quant, self.config.quantized, r) if r.failed
+                      else f"{r.key} did not fail (verdict {r.verdict}): nothing to blame")
             if reason is not None:
                 self.blames.append(skipped(r.key, reason, self.config.blame_target, r.nodeid))
                 continue
