@@ -23,10 +23,16 @@ from .search import Probe, Recovery, SearchResult, recovery, search
 
 if TYPE_CHECKING:
     from ..gate.tolerance import Tolerance
+    from ..metrics import SuiteResult
     from ..models.pair import ModelPair
 
 MAX_ITEMS = 64
 """Regressed items re-measured per restoration: the largest regressions (bounds the cost of each measurement)."""
+
+_MEASURED: dict[tuple[str, str, KeepUnits, tuple[str, ...]], dict[str, np.ndarray]] = {}
+"""Re-measured values per (quantized model, suite, restoration, items): metrics of one suite share them."""
+_VERIFIED: dict[tuple[str, str], tuple["SuiteResult", int]] = {}
+"""The suite's result on each verified spec and that model's bytes, by (suite, spec): metrics of a suite share it."""
 
 
 @dataclass
@@ -107,9 +113,11 @@ def blame_check(pair: "ModelPair", check: CheckResult, tolerance: "Tolerance", *
     pair.quantized.runtime.make_resident()
 
     def evaluate(units: KeepUnits) -> Recovery:
-        with restored(pair.quantized.model, pair.reference.model, units):
-            values = support.remeasure(pair, ids)[metric.name]
-        return recovery(ref, quant, np.asarray(values, dtype=np.float64), higher, seed)
+        key = (pair.quantized.identity, support.suite, units, tuple(ids))
+        if key not in _MEASURED:
+            with restored(pair.quantized.model, pair.reference.model, units):
+                _MEASURED[key] = support.remeasure(pair, ids)
+        return recovery(ref, quant, np.asarray(_MEASURED[key][metric.name], dtype=np.float64), higher, seed)
 
     n_layers = 1 + max(layer for layer, _ in parameters)
     found = search(n_layers, evaluate, lambda units: sum(parameters[u] for u in units), target)
@@ -151,20 +159,23 @@ def verify_spec(pair: "ModelPair", support: BlameSupport, metric: Metric, tolera
     from ..specs import parse_spec
 
     started = time.perf_counter()
-    cfg = dataclasses.replace(pair.config, quant=parse_spec(proposal))
-    other = get_pair(cfg)
-    try:
-        result = support.run(other)
-        reference, quantized = result.values(metric.name)
-        gate = check_vs_reference(metric, tolerance, reference, quantized, result.item_ids, seed=cfg.seed,
-                                  n_resamples=n_resamples)
-        where = {item: k for k, item in enumerate(result.item_ids)}
-        back = recovery(ref, quant, np.asarray(quantized, dtype=np.float64)[[where[i] for i in ids]],
-                        metric.direction == "higher", cfg.seed)
-        memory = {"quantized_bytes": model_bytes(pair.quantized.model),
-                  "proposal_bytes": model_bytes(other.quantized.model), "reference_bytes": model_bytes(pair.reference.model)}
-    finally:
-        release_pair(cfg)
+    key = (support.suite, proposal)
+    if key not in _VERIFIED:
+        cfg = dataclasses.replace(pair.config, quant=parse_spec(proposal))
+        try:
+            other = get_pair(cfg)
+            _VERIFIED[key] = (support.run(other), model_bytes(other.quantized.model))
+        finally:
+            release_pair(cfg)
+    result, proposal_bytes = _VERIFIED[key]
+    reference, quantized = result.values(metric.name)
+    gate = check_vs_reference(metric, tolerance, reference, quantized, result.item_ids, seed=pair.config.seed,
+                              n_resamples=n_resamples)
+    where = {item: k for k, item in enumerate(result.item_ids)}
+    back = recovery(ref, quant, np.asarray(quantized, dtype=np.float64)[[where[i] for i in ids]],
+                    metric.direction == "higher", pair.config.seed)
+    memory = {"quantized_bytes": model_bytes(pair.quantized.model), "proposal_bytes": proposal_bytes,
+              "reference_bytes": model_bytes(pair.reference.model)}
     return {"spec": proposal, "verdict": gate.verdict, "reason": gate.reason, "reference": gate.reference,
             "quantized": gate.quantized, "delta": gate.delta, "ci": list(gate.ci) if gate.ci else None,
             "p_value": gate.p_value, "n": gate.n, "recovered_share": back.share, "recovered_ci": list(back.ci),
