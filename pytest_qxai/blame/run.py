@@ -96,7 +96,7 @@ def regressed_items(check: CheckResult, metric: Metric) -> tuple[list[str], np.n
 def blame_check(pair: "ModelPair", check: CheckResult, tolerance: "Tolerance", *, target: float, verify: bool,
                 n_resamples: int) -> Blame:
     """Localize ``check``'s regression in the decoder layers and propose (and optionally verify) a keep= spec."""
-    from .swap import restored, unit_parameters
+    from .swap import restored, unit_parameters, unpacked
 
     reason = why_not(pair.config.quant, pair.config.quantized, check)
     if reason is not None:
@@ -120,7 +120,8 @@ def blame_check(pair: "ModelPair", check: CheckResult, tolerance: "Tolerance", *
         return recovery(ref, quant, np.asarray(_MEASURED[key][metric.name], dtype=np.float64), higher, seed)
 
     n_layers = 1 + max(layer for layer, _ in parameters)
-    found = search(n_layers, evaluate, lambda units: sum(parameters[u] for u in units), target)
+    with unpacked(pair.quantized.model, pair.backend):
+        found = search(n_layers, evaluate, lambda units: sum(parameters[u] for u in units), target)
     blame = _summary(check, found, target, len(ids))
     blame.cost = {"measurements": len(found.probes), "item_evaluations": len(found.probes) * len(ids),
                   "seconds": round(time.perf_counter() - started, 2), "budget_exhausted": found.exhausted,
