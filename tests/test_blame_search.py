@@ -105,3 +105,32 @@ def test_recovery_interval_covers_the_true_share() -> None:
         got = recovery(np.ones(60), np.zeros(60), restored, seed=run)
         hits += got.ci[0] <= true <= got.ci[1]
     assert 0.90 <= hits / runs <= 0.99
+
+
+def test_regressed_items_are_the_largest_regressions_in_the_metrics_direction() -> None:
+    from pytest_qxai.blame.run import regressed_items
+    from pytest_qxai.gate.check import CheckResult
+    from pytest_qxai.metrics import Metric
+
+    lower = Metric("demo", "rank", "rank", "continuous", direction="lower")
+    check = CheckResult("demo", "rank", "vs_reference", "fail", "", item_ids=["a", "b", "c", "d"],
+                        reference_items=[1.0, 1.0, None, 2.0], quantized_items=[3.0, 0.5, 9.0, 2.5])
+    ids, ref, quant = regressed_items(check, lower)
+    assert ids == ["a", "d"] and list(ref) == [1.0, 2.0] and list(quant) == [3.0, 2.5]  # NaN and gains left out
+
+
+def test_blame_is_skipped_with_one_line_where_it_cannot_run() -> None:
+    from pytest_qxai.blame.run import why_not
+    from pytest_qxai.gate.check import CheckResult
+    from pytest_qxai.specs import parse_spec
+
+    import pytest_qxai.methods.knowledge  # noqa: F401 - registers the knowledge suite's blame support
+
+    recall = CheckResult("knowledge", "recall_accuracy", "vs_reference", "fail", "")
+    assert why_not(parse_spec("hqq2"), None, recall) is None
+    assert why_not(parse_spec("none"), None, recall) == ("the none backend cannot keep modules in full precision "
+                                                         "(keep= works with bnb, hqq, quanto, torchao)")
+    assert "is a fixed checkpoint" in str(why_not(parse_spec("bnb4"), "ckpt", recall))
+    other = CheckResult("nle", "gold_similarity", "vs_reference", "fail", "")
+    assert why_not(parse_spec("hqq2"), None, other) == ("blame not supported for this metric: the nle suite cannot "
+                                                        "re-measure gold_similarity")
