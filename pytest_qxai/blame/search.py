@@ -22,7 +22,7 @@ from ..specs import COMPONENTS, KeepUnits, format_keep
 BEAM = 2
 """Groups refined per level: the best two, so a regression spread over two places is still followed."""
 MAX_MEASUREMENTS = 40
-"""Upper bound on restorations measured per blamed check (30 layers need about 31)."""
+"""Upper bound on restorations measured per blamed check (30 layers need at most 29)."""
 GREEDY_STEPS = 4
 """Unions of the best small groups tried when no single measured group reaches the target."""
 RESAMPLES = 2000
