@@ -80,6 +80,9 @@ OPTIONS: tuple[OptionDef, ...] = (
     OptionDef(("--qxai-offload",), "qxai_offload",
               "Keep only one model on the GPU at a time (default: automatic when both do not fit)", False,
               ini_type="bool", kwargs={"action": "store_true"}),
+    OptionDef(("--qxai-skip-sanity",), "qxai_skip_sanity",
+              "Run the suites even when the reference fails its sanity checks (tokenizer, perplexity, "
+              "generation on bundled English text)", False, ini_type="bool", kwargs={"action": "store_true"}),
     OptionDef(("--qxai-data",), "qxai_data",
               f"Use your own JSONL file for a dataset: NAME=PATH (repeatable; names: {', '.join(DATA_NAMES)})",
               ini_type="args", kwargs={"action": "append", "metavar": "NAME=PATH"}),
@@ -197,6 +200,8 @@ class QxaiConfig:
     """``(index, count)``, 1-based: this session runs test modules ``index, index + count, …`` in name order."""
     ci: bool
     rootdir: Path
+    skip_sanity: bool = False
+    """Run the suites even when the reference fails its sanity checks (``--qxai-skip-sanity``)."""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> "QxaiConfig":
@@ -282,6 +287,7 @@ class QxaiConfig:
             shard=shard,
             ci=bool(os.environ.get("CI")),
             rootdir=root,
+            skip_sanity=_as_bool(get["qxai_skip_sanity"]),
         )
 
 

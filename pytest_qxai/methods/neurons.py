@@ -308,5 +308,9 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
         for side, scores in (("reference", reference), ("quantized", quantized))
     }
     ref_vals = {name: ones for name in quant_vals} | {ABOVE_TAU.name: np.array([r.above / TOP_K for r in reference])}
-    return SuiteResult(SUITE, ids, ref_vals, quant_vals, fingerprint,
-                       profiles=profiles, notes=notes)
+    caveat = model_parts(pair.reference.model).neuron_caveat
+    skipped = {m.name: f"not applicable: {caveat}, so a single value neuron is not an additive part of it"
+               for m in (TOP_OVERLAP, TOP_RETAINED, ABOVE_TAU)} if caveat else {}
+    return SuiteResult(SUITE, ids, {k: v for k, v in ref_vals.items() if k not in skipped},
+                       {k: v for k, v in quant_vals.items() if k not in skipped}, fingerprint,
+                       profiles=profiles, skipped=skipped, notes=notes)

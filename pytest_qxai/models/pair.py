@@ -160,6 +160,8 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     reference = load_reference(
         location, device=device, dtype=dtype, revision=None, trust_remote_code=cfg.trust_remote_code
     )
+    sanity = sanity_figures(cfg, Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference",
+                                         device=device), source, content_id, str(dtype))
     residency = plan_residency(cfg, device, dtype, reference)
     if residency.turns:
         reference.to("cpu")  # the GPU is the quantizer's while it works
@@ -237,9 +239,33 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "load_seconds": round(quant_started - started, 2),
             "quantize_seconds": round(quant_seconds, 2),
             "backend_notes": ctx.notes,
+            "sanity": sanity,
         },
     )
     return pair
+
+
+def sanity_figures(cfg: QxaiConfig, runtime: "Runtime", source: ModelSource, content_id: str,
+                   dtype: str) -> dict[str, Any] | str:
+    """The reference's sanity figures (cached by its content), or why they were not taken; SanityError on failure."""
+    from .sanity import SANITY_TEXT, VERSION, SanityError, check_reference
+
+    if cfg.skip_sanity:
+        return "skipped (--qxai-skip-sanity)"
+
+    def compute() -> dict[str, Any]:
+        try:
+            return check_reference(runtime, converted=source.kind == "gguf")
+        except SanityError as exc:
+            return {"problem": str(exc)}
+
+    key = {"model": content_id, "device": runtime.device.type, "dtype": dtype, "version": VERSION,
+           "text": SANITY_TEXT, "versions": library_versions()}
+    figures = DiskCache(cfg.cache_dir).memo("sanity", key, compute)
+    if "problem" in figures:
+        raise SanityError(f"the reference model {source.label} is not usable: {figures['problem']}; no suite ran "
+                          "(--qxai-skip-sanity runs them anyway)")
+    return figures
 
 
 def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference: "PreTrainedModel") -> Residency:
