@@ -1,8 +1,9 @@
-"""Linear probes and representation similarity between the FP and quantized residual streams, per e-SNLI item.
+"""Linear probes and representation similarity between the FP and quantized residual streams, per labelled item.
 
-Each item's residual stream after every decoder layer is read at the last token of the NLI prompt (the position
-that predicts the label). Per layer, a logistic-regression probe (scikit-learn, standardised features, fixed
-seed) predicts the gold NLI label. Every item gets a held-out prediction through stratified k-fold
+Runs on every labelled dataset of the run (e-SNLI, your classification files), each on its own. Each item's
+residual stream after every decoder layer is read at the last token of the task prompt (the position that
+predicts the label). Per layer, a logistic-regression probe (scikit-learn, standardised features, fixed seed)
+predicts the gold label. Every item gets a held-out prediction through stratified k-fold
 cross-validation: probes trained on the FP activations of the other folds classify the item's FP activations
 (reference) and its quantized activations (transfer); probes retrained on quantized activations classify the
 quantized ones (retrained). An item's score is the share of layers whose probe classifies it correctly: no
@@ -16,15 +17,15 @@ in how items are represented (centring both on the FP mean put bnb8 at 0.61 on S
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint, load_esnli
+from ..datasets import dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
-from .task import NLI_TEMPLATE, nli_prompt, template_id
+from .task import NLI_TEMPLATE, LabelTask, item_ids, label_tasks, no_label_data
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
@@ -102,63 +103,90 @@ def probe_predictions(
     return out
 
 
-def residual_states(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem]) -> np.ndarray:
+def residual_states(pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Sequence[Any]) -> np.ndarray:
     """Residual stream after each decoder layer at the prompt's last token, ``[n, L, d]`` (cached per side)."""
 
     tokenizer = side.runtime.tokenizer
 
     def compute() -> np.ndarray:
-        hidden = side.runtime.hidden_states([nli_prompt(tokenizer, it.premise, it.hypothesis) for it in items])
+        hidden = side.runtime.hidden_states([task.prompt(tokenizer, task.fields(it)) for it in items])
         return hidden[:, 1:].astype(np.float32)
 
-    params = {"items": dataset_fingerprint(items), "prompt": template_id(tokenizer)}
+    params = {"items": dataset_fingerprint(items), "prompt": task.template_id(tokenizer)}
     return pair.cached(side, "probes.states", params, compute)
 
 
 def run_probes(pair: "ModelPair") -> SuiteResult:
     """Probe transfer and retraining accuracy, CKA and per-item similarity of FP and quantized activations."""
-    items = load_esnli(suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed,
-                       path=pair.config.data.get("esnli"))
-    labels = np.array([NLI_LABELS.index(it.label) for it in items])
-    reference, quantized = (residual_states(pair, side, items) for side in pair.sides)
-    seed, depth = pair.config.seed, reference.shape[1]
-    counts = np.bincount(labels)[np.bincount(labels) > 0]
-    folds = min(PROBE["folds"], int(counts.min()))
-    ref_vals = {COSINE.name: np.ones(len(items))}
-    quant_vals = {COSINE.name: centred_cosine(reference, quantized)}
+    tasks = label_tasks(pair)
+    if not tasks:
+        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in PROBES_METRICS],
+                                                                         no_label_data(pair)))
+    n, seed = suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed
+    items = [task.items(n, seed) for task in tasks]
+    parts = [_task_probes(pair, task, group) for task, group in zip(tasks, items)]
+    reference = np.concatenate([p["states"][0] for p in parts])
+    quantized = np.concatenate([p["states"][1] for p in parts])
+    depth = reference.shape[1]
+    ref_vals = {COSINE.name: np.ones(len(reference))}
+    quant_vals = {COSINE.name: np.concatenate([p["cosine"] for p in parts])}
     profiles = {f"{COSINE.name}/cka_by_layer": {
         "reference": [1.0] * depth,
         "quantized": [linear_cka(reference[:, layer], quantized[:, layer]) for layer in range(depth)],
     }}
     skipped = {}
-    if len(counts) < 2 or folds < 2:
-        reason = (f"{len(items)} items give too few per NLI label for cross-validated probes "
-                  f"(smallest label count {int(counts.min())}, at least 2 of two labels needed)")
-        skipped = {TRANSFER.name: reason, RETRAINED.name: reason}
+    reasons = [p["reason"] for p in parts if p["reason"]]
+    if len(reasons) == len(parts):
+        skipped = {TRANSFER.name: "; ".join(reasons), RETRAINED.name: "; ".join(reasons)}
     else:
-        on_reference, transferred = probe_predictions(reference, labels, [reference, quantized], seed, folds)
-        (retrained,) = probe_predictions(quantized, labels, [quantized], seed, folds)
-        correct = {name: (pred == labels[:, None]).astype(float) for name, pred in
-                   (("reference", on_reference), ("transfer", transferred), ("retrained", retrained))}
-        ref_vals |= {TRANSFER.name: correct["reference"].mean(1), RETRAINED.name: correct["reference"].mean(1)}
-        quant_vals |= {TRANSFER.name: correct["transfer"].mean(1), RETRAINED.name: correct["retrained"].mean(1)}
         for metric, side in ((TRANSFER, "transfer"), (RETRAINED, "retrained")):
-            profiles[f"{metric.name}/accuracy_by_layer"] = {"reference": correct["reference"].mean(0).tolist(),
-                                                            "quantized": correct[side].mean(0).tolist()}
+            ref_vals[metric.name] = np.concatenate([p["correct"]["reference"].mean(1) for p in parts])
+            quant_vals[metric.name] = np.concatenate([p["correct"][side].mean(1) for p in parts])
+            kept = [p["correct"] for p in parts if not p["reason"]]
+            profiles[f"{metric.name}/accuracy_by_layer"] = {
+                "reference": np.concatenate([c["reference"] for c in kept]).mean(0).tolist(),
+                "quantized": np.concatenate([c[side] for c in kept]).mean(0).tolist()}
+    fingerprint_items = dataset_fingerprint(items[0]) if len(tasks) == 1 else stable_hash(
+        [[task.name, dataset_fingerprint(group)] for task, group in zip(tasks, items)])
+    prompts = tasks[0].template_id(pair.tokenizer) if len(tasks) == 1 else stable_hash(
+        [task.template_id(pair.tokenizer) for task in tasks])
     return SuiteResult(
         suite=SUITE,
-        item_ids=[it.id for it in items],
+        item_ids=item_ids(tasks, items),
         reference=ref_vals,
         quantized=quant_vals,
-        fingerprint={"items": dataset_fingerprint(items), "prompt": template_id(pair.tokenizer),
-                     "probe": stable_hash(PROBE)},
+        fingerprint={"items": fingerprint_items, "prompt": prompts, "probe": stable_hash(PROBE)},
         profiles=profiles,
         skipped=skipped,
         notes={
-            "probe": (f"per-layer logistic regression (C={PROBE['C']}, standardised) on the gold e-SNLI label, "
-                      f"{folds}-fold stratified cross-validation, seed {seed}"),
-            "position": f"last token of the task suite's NLI prompt ({NLI_TEMPLATE['version']})",
+            "probe": (f"per-layer logistic regression (C={PROBE['C']}, standardised) on the gold label of each "
+                      f"dataset, stratified cross-validation ({', '.join(p['folds'] for p in parts)}), seed {seed}"),
+            "position": f"last token of the task suite's prompt ({NLI_TEMPLATE['version']} for e-SNLI)",
             "item_score": "share of the model's decoder layers whose held-out probe classifies the item correctly",
-            "chance": f"{counts.max() / len(labels):.3f} (majority label share)",
+            "chance": ", ".join(p["chance"] for p in parts) + " (majority label share)",
+            "too_few_items": reasons,
         },
     )
+
+
+def _task_probes(pair: "ModelPair", task: LabelTask, items: Sequence[Any]) -> dict[str, Any]:
+    """One dataset's states, per-item centred cosine, held-out probe correctness (or why the probes cannot run)."""
+    labels = np.array([task.gold(it) for it in items])
+    reference, quantized = (residual_states(pair, side, task, items) for side in pair.sides)
+    counts = np.bincount(labels)[np.bincount(labels) > 0]
+    folds = min(PROBE["folds"], int(counts.min()))
+    found: dict[str, Any] = {"states": (reference, quantized), "cosine": centred_cosine(reference, quantized),
+                             "folds": f"{task.name}: {folds}-fold", "reason": "",
+                             "chance": f"{task.name} {counts.max() / len(labels):.3f}"}
+    if len(counts) < 2 or folds < 2:
+        found["reason"] = (f"{len(items)} {task.name} items give too few per label for cross-validated probes "
+                           f"(smallest label count {int(counts.min())}, at least 2 of two labels needed)")
+        nan = np.full((len(items), reference.shape[1]), np.nan)
+        found["correct"] = {"reference": nan, "transfer": nan, "retrained": nan}
+        return found
+    seed = pair.config.seed
+    on_reference, transferred = probe_predictions(reference, labels, [reference, quantized], seed, folds)
+    (retrained,) = probe_predictions(quantized, labels, [quantized], seed, folds)
+    found["correct"] = {name: (pred == labels[:, None]).astype(float) for name, pred in
+                        (("reference", on_reference), ("transfer", transferred), ("retrained", retrained))}
+    return found
