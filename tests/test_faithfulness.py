@@ -16,6 +16,7 @@ from pytest_qxai.methods import task as T
 from test_attribution import smollm, tiny_pair, tiny_runtime  # noqa: F401 - shared model fixtures
 
 ITEM = NLIItem("x", "A man is playing a guitar.", "The old man plays music.", "entailment", ("guitar is music",))
+NLI = T.LabelTask("esnli", "nli", T.NLI_LABELS)
 vectors = st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=12)
 
 
@@ -50,23 +51,23 @@ def test_slots_are_after_determiners_and_before_ing_verbs() -> None:
 
 
 def test_insertion_puts_the_word_before_the_slot() -> None:
-    assert F.Insertion("premise", 3, "happily").apply(ITEM) == ("A man is happily playing a guitar.", ITEM.hypothesis)
-    assert F.Insertion("hypothesis", 1, "tall").apply(ITEM) == (ITEM.premise, "The tall old man plays music.")
+    assert F.Insertion(0, 3, "happily").apply(NLI, ITEM) == ("A man is happily playing a guitar.", ITEM.hypothesis)
+    assert F.Insertion(1, 1, "tall").apply(NLI, ITEM) == (ITEM.premise, "The tall old man plays music.")
 
 
 def test_insertions_are_seeded_bounded_and_drawn_from_the_fixed_lists() -> None:
-    attempts = F.insertions(ITEM, seed=0)
-    assert attempts == F.insertions(ITEM, seed=0)
+    attempts = F.insertions(NLI, ITEM, seed=0)
+    assert attempts == F.insertions(NLI, ITEM, seed=0)
     assert 0 < len(attempts) <= F.INSERTIONS["positions"] * F.INSERTIONS["words_per_position"]
     for attempt in attempts:
-        pool = dict(F.insertion_slots(getattr(ITEM, attempt.field)))[attempt.position]
+        pool = dict(F.insertion_slots(NLI.fields(ITEM)[attempt.field]))[attempt.position]
         assert attempt.word in F.INSERTIONS[pool]
-    per_slot: dict[tuple[str, int], list[str]] = {}
+    per_slot: dict[tuple[int, int], list[str]] = {}
     for attempt in attempts:
         per_slot.setdefault((attempt.field, attempt.position), []).append(attempt.word)
     assert all(len(set(ws)) == len(ws) == F.INSERTIONS["words_per_position"] for ws in per_slot.values())
     items = load_esnli(30, 0)
-    assert any(F.insertions(it, 0) != F.insertions(it, 1) for it in items)
+    assert any(F.insertions(NLI, it, 0) != F.insertions(NLI, it, 1) for it in items)
 
 
 def test_mention_is_a_case_insensitive_whole_word_match() -> None:
@@ -117,10 +118,10 @@ def test_each_explanation_tokens_scale_is_normalised_away(rows: list[list[float]
 
 def test_segments_rebuild_the_prompt_word_by_word(tiny_runtime: Any) -> None:  # noqa: F811
     render = lambda p, h: N.explanation_prompt(p, h, "neutral")  # noqa: E731
-    parts = F.segments(tiny_runtime, render)
+    parts = F.segments(tiny_runtime, render, 2)
     premise = tiny_runtime.encode([" " + w for w in ITEM.premise.split()], add_special_tokens=False)
     hypothesis = tiny_runtime.encode([" " + w for w in ITEM.hypothesis.split()], add_special_tokens=False)
-    ids = parts.prefix + sum(premise, []) + parts.middle + sum(hypothesis, []) + parts.suffix
+    ids = parts.prefix + parts.around([sum(premise, []), sum(hypothesis, [])], [])
     assert tiny_runtime.tokenizer.decode(ids, skip_special_tokens=True) == render(ITEM.premise, ITEM.hypothesis)
 
 
@@ -140,27 +141,27 @@ def test_prefixed_scoring_equals_scoring_the_whole_sequence(tiny_runtime: Any) -
 def test_shapley_values_of_the_answer_add_up_to_the_full_minus_the_masked_score(
     tiny_runtime: Any,  # noqa: F811
 ) -> None:
-    phi = F.word_attributions(tiny_runtime, ITEM, 0, "The man plays.", seed=0)
+    phi = F.word_attributions(tiny_runtime, NLI, ITEM, 0, "The man plays.", seed=0)
     assert phi is not None
     n_words = len(ITEM.premise.split()) + len(ITEM.hypothesis.split())
     answer_tail = tiny_runtime.encode([T.NLI_TEMPLATE["options"][0]], add_special_tokens=False)[0]
     assert phi.shape == (1 + len(tiny_runtime.encode([" The man plays."], add_special_tokens=False)[0]), n_words)
-    parts = F.segments(tiny_runtime, lambda p, h: T.nli_prompt(tiny_runtime.tokenizer, p, h))
+    parts = F.segments(tiny_runtime, lambda p, h: T.nli_prompt(tiny_runtime.tokenizer, p, h), 2)
     mask = F.mask_token_id(tiny_runtime.tokenizer)
 
     def score(keep: bool) -> float:
         words = [tiny_runtime.encode([" " + w], add_special_tokens=False)[0] for w in ITEM.premise.split()], \
             [tiny_runtime.encode([" " + w], add_special_tokens=False)[0] for w in ITEM.hypothesis.split()]
         p, h = ([t if keep else mask for ids in group for t in ids] for group in words)
-        seq = p + parts.middle + h + parts.suffix + answer_tail
+        seq = parts.around([p, h], answer_tail)
         return float(tiny_runtime.prefixed_tail_logprobs(parts.prefix, [seq], [len(answer_tail)])[0].sum())
 
     assert phi[0].sum() == pytest.approx(score(True) - score(False), abs=1e-3)
 
 
 def test_empty_explanation_has_no_cc_shap(tiny_runtime: Any) -> None:  # noqa: F811
-    assert F.word_attributions(tiny_runtime, ITEM, 0, "  ", seed=0) is None
-    assert np.isnan(F.cc_shap_scores(tiny_runtime, [ITEM], np.array([0]), [""], seed=0)).all()
+    assert F.word_attributions(tiny_runtime, NLI, ITEM, 0, "  ", seed=0) is None
+    assert np.isnan(F.cc_shap_scores(tiny_runtime, NLI, [ITEM], np.array([0]), [""], seed=0)).all()
 
 
 def test_suite_on_identical_models_gives_identical_values(tiny_runtime: Any, make_config: Any) -> None:  # noqa: F811
@@ -180,7 +181,7 @@ def test_suite_on_identical_models_gives_identical_values(tiny_runtime: Any, mak
 def test_smollm2_predictions_flip_under_insertions_and_the_test_is_defined(smollm: Any) -> None:  # noqa: F811
     items = load_esnli(40, 0)
     labels = T.predict_nli(smollm, [(item.premise, item.hypothesis) for item in items])
-    result = F.counterfactual_test(smollm, items, labels, seed=0)
+    result = F.counterfactual_test(smollm, NLI, items, labels, seed=0)
     assert 0.1 < np.nanmean(result["flip"]) < 0.9
     assert 0.0 <= np.nanmean(result["unfaithful"]) <= 1.0
     attempts = np.array(result["attempts"])

@@ -30,7 +30,7 @@ def test_explanation_prompt_shows_the_label_to_explain_after_three_dev_demonstra
 
 
 def test_judge_prompt_shows_item_label_explanation_and_the_question() -> None:
-    [prompt] = N.judge_prompts([ITEM], [2], ["Dogs are animals."], "trust")
+    [prompt] = N.judge_prompts(N.NLI_TASK, [ITEM], [2], ["Dogs are animals."], "trust")
     assert prompt == ("Premise: A dog runs in the park.\nHypothesis: An animal moves.\nRelationship: contradiction\n"
                       "Explanation: Dogs are animals.\n" + N.JUDGE_TEMPLATE["trust"])
     assert prompt.endswith("\nRating:")
@@ -124,6 +124,6 @@ def test_smollm2_judge_rates_an_items_gold_explanation_above_another_items(smoll
     items = load_esnli(40, 0)
     labels = [["entailment", "neutral", "contradiction"].index(item.label) for item in items]
     gold = [item.explanations[0] for item in items]
-    own = N.judge_ratings(smollm, items, labels, gold, "coherence")
-    other = N.judge_ratings(smollm, items, labels, gold[1:] + gold[:1], "coherence")
+    own = N.judge_ratings(smollm, N.NLI_TASK, items, labels, gold, "coherence")
+    other = N.judge_ratings(smollm, N.NLI_TASK, items, labels, gold[1:] + gold[:1], "coherence")
     assert np.mean(own > other) > 0.65

@@ -1,9 +1,13 @@
-"""Natural-language explanations (NLEs) on e-SNLI: quality of each model's post-hoc explanation of its own label.
+"""Natural-language explanations (NLEs): quality of each model's post-hoc explanation of its own label.
 
-Generation (post-hoc, versioned template): three fixed e-SNLI **dev** demonstrations with their first human
-explanation, then "Premise: … Hypothesis: … Relationship: <the model's own predicted label>
-Explanation:"; greedy, at most 40 new tokens, cut at the first newline. The label is the task suite's
-prediction (:func:`pytest_qxai.methods.task.nli_predictions`, shared through the cache).
+Runs on every labelled dataset of the run. Generation (post-hoc, versioned template), e-SNLI: three fixed e-SNLI
+**dev** demonstrations with their first human explanation, then "Premise: … Hypothesis: … Relationship: <the
+model's own predicted label> Explanation:"; a classification dataset: zero-shot, "Explain in one sentence why the
+label fits the text." then "Text: … Label: … Explanation:". Greedy, at most 40 new tokens, cut at the first
+newline. The label is the task suite's prediction (shared through the cache).
+
+``gold_similarity`` and ``rouge_l`` need gold explanations: they are NaN on items without one and not applicable
+(said per dataset) when no item of the run has one; the other metrics need none.
 
 Quality, per item (the studies' BARTScore and TIGERScore are not available offline; these are the stand-ins
 of METHODS.md):
@@ -32,11 +36,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
+from ..datasets import NLI_LABELS, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
-from .task import esnli_items, nli_predictions, option_scores, template_id
+from .task import LabelTask, item_ids, label_predictions, label_tasks, no_label_data, option_scores
 from .text import ENCODER_NAME, embed, pairwise_cosine, perplexity, rouge_l
 
 if TYPE_CHECKING:
@@ -63,6 +67,14 @@ NLE_TEMPLATE: dict[str, Any] = {
          "second sentence there is a fight between men."),
     ),
 }
+
+CLASS_NLE_TEMPLATE: dict[str, Any] = {
+    "version": "nle-class-v1",
+    "instruction": "Explain in one sentence why the label fits the text.\n\n",
+    "block": "Text: {text}\nLabel: {label}\nExplanation:",
+    "judge_item": "Text: {text}\nLabel: {label}\nExplanation: {explanation}\n",
+}
+"""Explanation and judge prompts for a classification dataset (zero-shot: no demonstrations fit every task)."""
 
 JUDGE_TEMPLATE: dict[str, Any] = {
     "version": "judge-v1",
@@ -99,6 +111,8 @@ FP_AGREEMENT = register_metric(Metric(
     "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.15",
 ))
 NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT]
+NLI_TASK = LabelTask("esnli", "nli", NLI_LABELS)
+"""e-SNLI as a labelled dataset: what the explanation helpers default to (the faithfulness suite's data)."""
 
 
 # --- generation -------------------------------------------------------------------------------------------
@@ -113,9 +127,19 @@ def explanation_prompt(premise: str, hypothesis: str, label: str) -> str:
     return demos + block.format(premise=premise, hypothesis=hypothesis, label=label)
 
 
-def explain(runtime: "Runtime", pairs: Sequence[tuple[str, str]], labels: Sequence[int]) -> list[str]:
-    """Greedy explanations of ``labels`` (indices into :data:`NLI_LABELS`) for (premise, hypothesis) pairs."""
-    prompts = [explanation_prompt(p, h, NLI_LABELS[int(label)]) for (p, h), label in zip(pairs, labels)]
+def task_explanation_prompt(task: LabelTask, fields: Sequence[str], label: int) -> str:
+    """The post-hoc explanation prompt of a dataset's item for the label at index ``label``."""
+    if task.kind == "nli":
+        return explanation_prompt(*fields, task.labels[label])
+    return CLASS_NLE_TEMPLATE["instruction"] + CLASS_NLE_TEMPLATE["block"].format(text=fields[0],
+                                                                                   label=task.labels[label])
+
+
+def explain(runtime: "Runtime", pairs: Sequence[Sequence[str]], labels: Sequence[int],
+            task: LabelTask | None = None) -> list[str]:
+    """Greedy explanations of ``labels`` (label indices) for items given by their texts (e-SNLI by default)."""
+    task = task or NLI_TASK
+    prompts = [task_explanation_prompt(task, fields, int(label)) for fields, label in zip(pairs, labels)]
     return runtime.generate(prompts, NLE_TEMPLATE["max_new_tokens"], stop="\n") if prompts else []
 
 
@@ -124,20 +148,23 @@ def nle_size(pair: "ModelPair") -> int:
     return suite_size(SUITE, pair.config.profile, pair.config.samples)
 
 
-def explanation_params(pair: "ModelPair", items: Sequence[NLIItem]) -> dict[str, str]:
+def explanation_params(pair: "ModelPair", items: Sequence[Any], task: LabelTask | None = None) -> dict[str, str]:
     """What a side's explanations depend on besides the model: data, task template and NLE template."""
-    return {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer), "nle": stable_hash(NLE_TEMPLATE)}
+    task = task or NLI_TASK
+    template = NLE_TEMPLATE if task.kind == "nli" else [NLE_TEMPLATE["max_new_tokens"], CLASS_NLE_TEMPLATE]
+    return {"data": dataset_fingerprint(items), "task": task.template_id(pair.tokenizer), "nle": stable_hash(template)}
 
 
-def side_explanations(pair: "ModelPair", side: "ModelSide", n: int) -> list[str]:
+def side_explanations(pair: "ModelPair", side: "ModelSide", n: int, task: LabelTask | None = None) -> list[str]:
     """A side's explanations of its own labels on the first ``n`` items, generated once on the NLE item set."""
-    items = esnli_items(pair, max(n, nle_size(pair)))
-    labels = nli_predictions(pair, side, len(items)).predicted
+    task = task or NLI_TASK
+    items = task.items(max(n, nle_size(pair)), pair.config.seed)
+    labels = label_predictions(pair, side, task, len(items)).predicted
 
     def compute() -> list[str]:
-        return explain(side.runtime, [(item.premise, item.hypothesis) for item in items], labels)
+        return explain(side.runtime, [task.fields(item) for item in items], labels, task)
 
-    return pair.cached(side, "nle/explanations", explanation_params(pair, items), compute)[:n]
+    return pair.cached(side, "nle/explanations", explanation_params(pair, items, task), compute)[:n]
 
 
 # --- quality ----------------------------------------------------------------------------------------------
@@ -150,32 +177,36 @@ def expected_rating(logprobs: np.ndarray) -> np.ndarray:
     return softmax(logprobs, axis=1) @ np.arange(1, logprobs.shape[1] + 1, dtype=np.float64)
 
 
-def judge_prompts(items: Sequence[NLIItem], labels: Sequence[int], explanations: Sequence[str],
+def judge_prompts(task: LabelTask, items: Sequence[Any], labels: Sequence[int], explanations: Sequence[str],
                   question: str) -> list[str]:
     """The judge's rating prompts for one question (``coherence`` or ``trust``)."""
     return [
-        JUDGE_TEMPLATE["item"].format(premise=item.premise, hypothesis=item.hypothesis,
-                                      label=NLI_LABELS[int(label)], explanation=explanation)
+        (JUDGE_TEMPLATE["item"].format(premise=item.premise, hypothesis=item.hypothesis,
+                                       label=task.labels[int(label)], explanation=explanation)
+         if task.kind == "nli" else CLASS_NLE_TEMPLATE["judge_item"].format(
+             text=item.text, label=task.labels[int(label)], explanation=explanation))
         + JUDGE_TEMPLATE[question]
         for item, label, explanation in zip(items, labels, explanations)
     ]
 
 
-def judge_ratings(judge: "Runtime", items: Sequence[NLIItem], labels: Sequence[int],
+def judge_ratings(judge: "Runtime", task: LabelTask, items: Sequence[Any], labels: Sequence[int],
                   explanations: Sequence[str], question: str) -> np.ndarray:
     """The judge's expected rating of each explanation for ``question``."""
-    prompts = judge_prompts(items, labels, explanations, question)
+    prompts = judge_prompts(task, items, labels, explanations, question)
     return expected_rating(option_scores(judge, prompts, JUDGE_TEMPLATE["ratings"]))
 
 
 def gold_similarity(explanations: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
-    """Cosine of each explanation with its closest reference explanation (0 for an empty explanation)."""
+    """Cosine of each explanation with its closest reference explanation (0 when empty; NaN without references)."""
     flat = [ref for refs in references for ref in refs]
     vectors = embed(list(explanations) + flat)
     own, refs = vectors[: len(explanations)], vectors[len(explanations) :]
     out, start = np.zeros(len(explanations)), 0
     for i, (text, group) in enumerate(zip(explanations, references)):
-        if text.strip():
+        if not group:
+            out[i] = np.nan
+        elif text.strip():
             out[i] = float(np.max(refs[start : start + len(group)] @ own[i]))
         start += len(group)
     return out
@@ -192,15 +223,16 @@ def explanation_agreement(reference: Sequence[str], quantized: Sequence[str]) ->
     return np.where([a.strip() == b.strip() for a, b in zip(reference, quantized)], 1.0, cosine)
 
 
-def quality(items: Sequence[NLIItem], labels: Sequence[int], explanations: Sequence[str],
+def quality(task: LabelTask, items: Sequence[Any], labels: Sequence[int], explanations: Sequence[str],
             scorer: "Runtime", judge: "Runtime") -> dict[str, np.ndarray]:
-    """Every per-item quality metric of one side's explanations."""
+    """Every per-item quality metric of one side's explanations (gold metrics NaN on items without gold)."""
     return {
         GOLD_SIMILARITY.name: gold_similarity(explanations, [item.explanations for item in items]),
-        ROUGE_L.name: np.array([rouge_l(e, item.explanations) for e, item in zip(explanations, items)]),
+        ROUGE_L.name: np.array([rouge_l(e, item.explanations) if item.explanations else np.nan
+                                for e, item in zip(explanations, items)]),
         FLUENCY.name: log_perplexity(scorer, explanations),
-        JUDGE_COHERENCE.name: judge_ratings(judge, items, labels, explanations, "coherence"),
-        JUDGE_TRUST.name: judge_ratings(judge, items, labels, explanations, "trust"),
+        JUDGE_COHERENCE.name: judge_ratings(judge, task, items, labels, explanations, "coherence"),
+        JUDGE_TRUST.name: judge_ratings(judge, task, items, labels, explanations, "trust"),
     }
 
 
@@ -237,14 +269,14 @@ def judge(pair: "ModelPair") -> tuple["Runtime", str]:
                        str(cfg.cache_dir) if cfg.cache_dir else None, cfg.trust_remote_code, cfg.batch_size)
 
 
-def _side_quality(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], params: dict[str, str],
-                  judge_runtime: "Runtime") -> tuple[list[str], dict[str, np.ndarray]]:
+def _side_quality(pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Sequence[Any],
+                  params: dict[str, str], judge_runtime: "Runtime") -> tuple[list[str], dict[str, np.ndarray]]:
     """A side's explanations and their quality metrics (cached: the scorer and judge are part of ``params``)."""
-    labels = nli_predictions(pair, side, len(items)).predicted
-    texts = side_explanations(pair, side, len(items))
+    labels = label_predictions(pair, side, task, len(items)).predicted
+    texts = side_explanations(pair, side, len(items), task)
 
     def compute() -> dict[str, np.ndarray]:
-        return quality(items, labels, texts, scorer=pair.reference.runtime, judge=judge_runtime)
+        return quality(task, items, labels, texts, scorer=pair.reference.runtime, judge=judge_runtime)
 
     return texts, pair.cached(side, "nle/quality", params, compute)
 
@@ -252,40 +284,63 @@ def _side_quality(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem]
 # --- the suite --------------------------------------------------------------------------------------------
 
 def run_nle(pair: "ModelPair") -> SuiteResult:
-    """Quality metrics of both models' explanations of their own e-SNLI labels, and their agreement."""
+    """Quality metrics of both models' explanations of their own labels on every labelled dataset, and agreement."""
+    tasks = label_tasks(pair)
+    if not tasks:
+        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in NLE_METRICS],
+                                                                         no_label_data(pair)))
     n = nle_size(pair)
-    items = esnli_items(pair, n)
+    items = [task.items(n, pair.config.seed) for task in tasks]
     judge_runtime, judge_id = judge(pair)
-    params = {**explanation_params(pair, items), "judge": judge_id, "judge_template": stable_hash(JUDGE_TEMPLATE),
-              "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
-    explanations, values = {}, {}
-    for side in pair.sides:
-        explanations[side.role], values[side.role] = _side_quality(pair, side, items, params, judge_runtime)
+    shared = {"judge": judge_id, "judge_template": stable_hash(JUDGE_TEMPLATE), "scorer": pair.reference.identity,
+              "encoder": ENCODER_NAME}
+    params = [{**explanation_params(pair, group, task), **shared} for task, group in zip(tasks, items)]
+    explanations: dict[str, list[str]] = {"reference": [], "quantized": []}
+    values: dict[str, dict[str, list[np.ndarray]]] = {"reference": {}, "quantized": {}}
+    for task, group, task_params in zip(tasks, items, params):
+        for side in pair.sides:
+            texts, found = _side_quality(pair, side, task, group, task_params, judge_runtime)
+            explanations[side.role] += texts
+            for name, per_item in found.items():
+                values[side.role].setdefault(name, []).append(per_item)
     reference, quantized = explanations["reference"], explanations["quantized"]
-    values["reference"][FP_AGREEMENT.name] = np.ones(n)
-    values["quantized"][FP_AGREEMENT.name] = explanation_agreement(reference, quantized)
+    merged = {role: {name: np.concatenate(parts) for name, parts in found.items()} for role, found in values.items()}
+    merged["reference"][FP_AGREEMENT.name] = np.ones(len(reference))
+    merged["quantized"][FP_AGREEMENT.name] = explanation_agreement(reference, quantized)
+    without = [task.name for task, group in zip(tasks, items) if not any(item.explanations for item in group)]
+    skipped = dict.fromkeys([GOLD_SIMILARITY.name, ROUGE_L.name],
+                            f"not applicable: no gold explanations in {', '.join(without)}") \
+        if len(without) == len(tasks) else {}
+    for role in merged:
+        merged[role] = {k: v for k, v in merged[role].items() if k not in skipped}
+    flat_items = [item for group in items for item in group]
+    data = params[0]["data"] if len(tasks) == 1 else stable_hash([p["data"] for p in params])
+    templates = [stable_hash([p["task"], p["nle"], p["judge_template"]]) for p in params]
     return SuiteResult(
         suite=SUITE,
-        item_ids=[item.id for item in items],
-        reference=values["reference"],
-        quantized=values["quantized"],
-        fingerprint={"data": params["data"], "templates": stable_hash([params["task"], params["nle"],
-                                                                       params["judge_template"]]),
+        item_ids=item_ids(tasks, items),
+        reference=merged["reference"],
+        quantized=merged["quantized"],
+        fingerprint={"data": data, "templates": templates[0] if len(tasks) == 1 else stable_hash(templates),
                      "judge": stable_hash(judge_id), "encoder": ENCODER_NAME},
+        skipped=skipped,
         notes={
-            "templates": f"{NLE_TEMPLATE['version']}, {JUDGE_TEMPLATE['version']}",
-            "generation": f"post-hoc, 3-shot (e-SNLI dev), greedy, <= {NLE_TEMPLATE['max_new_tokens']} new tokens, "
-                          "stop at newline; explains the model's own predicted label",
+            "templates": f"{NLE_TEMPLATE['version']}, {CLASS_NLE_TEMPLATE['version']}, {JUDGE_TEMPLATE['version']}",
+            "generation": f"post-hoc, 3-shot (e-SNLI dev) or zero-shot (classification), greedy, <= "
+                          f"{NLE_TEMPLATE['max_new_tokens']} new tokens, stop at newline; explains the model's own "
+                          "predicted label",
             "judge": judge_id,
             "judge_score": "expected rating under the softmax over the log-likelihoods of ' 1'..' 5'",
             "fluency": "log-perplexity (mean token NLL, nats) under the reference model",
             "encoder": ENCODER_NAME,
+            "without_gold_explanations": without,
             "identical_explanations": int(sum(a.strip() == b.strip() for a, b in zip(reference, quantized))),
             "empty_explanations": {role: int(sum(not t.strip() for t in texts))
                                    for role, texts in explanations.items()},
             "examples": [
-                {"item": item.id, "hypothesis": item.hypothesis, "reference": ref, "quantized": quant}
-                for item, ref, quant in list(zip(items, reference, quantized))[:EXAMPLES_IN_NOTES]
+                {"item": item.id, "text": " / ".join(task.fields(item)), "reference": ref, "quantized": quant}
+                for task, item, ref, quant in list(zip([t for t, g in zip(tasks, items) for _ in g], flat_items,
+                                                       reference, quantized))[:EXAMPLES_IN_NOTES]
             ],
         },
     )
