@@ -16,6 +16,7 @@ from pytest_qxai.methods.text import token_edit_distance
 from test_attribution import smollm, tiny_pair, tiny_runtime  # noqa: F401 - shared model fixtures
 
 ITEM = NLIItem("x", "A dog runs in the park.", "An animal moves.", "entailment", ("dogs are animals",))
+NLI = task.LabelTask("esnli", "nli", NLI_LABELS)
 
 
 def test_target_is_the_next_label_in_the_cycle() -> None:
@@ -23,7 +24,7 @@ def test_target_is_the_next_label_in_the_cycle() -> None:
 
 
 def test_one_step_prompt_shows_the_models_label_and_the_target() -> None:
-    prompt = C.edit_prompt(ITEM, label=2)
+    prompt = C.edit_prompt(NLI, ITEM, label=2)
     assert prompt.startswith(C.TEMPLATES["instruction"])
     assert prompt.endswith(
         "Premise: A dog runs in the park.\nHypothesis: An animal moves.\nRelationship: contradiction\n"
@@ -34,11 +35,11 @@ def test_one_step_prompt_shows_the_models_label_and_the_target() -> None:
 
 
 def test_two_step_prompts_ask_for_words_then_for_the_edit_of_those_words() -> None:
-    first = C.words_prompt(ITEM, label=0)
+    first = C.words_prompt(NLI, ITEM, label=0)
     assert first.startswith(C.TEMPLATES["words_instruction"])
     assert first.endswith("Relationship: entailment\nTarget: neutral\nWords to change:")
     assert "Edited hypothesis:" not in first
-    second = C.edit_prompt(ITEM, label=0, words_to_change="animal")
+    second = C.edit_prompt(NLI, ITEM, label=0, words_to_change="animal")
     assert second.endswith("Target: neutral\nWords to change: animal\nEdited hypothesis:")
     assert second.count("Words to change:") == len(C.TEMPLATES["demos"]) + 1
 
@@ -137,7 +138,7 @@ def test_smollm_writes_real_edits_for_most_items(smollm: Any) -> None:
 
     items = load_esnli(16, 0)
     labels = task.predict_nli(smollm, [(it.premise, it.hypothesis) for it in items])
-    edits = smollm.generate([C.edit_prompt(it, int(y)) for it, y in zip(items, labels)], C.MAX_EDIT_TOKENS)
+    edits = smollm.generate([C.edit_prompt(NLI, it, int(y)) for it, y in zip(items, labels)], C.MAX_EDIT_TOKENS)
     degenerate = [C.is_degenerate(it.hypothesis, e) for it, e in zip(items, edits)]
     assert sum(degenerate) < len(items) / 2  # a 135M model copies or empties about a third of its edits
     assert np.mean([token_edit_distance(it.hypothesis, e) for it, e in zip(items, edits)]) < 0.8

@@ -1,11 +1,12 @@
-"""Self-generated counterfactual examples on e-SNLI: does the model's own minimal edit change the label?
+"""Self-generated counterfactual examples: does the model's own minimal edit change the label?
 
-Each model sees the item and *its own* predicted label (the task suite's prediction, shared through the
-cache) and is asked for a minimal edit of the hypothesis that would make the relationship a target label:
-the next label after its prediction in the fixed cycle entailment → neutral → contradiction →
-entailment. Two variants (versioned few-shot templates, greedy, bounded length): one step ("Edited
-hypothesis:"), and two steps (first "Words to change:", then the edit of those words). Per item and
-variant:
+Runs on every labelled dataset of the run. Each model sees the item and *its own* predicted label (the task
+suite's prediction, shared through the cache) and is asked for a minimal edit of the item's last text (the
+hypothesis, or a classification item's text) that would make the label a target label: the next label after its
+prediction in the dataset's label order, cyclically (entailment → neutral → contradiction → entailment). Two
+variants (versioned templates, greedy, bounded length; few-shot for e-SNLI, zero-shot for classification data):
+one step ("Edited hypothesis:" / "Edited text:"), and two steps (first "Words to change:", then the edit of
+those words). Per item and variant:
 
 * ``self_flip``: the generating model's prediction (task suite prompt) on the edited input differs from
   its prediction on the original input. Whether the new label is the requested target is reported in
@@ -28,11 +29,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
+from ..datasets import dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
+from .task import LabelTask, label_predictions, option_scores
 from .nle import log_perplexity
 from .text import pairwise_cosine, token_edit_distance, words
 
@@ -74,6 +76,18 @@ TEMPLATES: dict[str, Any] = {
 }
 
 
+CLASS_TEMPLATES: dict[str, Any] = {
+    "version": "counterfactual-class-v1",
+    "instruction": "Change as few words of the text as possible so that its label becomes the target label.\n\n",
+    "words_instruction": "Name the words of the text that must change so that its label becomes the target label."
+                         "\n\n",
+    "item": "Text: {text}\nLabel: {label}\nTarget: {target}\n",
+    "words": "Words to change:",
+    "edit": "Edited text:",
+}
+"""The zero-shot templates for a classification dataset (no demonstrations fit every task)."""
+
+
 def _metric(name: str, description: str, kind: str, **kwargs: Any) -> dict[str, Metric]:
     """Register one metric for every variant (``two_step_`` prefix for the two-step one)."""
     return {
@@ -100,19 +114,23 @@ COUNTERFACTUAL_METRICS: list[Metric] = [
 
 # --- templates --------------------------------------------------------------------------------------------
 
-def target_label(label: int) -> int:
-    """The requested label: the next one in the cycle entailment → neutral → contradiction → entailment."""
-    return (label + 1) % len(NLI_LABELS)
+def target_label(label: int, labels: int = 3) -> int:
+    """The requested label: the next one in the dataset's label order, cyclically."""
+    return (label + 1) % labels
 
 
-def _item_block(premise: str, hypothesis: str, label: str, target: str) -> str:
-    """One item: premise, hypothesis, the model's label and the requested target."""
-    return TEMPLATES["item"].format(premise=premise, hypothesis=hypothesis, label=label, target=target)
+def _item_block(task: LabelTask, item: Any, label: int) -> str:
+    """One item: its texts, the model's label and the requested target."""
+    names = (task.labels[label], task.labels[target_label(label, len(task.labels))])
+    if task.kind == "nli":
+        return TEMPLATES["item"].format(premise=item.premise, hypothesis=item.hypothesis, label=names[0],
+                                        target=names[1])
+    return CLASS_TEMPLATES["item"].format(text=item.text, label=names[0], target=names[1])
 
 
 def _demo_block(demo: dict[str, str], with_words: bool, with_edit: bool) -> str:
-    """A worked demonstration, with its words to change and/or its edit."""
-    block = _item_block(demo["premise"], demo["hypothesis"], demo["label"], demo["target"])
+    """A worked e-SNLI-style demonstration, with its words to change and/or its edit."""
+    block = TEMPLATES["item"].format(**{k: demo[k] for k in ("premise", "hypothesis", "label", "target")})
     if with_words:
         block += f"{TEMPLATES['words']} {demo['words']}\n"
     if with_edit:
@@ -120,21 +138,29 @@ def _demo_block(demo: dict[str, str], with_words: bool, with_edit: bool) -> str:
     return block + "\n"
 
 
-def edit_prompt(item: NLIItem, label: int, words_to_change: str | None = None) -> str:
+def edit_prompt(task: LabelTask, item: Any, label: int, words_to_change: str | None = None) -> str:
     """The prompt asking for the edit; with ``words_to_change`` it is step two of the two-step variant."""
     two_step = words_to_change is not None
-    demos = "".join(_demo_block(d, with_words=two_step, with_edit=True) for d in TEMPLATES["demos"])
-    query = _item_block(item.premise, item.hypothesis, NLI_LABELS[label], NLI_LABELS[target_label(label)])
+    templates = TEMPLATES if task.kind == "nli" else CLASS_TEMPLATES
+    demos = "".join(_demo_block(d, with_words=two_step, with_edit=True) for d in TEMPLATES["demos"]) \
+        if task.kind == "nli" else ""
+    query = _item_block(task, item, label)
     if two_step:
-        query += f"{TEMPLATES['words']} {words_to_change}\n"
-    return TEMPLATES["instruction"] + demos + query + TEMPLATES["edit"]
+        query += f"{templates['words']} {words_to_change}\n"
+    return templates["instruction"] + demos + query + templates["edit"]
 
 
-def words_prompt(item: NLIItem, label: int) -> str:
-    """Step one of the two-step variant: which words of the hypothesis to change."""
-    demos = "".join(_demo_block(d, with_words=True, with_edit=False) for d in TEMPLATES["demos"])
-    query = _item_block(item.premise, item.hypothesis, NLI_LABELS[label], NLI_LABELS[target_label(label)])
-    return TEMPLATES["words_instruction"] + demos + query + TEMPLATES["words"]
+def words_prompt(task: LabelTask, item: Any, label: int) -> str:
+    """Step one of the two-step variant: which words of the edited text to change."""
+    templates = TEMPLATES if task.kind == "nli" else CLASS_TEMPLATES
+    demos = "".join(_demo_block(d, with_words=True, with_edit=False) for d in TEMPLATES["demos"]) \
+        if task.kind == "nli" else ""
+    return templates["words_instruction"] + demos + _item_block(task, item, label) + templates["words"]
+
+
+def edited_text(task: LabelTask, item: Any) -> str:
+    """The text a counterfactual edits: the item's last one."""
+    return task.fields(item)[-1]
 
 
 # --- per-item formulas ------------------------------------------------------------------------------------
@@ -150,11 +176,11 @@ def flips(before: np.ndarray, after: np.ndarray, degenerate: np.ndarray) -> np.n
 
 
 def text_scores(
-    hypotheses: Sequence[str], edits: Sequence[str], degenerate: np.ndarray, scorer: "Runtime"
+    originals: Sequence[str], edits: Sequence[str], degenerate: np.ndarray, scorer: "Runtime"
 ) -> dict[str, np.ndarray]:
     """Minimality, similarity and fluency per item; NaN for degenerate edits."""
-    minimality = np.array([token_edit_distance(h, e) for h, e in zip(hypotheses, edits)])
-    similarity = pairwise_cosine(list(hypotheses), list(edits))
+    minimality = np.array([token_edit_distance(h, e) for h, e in zip(originals, edits)])
+    similarity = pairwise_cosine(list(originals), list(edits))
     fluency = log_perplexity(scorer, edits)
     scores = {"minimality": minimality, "similarity": similarity, "fluency": fluency}
     for values in scores.values():
@@ -164,64 +190,60 @@ def text_scores(
 
 # --- model computations -----------------------------------------------------------------------------------
 
-def _predict_edited(runtime: "Runtime", items: Sequence[NLIItem], edits: Sequence[str]) -> np.ndarray:
-    """The task suite's prediction with each hypothesis replaced by its edit."""
-    return task.predict_nli(runtime, [(item.premise, edit) for item, edit in zip(items, edits)])
+def _predict_edited(runtime: "Runtime", task: LabelTask, items: Sequence[Any], edits: Sequence[str]) -> np.ndarray:
+    """The task suite's prediction with each item's last text replaced by its edit."""
+    prompts = [task.prompt(runtime.tokenizer, (*task.fields(item)[:-1], edit)) for item, edit in zip(items, edits)]
+    return np.argmax(option_scores(runtime, prompts, task.options), axis=1) if prompts else np.zeros(0, dtype=int)
 
 
-def _generate(side: "ModelSide", items: Sequence[NLIItem], labels: np.ndarray) -> dict[str, Any]:
+def _generate(side: "ModelSide", task: LabelTask, items: Sequence[Any], labels: np.ndarray) -> dict[str, Any]:
     """Both variants' edits by one model, and that model's predictions on them."""
     runtime = side.runtime
-    one_step = runtime.generate([edit_prompt(it, int(y)) for it, y in zip(items, labels)], MAX_EDIT_TOKENS)
-    chosen = runtime.generate([words_prompt(it, int(y)) for it, y in zip(items, labels)], MAX_WORDS_TOKENS)
+    one_step = runtime.generate([edit_prompt(task, it, int(y)) for it, y in zip(items, labels)], MAX_EDIT_TOKENS)
+    chosen = runtime.generate([words_prompt(task, it, int(y)) for it, y in zip(items, labels)], MAX_WORDS_TOKENS)
     two_step = runtime.generate(
-        [edit_prompt(it, int(y), w) for it, y, w in zip(items, labels, chosen)], MAX_EDIT_TOKENS
+        [edit_prompt(task, it, int(y), w) for it, y, w in zip(items, labels, chosen)], MAX_EDIT_TOKENS
     )
     edits = {"one_step": one_step, "two_step": two_step}
     return {
         "edits": edits,
         "words": chosen,
-        "predictions": {v: _predict_edited(runtime, items, e) for v, e in edits.items()},
+        "predictions": {v: _predict_edited(runtime, task, items, e) for v, e in edits.items()},
     }
 
 
 def _judge(
-    pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], generated: dict[str, Any]
+    pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Sequence[Any], generated: dict[str, Any]
 ) -> dict[str, Any]:
     """The FP reference's predictions on a side's edits and the text metrics (scored by the reference)."""
     scorer = pair.reference.runtime
+    originals = [edited_text(task, it) for it in items]
     out: dict[str, Any] = {}
     for variant, texts in generated["edits"].items():
-        degenerate = np.array([is_degenerate(it.hypothesis, e) for it, e in zip(items, texts)])
+        degenerate = np.array([is_degenerate(o, e) for o, e in zip(originals, texts)])
         own = generated["predictions"][variant]  # the reference judging its own edits: already computed
         out[variant] = {
-            "predictions": own if side is pair.reference else _predict_edited(scorer, items, texts),
+            "predictions": own if side is pair.reference else _predict_edited(scorer, task, items, texts),
             "degenerate": degenerate,
-            **text_scores([it.hypothesis for it in items], texts, degenerate, scorer),
+            **text_scores(originals, texts, degenerate, scorer),
         }
     return out
 
 
-def run_counterfactual(pair: "ModelPair") -> SuiteResult:
-    """Counterfactual edits of both models, with their flip rates, minimality, similarity and fluency."""
-    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
-    items = task.esnli_items(pair, n)
+def _task_values(pair: "ModelPair", task: LabelTask, n: int, notes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Both sides' per-item values on one dataset (and its notes)."""
+    items = task.items(n, pair.config.seed)
     data_hash = dataset_fingerprint(items)
-    params = {"data": data_hash, "templates": stable_hash(TEMPLATES), "task": task.template_id(pair.tokenizer),
+    templates = TEMPLATES if task.kind == "nli" else CLASS_TEMPLATES
+    params = {"data": data_hash, "templates": stable_hash(templates), "task": task.template_id(pair.tokenizer),
               "max_tokens": [MAX_EDIT_TOKENS, MAX_WORDS_TOKENS]}
-    judge_labels = task.nli_predictions(pair, pair.reference, n).predicted
-    values: dict[str, dict[str, np.ndarray]] = {}
-    notes: dict[str, Any] = {
-        "judge": "the reference model, with the task suite's prompt", "fluency_scorer": "the reference model",
-        "template_version": f"{TEMPLATES['version']}, {task.NLI_TEMPLATE['version']}",
-        "target": "next label after the model's own prediction: " + " -> ".join((*NLI_LABELS, NLI_LABELS[0])),
-        "degenerate": {}, "target_reached": {}, "examples": {},
-    }
+    judge_labels = label_predictions(pair, pair.reference, task, len(items)).predicted
+    values: dict[str, dict[str, Any]] = {"_items": {"items": items, "params": params}}
     for side in pair.sides:
-        labels = task.nli_predictions(pair, side, n).predicted
-        generated = pair.cached(side, "counterfactual", params, lambda: _generate(side, items, labels))
+        labels = label_predictions(pair, side, task, len(items)).predicted
+        generated = pair.cached(side, "counterfactual", params, lambda: _generate(side, task, items, labels))
         judged = pair.cached(side, "counterfactual/judge", {**params, "judge": pair.reference.identity},
-                             lambda: _judge(pair, side, items, generated))
+                             lambda: _judge(pair, side, task, items, generated))
         values[side.role] = {}
         for variant, prefix in VARIANTS.items():
             verdict, own = judged[variant], generated["predictions"][variant]
@@ -229,17 +251,41 @@ def run_counterfactual(pair: "ModelPair") -> SuiteResult:
             values[side.role][prefix + "validity"] = flips(judge_labels, verdict["predictions"], verdict["degenerate"])
             for name in ("minimality", "similarity", "fluency"):
                 values[side.role][prefix + name] = verdict[name]
-            key = f"{side.role}/{variant}"
-            notes["degenerate"][key] = f"{int(verdict['degenerate'].sum())}/{n}"
-            reached = (own == np.array([target_label(int(y)) for y in labels])) & ~verdict["degenerate"]
-            notes["target_reached"][key] = round(float(reached.mean()), 4)
+            key = f"{side.role}/{variant}" if task.kind == "nli" else f"{task.name}/{side.role}/{variant}"
+            notes["degenerate"][key] = f"{int(verdict['degenerate'].sum())}/{len(items)}"
+            targets = np.array([target_label(int(y), len(task.labels)) for y in labels])
+            notes["target_reached"][key] = round(float(((own == targets) & ~verdict["degenerate"]).mean()), 4)
             notes["examples"][key] = [
-                {"id": it.id, "hypothesis": it.hypothesis, "edit": e}
+                {"id": it.id, "text": edited_text(task, it), "edit": e}
                 for it, e in zip(items[:EXAMPLES_IN_NOTES], generated["edits"][variant])
             ]
+    return values
+
+
+def run_counterfactual(pair: "ModelPair") -> SuiteResult:
+    """Counterfactual edits of both models, with their flip rates, minimality, similarity and fluency."""
+    tasks = task.label_tasks(pair)
+    if not tasks:
+        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in COUNTERFACTUAL_METRICS],
+                                                                         task.no_label_data(pair)))
+    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    notes: dict[str, Any] = {
+        "judge": "the reference model, with the task suite's prompt", "fluency_scorer": "the reference model",
+        "template_version": f"{TEMPLATES['version']}, {CLASS_TEMPLATES['version']}, {task.NLI_TEMPLATE['version']}",
+        "target": "next label after the model's own prediction, in the dataset's label order (cyclic)",
+        "degenerate": {}, "target_reached": {}, "examples": {},
+    }
+    parts = [_task_values(pair, t, n, notes) for t in tasks]
+    items = [p["_items"]["items"] for p in parts]
+    values = {role: {name: np.concatenate([p[role][name] for p in parts]) for name in parts[0][role]}
+              for role in ("reference", "quantized")}
+    params = [p["_items"]["params"] for p in parts]
     return SuiteResult(
-        SUITE, [item.id for item in items], values["reference"], values["quantized"],
-        fingerprint={"data": data_hash, "templates": TEMPLATES["version"],
-                     "task_template": task.template_id(pair.tokenizer), "params": stable_hash(params)},
+        SUITE, task.item_ids(tasks, items), values["reference"], values["quantized"],
+        fingerprint={"data": params[0]["data"] if len(tasks) == 1 else stable_hash([p["data"] for p in params]),
+                     "templates": TEMPLATES["version"] if len(tasks) == 1 and tasks[0].kind == "nli"
+                     else stable_hash([p["templates"] for p in params]),
+                     "task_template": params[0]["task"] if len(tasks) == 1 else stable_hash([p["task"] for p in params]),
+                     "params": stable_hash(params[0]) if len(tasks) == 1 else stable_hash(params)},
         notes=notes,
     )
