@@ -150,6 +150,19 @@ def run_datasets(data: dict[str, Path | None]) -> dict[str, Path | None]:
     return dict(data) if data else dict.fromkeys(BUNDLED_NAMES)
 
 
+def not_in_run(data: dict[str, Path | None], needs: str, hint: str) -> str:
+    """Why a suite does not apply to this run: its datasets lack what the suite needs."""
+    return f"not applicable: this run's datasets ({', '.join(run_datasets(data))}) have no {needs}; {hint}"
+
+
+def no_relations(data: dict[str, Path | None]) -> str | None:
+    """Why the relation suites (knowledge, neurons, multi-hop) do not apply to this run, or None when they do."""
+    if "lre" in run_datasets(data):
+        return None
+    return not_in_run(data, "relations (subject-object facts)",
+                      "the suite needs LRE relations (--qxai-data lre for the bundled ones, or lre=PATH)")
+
+
 def load_ecqa(n: int | None, seed: int, path: Path | None = None) -> list[MCQItem]:
     """``n`` ECQA items (all when None), nested across ``n`` for a fixed seed."""
     items = [MCQItem(**record) for record in _read_jsonl(path or ECQA_PATH, _MCQ_SCHEMA)]

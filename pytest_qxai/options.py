@@ -85,9 +85,10 @@ OPTIONS: tuple[OptionDef, ...] = (
               "Run the suites even when the reference fails its sanity checks (tokenizer, perplexity, "
               "generation on bundled English text)", False, ini_type="bool", kwargs={"action": "store_true"}),
     OptionDef(("--qxai-data",), "qxai_data",
-              f"Run on these datasets only (repeatable): NAME=PATH for your JSONL file (names {', '.join(DATA_NAMES)} "
-              "take their bundled format, any other name a classification file), or a bundled NAME alone "
-              f"(default: {', '.join(DATA_NAMES)})", ini_type="args", kwargs={"action": "append", "metavar": "NAME=PATH"}),
+              "Run on these datasets only (repeatable): NAME=PATH for your JSONL file (names "
+              f"{', '.join(DATA_NAMES)} take their bundled format, any other name a classification file), or a bundled NAME alone "
+              f"(default: {', '.join(DATA_NAMES)})", ini_type="args",
+              kwargs={"action": "append", "metavar": "NAME=PATH"}),
     OptionDef(("--qxai-baseline-dir",), "qxai_baseline_dir", "Folder of stored baselines (default: ./baselines)",
               kwargs={"metavar": "DIR"}),
     OptionDef(("--qxai-baseline-name",), "qxai_baseline_name",

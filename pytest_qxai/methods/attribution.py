@@ -39,7 +39,7 @@ import numpy as np
 
 from ..datasets import dataset_fingerprint
 from ..errors import QxaiError
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
@@ -367,8 +367,7 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
     n = suite_size(SUITE, pair.config.profile, pair.config.samples)
     tasks = task.label_tasks(pair)
     if not tasks:
-        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys(
-            [m.name for m in ATTRIBUTION_METRICS], task.no_label_data(pair)))
+        return not_applicable(SUITE, ATTRIBUTION_METRICS, task.no_label_data(pair))
     skip_ig = gradient_plan(pair)
     methods: list[Method] = ["occlusion"] if skip_ig else ["occlusion", "integrated_gradients"]
     items = [t.items(n, pair.config.seed) for t in tasks]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..datasets import dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
@@ -266,8 +266,7 @@ def run_counterfactual(pair: "ModelPair") -> SuiteResult:
     """Counterfactual edits of both models, with their flip rates, minimality, similarity and fluency."""
     tasks = task.label_tasks(pair)
     if not tasks:
-        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in COUNTERFACTUAL_METRICS],
-                                                                         task.no_label_data(pair)))
+        return not_applicable(SUITE, COUNTERFACTUAL_METRICS, task.no_label_data(pair))
     n = suite_size(SUITE, pair.config.profile, pair.config.samples)
     notes: dict[str, Any] = {
         "judge": "the reference model, with the task suite's prompt", "fluency_scorer": "the reference model",
@@ -285,7 +284,8 @@ def run_counterfactual(pair: "ModelPair") -> SuiteResult:
         fingerprint={"data": params[0]["data"] if len(tasks) == 1 else stable_hash([p["data"] for p in params]),
                      "templates": TEMPLATES["version"] if len(tasks) == 1 and tasks[0].kind == "nli"
                      else stable_hash([p["templates"] for p in params]),
-                     "task_template": params[0]["task"] if len(tasks) == 1 else stable_hash([p["task"] for p in params]),
+                     "task_template": params[0]["task"] if len(tasks) == 1
+                     else stable_hash([p["task"] for p in params]),
                      "params": stable_hash(params[0]) if len(tasks) == 1 else stable_hash(params)},
         notes=notes,
     )

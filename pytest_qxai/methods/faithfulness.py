@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from ..datasets import dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .nle import NLE_TEMPLATE, explain, explanation_params, side_explanations, task_explanation_prompt
@@ -309,7 +309,7 @@ def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
     metrics = (FLIP.name, UNFAITHFUL.name, CC_SHAP_SCORE.name)
     tasks = label_tasks(pair)
     if not tasks:
-        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys(metrics, no_label_data(pair)))
+        return not_applicable(SUITE, NLE_FAITHFULNESS_METRICS, no_label_data(pair))
     n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
     n_shap = min(suite_size("cc_shap", pair.config.profile, pair.config.samples), n_edit)
     items = [task.items(n_edit, pair.config.seed) for task in tasks]

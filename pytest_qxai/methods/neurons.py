@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..datasets import dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..datasets import dataset_fingerprint, no_relations
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .arch import ModelParts, model_parts
@@ -266,6 +266,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_neurons(pair: "ModelPair") -> SuiteResult:
     """Neuron and sublayer attribution of both models on facts the reference recalls."""
+    reason = no_relations(pair.config.data)
+    if reason:
+        return not_applicable(SUITE, NEURONS_METRICS, reason)
     n = suite_size(SUITE, pair.config.profile, pair.config.samples)
     items = neuron_items(pair, n)
     if not items:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..datasets import NLI_LABELS, dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .task import LabelTask, item_ids, label_predictions, label_tasks, no_label_data, option_scores
@@ -287,8 +287,7 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
     """Quality metrics of both models' explanations of their own labels on every labelled dataset, and agreement."""
     tasks = label_tasks(pair)
     if not tasks:
-        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in NLE_METRICS],
-                                                                         no_label_data(pair)))
+        return not_applicable(SUITE, NLE_METRICS, no_label_data(pair))
     n = nle_size(pair)
     items = [task.items(n, pair.config.seed) for task in tasks]
     judge_runtime, judge_id = judge(pair)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..datasets import dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .task import NLI_TEMPLATE, LabelTask, item_ids, label_tasks, no_label_data
@@ -120,8 +120,7 @@ def run_probes(pair: "ModelPair") -> SuiteResult:
     """Probe transfer and retraining accuracy, CKA and per-item similarity of FP and quantized activations."""
     tasks = label_tasks(pair)
     if not tasks:
-        return SuiteResult(SUITE, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in PROBES_METRICS],
-                                                                         no_label_data(pair)))
+        return not_applicable(SUITE, PROBES_METRICS, no_label_data(pair))
     n, seed = suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed
     items = [task.items(n, seed) for task in tasks]
     parts = [_task_probes(pair, task, group) for task, group in zip(tasks, items)]

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 
 from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint,
-                        load_classification, load_ecqa, load_esnli, run_datasets)
+                        load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
@@ -99,7 +99,8 @@ ECQA_AGREEMENT = register_metric(Metric(
     "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.10",
 ))
 LABEL_ACCURACY = register_metric(Metric(
-    SUITE, "label_accuracy", "Label predicted by option log-likelihood equals the gold label (your classification data)",
+    SUITE, "label_accuracy",
+    "Label predicted by option log-likelihood equals the gold label (your classification data)",
     "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.03",
 ))
 LABEL_AGREEMENT = register_metric(Metric(
@@ -183,8 +184,8 @@ def item_ids(tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]]) -> list
 
 def no_label_data(pair: "ModelPair") -> str:
     """Why a label suite has nothing to run on (no e-SNLI and no classification data in the run)."""
-    return (f"not applicable: no labelled text in this run's datasets ({', '.join(run_datasets(pair.config.data))})"
-            "; the suite needs e-SNLI or a classification file (--qxai-data NAME=FILE)")
+    return not_in_run(pair.config.data, "labelled texts", "the suite needs e-SNLI or a classification file "
+                      "(--qxai-data NAME=FILE)")
 
 
 @dataclass(frozen=True)
