@@ -23,7 +23,7 @@ from ..errors import QxaiError, QxaiUsageError
 from ..options import QxaiConfig
 from ..storage import DiskCache, stable_hash
 from .residency import Residency, estimated_quantized_bytes, models_fit
-from .source import ModelSource, resolve_source
+from .source import ModelSource, check_gguf_architecture, resolve_source
 
 if TYPE_CHECKING:
     import torch
@@ -105,6 +105,8 @@ def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
 def validate(cfg: QxaiConfig) -> ModelSource:
     """Check the configuration without loading a model; raise a one-line :class:`QxaiUsageError`."""
     source = resolve_source(cfg.model, cfg.revision)
+    if source.kind == "gguf" and not source.embedded:
+        check_gguf_architecture(source)
     scheme = cfg.quant.scheme
     if cfg.quantized is None:
         require_library(scheme)
