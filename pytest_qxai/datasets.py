@@ -311,12 +311,8 @@ def _given(record: dict[str, Any], name: str) -> bool:
 
 
 def _explanations(record: dict[str, Any], name: str) -> tuple[str, ...]:
-    """Optional gold explanations: a list of non-empty strings or one string; none when absent or empty."""
-    if not _given(record, name):
-        return ()
-    if isinstance(record[name], str):
-        return (_text(record, name),)
-    return _texts(record, name)
+    """Optional gold explanations: a list of non-empty strings; none when absent, null or empty."""
+    return _texts(record, name) if _given(record, name) else ()
 
 
 def _class_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -437,10 +433,11 @@ def _read_jsonl(path: Path, schema: tuple[str, Callable[[dict[str, Any]], dict[s
 def _format_clash(path: Path, number: int, found: str, expected: str, earlier: dict[str, int]) -> str:
     """The message for a record of another format: after records of this file's format, or as its first one."""
     fields = ", ".join(FORMATS[found])
+    article = "an" if found == "NLI" else "a"
     if earlier:
-        return (f"{path}:{number}: a {found} record ({fields}) after {expected} records (line {min(earlier.values())})"
-                ": one format per file")
-    return f"{path}:{number}: a {found} record ({fields}) in a file read as {expected} data"
+        return (f"{path}:{number}: {article} {found} record ({fields}) after {expected} records "
+                f"(line {min(earlier.values())}): one format per file")
+    return f"{path}:{number}: {article} {found} record ({fields}) in a file read as {expected} data"
 
 
 # --- LRE relations ----------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_the_worked_example_loads_with_its_label_set() -> None:
 
 def test_the_label_set_defaults_to_the_labels_seen_in_file_order(tmp_path: Path) -> None:
     path = write(tmp_path, [{"id": 1, "text": "a", "label": "spam"}, {"id": 2, "text": "b", "label": "ham"},
-                            {"id": 3, "text": "c", "label": "spam", "explanations": "an offer"}])
+                            {"id": 3, "text": "c", "label": "spam", "explanations": ["an offer"]}])
     items = {it.id: it for it in load_classification(None, 0, path)}
     assert items["1"] == ClassItem("1", "a", "spam", ("spam", "ham"))
     assert items["3"].explanations == ("an offer",)
@@ -67,7 +67,7 @@ def test_gold_explanations_are_optional_in_every_format(tmp_path: Path) -> None:
      "{path}:2: label_set ['bad', 'good'] differs from line 1's ['good', 'bad']: one label set per file"),
     ([{"id": 1, "text": "a", "label": "good"},
       {"id": 2, "premise": "p", "hypothesis": "h", "label": "entailment", "explanations": ["x"]}],
-     "{path}:2: a NLI record (premise, hypothesis) after classification records (line 1): one format per file"),
+     "{path}:2: an NLI record (premise, hypothesis) after classification records (line 1): one format per file"),
     ([{"id": 1, "question": "q?", "options": ["a", "b"], "answer": "a"}],
      "{path}:1: a multiple-choice record (question, options) in a file read as classification data"),
     ([{"id": 1, "text": "a", "label": 1}], "{path}:1: field 'label' must be a non-empty string, got 1"),
@@ -92,7 +92,7 @@ def test_a_run_uses_the_named_datasets_only(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.parametrize(("argument", "message"), [
-    ("mixed=mixed.jsonl", "--qxai-data mixed: {root}/mixed.jsonl:2: a NLI record (premise, hypothesis) after "
+    ("mixed=mixed.jsonl", "--qxai-data mixed: {root}/mixed.jsonl:2: an NLI record (premise, hypothesis) after "
                           "classification records (line 1): one format per file"),
     ("one=one.jsonl", "--qxai-data one: {root}/one.jsonl:1: every item has the label 'good': a classification "
                       "needs at least two labels (add items of another label, or a label_set)"),
