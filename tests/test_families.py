@@ -64,7 +64,7 @@ def test_every_suite_runs_on_a_tiny_model_of_the_family(
     # A random model recalls no fact: attribute the first candidates, so the neuron probes run on this family.
     monkeypatch.setattr(neurons, "neuron_items", lambda pair, n: knowledge.recall_items(pair, n))
     runtime = _family_runtime(tmp_path, family)
-    pair = tiny_pair(runtime, make_config(samples=1, data={"sentiment": EXAMPLE, "lre": None}), backend=_OwnWeights())
+    pair = tiny_pair(runtime, make_config(samples=2, data={"sentiment": EXAMPLE, "lre": None}), backend=_OwnWeights())
     suites = [task.run_task_accuracy, attribution.run_attribution, nle.run_nle, faithfulness.run_nle_faithfulness,
               counterfactual.run_counterfactual, probes.run_probes, knowledge.run_knowledge, neurons.run_neurons,
               multihop.run_multihop]
