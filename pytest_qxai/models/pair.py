@@ -163,7 +163,8 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         location, device=device, dtype=dtype, revision=None, trust_remote_code=cfg.trust_remote_code
     )
     sanity = sanity_figures(cfg, Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference",
-                                         device=device), source, content_id, str(dtype))
+                                         device=device, static_cache=False),  # 8 tokens: nothing to compile for
+                            source, content_id, str(dtype))
     residency = plan_residency(cfg, device, dtype, reference)
     if residency.turns:
         reference.to("cpu")  # the GPU is the quantizer's while it works
