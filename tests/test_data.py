@@ -121,9 +121,12 @@ def tiny_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return tiny_runtime_at(tmp_path_factory.mktemp("tiny"))
 
 
-def test_every_suite_runs_on_the_worked_example_or_says_why_not(tiny_runtime: Any, make_config: Any) -> None:
+def test_every_suite_runs_on_the_worked_example_or_says_why_not(
+        tiny_runtime: Any, make_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_arch import tiny_pair
+    from tiny import shorten_suites
 
+    shorten_suites(monkeypatch)
     from pytest_qxai.methods import (attribution, counterfactual, faithfulness, knowledge, multihop, neurons, nle,
                                      probes, task)
 
@@ -136,8 +139,11 @@ def test_every_suite_runs_on_the_worked_example_or_says_why_not(tiny_runtime: An
     assert found.skipped["esnli_accuracy"] == "not applicable: no e-SNLI data in this run (sentiment)"
     assert found.quantized["label_agreement"].tolist() == [1.0] * 4
     plain = [it.id for it in load_classification(4, 0, EXAMPLE)]  # one labelled dataset: plain ids
+    explained = nle.run_nle(pair)
+    assert explained.skipped == dict.fromkeys(
+        ["gold_similarity", "rouge_l"], "not applicable: no gold explanations in sentiment")
     for run, metrics in ((attribution.run_attribution, attribution.OCCLUSION_METRICS),
-                         (nle.run_nle, [nle.FLUENCY, nle.JUDGE_COHERENCE, nle.JUDGE_TRUST, nle.FP_AGREEMENT]),
+                         (lambda _: explained, [nle.FLUENCY, nle.JUDGE_COHERENCE, nle.JUDGE_TRUST, nle.FP_AGREEMENT]),
                          (faithfulness.run_nle_faithfulness, faithfulness.NLE_FAITHFULNESS_METRICS),
                          (counterfactual.run_counterfactual, counterfactual.COUNTERFACTUAL_METRICS),
                          (probes.run_probes, probes.PROBES_METRICS)):
@@ -145,8 +151,6 @@ def test_every_suite_runs_on_the_worked_example_or_says_why_not(tiny_runtime: An
         assert result.item_ids == plain, run
         for metric in metrics:
             np.testing.assert_allclose(*result.values(metric.name), atol=1e-6, err_msg=f"{run} {metric.name}")
-    assert nle.run_nle(pair).skipped == dict.fromkeys(
-        ["gold_similarity", "rouge_l"], "not applicable: no gold explanations in sentiment")
     reason = ("not applicable: this run's datasets (sentiment) have no relations (subject-object facts); the suite "
               "needs LRE relations (--qxai-data lre for the bundled ones, or lre=PATH)")
     for run, metrics in ((knowledge.run_knowledge, knowledge.KNOWLEDGE_METRICS),

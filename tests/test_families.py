@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tiny import FAMILIES, build_tiny_model, family_config  # noqa: E402
+from tiny import FAMILIES, build_tiny_model, family_config, shorten_suites  # noqa: E402
 
 EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "sentiment.jsonl"
 
@@ -56,11 +56,7 @@ def test_every_suite_runs_on_a_tiny_model_of_the_family(
     from pytest_qxai.methods import (attribution, counterfactual, faithfulness, knowledge, multihop, neurons, nle,
                                      probes, task)
 
-    monkeypatch.setitem(nle.NLE_TEMPLATE, "max_new_tokens", 4)
-    monkeypatch.setattr(counterfactual, "MAX_EDIT_TOKENS", 4)
-    monkeypatch.setattr(counterfactual, "MAX_WORDS_TOKENS", 3)
-    monkeypatch.setitem(faithfulness.CC_SHAP, "permutations", 1)
-    monkeypatch.setitem(faithfulness.INSERTIONS, "positions", 1)
+    shorten_suites(monkeypatch)
     # A random model recalls no fact: attribute the first candidates, so the neuron probes run on this family.
     monkeypatch.setattr(neurons, "neuron_items", lambda pair, n: knowledge.recall_items(pair, n))
     runtime = _family_runtime(tmp_path, family)

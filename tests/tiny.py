@@ -106,6 +106,17 @@ FAMILIES = ("gemma", "gemma2", "gemma3_text", "gpt2", "llama3", "mistral", "olmo
 with tied embeddings) and SmolLM3."""
 
 
+def shorten_suites(monkeypatch: Any) -> None:
+    """Cut generation lengths and sampling budgets of the suites: plumbing tests on tiny models stay fast."""
+    from pytest_qxai.methods import counterfactual, faithfulness, nle
+
+    monkeypatch.setitem(nle.NLE_TEMPLATE, "max_new_tokens", 4)
+    monkeypatch.setattr(counterfactual, "MAX_EDIT_TOKENS", 4)
+    monkeypatch.setattr(counterfactual, "MAX_WORDS_TOKENS", 3)
+    monkeypatch.setitem(faithfulness.CC_SHAP, "permutations", 1)
+    monkeypatch.setitem(faithfulness.INSERTIONS, "positions", 1)
+
+
 def assert_sides_match(result: Any, metrics: Sequence[Any], n_items: int, atol: float = 1e-6) -> None:
     """A suite run on two identical models: ``n_items`` items, nothing skipped, equal per-item values per metric."""
     import numpy as np
