@@ -30,7 +30,7 @@ def test_explanation_prompt_shows_the_label_to_explain_after_three_dev_demonstra
 
 
 def test_judge_prompt_shows_item_label_explanation_and_the_question() -> None:
-    [prompt] = N.judge_prompts(N.NLI_TASK, [ITEM], [2], ["Dogs are animals."], "trust")
+    [prompt] = N.judge_prompts([ITEM], [2], ["Dogs are animals."], "trust")
     assert prompt == ("Premise: A dog runs in the park.\nHypothesis: An animal moves.\nRelationship: contradiction\n"
                       "Explanation: Dogs are animals.\n" + N.JUDGE_TEMPLATE["trust"])
     assert prompt.endswith("\nRating:")
@@ -96,10 +96,15 @@ def test_suite_on_identical_models_gives_identical_values_and_full_agreement(
     pair = tiny_pair(tiny_runtime, make_config)
     result = N.run_nle(pair)
     assert set(result.reference) == {m.name for m in N.NLE_METRICS}
-    assert result.quantized["fp_agreement"].tolist() == [1.0, 1.0, 1.0]
-    for metric in ("gold_similarity", "rouge_l", "judge_coherence", "judge_trust"):
-        np.testing.assert_array_equal(result.reference[metric], result.quantized[metric])
-    assert all(1.0 <= r <= 5.0 for r in result.reference["judge_coherence"])
+    assert result.item_ids[3:] == [f"ecqa:{it.id}" for it in T.ecqa_items(pair, 3)]  # 3 e-SNLI, then 3 ECQA items
+    agreement = result.quantized["fp_agreement"][:3], result.quantized["ecqa_fp_agreement"][3:]
+    assert [a.tolist() for a in agreement] == [[1.0] * 3] * 2
+    for metric, values in result.reference.items():
+        np.testing.assert_array_equal(values, result.quantized[metric])
+        part = slice(3, 6) if metric.startswith("ecqa_") else slice(0, 3)
+        assert not np.isnan(values[part]).any() and np.isnan(np.delete(values, np.arange(6)[part])).all(), metric
+    assert all(1.0 <= r <= 5.0 for r in result.reference["judge_coherence"][:3])
+    assert set(result.notes["precondition"]) == {"e-SNLI", "ECQA"}
     assert result.notes["judge"].startswith("reference model")
 
 
@@ -124,6 +129,6 @@ def test_smollm2_judge_rates_an_items_gold_explanation_above_another_items(smoll
     items = load_esnli(40, 0)
     labels = [["entailment", "neutral", "contradiction"].index(item.label) for item in items]
     gold = [item.explanations[0] for item in items]
-    own = N.judge_ratings(smollm, N.NLI_TASK, items, labels, gold, "coherence")
-    other = N.judge_ratings(smollm, N.NLI_TASK, items, labels, gold[1:] + gold[:1], "coherence")
+    own = N.judge_ratings(smollm, items, labels, gold, "coherence")
+    other = N.judge_ratings(smollm, items, labels, gold[1:] + gold[:1], "coherence")
     assert np.mean(own > other) > 0.65

@@ -1,12 +1,14 @@
 """Feature-attribution faithfulness (ERASER) and FP–quantized agreement of the attributions, on labelled text.
 
-Runs on every labelled dataset of the run (e-SNLI, your classification files). Each model explains its *own*
-predicted label ``y`` (the task suite's prediction, shared through the cache) after the task suite's prompt.
-The explained quantity is ``p(y | x)``, the softmax over the label options' log-likelihoods, exactly the task
-suite's scoring. A label of several tokens contributes its full continuation log-probability (the sum over its
-tokens, each option appended after the prompt; one forward per option), so labels need not be single tokens;
-single-token options (" yes", " maybe", " no" on SmolLM2) take one forward for all of them. Features are the
-whitespace-separated words of the item's texts (premise and hypothesis, or the text).
+Runs on every labelled dataset of the run (e-SNLI, your classification files). Both models explain the same
+label ``y``, the *reference's* predicted label (the task suite's prediction, shared through the cache), after
+the task suite's prompt: agreement compares attributions of one quantity, and no value of the reference side
+depends on the quantized model. The explained quantity is ``p(y | x)``, the softmax over the label options'
+log-likelihoods, exactly the task suite's scoring. A label of several tokens contributes its full continuation
+log-probability (the sum over its tokens: each option's tokens appended after the input, one forward per
+option), so labels need not be single tokens; single-token options (" yes", " maybe", " no" on SmolLM2) take one
+forward for all of them. Features are the whitespace-separated words of the item's texts (premise and
+hypothesis, or the text).
 
 Attribution methods (captum), each the same on both sides so that the agreement metrics compare like
 with like:
@@ -26,6 +28,15 @@ Faithfulness by erasure (DeYoung et al. 2020, ERASER): "removing" a word deletes
 prompt is rendered again without it, as ERASER does (not masking, not padding). For k in 1, 5, 10, 20,
 50 % the top ``ceil(k/100 · n)`` words by attribution are deleted (comprehensiveness) or are the only
 words kept (sufficiency); each score is the mean over the five k of ``p(y|x) − p(y|x')`` (AOPC).
+
+A constant attribution vector (every word scored the same: the method found nothing) is degenerate: it
+ranks no word, so every metric of that item on that side scores its worst value (comprehensiveness −1,
+sufficiency 1, rank correlation −1, top-k overlap 0), and ``degenerate_rate`` counts it. Where only the
+reference's vector is constant, the quantized side's rank correlation is 0 (no monotone relation exists).
+
+Precondition: the explained quantity is ``p(y|x)`` of a task label, so every metric but ``degenerate_rate`` is
+``not applicable`` when the reference is not significantly above chance on the items (over several datasets:
+against the mean of their chance levels).
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
 from .task import LabelTask, option_scores
+from .outcomes import degenerate_metric, lost_counts, require_competence, scored, worst_value
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +67,7 @@ if TYPE_CHECKING:
 Method = Literal["occlusion", "integrated_gradients"]
 
 SUITE = "attribution"
-VERSION = "attribution-v1"
+VERSION = "attribution-v2"
 K_PERCENTS = (1, 5, 10, 20, 50)
 TOPK_FRACTION = 0.2
 IG_STEPS = 64
@@ -82,20 +94,22 @@ def _metrics(method: Method, label: str) -> list[Metric]:
             SUITE, prefix + "rank_correlation",
             f"Spearman correlation of the quantized model's {label} word attributions with the reference's "
             "(reference = 1)",
-            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.25",
+            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
         )),
         register_metric(Metric(
             SUITE, prefix + "topk_overlap",
-            f"Share of the reference's top-20% words by {label} also in the quantized model's top 20% "
-            "(reference = 1)",
-            "continuous", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.25",
+            f"Share of the reference's top-20% words by {label} also in the quantized model's top 20%, beyond "
+            "the share two random rankings have (reference = 1)",
+            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
         )),
+        degenerate_metric(SUITE, f"constant {label} attribution vector", prefix + "degenerate_rate"),
     ]
 
 
 OCCLUSION_METRICS = _metrics("occlusion", "occlusion")
 IG_METRICS = _metrics("integrated_gradients", "integrated gradients")
 ATTRIBUTION_METRICS: list[Metric] = OCCLUSION_METRICS + IG_METRICS
+TASK_DEPENDENT: list[Metric] = [m for m in ATTRIBUTION_METRICS if not m.name.endswith("degenerate_rate")]
 
 
 # --- pure formulas ----------------------------------------------------------------------------------------
@@ -140,9 +154,19 @@ def agreement(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) 
     """Per-item rank correlation and top-20% overlap of the quantized side's attributions with the reference's."""
     rho = np.array([rank_correlation(r, q) for r, q in zip(reference, quantized)])
     overlap = np.array([
-        topk_overlap(r, q, k_counts(len(r), [TOPK_FRACTION * 100])[0]) for r, q in zip(reference, quantized)
+        chance_corrected_overlap(r, q, k_counts(len(r), [TOPK_FRACTION * 100])[0]) for r, q in zip(reference, quantized)
     ])
     return rho, overlap
+
+
+def chance_corrected_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Top-k overlap beyond chance, ``(overlap - k/n) / (1 - k/n)``: 1 when identical, about 0 for random rankings.
+
+    Two random rankings of n words share k/n of their top k on average (hypergeometric mean), so the raw
+    overlap of a random attribution is not 0. NaN when k = n (every word is in the top k).
+    """
+    n = len(a)
+    return math.nan if k >= n else (topk_overlap(a, b, k) - k / n) / (1 - k / n)
 
 
 # --- prompts and features ---------------------------------------------------------------------------------
@@ -364,58 +388,80 @@ def _side_result(
 
 def run_attribution(pair: "ModelPair") -> SuiteResult:
     """Attributions of both models' predicted labels, their erasure faithfulness and their agreement."""
-    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
     tasks = task.label_tasks(pair)
     if not tasks:
         return not_applicable(SUITE, ATTRIBUTION_METRICS, task.no_label_data(pair))
+    size = suite_size(SUITE, pair.config.profile, pair.config.samples)
     skip_ig = gradient_plan(pair)
     methods: list[Method] = ["occlusion"] if skip_ig else ["occlusion", "integrated_gradients"]
-    items = [t.items(n, pair.config.seed) for t in tasks]
+    items = [t.items(size, pair.config.seed) for t in tasks]
+    n = sum(len(group) for group in items)
     data_hash = dataset_fingerprint(items[0]) if len(tasks) == 1 else stable_hash(
         [[t.name, dataset_fingerprint(group)] for t, group in zip(tasks, items)])
     templates = tasks[0].template_id(pair.tokenizer) if len(tasks) == 1 else stable_hash(
         [t.template_id(pair.tokenizer) for t in tasks])
     params = {"data": data_hash, "version": VERSION, "task": templates, "k": K_PERCENTS, "ig_steps": IG_STEPS,
               "methods": methods}
-    labels: dict[str, np.ndarray] = {}
+    predictions = {side.role: [task.label_predictions(pair, side, t, len(group)) for t, group in zip(tasks, items)]
+                   for side in pair.sides}
+    explained = [p.predicted for p in predictions["reference"]]
+    labels = np.concatenate(explained)
     results: dict[str, dict[str, dict[str, list[Any]]]] = {}
     for side in pair.sides:
-        own = [task.label_predictions(pair, side, t, len(group)).predicted for t, group in zip(tasks, items)]
-        labels[side.role] = np.concatenate(own)
         parts = [pair.cached(side, "attribution", {**params, "data": dataset_fingerprint(group),
                                                    "task": t.template_id(pair.tokenizer)},
                              lambda t=t, group=group, y=y: _side_result(side, t, group, y, methods))
-                 for t, group, y in zip(tasks, items, own)]
+                 for t, group, y in zip(tasks, items, explained)]
         results[side.role] = {m: {key: [v for part in parts for v in list(part[m][key])]
                                   for key in ("scores", "comprehensiveness", "sufficiency")} for m in methods}
-    total = sum(len(group) for group in items)
     reference: dict[str, np.ndarray] = {}
     quantized: dict[str, np.ndarray] = {}
+    lost: dict[str, dict[str, int]] = {}
     for method in methods:
         prefix = METHOD_PREFIX[method]
         ref, quant = results["reference"][method], results["quantized"][method]
-        for name in ("comprehensiveness", "sufficiency"):
-            reference[prefix + name], quantized[prefix + name] = np.array(ref[name]), np.array(quant[name])
+        constant = {role: np.array([np.ptp(s) == 0 for s in r[method]["scores"]]) for role, r in results.items()}
+        by_name = {m.name: m for m in ATTRIBUTION_METRICS}
         rho, overlap = agreement(ref["scores"], quant["scores"])
-        reference[prefix + "rank_correlation"], quantized[prefix + "rank_correlation"] = np.ones(total), rho
-        reference[prefix + "topk_overlap"], quantized[prefix + "topk_overlap"] = np.ones(total), overlap
+        measured = {"comprehensiveness": (ref["comprehensiveness"], quant["comprehensiveness"]),
+                    "sufficiency": (ref["sufficiency"], quant["sufficiency"]),
+                    "rank_correlation": (np.ones(n), rho), "topk_overlap": (np.ones(n), overlap)}
+        rho[constant["reference"] & ~constant["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
+        measured = {name: (np.asarray(r), np.asarray(q)) for name, (r, q) in measured.items()}
+        for name, (ref_values, quant_values) in measured.items():
+            worst = worst_value(by_name[prefix + name])
+            own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
+            reference[prefix + name] = scored(ref_values, constant["reference"], worst) if own else ref_values
+            quantized[prefix + name] = scored(quant_values, constant["quantized"], worst)
+        reference[prefix + "degenerate_rate"] = constant["reference"].astype(np.float64)
+        quantized[prefix + "degenerate_rate"] = constant["quantized"].astype(np.float64)
+        lost.update(lost_counts(constant, [prefix + name for name in measured]))
     notes = {
         "attribution_method": {"reference": methods, "quantized": methods},
         "integrated_gradients": skip_ig or f"ran on both sides ({IG_STEPS} Gauss-Legendre steps)",
-        "explained_label": "each model's own predicted label (task suite prediction)",
-        "label_probability": "softmax over the label options' full-continuation log-probabilities",
+        "explained_label": "the reference's predicted label on both sides (task suite prediction)",
+        "degenerate": "constant attribution vector; scored comprehensiveness -1, sufficiency 1, rank correlation -1, "
+                      "top-k overlap 0",
         "baseline": "zero embedding at the item's tokens (occlusion replacement and integrated-gradients baseline)",
         "erasure": "words deleted from the text; top ceil(k% of n) words, k in " + ", ".join(map(str, K_PERCENTS)),
         "topk_fraction": TOPK_FRACTION,
-        "agreement_items_with_different_labels": int(np.sum(labels["reference"] != labels["quantized"])),
-        "template_version": f"{VERSION}, {task.NLI_TEMPLATE['version']}",
+        "items_where_the_quantized_model_predicts_another_label": int(np.sum(
+            labels != np.concatenate([p.predicted for p in predictions["quantized"]]))),
+        "label_probability": "softmax over the label options' full-continuation log-probabilities",
         "datasets": [t.name for t in tasks],
+        "template_version": f"{VERSION}, {task.NLI_TEMPLATE['version']}",
     }
-    return SuiteResult(
+    result = SuiteResult(
         SUITE, task.item_ids(tasks, items), reference, quantized,
         fingerprint={"data": data_hash, "version": VERSION, "task_template": templates,
+                     "topk_overlap": "chance-corrected",
                      "params": stable_hash(params)},
         skipped={m.name: skip_ig for m in IG_METRICS} if skip_ig else {},
-        notes=notes,
+        notes=notes, lost=lost,
     )
-
+    dependent = [m for m in TASK_DEPENDENT if m.name not in result.skipped]
+    correct = np.concatenate([p.correct for p in predictions["reference"]])
+    chance = float(np.mean([1 / len(t.labels) for t, group in zip(tasks, items) for _ in group]))
+    names = ", ".join("e-SNLI" if t.kind == "nli" else t.name for t in tasks)
+    require_competence(result, names, correct, chance, dependent)
+    return result

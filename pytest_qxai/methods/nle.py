@@ -1,13 +1,9 @@
-"""Natural-language explanations (NLEs): quality of each model's post-hoc explanation of its own label.
+"""Natural-language explanations (NLEs) on e-SNLI: quality of each model's post-hoc explanation of its own label.
 
-Runs on every labelled dataset of the run. Generation (post-hoc, versioned template), e-SNLI: three fixed e-SNLI
-**dev** demonstrations with their first human explanation, then "Premise: … Hypothesis: … Relationship: <the
-model's own predicted label> Explanation:"; a classification dataset: zero-shot, "Explain in one sentence why the
-label fits the text." then "Text: … Label: … Explanation:". Greedy, at most 40 new tokens, cut at the first
-newline. The label is the task suite's prediction (shared through the cache).
-
-``gold_similarity`` and ``rouge_l`` need gold explanations: they are NaN on items without one and not applicable
-(said per dataset) when no item of the run has one; the other metrics need none.
+Generation (post-hoc, versioned template): three fixed e-SNLI **dev** demonstrations with their first human
+explanation, then "Premise: … Hypothesis: … Relationship: <the model's own predicted label>
+Explanation:"; greedy, at most 40 new tokens, cut at the first newline. The label is the task suite's
+prediction (:func:`pytest_qxai.methods.task.nli_predictions`, shared through the cache).
 
 Quality, per item (the studies' BARTScore and TIGERScore are not available offline; these are the stand-ins
 of METHODS.md):
@@ -26,22 +22,44 @@ of METHODS.md):
   judge the ratings carry a weak signal: it rates an item's gold explanation above another item's gold
   explanation in 83 % (coherence) and 78 % (trust) of 120 items.
 * ``fp_agreement``: embedding cosine of the quantized model's explanation with the reference's for the same
-  item (1 when identical); the reference side is 1 by definition, as for label agreement.
+  item beyond the cosine of unrelated explanations (1 when identical, about 0 for a shuffled explanation);
+  the reference side is 1 by definition, as for label agreement.
+* ``degenerate_rate``: the explanation is empty (nothing but whitespace before the first newline).
+
+An empty explanation is an outcome, not a missing value: it scores the worst value of every quality metric
+(gold similarity −1, ROUGE-L 0, judge ratings 1, fluency the log-perplexity of a uniform guess over the
+scorer's vocabulary) and counts in ``degenerate_rate``.
+
+ECQA (``ecqa_`` metrics): the same post-hoc generation for the model's own answer to an ECQA question (the task
+suite's cloze prediction), after the three ECQA **validation** questions that the task prompt also uses as
+demonstrations, each with its answer and its human positive explanations (never a gated test item). Gold
+references are the item's positive explanations (joined) and its free-flow explanation. Metrics:
+``ecqa_gold_similarity``, ``ecqa_rouge_l``, ``ecqa_fluency``, ``ecqa_fp_agreement`` and
+``ecqa_degenerate_rate``, defined and scored as their e-SNLI counterparts (no judge). SmolLM2 is above chance
+on ECQA (0.45 vs 0.20), so the suite exercises explanation quality on a task the model can do.
+
+Precondition: ``gold_similarity`` and ``rouge_l`` compare the explanation of the model's own label with
+the human explanations of the gold label; when the reference is not significantly above chance on these
+items, most explained labels are wrong and the two metrics are ``not applicable`` (e-SNLI and ECQA each
+tested on their own items).
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, dataset_fingerprint
+from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
-from .task import LabelTask, item_ids, label_predictions, label_tasks, no_label_data, option_scores
-from .text import ENCODER_NAME, embed, pairwise_cosine, perplexity, rouge_l
+from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
+from .task import (MCQ_TEMPLATE, ecqa_items, esnli_items, lacks, mcq_predictions, nli_predictions, option_scores,
+                   template_id)
+from .text import ENCODER_NAME, embed, perplexity, rouge_l
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
@@ -68,13 +86,17 @@ NLE_TEMPLATE: dict[str, Any] = {
     ),
 }
 
-CLASS_NLE_TEMPLATE: dict[str, Any] = {
-    "version": "nle-class-v1",
-    "instruction": "Explain in one sentence why the label fits the text.\n\n",
-    "block": "Text: {text}\nLabel: {label}\nExplanation:",
-    "judge_item": "Text: {text}\nLabel: {label}\nExplanation: {explanation}\n",
+ECQA_NLE_TEMPLATE: dict[str, Any] = {
+    "version": "nle-ecqa-v1",
+    "block": "Question: {question}\nAnswer: {answer}\nExplanation:",
+    # The task prompt's three ECQA validation demonstrations with their human positive explanations.
+    "demos": tuple(zip((q for q, _ in MCQ_TEMPLATE["demos"]), (a for _, a in MCQ_TEMPLATE["demos"]), (
+        "Anxiety is the feeling of fear when doing something with an uncertain outcome. Applying for a job has an "
+        "uncertain outcome.",
+        "Racers compete on the race track. Competing involves going at high speed. Cars travel on a race track.",
+        "A person should not lie after taking oath. Each witness had to take oath to not to tell lie.",
+    ))),
 }
-"""Explanation and judge prompts for a classification dataset (zero-shot: no demonstrations fit every task)."""
 
 JUDGE_TEMPLATE: dict[str, Any] = {
     "version": "judge-v1",
@@ -107,12 +129,20 @@ JUDGE_TRUST = register_metric(Metric(
 ))
 FP_AGREEMENT = register_metric(Metric(
     SUITE, "fp_agreement",
-    "Embedding cosine of the quantized model's explanation with the reference's (reference = 1)",
-    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.15",
+    "Embedding cosine of the quantized model's explanation with the reference's, beyond chance (reference = 1)",
+    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
 ))
-NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT]
-NLI_TASK = LabelTask("esnli", "nli", NLI_LABELS)
-"""e-SNLI as a labelled dataset: what the explanation helpers default to (the faithfulness suite's data)."""
+DEGENERATE = degenerate_metric(SUITE, "empty explanation")
+ECQA_METRICS: dict[Metric, Metric] = {
+    metric: register_metric(Metric(SUITE, "ecqa_" + metric.name, metric.description + " (ECQA)", metric.kind,
+                                   metric.direction, metric.bounds, metric.unit, metric.tolerance))
+    for metric in (GOLD_SIMILARITY, ROUGE_L, FLUENCY, FP_AGREEMENT)
+} | {DEGENERATE: degenerate_metric(SUITE, "empty explanation (ECQA)", "ecqa_degenerate_rate")}
+"""Each e-SNLI metric → its ECQA counterpart."""
+NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT,
+                             DEGENERATE, *ECQA_METRICS.values()]
+QUALITY_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST]
+TASK_DEPENDENT: list[Metric] = [GOLD_SIMILARITY, ROUGE_L]
 
 
 # --- generation -------------------------------------------------------------------------------------------
@@ -127,19 +157,9 @@ def explanation_prompt(premise: str, hypothesis: str, label: str) -> str:
     return demos + block.format(premise=premise, hypothesis=hypothesis, label=label)
 
 
-def task_explanation_prompt(task: LabelTask, fields: Sequence[str], label: int) -> str:
-    """The post-hoc explanation prompt of a dataset's item for the label at index ``label``."""
-    if task.kind == "nli":
-        return explanation_prompt(*fields, task.labels[label])
-    return CLASS_NLE_TEMPLATE["instruction"] + CLASS_NLE_TEMPLATE["block"].format(text=fields[0],
-                                                                                   label=task.labels[label])
-
-
-def explain(runtime: "Runtime", pairs: Sequence[Sequence[str]], labels: Sequence[int],
-            task: LabelTask | None = None) -> list[str]:
-    """Greedy explanations of ``labels`` (label indices) for items given by their texts (e-SNLI by default)."""
-    task = task or NLI_TASK
-    prompts = [task_explanation_prompt(task, fields, int(label)) for fields, label in zip(pairs, labels)]
+def explain(runtime: "Runtime", pairs: Sequence[tuple[str, str]], labels: Sequence[int]) -> list[str]:
+    """Greedy explanations of ``labels`` (indices into :data:`NLI_LABELS`) for (premise, hypothesis) pairs."""
+    prompts = [explanation_prompt(p, h, NLI_LABELS[int(label)]) for (p, h), label in zip(pairs, labels)]
     return runtime.generate(prompts, NLE_TEMPLATE["max_new_tokens"], stop="\n") if prompts else []
 
 
@@ -148,23 +168,20 @@ def nle_size(pair: "ModelPair") -> int:
     return suite_size(SUITE, pair.config.profile, pair.config.samples)
 
 
-def explanation_params(pair: "ModelPair", items: Sequence[Any], task: LabelTask | None = None) -> dict[str, str]:
+def explanation_params(pair: "ModelPair", items: Sequence[NLIItem]) -> dict[str, str]:
     """What a side's explanations depend on besides the model: data, task template and NLE template."""
-    task = task or NLI_TASK
-    template = NLE_TEMPLATE if task.kind == "nli" else [NLE_TEMPLATE["max_new_tokens"], CLASS_NLE_TEMPLATE]
-    return {"data": dataset_fingerprint(items), "task": task.template_id(pair.tokenizer), "nle": stable_hash(template)}
+    return {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer), "nle": stable_hash(NLE_TEMPLATE)}
 
 
-def side_explanations(pair: "ModelPair", side: "ModelSide", n: int, task: LabelTask | None = None) -> list[str]:
+def side_explanations(pair: "ModelPair", side: "ModelSide", n: int) -> list[str]:
     """A side's explanations of its own labels on the first ``n`` items, generated once on the NLE item set."""
-    task = task or NLI_TASK
-    items = task.items(max(n, nle_size(pair)), pair.config.seed)
-    labels = label_predictions(pair, side, task, len(items)).predicted
+    items = esnli_items(pair, max(n, nle_size(pair)))
+    labels = nli_predictions(pair, side, len(items)).predicted
 
     def compute() -> list[str]:
-        return explain(side.runtime, [task.fields(item) for item in items], labels, task)
+        return explain(side.runtime, [(item.premise, item.hypothesis) for item in items], labels)
 
-    return pair.cached(side, "nle/explanations", explanation_params(pair, items, task), compute)[:n]
+    return pair.cached(side, "nle/explanations", explanation_params(pair, items), compute)[:n]
 
 
 # --- quality ----------------------------------------------------------------------------------------------
@@ -177,39 +194,40 @@ def expected_rating(logprobs: np.ndarray) -> np.ndarray:
     return softmax(logprobs, axis=1) @ np.arange(1, logprobs.shape[1] + 1, dtype=np.float64)
 
 
-def judge_prompts(task: LabelTask, items: Sequence[Any], labels: Sequence[int], explanations: Sequence[str],
+def judge_prompts(items: Sequence[NLIItem], labels: Sequence[int], explanations: Sequence[str],
                   question: str) -> list[str]:
     """The judge's rating prompts for one question (``coherence`` or ``trust``)."""
     return [
-        (JUDGE_TEMPLATE["item"].format(premise=item.premise, hypothesis=item.hypothesis,
-                                       label=task.labels[int(label)], explanation=explanation)
-         if task.kind == "nli" else CLASS_NLE_TEMPLATE["judge_item"].format(
-             text=item.text, label=task.labels[int(label)], explanation=explanation))
+        JUDGE_TEMPLATE["item"].format(premise=item.premise, hypothesis=item.hypothesis,
+                                      label=NLI_LABELS[int(label)], explanation=explanation)
         + JUDGE_TEMPLATE[question]
         for item, label, explanation in zip(items, labels, explanations)
     ]
 
 
-def judge_ratings(judge: "Runtime", task: LabelTask, items: Sequence[Any], labels: Sequence[int],
+def judge_ratings(judge: "Runtime", items: Sequence[NLIItem], labels: Sequence[int],
                   explanations: Sequence[str], question: str) -> np.ndarray:
     """The judge's expected rating of each explanation for ``question``."""
-    prompts = judge_prompts(task, items, labels, explanations, question)
+    prompts = judge_prompts(items, labels, explanations, question)
     return expected_rating(option_scores(judge, prompts, JUDGE_TEMPLATE["ratings"]))
 
 
 def gold_similarity(explanations: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
-    """Cosine of each explanation with its closest reference explanation (0 when empty; NaN without references)."""
+    """Cosine of each explanation with its closest reference explanation (0 for an empty explanation)."""
     flat = [ref for refs in references for ref in refs]
     vectors = embed(list(explanations) + flat)
     own, refs = vectors[: len(explanations)], vectors[len(explanations) :]
     out, start = np.zeros(len(explanations)), 0
     for i, (text, group) in enumerate(zip(explanations, references)):
-        if not group:
-            out[i] = np.nan
-        elif text.strip():
+        if text.strip():
             out[i] = float(np.max(refs[start : start + len(group)] @ own[i]))
         start += len(group)
     return out
+
+
+def is_empty(texts: Sequence[str]) -> np.ndarray:
+    """True for every text that is empty or only whitespace."""
+    return np.array([not text.strip() for text in texts], dtype=bool)
 
 
 def log_perplexity(scorer: "Runtime", texts: Sequence[str]) -> np.ndarray:
@@ -218,21 +236,31 @@ def log_perplexity(scorer: "Runtime", texts: Sequence[str]) -> np.ndarray:
 
 
 def explanation_agreement(reference: Sequence[str], quantized: Sequence[str]) -> np.ndarray:
-    """Embedding cosine of paired explanations, exactly 1 where the texts are identical."""
-    cosine = np.clip(pairwise_cosine(list(reference), list(quantized)), -1.0, 1.0)
-    return np.where([a.strip() == b.strip() for a, b in zip(reference, quantized)], 1.0, cosine)
+    """Embedding cosine of paired explanations beyond chance, exactly 1 where the texts are identical.
+
+    ``(cos_ii - c) / (1 - c)`` with c the mean cosine of a quantized explanation with the reference's
+    explanations of the other items: two unrelated explanations of this task are far from orthogonal, so a
+    shuffled explanation scores about 0 rather than its raw cosine.
+    """
+    n = len(reference)
+    vectors = embed(list(reference) + list(quantized))
+    cosines = np.clip(vectors[:n] @ vectors[n:].T, -1.0, 1.0).astype(np.float64)
+    paired = np.diag(cosines)
+    chance = (cosines.sum() - paired.sum()) / (n * (n - 1)) if n > 1 else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corrected = (paired - chance) / (1 - chance)
+    return np.where([a.strip() == b.strip() for a, b in zip(reference, quantized)], 1.0, corrected)
 
 
-def quality(task: LabelTask, items: Sequence[Any], labels: Sequence[int], explanations: Sequence[str],
+def quality(items: Sequence[NLIItem], labels: Sequence[int], explanations: Sequence[str],
             scorer: "Runtime", judge: "Runtime") -> dict[str, np.ndarray]:
-    """Every per-item quality metric of one side's explanations (gold metrics NaN on items without gold)."""
+    """Every per-item quality metric of one side's explanations."""
     return {
         GOLD_SIMILARITY.name: gold_similarity(explanations, [item.explanations for item in items]),
-        ROUGE_L.name: np.array([rouge_l(e, item.explanations) if item.explanations else np.nan
-                                for e, item in zip(explanations, items)]),
+        ROUGE_L.name: np.array([rouge_l(e, item.explanations) for e, item in zip(explanations, items)]),
         FLUENCY.name: log_perplexity(scorer, explanations),
-        JUDGE_COHERENCE.name: judge_ratings(judge, task, items, labels, explanations, "coherence"),
-        JUDGE_TRUST.name: judge_ratings(judge, task, items, labels, explanations, "trust"),
+        JUDGE_COHERENCE.name: judge_ratings(judge, items, labels, explanations, "coherence"),
+        JUDGE_TRUST.name: judge_ratings(judge, items, labels, explanations, "trust"),
     }
 
 
@@ -269,77 +297,137 @@ def judge(pair: "ModelPair") -> tuple["Runtime", str]:
                        str(cfg.cache_dir) if cfg.cache_dir else None, cfg.trust_remote_code, cfg.batch_size)
 
 
-def _side_quality(pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Sequence[Any],
-                  params: dict[str, str], judge_runtime: "Runtime") -> tuple[list[str], dict[str, np.ndarray]]:
+def _side_quality(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], params: dict[str, str],
+                  judge_runtime: "Runtime") -> tuple[list[str], dict[str, np.ndarray]]:
     """A side's explanations and their quality metrics (cached: the scorer and judge are part of ``params``)."""
-    labels = label_predictions(pair, side, task, len(items)).predicted
-    texts = side_explanations(pair, side, len(items), task)
+    labels = nli_predictions(pair, side, len(items)).predicted
+    texts = side_explanations(pair, side, len(items))
 
     def compute() -> dict[str, np.ndarray]:
-        return quality(task, items, labels, texts, scorer=pair.reference.runtime, judge=judge_runtime)
+        return quality(items, labels, texts, scorer=pair.reference.runtime, judge=judge_runtime)
 
     return texts, pair.cached(side, "nle/quality", params, compute)
+
+
+def ecqa_explanation_prompt(question: str, answer: str) -> str:
+    """The post-hoc ECQA explanation prompt: the validation demonstrations, then the question and the answer."""
+    block = ECQA_NLE_TEMPLATE["block"]
+    demos = "".join(block.format(question=q, answer=a) + f" {explanation}\n\n"
+                    for q, a, explanation in ECQA_NLE_TEMPLATE["demos"])
+    return demos + block.format(question=question, answer=answer)
+
+
+def explain_ecqa(runtime: "Runtime", questions: Sequence[str], answers: Sequence[str]) -> list[str]:
+    """Greedy post-hoc explanations of ``answers`` to ECQA ``questions``."""
+    prompts = [ecqa_explanation_prompt(q, a) for q, a in zip(questions, answers)]
+    return runtime.generate(prompts, NLE_TEMPLATE["max_new_tokens"], stop="\n") if prompts else []
+
+
+def ecqa_references(item: MCQItem) -> list[str]:
+    """The human explanations of an ECQA item: its positive statements joined, and its free-flow explanation."""
+    return [text for text in (" ".join(item.positives), item.explanation) if text.strip()]
+
+
+def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -> tuple[list[str], dict[str, Any]]:
+    """A side's ECQA explanations of its own answers and their gold similarity, ROUGE-L and fluency (cached)."""
+    answers = mcq_predictions(pair, side, len(items)).predicted
+    params = {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer),
+              "nle": stable_hash(ECQA_NLE_TEMPLATE), "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
+
+    def compute() -> tuple[list[str], dict[str, Any]]:
+        texts = explain_ecqa(side.runtime, [it.question for it in items],
+                             [it.options[int(a)] for it, a in zip(items, answers)])
+        references = [ecqa_references(it) for it in items]
+        return texts, {
+            GOLD_SIMILARITY.name: gold_similarity(texts, references),
+            ROUGE_L.name: np.array([rouge_l(t, refs) for t, refs in zip(texts, references)]),
+            FLUENCY.name: log_perplexity(pair.reference.runtime, texts),
+        }
+
+    return pair.cached(side, "nle/ecqa", params, compute)
+
+
+def _ecqa_values(pair: "ModelPair", items: Sequence[MCQItem], fluency_worst: float
+                 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], list[str]]:
+    """Per side, the ``ecqa_`` metrics (empty explanations at their worst), the empty flags and the reference texts."""
+    texts, values, empty = {}, {}, {}
+    for side in pair.sides:
+        texts[side.role], raw = _ecqa_side(pair, side, items)
+        empty[side.role] = is_empty(texts[side.role])
+        values[side.role] = {ECQA_METRICS[m].name: scored(raw[m.name], empty[side.role],
+                                                          fluency_worst if m is FLUENCY else worst_value(m))
+                             for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)}
+        values[side.role][ECQA_METRICS[DEGENERATE].name] = empty[side.role].astype(np.float64)
+    values["reference"][ECQA_METRICS[FP_AGREEMENT].name] = np.ones(len(items))
+    values["quantized"][ECQA_METRICS[FP_AGREEMENT].name] = explanation_agreement(texts["reference"],
+                                                                                 texts["quantized"])
+    return values, empty, texts["reference"]
 
 
 # --- the suite --------------------------------------------------------------------------------------------
 
 def run_nle(pair: "ModelPair") -> SuiteResult:
-    """Quality metrics of both models' explanations of their own labels on every labelled dataset, and agreement."""
-    tasks = label_tasks(pair)
-    if not tasks:
-        return not_applicable(SUITE, NLE_METRICS, no_label_data(pair))
+    """Quality metrics of both models' explanations of their own e-SNLI labels, and their agreement."""
+    reason = lacks(pair, ("esnli", "ecqa"))
+    if reason:
+        return not_applicable(SUITE, NLE_METRICS, reason)
     n = nle_size(pair)
-    items = [task.items(n, pair.config.seed) for task in tasks]
+    items = esnli_items(pair, n)
     judge_runtime, judge_id = judge(pair)
-    shared = {"judge": judge_id, "judge_template": stable_hash(JUDGE_TEMPLATE), "scorer": pair.reference.identity,
-              "encoder": ENCODER_NAME}
-    params = [{**explanation_params(pair, group, task), **shared} for task, group in zip(tasks, items)]
-    explanations: dict[str, list[str]] = {"reference": [], "quantized": []}
-    values: dict[str, dict[str, list[np.ndarray]]] = {"reference": {}, "quantized": {}}
-    for task, group, task_params in zip(tasks, items, params):
-        for side in pair.sides:
-            texts, found = _side_quality(pair, side, task, group, task_params, judge_runtime)
-            explanations[side.role] += texts
-            for name, per_item in found.items():
-                values[side.role].setdefault(name, []).append(per_item)
+    params = {**explanation_params(pair, items), "judge": judge_id, "judge_template": stable_hash(JUDGE_TEMPLATE),
+              "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
+    explanations, values = {}, {}
+    for side in pair.sides:
+        explanations[side.role], values[side.role] = _side_quality(pair, side, items, params, judge_runtime)
     reference, quantized = explanations["reference"], explanations["quantized"]
-    merged = {role: {name: np.concatenate(parts) for name, parts in found.items()} for role, found in values.items()}
-    merged["reference"][FP_AGREEMENT.name] = np.ones(len(reference))
-    merged["quantized"][FP_AGREEMENT.name] = explanation_agreement(reference, quantized)
-    without = [task.name for task, group in zip(tasks, items) if not any(item.explanations for item in group)]
-    skipped = dict.fromkeys([GOLD_SIMILARITY.name, ROUGE_L.name],
-                            f"not applicable: no gold explanations in {', '.join(without)}") \
-        if len(without) == len(tasks) else {}
-    for role in merged:
-        merged[role] = {k: v for k, v in merged[role].items() if k not in skipped}
-    flat_items = [item for group in items for item in group]
-    data = params[0]["data"] if len(tasks) == 1 else stable_hash([p["data"] for p in params])
-    templates = [stable_hash([p["task"], p["nle"], p["judge_template"]]) for p in params]
-    return SuiteResult(
+    empty = {role: is_empty(texts) for role, texts in explanations.items()}
+    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
+    for role, per_side in values.items():
+        values[role] = {m.name: scored(per_side[m.name], empty[role],
+                                       fluency_worst if m is FLUENCY else worst_value(m)) for m in QUALITY_METRICS}
+        values[role][DEGENERATE.name] = empty[role].astype(np.float64)
+    values["reference"][FP_AGREEMENT.name] = np.ones(n)
+    values["quantized"][FP_AGREEMENT.name] = explanation_agreement(reference, quantized)
+    questions = ecqa_items(pair, n)
+    ecqa, ecqa_empty, ecqa_examples = _ecqa_values(pair, questions, fluency_worst)
+    for role in values:
+        values[role] = {name: np.concatenate([v, np.full(len(questions), np.nan)]) for name, v in values[role].items()}
+        values[role] |= {name: np.concatenate([np.full(n, np.nan), v]) for name, v in ecqa[role].items()}
+    result = SuiteResult(
         suite=SUITE,
-        item_ids=item_ids(tasks, items),
-        reference=merged["reference"],
-        quantized=merged["quantized"],
-        fingerprint={"data": data, "templates": templates[0] if len(tasks) == 1 else stable_hash(templates),
-                     "judge": stable_hash(judge_id), "encoder": ENCODER_NAME},
-        skipped=skipped,
+        item_ids=[item.id for item in items] + [f"ecqa:{it.id}" for it in questions],
+        reference=values["reference"],
+        quantized=values["quantized"],
+        fingerprint={"data": params["data"], "templates": stable_hash([params["task"], params["nle"],
+                                                                       params["judge_template"]]),
+                     "judge": stable_hash(judge_id), "encoder": ENCODER_NAME, "fp_agreement": "chance-corrected",
+                     "scoring": "degenerate-worst-v1",
+                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_NLE_TEMPLATE])},
         notes={
-            "templates": f"{NLE_TEMPLATE['version']}, {CLASS_NLE_TEMPLATE['version']}, {JUDGE_TEMPLATE['version']}",
-            "generation": f"post-hoc, 3-shot (e-SNLI dev) or zero-shot (classification), greedy, <= "
-                          f"{NLE_TEMPLATE['max_new_tokens']} new tokens, stop at newline; explains the model's own "
-                          "predicted label",
+            "templates": f"{NLE_TEMPLATE['version']}, {JUDGE_TEMPLATE['version']}",
+            "generation": f"post-hoc, 3-shot (e-SNLI dev), greedy, <= {NLE_TEMPLATE['max_new_tokens']} new tokens, "
+                          "stop at newline; explains the model's own predicted label",
             "judge": judge_id,
             "judge_score": "expected rating under the softmax over the log-likelihoods of ' 1'..' 5'",
             "fluency": "log-perplexity (mean token NLL, nats) under the reference model",
             "encoder": ENCODER_NAME,
-            "without_gold_explanations": without,
             "identical_explanations": int(sum(a.strip() == b.strip() for a, b in zip(reference, quantized))),
-            "empty_explanations": {role: int(sum(not t.strip() for t in texts))
-                                   for role, texts in explanations.items()},
+            "degenerate": f"empty explanation; scored gold similarity -1, ROUGE-L 0, judge ratings 1, fluency "
+                          f"{fluency_worst:.3f} (log vocabulary size)",
             "examples": [
-                {"item": item.id, "text": " / ".join(task.fields(item)), "reference": ref, "quantized": quant}
-                for task, item, ref, quant in list(zip([t for t, g in zip(tasks, items) for _ in g], flat_items,
-                                                       reference, quantized))[:EXAMPLES_IN_NOTES]
+                {"item": item.id, "hypothesis": item.hypothesis, "reference": ref, "quantized": quant}
+                for item, ref, quant in list(zip(items, reference, quantized))[:EXAMPLES_IN_NOTES]
             ],
+            "ecqa": f"{ECQA_NLE_TEMPLATE['version']}: 3-shot (ECQA validation, positive explanations), explains the "
+                    "model's own cloze answer; gold = the item's positives (joined) and free-flow explanation",
+            "ecqa_examples": [{"item": it.id, "question": it.question, "reference": text}
+                              for it, text in list(zip(questions, ecqa_examples))[:EXAMPLES_IN_NOTES]],
         },
     )
+    result.lost = lost_counts(empty, QUALITY_METRICS) | lost_counts(
+        ecqa_empty, [ECQA_METRICS[m] for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)])
+    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, n).correct, 1 / len(NLI_LABELS),
+                       TASK_DEPENDENT)
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
+                       [ECQA_METRICS[m] for m in TASK_DEPENDENT])
+    return result

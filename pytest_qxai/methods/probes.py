@@ -1,9 +1,8 @@
-"""Linear probes and representation similarity between the FP and quantized residual streams, per labelled item.
+"""Linear probes and representation similarity between the FP and quantized residual streams, per e-SNLI item.
 
-Runs on every labelled dataset of the run (e-SNLI, your classification files), each on its own. Each item's
-residual stream after every decoder layer is read at the last token of the task prompt (the position that
-predicts the label). Per layer, a logistic-regression probe (scikit-learn, standardised features, fixed seed)
-predicts the gold label. Every item gets a held-out prediction through stratified k-fold
+Each item's residual stream after every decoder layer is read at the last token of the NLI prompt (the position
+that predicts the label). Per layer, a logistic-regression probe (scikit-learn, standardised features, fixed
+seed) predicts the gold NLI label. Every item gets a held-out prediction through stratified k-fold
 cross-validation: probes trained on the FP activations of the other folds classify the item's FP activations
 (reference) and its quantized activations (transfer); probes retrained on quantized activations classify the
 quantized ones (retrained). An item's score is the share of layers whose probe classifies it correctly: no
@@ -13,19 +12,20 @@ profile, and per item the cosine of the FP and quantized states averaged over la
 own mean state of the layer, as CKA centres: the shared mean, dominated by a few massive activation dimensions,
 would put every raw cosine near 1, and a shift that quantization adds to every item alike is not a difference
 in how items are represented (centring both on the FP mean put bnb8 at 0.61 on SmolLM2 through that shift alone).
+``worst_layer_cosine`` gates the layer profile: per item, the lowest of those per-layer cosines.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..datasets import dataset_fingerprint
+from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint, load_esnli
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
-from .task import NLI_TEMPLATE, LabelTask, item_ids, label_tasks, no_label_data
+from .task import NLI_TEMPLATE, lacks, nli_prompt, template_id
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
@@ -48,9 +48,16 @@ RETRAINED = register_metric(Metric(
 COSINE = register_metric(Metric(
     SUITE, "representation_cosine",
     "cosine of FP and quantized residual states (each centred on its mean), averaged over layers (FP side: 1)",
+    "continuous", bounds=(-1.0, 1.0), unit="cosine", tolerance="abs:0.2",
+))
+WORST_LAYER = register_metric(Metric(
+    SUITE, "worst_layer_cosine",
+    "lowest cosine over layers of the item's FP and quantized residual states (each centred; FP side: 1)",
     "continuous", bounds=(-1.0, 1.0), unit="cosine", tolerance="abs:0.05",
 ))
-PROBES_METRICS = [TRANSFER, RETRAINED, COSINE]
+"""The per-layer profile as a gated metric: one layer whose states drift cannot hide in the average over layers.
+The band is the average's: no layer may drift further than the average is allowed to."""
+PROBES_METRICS = [TRANSFER, RETRAINED, COSINE, WORST_LAYER]
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -65,13 +72,17 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
-def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
-    """Per item, the cosine of FP and quantized states ``[n, L, d]``, each centred on its own mean, averaged over L."""
+def layer_cosines(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
+    """``[n, L]`` cosine of FP and quantized states ``[n, L, d]`` per item and layer, each centred on its own mean."""
     a = reference - reference.mean(axis=0, keepdims=True)
     b = quantized - quantized.mean(axis=0, keepdims=True)
     norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    cos = np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)
-    return cos.mean(axis=1)
+    return np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)  # type: ignore[no-any-return]
+
+
+def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
+    """Per item, the cosine of FP and quantized states ``[n, L, d]``, each centred on its own mean, averaged over L."""
+    return layer_cosines(reference, quantized).mean(axis=1)  # type: ignore[no-any-return]
 
 
 def probe_predictions(
@@ -103,89 +114,67 @@ def probe_predictions(
     return out
 
 
-def residual_states(pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Sequence[Any]) -> np.ndarray:
+def residual_states(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem]) -> np.ndarray:
     """Residual stream after each decoder layer at the prompt's last token, ``[n, L, d]`` (cached per side)."""
 
     tokenizer = side.runtime.tokenizer
 
     def compute() -> np.ndarray:
-        hidden = side.runtime.hidden_states([task.prompt(tokenizer, task.fields(it)) for it in items])
+        hidden = side.runtime.hidden_states([nli_prompt(tokenizer, it.premise, it.hypothesis) for it in items])
         return hidden[:, 1:].astype(np.float32)
 
-    params = {"items": dataset_fingerprint(items), "prompt": task.template_id(tokenizer)}
+    params = {"items": dataset_fingerprint(items), "prompt": template_id(tokenizer)}
     return pair.cached(side, "probes.states", params, compute)
 
 
 def run_probes(pair: "ModelPair") -> SuiteResult:
     """Probe transfer and retraining accuracy, CKA and per-item similarity of FP and quantized activations."""
-    tasks = label_tasks(pair)
-    if not tasks:
-        return not_applicable(SUITE, PROBES_METRICS, no_label_data(pair))
-    n, seed = suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed
-    items = [task.items(n, seed) for task in tasks]
-    parts = [_task_probes(pair, task, group) for task, group in zip(tasks, items)]
-    reference = np.concatenate([p["states"][0] for p in parts])
-    quantized = np.concatenate([p["states"][1] for p in parts])
-    depth = reference.shape[1]
-    ref_vals = {COSINE.name: np.ones(len(reference))}
-    quant_vals = {COSINE.name: np.concatenate([p["cosine"] for p in parts])}
+    reason = lacks(pair, ("esnli",))
+    if reason:
+        return not_applicable(SUITE, PROBES_METRICS, reason)
+    items = load_esnli(suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed,
+                       path=pair.config.data.get("esnli"))
+    labels = np.array([NLI_LABELS.index(it.label) for it in items])
+    reference, quantized = (residual_states(pair, side, items) for side in pair.sides)
+    seed, depth = pair.config.seed, reference.shape[1]
+    counts = np.bincount(labels)[np.bincount(labels) > 0]
+    folds = min(PROBE["folds"], int(counts.min()))
+    per_layer = layer_cosines(reference, quantized)
+    ref_vals = {COSINE.name: np.ones(len(items)), WORST_LAYER.name: np.ones(len(items))}
+    quant_vals = {COSINE.name: per_layer.mean(axis=1), WORST_LAYER.name: per_layer.min(axis=1)}
     profiles = {f"{COSINE.name}/cka_by_layer": {
         "reference": [1.0] * depth,
         "quantized": [linear_cka(reference[:, layer], quantized[:, layer]) for layer in range(depth)],
-    }}
+    }, f"{WORST_LAYER.name}/cosine_by_layer": {"reference": [1.0] * depth, "quantized": per_layer.mean(0).tolist()}}
     skipped = {}
-    reasons = [p["reason"] for p in parts if p["reason"]]
-    if len(reasons) == len(parts):
-        skipped = {TRANSFER.name: "; ".join(reasons), RETRAINED.name: "; ".join(reasons)}
+    if len(counts) < 2 or folds < 2:
+        reason = (f"{len(items)} items give too few per NLI label for cross-validated probes "
+                  f"(smallest label count {int(counts.min())}, at least 2 of two labels needed)")
+        skipped = {TRANSFER.name: reason, RETRAINED.name: reason}
     else:
+        on_reference, transferred = probe_predictions(reference, labels, [reference, quantized], seed, folds)
+        (retrained,) = probe_predictions(quantized, labels, [quantized], seed, folds)
+        correct = {name: (pred == labels[:, None]).astype(float) for name, pred in
+                   (("reference", on_reference), ("transfer", transferred), ("retrained", retrained))}
+        ref_vals |= {TRANSFER.name: correct["reference"].mean(1), RETRAINED.name: correct["reference"].mean(1)}
+        quant_vals |= {TRANSFER.name: correct["transfer"].mean(1), RETRAINED.name: correct["retrained"].mean(1)}
         for metric, side in ((TRANSFER, "transfer"), (RETRAINED, "retrained")):
-            ref_vals[metric.name] = np.concatenate([p["correct"]["reference"].mean(1) for p in parts])
-            quant_vals[metric.name] = np.concatenate([p["correct"][side].mean(1) for p in parts])
-            kept = [p["correct"] for p in parts if not p["reason"]]
-            profiles[f"{metric.name}/accuracy_by_layer"] = {
-                "reference": np.concatenate([c["reference"] for c in kept]).mean(0).tolist(),
-                "quantized": np.concatenate([c[side] for c in kept]).mean(0).tolist()}
-    fingerprint_items = dataset_fingerprint(items[0]) if len(tasks) == 1 else stable_hash(
-        [[task.name, dataset_fingerprint(group)] for task, group in zip(tasks, items)])
-    prompts = tasks[0].template_id(pair.tokenizer) if len(tasks) == 1 else stable_hash(
-        [task.template_id(pair.tokenizer) for task in tasks])
+            profiles[f"{metric.name}/accuracy_by_layer"] = {"reference": correct["reference"].mean(0).tolist(),
+                                                            "quantized": correct[side].mean(0).tolist()}
     return SuiteResult(
         suite=SUITE,
-        item_ids=item_ids(tasks, items),
+        item_ids=[it.id for it in items],
         reference=ref_vals,
         quantized=quant_vals,
-        fingerprint={"items": fingerprint_items, "prompt": prompts, "probe": stable_hash(PROBE)},
+        fingerprint={"items": dataset_fingerprint(items), "prompt": template_id(pair.tokenizer),
+                     "probe": stable_hash(PROBE)},
         profiles=profiles,
         skipped=skipped,
         notes={
-            "probe": (f"per-layer logistic regression (C={PROBE['C']}, standardised) on the gold label of each "
-                      f"dataset, stratified cross-validation ({', '.join(p['folds'] for p in parts)}), seed {seed}"),
-            "position": f"last token of the task suite's prompt ({NLI_TEMPLATE['version']} for e-SNLI)",
+            "probe": (f"per-layer logistic regression (C={PROBE['C']}, standardised) on the gold e-SNLI label, "
+                      f"{folds}-fold stratified cross-validation, seed {seed}"),
+            "position": f"last token of the task suite's NLI prompt ({NLI_TEMPLATE['version']})",
             "item_score": "share of the model's decoder layers whose held-out probe classifies the item correctly",
-            "chance": ", ".join(p["chance"] for p in parts) + " (majority label share)",
-            "too_few_items": reasons,
+            "chance": f"{counts.max() / len(labels):.3f} (majority label share)",
         },
     )
-
-
-def _task_probes(pair: "ModelPair", task: LabelTask, items: Sequence[Any]) -> dict[str, Any]:
-    """One dataset's states, per-item centred cosine, held-out probe correctness (or why the probes cannot run)."""
-    labels = np.array([task.gold(it) for it in items])
-    reference, quantized = (residual_states(pair, side, task, items) for side in pair.sides)
-    counts = np.bincount(labels)[np.bincount(labels) > 0]
-    folds = min(PROBE["folds"], int(counts.min()))
-    found: dict[str, Any] = {"states": (reference, quantized), "cosine": centred_cosine(reference, quantized),
-                             "folds": f"{task.name}: {folds}-fold", "reason": "",
-                             "chance": f"{task.name} {counts.max() / len(labels):.3f}"}
-    if len(counts) < 2 or folds < 2:
-        found["reason"] = (f"{len(items)} {task.name} items give too few per label for cross-validated probes "
-                           f"(smallest label count {int(counts.min())}, at least 2 of two labels needed)")
-        nan = np.full((len(items), reference.shape[1]), np.nan)
-        found["correct"] = {"reference": nan, "transfer": nan, "retrained": nan}
-        return found
-    seed = pair.config.seed
-    on_reference, transferred = probe_predictions(reference, labels, [reference, quantized], seed, folds)
-    (retrained,) = probe_predictions(quantized, labels, [quantized], seed, folds)
-    found["correct"] = {name: (pred == labels[:, None]).astype(float) for name, pred in
-                        (("reference", on_reference), ("transfer", transferred), ("retrained", retrained))}
-    return found

@@ -20,9 +20,10 @@ Each model scores every label option after a fixed, versioned prompt (no samplin
   "Question: …\\nAnswer:". The score of an option is the summed log-probability of its text (0.457 on
   SmolLM2 against a chance level of 0.2). Listing the options with letters stayed at chance (0.17–0.19).
 
-Per item: ``*_accuracy`` is 1 when the prediction equals the gold label. ``*_agreement`` is 1 when the
-quantized model predicts the same label as the reference. It is defined as 1 for every reference item,
-so its gate is a one-sample test of the quantized model's agreement rate against 1.
+Per item: ``*_accuracy`` is 1 when the prediction equals the gold label. ``*_agreement`` is the item's share
+of Cohen's kappa between the quantized model's labels and the reference's (its mean is kappa: chance-corrected,
+so labels at random score 0). It is 1 for every reference item, so its gate is a one-sample question about
+the quantized side's kappa against 1.
 
 The per-item predictions are cached per side and shared: :func:`nli_predictions` always computes on the
 task suite's item set (the explanation suites' items are a prefix of it) and returns the first ``n``.
@@ -91,12 +92,12 @@ ECQA_ACCURACY = register_metric(Metric(
     "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.03",
 ))
 ESNLI_AGREEMENT = register_metric(Metric(
-    SUITE, "esnli_agreement", "Quantized model's e-SNLI prediction equals the reference's (reference = 1)",
-    "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.10",
+    SUITE, "esnli_agreement", "Cohen's kappa of the quantized model's e-SNLI labels with the reference's (reference = 1)",
+    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
 ))
 ECQA_AGREEMENT = register_metric(Metric(
-    SUITE, "ecqa_agreement", "Quantized model's ECQA prediction equals the reference's (reference = 1)",
-    "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.10",
+    SUITE, "ecqa_agreement", "Cohen's kappa of the quantized model's ECQA labels with the reference's (reference = 1)",
+    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
 ))
 LABEL_ACCURACY = register_metric(Metric(
     SUITE, "label_accuracy",
@@ -104,8 +105,9 @@ LABEL_ACCURACY = register_metric(Metric(
     "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.03",
 ))
 LABEL_AGREEMENT = register_metric(Metric(
-    SUITE, "label_agreement", "Quantized model's label equals the reference's on your classification data "
-    "(reference = 1)", "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.10",
+    SUITE, "label_agreement", "Cohen's kappa of the quantized model's labels with the reference's on your "
+    "classification data, per dataset (reference = 1)", "continuous", direction="higher", bounds=(-1.0, 1.0),
+    tolerance="abs:0.2",
 ))
 TASK_METRICS: list[Metric] = [ESNLI_ACCURACY, ECQA_ACCURACY, ESNLI_AGREEMENT, ECQA_AGREEMENT, LABEL_ACCURACY,
                               LABEL_AGREEMENT]
@@ -182,6 +184,16 @@ def item_ids(tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]]) -> list
     return [f"{task.name}:{it.id}" if len(tasks) > 1 else it.id for task, group in zip(tasks, items) for it in group]
 
 
+def lacks(pair: "ModelPair", names: Sequence[str]) -> str | None:
+    """Why a suite whose prompts are written for these datasets (e-SNLI, ECQA) does not apply; None when it does."""
+    data = run_datasets(pair.config.data)
+    missing = [name for name in names if name not in data]
+    if not missing:
+        return None
+    return not_in_run(pair.config.data, " or ".join(missing) + " items", "this suite's prompts are written for "
+                      f"{' and '.join(names)} items; classification data runs in task accuracy and attribution")
+
+
 def no_label_data(pair: "ModelPair") -> str:
     """Why a label suite has nothing to run on (no e-SNLI and no classification data in the run)."""
     return not_in_run(pair.config.data, "labelled texts", "the suite needs e-SNLI or a classification file "
@@ -214,11 +226,22 @@ class Predictions:
 
 
 def agreement(reference: np.ndarray, quantized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-item label agreement: reference side all ones, quantized side 1 where its label equals the reference's."""
+    """Per-item shares of Cohen's kappa between the two sides' labels: reference side all ones.
+
+    Item i scores (agree_i - p_e) / (1 - p_e), p_e the agreement expected by chance from the two label
+    distributions, so the mean is Cohen's kappa (sklearn's ``cohen_kappa_score``) and a model that labels at
+    random scores about 0 rather than its chance agreement. When both sides give one and the same label
+    throughout, kappa is 0/0; the items then score 1, the convention for perfect observed agreement.
+    """
     reference, quantized = np.asarray(reference), np.asarray(quantized)
     if reference.shape != quantized.shape:
         raise ValueError("agreement needs two label vectors of the same shape")
-    return np.ones(reference.shape, dtype=np.float64), (reference == quantized).astype(np.float64)
+    labels = int(max(reference.max(initial=0), quantized.max(initial=0))) + 1
+    shares = [np.bincount(side, minlength=labels) / max(side.size, 1) for side in (reference, quantized)]
+    chance = float(shares[0] @ shares[1])
+    agree = (reference == quantized).astype(np.float64)
+    kappa = (agree - chance) / (1 - chance) if chance < 1 else agree
+    return np.ones(reference.shape, dtype=np.float64), kappa
 
 
 # --- prompts ----------------------------------------------------------------------------------------------
@@ -416,7 +439,7 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
         skipped |= dict.fromkeys([LABEL_ACCURACY.name, LABEL_AGREEMENT.name], "not applicable: no classification "
                                  f"dataset in this run ({datasets}); give one with --qxai-data NAME=FILE")
     if blocks:
-        fingerprint["templates"] = template_id(pair.tokenizer)
+        fingerprint |= {"templates": template_id(pair.tokenizer), "agreement": "cohen-kappa"}
     ids = [i for block_ids, _ in blocks for i in block_ids]
     values: dict[str, dict[str, np.ndarray]] = {"reference": {}, "quantized": {}}
     for metric in TASK_METRICS:
@@ -429,7 +452,7 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
             ])
     notes["items"] = {block_ids[0].split(":")[0]: len(block_ids) for block_ids, _ in blocks if block_ids}
     notes["chance"] = {"esnli": 1 / 3, "ecqa": 1 / 5} | {task.name: 1 / len(task.labels) for task in classes}
-    notes["agreement"] = "per item 1 when the quantized prediction equals the reference's; reference side = 1"
+    notes["agreement"] = "per-item shares of Cohen's kappa with the reference's labels, per dataset; reference side = 1"
     return SuiteResult(suite=SUITE, item_ids=ids, reference=values["reference"], quantized=values["quantized"],
                        fingerprint=fingerprint, skipped=skipped, notes=notes)
 

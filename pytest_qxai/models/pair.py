@@ -69,6 +69,12 @@ class ModelPair:
     cache: DiskCache
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse one model object on both sides: hooks, caches or in-place edits of one side would reach the other."""
+        if self.reference.model is self.quantized.model:
+            raise ValueError("the reference and quantized sides must be two model objects (load the quantized "
+                             "side separately, as --quant=none does)")
+
     @property
     def sides(self) -> tuple[ModelSide, ModelSide]:
         """``(reference, quantized)``."""
@@ -122,6 +128,13 @@ def validate(cfg: QxaiConfig) -> ModelSource:
 
         backend_name, _ = detect_checkpoint(cfg.quantized)
         require_library(scheme_for_backend(backend_name), f"--qxai-quantized {cfg.quantized}")
+        if backend_name == "gguf":
+            from ..backends.checkpoint import gguf_release
+            from .gguf_file import check_gguf_pair
+
+            release = gguf_release(cfg.quantized)
+            assert release is not None
+            check_gguf_pair(source, release)
     if cfg.judge is not None:
         try:
             resolve_source(cfg.judge)
@@ -190,8 +203,18 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     kind = device.split(":")[0]  # workers on GPUs 0 and 1 share cache entries: the same kind of device
     quant_started = time.perf_counter()
     if cfg.quantized is not None:
+        quant_id = stable_hash(["checkpoint", str(Path(cfg.quantized).resolve()), _checkpoint_stamp(cfg.quantized),
+                                versions, kind, str(dtype)])
+        if cache_root is not None:
+            ctx.cache_dir = cache_root / "quantized" / f"checkpoint-{quant_id}"  # a GGUF release's HF conversion
+        if backend.name == "gguf" and source.kind == "hub":
+            from ..backends.checkpoint import gguf_release
+            from .gguf_file import compare_with_folder, read_header
+
+            release = gguf_release(cfg.quantized)
+            assert release is not None
+            compare_with_folder(location, read_header(release, "--qxai-quantized"), source.label)
         quantized = backend.load_checkpoint(cfg.quantized, ctx)
-        quant_id = stable_hash(["checkpoint", str(Path(cfg.quantized).resolve()), _checkpoint_stamp(cfg.quantized)])
     else:
         calib_id = None
         if backend.uses_calibration(cfg.quant):
@@ -285,10 +308,12 @@ def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference
 
 
 def _checkpoint_stamp(location: str) -> Any:
+    """Names, sizes and modification times of a checkpoint's files (of the file itself for a GGUF release)."""
     path = Path(location)
-    if not path.is_dir():
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    if not files:
         return location
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def pair_error(exc: BaseException) -> str:
