@@ -3,7 +3,7 @@
 Both sides are the same model, so every metric that ran must agree between them. The models are random: this is
 evidence that each suite's code paths (scoring, generation, captum, hidden states, the probes' architecture map,
 gradients) work on the family, not that a metric means anything. Generation lengths and sampling budgets are cut
-to keep the test fast; the suites run on the bundled datasets and on the worked classification example.
+to keep the test fast; the suites run on the bundled datasets (classification data: tests/test_data.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tiny import FAMILIES, build_tiny_model, family_config, shorten_suites  # noqa: E402
-
-EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "sentiment.jsonl"
 
 
 class _OwnWeights:
@@ -60,8 +58,7 @@ def test_every_suite_runs_on_a_tiny_model_of_the_family(
     # A random model recalls no fact: attribute the first candidates, so the neuron probes run on this family.
     monkeypatch.setattr(neurons, "neuron_items", lambda pair, n: knowledge.recall_items(pair, n))
     runtime = _family_runtime(tmp_path, family)
-    pair = tiny_pair(runtime, make_config(samples=2, data={"esnli": None, "ecqa": None, "lre": None,
-                                                         "sentiment": EXAMPLE}), backend=_OwnWeights())
+    pair = tiny_pair(runtime, make_config(samples=2), backend=_OwnWeights())
     suites = [task.run_task_accuracy, attribution.run_attribution, nle.run_nle, faithfulness.run_nle_faithfulness,
               counterfactual.run_counterfactual, probes.run_probes, knowledge.run_knowledge, neurons.run_neurons,
               multihop.run_multihop]

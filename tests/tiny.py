@@ -78,14 +78,14 @@ def family_config(family: str, vocab: int, hidden: int, inter: int, layers: int,
 
     heads = {"num_attention_heads": 4, "num_key_value_heads": 2}
     common = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-              "max_position_embeddings": 512, **heads, **ids}
+              "max_position_embeddings": 1024, **heads, **ids}
     head_dim = {"head_dim": hidden // 4}
     builders = {
         "gemma": lambda: T.GemmaConfig(**common, **head_dim),
         "gemma2": lambda: T.Gemma2Config(**common, **head_dim),
         "gemma3_text": lambda: T.Gemma3TextConfig(**common, **head_dim),
         "gpt2": lambda: T.GPT2Config(vocab_size=vocab, n_embd=hidden, n_inner=inter, n_layer=layers, n_head=4,
-                                     n_positions=512, **ids),
+                                     n_positions=1024, **ids),  # the runtime keeps up to 1024 prompt tokens
         "llama3": lambda: T.LlamaConfig(**common, rope_parameters={
             "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
