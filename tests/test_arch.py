@@ -207,7 +207,7 @@ def test_a_pair_refuses_one_model_on_both_sides(make_config: Any) -> None:
     """A suite compares two models; one object on both sides would let either side's hooks reach the other."""
     from pytest_qxai.models.pair import ModelPair, ModelSide
 
-    model = tiny("llama")
+    model = tiny("llama3")
     sides = [ModelSide(role, model, None, role) for role in ("reference", "quantized")]  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must be two model objects"):
         ModelPair(*sides, None, make_config(), source=None, backend=None, cache=None)  # type: ignore[arg-type]
