@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from .errors import QxaiError, QxaiUsageError
+from .errors import ModelMismatchError, QxaiError, QxaiUsageError
 from .options import QxaiConfig, add_options, explicitly_requested
 from .session import QxaiSession, suite_of
 
@@ -289,6 +289,8 @@ def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
         pair = get_pair(session.config)
     except SanityError as exc:
         refusal = f"qxai: {exc}"
+    except ModelMismatchError as exc:
+        pytest.exit(f"qxai: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     except (QxaiError, QxaiUsageError, OSError, RuntimeError, ValueError, MemoryError) as exc:
         pytest.fail(f"qxai: {pair_error(exc)}", pytrace=False)
     if refusal:  # outside the handler: one line, no chained exception
