@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from pytest_qxai.errors import ArchitectureError  # noqa: E402
-from pytest_qxai.methods.arch import TESTED_FAMILIES, model_parts  # noqa: E402
+from pytest_qxai.methods.arch import ARCHITECTURES, TESTED_FAMILIES, model_parts  # noqa: E402
 
 VOCAB, HIDDEN, INTER, LAYERS = 97, 32, 48, 2
 
@@ -33,6 +33,16 @@ def test_every_tested_model_type_has_a_tiny_model_here() -> None:
     from tiny import FAMILIES
 
     assert sorted({tiny(family).config.model_type for family in FAMILIES}) == sorted(TESTED_FAMILIES)
+    assert sorted(ARCHITECTURES) == sorted(TESTED_FAMILIES)
+
+
+def test_the_name_table_agrees_with_the_structure(model: Any) -> None:
+    """``keep=`` and blame name modules from the table: the names must be the modules the structure finds."""
+    spec = ARCHITECTURES[model.config.model_type]
+    blocks = [layer.block for layer in model_parts(model).layers]
+    assert list(model.get_submodule(spec.layers)) == blocks
+    assert all(type(getattr(b, spec.attn)).__name__.endswith("Attention") for b in blocks)
+    assert all(type(getattr(b, spec.mlp)).__name__.endswith("MLP") for b in blocks)
 
 
 @pytest.fixture(params=__import__("tiny").FAMILIES)

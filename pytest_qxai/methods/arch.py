@@ -32,8 +32,26 @@ if TYPE_CHECKING:
 
 POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
 """A block holding the second of these normalises both sublayer outputs with them before the residual add."""
-TESTED_FAMILIES = ("gemma", "gemma2", "gemma3_text", "gpt2", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
-                   "smollm3")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Module names of one family's decoder, for code that names modules before a model is loaded (``keep=``)
+    or swaps whole sublayers (blame); the probes themselves find the parts from the structure."""
+
+    layers: str
+    attn: str
+    mlp: str
+
+
+_LLAMA_LIKE = ArchSpec("model.layers", "self_attn", "mlp")
+ARCHITECTURES: dict[str, ArchSpec] = {
+    **dict.fromkeys(("gemma", "gemma2", "gemma3_text", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
+                     "smollm3"), _LLAMA_LIKE),
+    "gpt2": ArchSpec("transformer.h", "attn", "mlp"),
+}
+"""``config.model_type`` → module names; tests check each entry against the structure :func:`model_parts` finds."""
+TESTED_FAMILIES = tuple(sorted(ARCHITECTURES))
 """``model_type``s the probes are tested on (tiny random models of each); others are resolved the same way."""
 
 
