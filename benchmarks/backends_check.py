@@ -38,7 +38,7 @@ def make_config(model: str | None, spec: str, device: str, dtype: str, cache: Pa
         samples=None, seed=0, batch_size=None, cache_dir=cache, trust_remote_code=False, judge=None, offload=False,
         data={}, baseline_dir=cache / "baselines", baseline_name=quant.slug, update_baselines=None,
         prune_baselines=False, tolerances=(), report_json=None, report_md=None, report_html=None, ci=False,
-        rootdir=Path.cwd(),
+        rootdir=Path.cwd(), skip_sanity=True,  # random-weight models on the GPU machine: not language models
     )
 
 

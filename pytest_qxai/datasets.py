@@ -3,7 +3,9 @@
 Selection is deterministic and nested: items are ranked by a hash of ``(seed, id)`` (within label strata that
 take turns for NLI), and ``n`` items are the first ``n`` of that ranking, so a smaller profile's items are
 always a prefix of a larger one's for the same seed. User files (``--qxai-data NAME=PATH``) use the bundled
-JSONL fields; every problem in them raises :class:`DatasetError` with one line naming the file and line.
+JSONL fields, or the plain classification format (:class:`ClassItem`) under any other name; gold explanations
+are optional in every format. Every problem in a file raises :class:`DatasetError` with one line naming the file
+and line, a file mixing formats included.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ ECQA_PATH = DATA_DIR / "ecqa" / "ecqa.jsonl"
 LRE_DIR = DATA_DIR / "lre"
 CALIBRATION_PATH = DATA_DIR / "calibration" / "calibration.jsonl"
 NLI_LABELS = ("entailment", "neutral", "contradiction")
+BUNDLED_NAMES = ("esnli", "ecqa", "lre")
+"""The bundled datasets; a run uses all three unless ``--qxai-data`` names its datasets."""
 
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
@@ -41,6 +45,17 @@ class NLIItem:
     hypothesis: str
     label: str
     explanations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClassItem:
+    """A text with its gold label, the file's label set and optional human explanations (plain classification)."""
+
+    id: str
+    text: str
+    label: str
+    label_set: tuple[str, ...]
+    explanations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,30 @@ def load_esnli(n: int | None, seed: int, path: Path | None = None) -> list[NLIIt
     """``n`` e-SNLI items (all when None), label-stratified, nested across ``n`` for a fixed seed."""
     items = [NLIItem(**record) for record in _read_jsonl(path or ESNLI_PATH, _NLI_SCHEMA)]
     return _take(seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.label), n)
+
+
+def load_classification(n: int | None, seed: int, path: Path) -> list[ClassItem]:
+    """``n`` items of a classification file (all when None), label-stratified, nested across ``n`` for a fixed seed."""
+    items = _label_sets(path, _read_jsonl(path, _CLASS_SCHEMA, with_lines=True))
+    return _take(seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.label), n)
+
+
+def run_datasets(data: dict[str, Path | None]) -> dict[str, Path | None]:
+    """The datasets a run uses, by name (a user file, or None for a bundled one): as given, else the bundled ones."""
+    return dict(data) if data else dict.fromkeys(BUNDLED_NAMES)
+
+
+def not_in_run(data: dict[str, Path | None], needs: str, hint: str) -> str:
+    """Why a suite does not apply to this run: its datasets lack what the suite needs."""
+    return f"not applicable: this run's datasets ({', '.join(run_datasets(data))}) have no {needs}; {hint}"
+
+
+def no_relations(data: dict[str, Path | None]) -> str | None:
+    """Why the relation suites (knowledge, neurons, multi-hop) do not apply to this run, or None when they do."""
+    if "lre" in run_datasets(data):
+        return None
+    return not_in_run(data, "relations (subject-object facts)",
+                      "the suite needs LRE relations (--qxai-data lre for the bundled ones, or lre=PATH)")
 
 
 def load_ecqa(n: int | None, seed: int, path: Path | None = None) -> list[MCQItem]:
@@ -249,7 +288,7 @@ def _nli_record(record: dict[str, Any]) -> dict[str, Any]:
     if label not in NLI_LABELS:
         raise _Invalid(f"field 'label' must be one of {', '.join(NLI_LABELS)}, got {_show(label)}")
     return {"id": _id(record), "premise": _text(record, "premise"), "hypothesis": _text(record, "hypothesis"),
-            "label": label, "explanations": _texts(record, "explanations")}
+            "label": label, "explanations": _explanations(record, "explanations")}
 
 
 def _mcq_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -261,8 +300,48 @@ def _mcq_record(record: dict[str, Any]) -> dict[str, Any]:
     if answer not in options:
         raise _Invalid(f"answer {_show(answer)} is not one of the options {_show(list(options))}")
     positives = _texts(record, "positives") if record.get("positives") else ()
+    explanation = _text(record, "explanation") if _given(record, "explanation") else ""
     return {"id": _id(record), "question": _text(record, "question"), "options": options, "answer": answer,
-            "explanation": _text(record, "explanation"), "positives": positives}
+            "explanation": explanation, "positives": positives}
+
+
+def _given(record: dict[str, Any], name: str) -> bool:
+    """Whether an optional field holds something (absent, null, "" and [] mean no)."""
+    return record.get(name) not in (None, "", [])
+
+
+def _explanations(record: dict[str, Any], name: str) -> tuple[str, ...]:
+    """Optional gold explanations: a list of non-empty strings; none when absent, null or empty."""
+    return _texts(record, name) if _given(record, name) else ()
+
+
+def _class_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields of one classification record, validated (the label set is checked over the whole file)."""
+    label_set = _texts(record, "label_set") if _given(record, "label_set") else ()
+    if len(set(label_set)) != len(label_set):
+        raise _Invalid(f"field 'label_set' has duplicates: {_show(list(label_set))}")
+    if len(label_set) == 1:
+        raise _Invalid(f"the label set has one label ({label_set[0]!r}): a classification needs at least two")
+    return {"id": _id(record), "text": _text(record, "text"), "label": _text(record, "label"),
+            "label_set": label_set, "explanations": _explanations(record, "explanations")}
+
+
+def _label_sets(path: Path, records: list[tuple[int, dict[str, Any]]]) -> list[ClassItem]:
+    """Items with the file's one label set: as given (the same on every line that gives it) or the labels seen."""
+    declared = [(number, r["label_set"]) for number, r in records if r["label_set"]]
+    for number, labels in declared:
+        if labels != declared[0][1]:
+            raise _error(f"{path}:{number}: label_set {_show(list(labels))} differs from line {declared[0][0]}'s "
+                         f"{_show(list(declared[0][1]))}: one label set per file")
+    label_set = declared[0][1] if declared else tuple(dict.fromkeys(r["label"] for _, r in records))
+    for number, record in records:
+        if record["label"] not in label_set:
+            raise _error(f"{path}:{number}: label {_show(record['label'])} is not in the label set "
+                         f"({', '.join(label_set)})")
+    if len(label_set) < 2:
+        raise _error(f"{path}:{records[0][0]}: every item has the label {label_set[0]!r}: a classification needs "
+                     "at least two labels (add items of another label, or a label_set)")
+    return [ClassItem(**{**record, "label_set": label_set}) for _, record in records]
 
 
 def _calibration_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -271,9 +350,20 @@ def _calibration_record(record: dict[str, Any]) -> dict[str, Any]:
     return {"id": _id(record), "text": _text(record, "text"), "source": source}
 
 
-_NLI_SCHEMA = ("id, premise, hypothesis, label, explanations", _nli_record)
-_MCQ_SCHEMA = ("id, question, options, answer, explanation", _mcq_record)
+_NLI_SCHEMA = ("id, premise, hypothesis, label", _nli_record)
+_MCQ_SCHEMA = ("id, question, options, answer", _mcq_record)
+_CLASS_SCHEMA = ("id, text, label", _class_record)
 _CALIBRATION_SCHEMA = ("id, text", _calibration_record)
+
+FORMATS = {"NLI": ("premise", "hypothesis"), "multiple-choice": ("question", "options"),
+           "classification": ("text", "label"), "relation": ("prompt_templates", "samples")}
+"""Each user-file format and the fields that identify one of its records."""
+SCHEMA_FORMAT = {_NLI_SCHEMA[0]: "NLI", _MCQ_SCHEMA[0]: "multiple-choice", _CLASS_SCHEMA[0]: "classification"}
+
+
+def record_format(record: dict[str, Any]) -> str | None:
+    """The format a record's fields identify (the first format all of whose identifying fields it has)."""
+    return next((name for name, keys in FORMATS.items() if all(k in record for k in keys)), None)
 
 
 def _read_text(path: Path) -> str:
@@ -311,13 +401,18 @@ def _parse(path: Path, number: int, text: str) -> dict[str, Any]:
     return value
 
 
-def _read_jsonl(path: Path, schema: tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Validated records of a JSONL file; blank lines are skipped, ids must be unique, at least one item."""
+def _read_jsonl(path: Path, schema: tuple[str, Callable[[dict[str, Any]], dict[str, Any]]],
+                with_lines: bool = False) -> list[Any]:
+    """Validated records of a JSONL file (with their line numbers when asked); one format, unique ids, >= 1 item."""
     required, validate = schema
-    records: list[dict[str, Any]] = []
+    expected = SCHEMA_FORMAT.get(required)
+    records: list[Any] = []
     first_line: dict[str, int] = {}
     for number, text in _lines(path):
         raw = _parse(path, number, text)
+        found = record_format(raw)
+        if expected and found and found != expected:
+            raise _error(_format_clash(path, number, found, expected, first_line))
         missing = [name for name in required.split(", ") if name not in raw]
         try:
             if missing:
@@ -329,10 +424,20 @@ def _read_jsonl(path: Path, schema: tuple[str, Callable[[dict[str, Any]], dict[s
             raise _error(f"{path}:{number}: duplicate id {_show(record['id'])} "
                          f"(first on line {first_line[record['id']]})")
         first_line[record["id"]] = number
-        records.append(record)
+        records.append((number, record) if with_lines else record)
     if not records:
         raise _error(f"{path}: no items (the file is empty or has only blank lines)")
     return records
+
+
+def _format_clash(path: Path, number: int, found: str, expected: str, earlier: dict[str, int]) -> str:
+    """The message for a record of another format: after records of this file's format, or as its first one."""
+    fields = ", ".join(FORMATS[found])
+    article = "an" if found == "NLI" else "a"
+    if earlier:
+        return (f"{path}:{number}: {article} {found} record ({fields}) after {expected} records "
+                f"(line {min(earlier.values())}): one format per file")
+    return f"{path}:{number}: {article} {found} record ({fields}) in a file read as {expected} data"
 
 
 # --- LRE relations ----------------------------------------------------------------------------------------

@@ -100,6 +100,11 @@ class SuiteResult:
         return self.reference[metric], self.quantized[metric]
 
 
+def not_applicable(suite: str, metrics: Sequence[Metric], reason: str) -> SuiteResult:
+    """A suite result with no items: every metric skipped for ``reason`` (the run has no data the suite needs)."""
+    return SuiteResult(suite, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in metrics], reason))
+
+
 def as_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Per-item values as a float64 vector (NaN allowed)."""
     arr = np.asarray(values, dtype=np.float64)

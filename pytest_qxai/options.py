@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from .datasets import BUNDLED_NAMES
 from .errors import QxaiUsageError
 from .specs import QuantSpec, describe_schemes, parse_spec
 
@@ -22,7 +23,7 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 UPDATE_MODES = ("all", "missing")
 DEFAULT_QUANT = "bnb4"
-DATA_NAMES = ("esnli", "ecqa", "lre")
+DATA_NAMES = BUNDLED_NAMES
 MULTIPLE_TESTING = ("holm", "bh", "none")
 
 
@@ -94,9 +95,14 @@ OPTIONS: tuple[OptionDef, ...] = (
     OptionDef(("--qxai-offload",), "qxai_offload",
               "Keep only one model on the GPU at a time (default: automatic when both do not fit)", False,
               ini_type="bool", kwargs={"action": "store_true"}),
+    OptionDef(("--qxai-skip-sanity",), "qxai_skip_sanity",
+              "Run the suites even when the reference fails its sanity checks (tokenizer, perplexity, "
+              "generation on bundled English text)", False, ini_type="bool", kwargs={"action": "store_true"}),
     OptionDef(("--qxai-data",), "qxai_data",
-              f"Use your own JSONL file for a dataset: NAME=PATH (repeatable; names: {', '.join(DATA_NAMES)})",
-              ini_type="args", kwargs={"action": "append", "metavar": "NAME=PATH"}),
+              "Run on these datasets only (repeatable): NAME=PATH for your JSONL file (names "
+              f"{', '.join(DATA_NAMES)} take their bundled format, any other name a classification file), or a bundled NAME alone "
+              f"(default: {', '.join(DATA_NAMES)})", ini_type="args",
+              kwargs={"action": "append", "metavar": "NAME=PATH"}),
     OptionDef(("--qxai-baseline-dir",), "qxai_baseline_dir", "Folder of stored baselines (default: ./baselines)",
               kwargs={"metavar": "DIR"}),
     OptionDef(("--qxai-baseline-name",), "qxai_baseline_name",
@@ -205,7 +211,8 @@ class QxaiConfig:
     trust_remote_code: bool
     judge: str | None
     offload: bool
-    data: dict[str, Path]
+    data: dict[str, Path | None]
+    """The datasets this run uses, by name: a user file, or None for a bundled one; empty = the bundled ones."""
     baseline_dir: Path
     baseline_name: str
     update_baselines: str | None
@@ -218,6 +225,8 @@ class QxaiConfig:
     """``(index, count)``, 1-based: this session runs test modules ``index, index + count, …`` in name order."""
     ci: bool
     rootdir: Path
+    skip_sanity: bool = False
+    """Run the suites even when the reference fails its sanity checks (``--qxai-skip-sanity``)."""
     strict: bool = False
     """``--qxai-strict``: an inconclusive check fails its test and the run."""
     multiple_testing: str = "holm"
@@ -256,24 +265,12 @@ class QxaiConfig:
         seed = _as_int(get["qxai_seed"], "--qxai-seed", minimum=0)
         batch = _as_int(get["qxai_batch_size"], "--qxai-batch-size", minimum=1)
         assert seed is not None
-        data: dict[str, Path] = {}
+        data: dict[str, Path | None] = {}
         for item in get["qxai_data"] or []:
-            name, eq, path = str(item).partition("=")
-            if not eq or not name.strip() or not path.strip():
-                raise QxaiUsageError(f"--qxai-data {item!r}: write NAME=PATH, e.g. esnli=my_nli.jsonl")
-            name = name.strip()
-            if name not in DATA_NAMES:
-                raise QxaiUsageError(f"--qxai-data {name}: unknown dataset; names: {', '.join(DATA_NAMES)}")
-            resolved = as_path(path.strip())
-            assert resolved is not None
-            try:
-                found = resolved.is_file() or (name == "lre" and resolved.is_dir())
-            except OSError as exc:  # e.g. a name too long for the file system
-                raise QxaiUsageError(f"--qxai-data {name}: cannot be used as a path ({exc.strerror or exc})") from None
-            if not found:
-                raise QxaiUsageError(f"--qxai-data {name}: file not found: {resolved}")
-            _check_data(name, resolved)
-            data[name] = resolved
+            name, path = parse_data(str(item), as_path)
+            if name in data:
+                raise QxaiUsageError(f"--qxai-data {name}: given twice")
+            data[name] = path
         update = get["qxai_update_baselines"]
         if update not in (None, "", *UPDATE_MODES):
             raise QxaiUsageError(f"qxai_update_baselines {update!r}: use one of {', '.join(UPDATE_MODES)}")
@@ -317,6 +314,7 @@ class QxaiConfig:
             shard=shard,
             ci=bool(os.environ.get("CI")),
             rootdir=root,
+            skip_sanity=_as_bool(get["qxai_skip_sanity"]),
             strict=_as_bool(get["qxai_strict"]),
             multiple_testing=multiple_testing,
             **parse_blame(get["qxai_blame"], get["qxai_blame_verify"], get["qxai_blame_target"]),
@@ -369,8 +367,36 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
+_DATA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def parse_data(item: str, as_path: Any) -> tuple[str, Path | None]:
+    """One ``--qxai-data`` value: ``(name, file)``, or ``(name, None)`` for a bundled dataset named alone.
+
+    The file is loaded once now, so a malformed one stops the run before any model loads.
+    """
+    name, eq, text = item.partition("=")
+    name = name.strip()
+    if not eq and name in DATA_NAMES:
+        return name, None
+    if not eq or not name or not text.strip():
+        raise QxaiUsageError(f"--qxai-data {item!r}: write NAME=PATH (e.g. sentiment=reviews.jsonl), or a bundled "
+                             f"name alone ({', '.join(DATA_NAMES)})")
+    if not _DATA_NAME.match(name):
+        raise QxaiUsageError(f"--qxai-data {name!r}: a dataset name is a letter, then letters, digits, '_' or '-'")
+    path: Path = as_path(text.strip())
+    try:
+        found = path.is_file() or (name == "lre" and path.is_dir())
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise QxaiUsageError(f"--qxai-data {name}: cannot be used as a path ({exc.strerror or exc})") from None
+    if not found:
+        raise QxaiUsageError(f"--qxai-data {name}: file not found: {path}")
+    _check_data(name, path)
+    return name, path
+
+
 def _check_data(name: str, path: Path) -> None:
-    """Load a user dataset once now, so an empty or malformed file stops the run before any model loads."""
+    """Load a user dataset once now (its format is the bundled one of ``name``, else classification)."""
     from . import datasets
     from .errors import DatasetError
 
@@ -379,8 +405,10 @@ def _check_data(name: str, path: Path) -> None:
             datasets.load_esnli(None, 0, path)
         elif name == "ecqa":
             datasets.load_ecqa(None, 0, path)
-        else:
+        elif name == "lre":
             datasets.load_relations(path=path)
+        else:
+            datasets.load_classification(None, 0, path)
     except DatasetError as exc:
         raise QxaiUsageError(f"--qxai-data {name}: {exc}") from None
 

@@ -6,7 +6,7 @@ imported when a test first asks for ``qxai_pair`` (or when an option that needs 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -199,7 +199,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.shouldstop or session.shouldfail
     )
     qxai.finish(complete)
-    if qxai.exit_failed() and session.exitstatus == pytest.ExitCode.OK:
+    if qxai.refusal:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+    elif qxai.exit_failed() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -279,16 +281,36 @@ def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
             ref, quant = (side.runtime.generate(["The capital of France is"], 4) for side in qxai_pair.sides)
     """
     from .models.pair import get_pair, pair_error
+    from .models.sanity import SanityError
 
     session = pytestconfig.stash[SESSION_KEY]
+    refusal = ""
     try:
         pair = get_pair(session.config)
+    except SanityError as exc:
+        refusal = f"qxai: {exc}"
     except ModelMismatchError as exc:
         pytest.exit(f"qxai: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     except (QxaiError, QxaiUsageError, OSError, RuntimeError, ValueError, MemoryError) as exc:
         pytest.fail(f"qxai: {pair_error(exc)}", pytrace=False)
+    if refusal:  # outside the handler: one line, no chained exception
+        refuse(pytestconfig, refusal)
     session.metadata.update(pair.metadata)
     return pair
+
+
+def refuse(config: pytest.Config, message: str) -> NoReturn:
+    """Stop the run with a usage error (exit 4): at once, or on an xdist worker through the controller's exit status.
+
+    A worker cannot end the whole run itself (xdist treats that as a crash), so it fails the tests that need the
+    models with ``message`` and hands the refusal to the controller.
+    """
+    session = config.stash[SESSION_KEY]
+    session.refusal = message
+    session.errors.append(message)
+    if not _is_xdist_worker(config):
+        pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture

@@ -28,6 +28,9 @@ STATIC_MIN_PARAMETERS = 1_000_000_000
 SmolLM2-135M took 280 s with a static cache (compiling each new shape) against 102 s without; an 8B model
 decodes 3.7 times faster with it (``benchmarks/bench_decode.py``)."""
 
+FINAL_NORMS = ("norm", "ln_f", "final_layernorm")
+"""Names of the norm after the last decoder layer on the base model (Llama-style, GPT-2, Phi-2/OPT-style)."""
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -559,12 +562,13 @@ def final_norm(model: "PreTrainedModel") -> "torch.nn.Module":
     from .errors import ArchitectureError
 
     base = model.base_model
-    for name in ("norm", "ln_f", "final_layernorm"):
+    for name in FINAL_NORMS:
         module = getattr(base, name, None)
         if module is not None:
             return module  # type: ignore[no-any-return]
     raise ArchitectureError(
-        f"cannot find the final norm of model_type={getattr(model.config, 'model_type', '?')}"
+        f"the probes cannot find the final norm (base model attribute {' / '.join(FINAL_NORMS)}) in architecture "
+        f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', '?')})"
     )
 
 

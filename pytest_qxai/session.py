@@ -62,6 +62,8 @@ class QxaiSession:
     n_resamples: int = DEFAULT_RESAMPLES
     messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    refusal: str = ""
+    """Why the run was refused before any suite ran (the reference failed its sanity checks); exit status 4."""
     blames: list["Blame"] = field(default_factory=list)
     requested: bool = False
     """The user chose a model, spec or device: this run is a gate run even before a gate test reports."""
@@ -110,8 +112,8 @@ class QxaiSession:
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
                 "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
         merged = base | self.metadata
-        if stable:
-            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k != "workers"}
+        if stable:  # timings vary and sanity figures describe the reference, not a check: not in baselines
+            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k not in ("workers", "sanity")}
         return jsonable(merged)  # type: ignore[no-any-return]
 
     def check(
@@ -317,7 +319,7 @@ class QxaiSession:
     def to_workeroutput(self) -> dict[str, Any]:
         """This worker's results and metadata for the xdist controller (JSON types only)."""
         return {"results": [r.to_dict() for r in self.results], "metadata": jsonable(self.metadata),
-                "errors": list(self.errors), "worker": os.environ.get("PYTEST_XDIST_WORKER"),
+                "errors": list(self.errors), "refusal": self.refusal, "worker": os.environ.get("PYTEST_XDIST_WORKER"),
                 "blames": [b.to_dict() for b in self.blames]}
 
     def merge_workeroutput(self, data: Mapping[str, Any]) -> None:
@@ -338,6 +340,7 @@ class QxaiSession:
         if data.get("worker") and own:
             self.metadata.setdefault("workers", {})[data["worker"]] = own
         self.errors.extend(e for e in data.get("errors", []) if e not in self.errors)
+        self.refusal = self.refusal or data.get("refusal", "")
 
     def finish(self, complete: bool = True) -> None:
         """Write baselines (as the policy says) and the requested reports; call on the controller only.

@@ -16,38 +16,36 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from pytest_qxai.errors import ArchitectureError  # noqa: E402
-from pytest_qxai.methods.arch import ARCHITECTURES, model_parts  # noqa: E402
+from pytest_qxai.methods.arch import ARCHITECTURES, TESTED_FAMILIES, model_parts  # noqa: E402
 
 VOCAB, HIDDEN, INTER, LAYERS = 97, 32, 48, 2
 
-CONFIGS: dict[str, Any] = {
-    "llama": lambda: transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2),
-    "qwen2": lambda: transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2),
-    "mistral": lambda: transformers.MistralConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2),
-    "gemma": lambda: transformers.GemmaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_inner=INTER, n_layer=LAYERS, n_head=4),
-}
-
-
-def tiny(model_type: str) -> Any:
+def tiny(family: str) -> Any:
     """A random tiny causal LM of one family, float32, in eval mode."""
+    from tiny import family_config
+
     torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(CONFIGS[model_type]()).float().eval()
+    config = family_config(family, VOCAB, HIDDEN, INTER, LAYERS, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return transformers.AutoModelForCausalLM.from_config(config).float().eval()
 
 
-def test_every_supported_family_has_a_tiny_model_here() -> None:
-    assert sorted(CONFIGS) == sorted(ARCHITECTURES)
+def test_every_tested_model_type_has_a_tiny_model_here() -> None:
+    from tiny import FAMILIES
+
+    assert sorted({tiny(family).config.model_type for family in FAMILIES}) == sorted(TESTED_FAMILIES)
+    assert sorted(ARCHITECTURES) == sorted(TESTED_FAMILIES)
 
 
-@pytest.fixture(params=sorted(CONFIGS))
+def test_the_name_table_agrees_with_the_structure(model: Any) -> None:
+    """``keep=`` and blame name modules from the table: the names must be the modules the structure finds."""
+    spec = ARCHITECTURES[model.config.model_type]
+    blocks = [layer.block for layer in model_parts(model).layers]
+    assert list(model.get_submodule(spec.layers)) == blocks
+    assert all(type(getattr(b, spec.attn)).__name__.endswith("Attention") for b in blocks)
+    assert all(type(getattr(b, spec.mlp)).__name__.endswith("MLP") for b in blocks)
+
+
+@pytest.fixture(params=__import__("tiny").FAMILIES)
 def model(request: pytest.FixtureRequest) -> Any:
     return tiny(request.param)
 
@@ -86,7 +84,7 @@ def test_the_map_finds_every_part(model: Any) -> None:
 
 
 def test_residual_stream_decomposes_into_attention_and_mlp_outputs(model: Any) -> None:
-    """Pre-norm layers: output = input + attention output + MLP output, at every position."""
+    """Output = input + attention contribution + MLP contribution, at every position (post-norm blocks too)."""
     seen, _ = run_with_taps(model, torch.tensor([[3, 14, 15, 92, 65]]))
     for index in range(LAYERS):
         rebuilt = seen[f"in{index}"] + seen[f"attn{index}"] + seen[f"mlp{index}"]
@@ -94,9 +92,12 @@ def test_residual_stream_decomposes_into_attention_and_mlp_outputs(model: Any) -
 
 
 def test_mlp_output_is_the_sum_of_its_value_neurons(model: Any) -> None:
-    """m · W_down (+ bias) reproduces the MLP output: the columns of W_down are the value neurons."""
+    """m · W_down (+ bias) reproduces the MLP contribution: the columns of W_down are the value neurons."""
     seen, _ = run_with_taps(model, torch.tensor([[3, 14, 15, 92, 65]]))
     parts = model_parts(model)
+    if parts.neuron_caveat:
+        assert model.config.model_type in ("gemma2", "gemma3_text", "olmo2")  # post-norm blocks, said so
+        return
     for index in range(LAYERS):
         bias = getattr(parts.layers[index].down, "bias", None)
         rebuilt = seen[f"m{index}"] @ parts.down_weight(index).t() + (0 if bias is None else bias)
@@ -114,7 +115,10 @@ def test_token_log_probs_and_their_gradients_match_plain_autograd(model: Any) ->
     hidden = torch.randn(7, HIDDEN)
     tokens = torch.tensor([0, 5, 9, 13, 50, 96, 1])
     leaf = hidden.clone().requires_grad_(True)
-    direct = torch.log_softmax(model.lm_head(parts.final_norm(leaf)), -1)[torch.arange(7), tokens]
+    logits = model.lm_head(parts.final_norm(leaf))
+    if parts.softcap:
+        logits = torch.tanh(logits / parts.softcap) * parts.softcap
+    direct = torch.log_softmax(logits, -1)[torch.arange(7), tokens]
     direct.sum().backward()
     torch.testing.assert_close(parts.token_log_probs(hidden, tokens, chunk=3), direct.detach())
     values, grads = parts.token_log_probs_and_grads(hidden, tokens, chunk=3)
@@ -155,17 +159,26 @@ def test_an_unknown_architecture_is_a_clear_error() -> None:
     model = transformers.AutoModelForCausalLM.from_config(config)
     with pytest.raises(ArchitectureError) as caught:
         model_parts(model)
-    assert str(caught.value) == (
-        "the probes do not know architecture OPTForCausalLM (model_type=opt); "
-        "supported: gemma, gpt2, llama, mistral, qwen2"
-    )
+    assert str(caught.value) == ("the probes cannot find decoder layers (blocks holding an attention module and an "
+                                 "MLP) in architecture OPTForCausalLM (model_type=opt)")
 
 
-def test_a_known_family_with_a_missing_module_is_a_clear_error() -> None:
-    model = tiny("llama")
+def test_a_family_with_a_missing_module_is_a_clear_error() -> None:
+    model = tiny("llama3")
     del model.model.norm
-    with pytest.raises(ArchitectureError, match="expected module 'model.norm' in this llama model"):
+    with pytest.raises(ArchitectureError) as caught:
         model_parts(model)
+    assert str(caught.value) == ("the probes cannot find the final norm (base model attribute norm / ln_f / "
+                                 "final_layernorm) in architecture LlamaForCausalLM (model_type=llama)")
+
+
+def test_post_norm_and_soft_capped_families_say_why_value_neurons_are_not_additive() -> None:
+    assert model_parts(tiny("llama3")).neuron_caveat is None
+    assert model_parts(tiny("olmo2")).neuron_caveat == (
+        "olmo2 normalises the MLP output before adding it to the residual stream")
+    assert model_parts(tiny("gemma2")).neuron_caveat == (
+        "gemma2 normalises the MLP output before adding it to the residual stream and gemma2 soft-caps its final "
+        "logits (c = 30.0)")
 
 
 # --- scaffolding shared by the probe suites' tests ------------------------------------------------------------
@@ -204,7 +217,7 @@ def test_a_pair_refuses_one_model_on_both_sides(make_config: Any) -> None:
     """A suite compares two models; one object on both sides would let either side's hooks reach the other."""
     from pytest_qxai.models.pair import ModelPair, ModelSide
 
-    model = tiny("llama")
+    model = tiny("llama3")
     sides = [ModelSide(role, model, None, role) for role in ("reference", "quantized")]  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must be two model objects"):
         ModelPair(*sides, None, make_config(), source=None, backend=None, cache=None)  # type: ignore[arg-type]

@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_qxai.datasets import NLIItem
-from pytest_qxai.errors import QxaiError
 from pytest_qxai.methods import attribution as A
 from pytest_qxai.methods import task
 
 ITEM = NLIItem("x", "A dog runs in the park.", "An animal moves.", "entailment", ("dogs are animals",))
+NLI = task.LabelTask("esnli", "nli", task.NLI_LABELS)
 
 
 # --- formulas by hand -------------------------------------------------------------------------------------
@@ -121,14 +121,14 @@ PLAIN: Any = _Plain()
 
 
 def test_layout_locates_every_word_in_the_rendered_prompt() -> None:
-    premise, hypothesis = A.item_words(ITEM)
-    lay = A.layout(PLAIN, premise, hypothesis)
+    premise, hypothesis = A.item_words(NLI, ITEM)
+    lay = A.layout(PLAIN, NLI, [premise, hypothesis])
     assert lay.prompt == task.nli_prompt(PLAIN, ITEM.premise, ITEM.hypothesis)
     assert [lay.prompt[lo:hi] for lo, hi in lay.spans] == premise + hypothesis
 
 
 def test_layout_finds_the_item_after_a_repeated_word_in_the_template() -> None:
-    lay = A.layout(PLAIN, ["Premise:"], ["Hypothesis:", "yes"])  # words that also occur in the template
+    lay = A.layout(PLAIN, NLI, [["Premise:"], ["Hypothesis:", "yes"]])  # words that also occur in the template
     assert [lay.prompt[lo:hi] for lo, hi in lay.spans] == ["Premise:", "Hypothesis:", "yes"]
     assert lay.spans[0][0] > lay.prompt.index("Premise:")
 
@@ -136,7 +136,7 @@ def test_layout_finds_the_item_after_a_repeated_word_in_the_template() -> None:
 def test_erasure_deletes_the_top_words_or_keeps_only_them() -> None:
     premise, hypothesis = ["A", "dog", "runs."], ["An", "animal."]
     scores = np.array([0.0, 0.9, 0.1, 0.2, 0.8])  # ranking: dog, animal., An, runs., A
-    comp, suff = A.erasure_prompts(PLAIN, premise, hypothesis, scores)
+    comp, suff = A.erasure_prompts(PLAIN, NLI, [premise, hypothesis], scores)
     assert A.k_counts(5) == [1, 1, 1, 1, 3]
     assert comp[0] == task.nli_prompt(PLAIN, "A runs.", "An animal.")
     assert suff[0] == task.nli_prompt(PLAIN, "dog", "")
@@ -181,7 +181,7 @@ ITEMS = [ITEM, NLIItem("y", "The cat sat on the mat.", "A cat sits.", "entailmen
 
 
 def test_layout_with_a_chat_template_maps_tokens_to_words(tiny_runtime: Any) -> None:
-    lay = A.layout(tiny_runtime.tokenizer, *A.item_words(ITEM))
+    lay = A.layout(tiny_runtime.tokenizer, NLI, A.item_words(NLI, ITEM))
     assert lay.prompt.startswith("<|user|>Premise: ")
     word_of = _words_of(tiny_runtime, lay)
     enc = tiny_runtime.tokenizer([lay.prompt], return_offsets_mapping=True)
@@ -192,7 +192,8 @@ def test_layout_with_a_chat_template_maps_tokens_to_words(tiny_runtime: Any) -> 
 
 def _label_prob(runtime: Any, label: int, embeds: Any) -> Any:
     logits = runtime.model(inputs_embeds=embeds).logits[0, -1]
-    return torch.softmax(logits[A.option_token_ids(runtime)], -1)[label]
+    options = [ids[0] for ids in runtime.encode(list(NLI.options), add_special_tokens=False)]
+    return torch.softmax(logits[options], -1)[label]
 
 
 def _words_of(runtime: Any, lay: A.Layout) -> np.ndarray:
@@ -207,9 +208,9 @@ def _embeds(runtime: Any, lay: A.Layout) -> Any:
 
 @pytest.mark.usefixtures("tiny_options")
 def test_integrated_gradients_equal_a_quadrature_of_autograd_gradients(tiny_runtime: Any) -> None:
-    layouts = [A.layout(tiny_runtime.tokenizer, *A.item_words(it)) for it in ITEMS]
+    layouts = [A.layout(tiny_runtime.tokenizer, NLI, A.item_words(NLI, it)) for it in ITEMS]
     labels = np.array([0, 1, 2])
-    got = A.word_attributions(tiny_runtime, layouts, labels, "integrated_gradients")  # batched, left-padded
+    got = A.word_attributions(tiny_runtime, NLI.options, layouts, labels, "integrated_gradients")  # batched, left-padded
     nodes, weights = np.polynomial.legendre.leggauss(A.IG_STEPS)  # captum's default: Gauss-Legendre on [0, 1]
     for lay, label, scores in zip(layouts, labels, got):
         x = _embeds(tiny_runtime, lay)
@@ -227,8 +228,8 @@ def test_integrated_gradients_equal_a_quadrature_of_autograd_gradients(tiny_runt
 
 @pytest.mark.usefixtures("tiny_options")
 def test_occlusion_is_the_probability_drop_when_a_word_is_zeroed(tiny_runtime: Any) -> None:
-    lay = A.layout(tiny_runtime.tokenizer, *A.item_words(ITEMS[1]))
-    got = A.word_attributions(tiny_runtime, [lay], np.array([2]), "occlusion")[0]
+    lay = A.layout(tiny_runtime.tokenizer, NLI, A.item_words(NLI, ITEMS[1]))
+    got = A.word_attributions(tiny_runtime, NLI.options, [lay], np.array([2]), "occlusion")[0]
     word_of = _words_of(tiny_runtime, lay)
     with torch.no_grad():
         x = _embeds(tiny_runtime, lay)
@@ -241,9 +242,9 @@ def test_occlusion_is_the_probability_drop_when_a_word_is_zeroed(tiny_runtime: A
 
 @pytest.mark.usefixtures("tiny_options")
 def test_occlusion_is_batch_independent(tiny_runtime: Any) -> None:
-    layouts = [A.layout(tiny_runtime.tokenizer, *A.item_words(it)) for it in ITEMS]
-    together = A.word_attributions(tiny_runtime, layouts, np.array([0, 1, 2]), "occlusion")
-    alone = A.word_attributions(tiny_runtime, layouts[2:], np.array([2]), "occlusion")
+    layouts = [A.layout(tiny_runtime.tokenizer, NLI, A.item_words(NLI, it)) for it in ITEMS]
+    together = A.word_attributions(tiny_runtime, NLI.options, layouts, np.array([0, 1, 2]), "occlusion")
+    alone = A.word_attributions(tiny_runtime, NLI.options, layouts[2:], np.array([2]), "occlusion")
     assert [len(s) for s in together] == [len(lay.spans) for lay in layouts]
     assert np.allclose(together[2], alone[0], atol=1e-5)
 
@@ -252,9 +253,9 @@ def test_occlusion_is_batch_independent(tiny_runtime: Any) -> None:
 def test_erasure_scores_match_label_probabilities_by_hand(tiny_runtime: Any) -> None:
     tok = tiny_runtime.tokenizer
     labels = np.array([1, 0, 2])
-    scores = [np.arange(len(sum(A.item_words(it), [])), dtype=float) for it in ITEMS]
-    comp, suff = A.erasure_scores(tiny_runtime, ITEMS, labels, scores)
-    c_prompts, s_prompts = A.erasure_prompts(tok, *A.item_words(ITEMS[0]), scores[0])
+    scores = [np.arange(len(sum(A.item_words(NLI, it), [])), dtype=float) for it in ITEMS]
+    comp, suff = A.erasure_scores(tiny_runtime, NLI, ITEMS, labels, scores)
+    c_prompts, s_prompts = A.erasure_prompts(tok, NLI, A.item_words(NLI, ITEMS[0]), scores[0])
     with torch.no_grad():
         def prob(prompt: str) -> float:
             return float(_label_prob(tiny_runtime, 1, _embeds(tiny_runtime, A.Layout(prompt, ()))))
@@ -264,9 +265,20 @@ def test_erasure_scores_match_label_probabilities_by_hand(tiny_runtime: Any) -> 
         assert suff[0] == pytest.approx(np.mean([full - prob(p) for p in s_prompts]), abs=1e-5)
 
 
-def test_multi_token_label_options_are_refused(tiny_runtime: Any) -> None:
-    with pytest.raises(QxaiError, match="single-token label options"):
-        A.option_token_ids(tiny_runtime)  # ' yes', ' maybe', ' no' are several tokens in the tiny vocabulary
+def test_multi_token_labels_are_scored_as_whole_continuations(tiny_runtime: Any) -> None:
+    """' yes', ' maybe', ' no' are several tokens in the tiny vocabulary: p(label) = softmax of summed log-probs."""
+    assert any(len(ids) > 1 for ids in tiny_runtime.encode(list(NLI.options), add_special_tokens=False))
+    prompts = [NLI.prompt(tiny_runtime.tokenizer, NLI.fields(it)) for it in ITEMS]
+    ids, mask = tiny_runtime._pad(tiny_runtime.encode(prompts))
+    forward = A.label_distribution(tiny_runtime, tiny_runtime.encode(list(NLI.options), add_special_tokens=False))
+    with torch.no_grad():
+        got = forward(tiny_runtime.model.get_input_embeddings()(ids), mask, (mask.cumsum(-1) - 1).clamp(min=0))
+    forced = np.stack(tiny_runtime.option_logprobs(prompts, [NLI.options] * len(prompts)))
+    expected = np.exp(forced) / np.exp(forced).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    labels = np.array([0, 1, 2])
+    np.testing.assert_allclose(A.label_probs(tiny_runtime, NLI, prompts, labels), expected[[0, 1, 2], labels],
+                               atol=1e-5)
 
 
 @pytest.mark.usefixtures("tiny_options")
@@ -339,11 +351,11 @@ def test_occlusion_ranking_is_more_comprehensive_and_sufficient_than_a_random_ra
 
     items = load_esnli(20, 0)
     labels = task.predict_nli(smollm, [(it.premise, it.hypothesis) for it in items])
-    layouts = [A.layout(smollm.tokenizer, *A.item_words(it)) for it in items]
-    scores = A.word_attributions(smollm, layouts, labels, "occlusion")
+    layouts = [A.layout(smollm.tokenizer, NLI, A.item_words(NLI, it)) for it in items]
+    scores = A.word_attributions(smollm, NLI.options, layouts, labels, "occlusion")
     rng = np.random.default_rng(0)
     random = [rng.permutation(len(s)).astype(float) for s in scores]
-    comp, suff = A.erasure_scores(smollm, items, labels, scores)
-    comp_random, suff_random = A.erasure_scores(smollm, items, labels, random)
+    comp, suff = A.erasure_scores(smollm, NLI, items, labels, scores)
+    comp_random, suff_random = A.erasure_scores(smollm, NLI, items, labels, random)
     assert comp.mean() > comp_random.mean() + 0.02
     assert suff.mean() < suff_random.mean() - 0.02

@@ -250,17 +250,8 @@ def test_unknown_architecture_is_one_line() -> None:
 
     with pytest.raises(ArchitectureError) as info:
         model_parts(BertForMaskedLM())  # type: ignore[arg-type]
-    one_line(info.value, "the probes do not know architecture BertForMaskedLM (model_type=bert); "
-                         "supported: gemma, gpt2, llama, mistral, qwen2")
-
-    class LlamaWithoutNorm:
-        config = SimpleNamespace(model_type="llama")
-        model = SimpleNamespace(layers=[], norm=None)
-
-    with pytest.raises(ArchitectureError) as info:
-        model_parts(LlamaWithoutNorm())  # type: ignore[arg-type]
-    one_line(info.value, "the probes expected module 'model.norm' in this llama model (LlamaWithoutNorm) "
-                         "and did not find it")
+    one_line(info.value, "the probes cannot find decoder layers (blocks holding an attention module and an MLP) "
+                         "in architecture BertForMaskedLM (model_type=bert)")
 
 
 # --- catalogue: --qxai-data ------------------------------------------------------------------------------------
@@ -269,18 +260,17 @@ NLI_OK = {"id": "a", "premise": "A man sleeps.", "hypothesis": "A person rests."
           "explanations": ["Sleeping is resting."]}
 
 DATA_CASES: list[tuple[str, str, bytes | None, str]] = [
-    ("unknown-name", "squad", b"{}", "--qxai-data squad: unknown dataset; names: esnli, ecqa, lre"),
+    ("classification-fields", "squad", b"{}",
+     "--qxai-data squad: {path}:1: missing field(s) id, text, label (required: id, text, label)"),
     ("missing-file", "esnli", None, "--qxai-data esnli: file not found: {path}"),
     ("folder", "esnli", "folder", "--qxai-data esnli: file not found: {path}"),  # type: ignore[list-item]
     ("empty", "esnli", b"", "--qxai-data esnli: {path}: no items (the file is empty or has only blank lines)"),
     ("blank-lines", "esnli", b"\n  \n\r\n",
      "--qxai-data esnli: {path}: no items (the file is empty or has only blank lines)"),
     ("wrong-fields", "esnli", b'{"id": "a", "premise": "p"}\n',
-     "--qxai-data esnli: {path}:1: missing field(s) hypothesis, label, explanations "
-     "(required: id, premise, hypothesis, label, explanations)"),
-    ("mcq-fields-in-nli", "ecqa", json.dumps(NLI_OK).encode(),
-     "--qxai-data ecqa: {path}:1: missing field(s) question, options, answer, explanation "
-     "(required: id, question, options, answer, explanation)"),
+     "--qxai-data esnli: {path}:1: missing field(s) hypothesis, label (required: id, premise, hypothesis, label)"),
+    ("nli-record-in-mcq", "ecqa", json.dumps(NLI_OK).encode(),
+     "--qxai-data ecqa: {path}:1: an NLI record (premise, hypothesis) in a file read as multiple-choice data"),
     ("bad-json", "esnli", json.dumps(NLI_OK).encode() + b"\n{oops\n",
      "--qxai-data esnli: {path}:2: invalid JSON: Expecting property name enclosed in double quotes at column 2"),
     ("non-utf8", "esnli", json.dumps(NLI_OK).encode() + b'\n{"id": "\xff"}\n',
@@ -414,11 +404,11 @@ def test_unwritable_report_is_a_summary_error(make_config: Callable[..., QxaiCon
     ("args", "message"),
     [
         (("--qxai-data=esnli=empty.jsonl",), "--qxai-data esnli: {root}/empty.jsonl: no items"),
-        (("--qxai-data=squad=empty.jsonl",), "--qxai-data squad: unknown dataset; names: esnli, ecqa, lre"),
+        (("--qxai-data=squad=empty.jsonl",), "--qxai-data squad: {root}/empty.jsonl: no items"),
         (("--qxai-model=~no-such-user-qxai/m",), "--qxai-model ~no-such-user-qxai/m: no such file or folder"),
         (("--qxai-model=org--x/model",), "--qxai-model org--x/model: not a valid Hugging Face repo id"),
     ],
-    ids=["empty-data", "unknown-data", "unknown-user", "bad-repo-id"],
+    ids=["empty-data", "empty-classification-data", "unknown-user", "bad-repo-id"],
 )
 def test_new_usage_errors_are_one_line_exit_4(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
     """The cases added with this file take the same path as the others: exit 4, one ERROR line, nothing written."""

@@ -45,13 +45,15 @@ def test_hub_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_null_spec_pair_shares_the_reference_identity(make_config: Callable[..., QxaiConfig], tmp_path: Path) -> None:
     tiny = build_tiny_model(tmp_path)
-    cfg = make_config(model=str(tiny), quant=parse_spec("none"), cache_dir=tmp_path / "cache", baseline_name="none")
+    cfg = make_config(model=str(tiny), quant=parse_spec("none"), cache_dir=tmp_path / "cache", baseline_name="none",
+                      skip_sanity=True)  # a random tiny model is no language model
     pair = pair_module.get_pair(cfg)
     assert pair_module.get_pair(cfg) is pair  # loaded at most once per process
     assert pair.quantized.model is not pair.reference.model
     assert pair.quantized.identity == pair.reference.identity  # the null check reuses reference results
     assert pair.metadata["model_id"] == "tiny-llama" and pair.metadata["model_hash"].startswith("sha256:")
     assert pair.metadata["residency"] == "both models on cpu"
+    assert pair.metadata["sanity"] == "skipped (--qxai-skip-sanity)"
     calls: list[int] = []
     first = pair.cached(pair.reference, "demo", {"n": 1}, lambda: calls.append(1) or 42)
     again = pair.cached(pair.quantized, "demo", {"n": 1}, lambda: calls.append(1) or 43)
@@ -67,9 +69,11 @@ def test_quantized_checkpoint_made_by_the_project_loads_as_the_pair(
     tiny = build_tiny_model(tmp_path)
     cache = tmp_path / "cache"
     spec = parse_spec("gptq4:group_size=32,calibration=4")
-    made = pair_module.get_pair(make_config(model=str(tiny), quant=spec, cache_dir=cache, baseline_name="gptq4"))
+    made = pair_module.get_pair(make_config(model=str(tiny), quant=spec, cache_dir=cache, baseline_name="gptq4",
+                                            skip_sanity=True))
     checkpoint = next((cache / "quantized").glob("gptq4*/checkpoint"))
-    loaded = pair_module.get_pair(make_config(model=str(tiny), quantized=str(checkpoint), cache_dir=cache))
+    loaded = pair_module.get_pair(make_config(model=str(tiny), quantized=str(checkpoint), cache_dir=cache,
+                                              skip_sanity=True))
     assert loaded.metadata["quant"] == "gptq4" and loaded.metadata["quantized_checkpoint"] == str(checkpoint)
     ids = loaded.tokenizer("The capital of France is Paris.", return_tensors="pt")["input_ids"]
     with torch.no_grad():

@@ -101,7 +101,7 @@ def test_default_quant_and_baseline_name(pytester: pytest.Pytester) -> None:
         (["--qxai-samples=0"], "--qxai-samples must be at least 2"),
         (["--qxai-baseline-name=../escape"], "is not a safe file name"),
         (["--qxai-baseline-name=a/b"], "is not a safe file name"),
-        (["--qxai-data=esnli"], "write NAME=PATH"),
+        (["--qxai-data=reviews"], "write NAME=PATH"),
         (["--qxai-data=esnli=missing.jsonl"], "--qxai-data esnli: file not found"),
         (["--qxai-tolerance=accuracy=wide"], "accuracy"),
         (["--quant=torchao-int4", "--qxai-device=cpu"], "--quant torchao-int4 needs a CUDA GPU"),

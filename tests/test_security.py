@@ -88,7 +88,8 @@ def test_the_whole_pair_load_never_trusts_remote_code(
     monkeypatch.setattr(loading, "apply_determinism", lambda seed: None)  # keep global torch flags untouched
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the pair's scratch folder lands here
     folder = build_tiny_model(tmp_path)
-    loaded = pair._load_pair(make_config(model=str(folder), quant=parse_spec("none"), cache_dir=tmp_path / "cache"))
+    loaded = pair._load_pair(make_config(model=str(folder), quant=parse_spec("none"), cache_dir=tmp_path / "cache",
+                                         skip_sanity=True))
     assert loaded.reference.model is not loaded.quantized.model
     assert len(spied_loads) >= 3
     assert all(kwargs.get("trust_remote_code") is False for _, kwargs in spied_loads), spied_loads

@@ -69,6 +69,54 @@ def build_tiny_model(tmp_path: Path, seed: int = 0) -> Path:
     return folder
 
 
+def family_config(family: str, vocab: int, hidden: int, inter: int, layers: int, **ids: int) -> Any:
+    """A small transformers config of one decoder family people quantize now (``FAMILIES``), random-weight ready.
+
+    ``ids`` are the special token ids (``bos_token_id``, ``eos_token_id``, ``pad_token_id``) of the tokenizer used.
+    """
+    import transformers as T
+
+    heads = {"num_attention_heads": 4, "num_key_value_heads": 2}
+    common = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+              "max_position_embeddings": 1024, **heads, **ids}
+    head_dim = {"head_dim": hidden // 4}
+    builders = {
+        "gemma": lambda: T.GemmaConfig(**common, **head_dim),
+        "gemma2": lambda: T.Gemma2Config(**common, **head_dim),
+        "gemma3_text": lambda: T.Gemma3TextConfig(**common, **head_dim),
+        "gpt2": lambda: T.GPT2Config(vocab_size=vocab, n_embd=hidden, n_inner=inter, n_layer=layers, n_head=4,
+                                     n_positions=1024, **ids),  # the runtime keeps up to 1024 prompt tokens
+        "llama3": lambda: T.LlamaConfig(**common, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
+        "smollm2": lambda: T.LlamaConfig(**common, tie_word_embeddings=True),
+        "mistral": lambda: T.MistralConfig(**common),
+        "olmo2": lambda: T.Olmo2Config(**common),
+        "phi3": lambda: T.Phi3Config(**common),
+        "qwen2": lambda: T.Qwen2Config(**common),
+        "qwen3": lambda: T.Qwen3Config(**common, **head_dim),
+        "smollm3": lambda: T.SmolLM3Config(**common),
+    }
+    return builders[family]()
+
+
+FAMILIES = ("gemma", "gemma2", "gemma3_text", "gpt2", "llama3", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
+            "smollm2", "smollm3")
+"""Gemma 1-3, GPT-2, Llama 3.x, Mistral, OLMo 2, Phi-3, Qwen 2/2.5 (one architecture) and 3, SmolLM 1-2 (Llama
+with tied embeddings) and SmolLM3."""
+
+
+def shorten_suites(monkeypatch: Any) -> None:
+    """Cut generation lengths and sampling budgets of the suites: plumbing tests on tiny models stay fast."""
+    from pytest_qxai.methods import counterfactual, faithfulness, nle
+
+    monkeypatch.setitem(nle.NLE_TEMPLATE, "max_new_tokens", 4)
+    monkeypatch.setattr(counterfactual, "MAX_EDIT_TOKENS", 4)
+    monkeypatch.setattr(counterfactual, "MAX_WORDS_TOKENS", 3)
+    monkeypatch.setitem(faithfulness.CC_SHAP, "permutations", 1)
+    monkeypatch.setitem(faithfulness.INSERTIONS, "positions", 1)
+
+
 def assert_sides_match(result: Any, metrics: Sequence[Any], n_items: int, atol: float = 1e-6) -> None:
     """A suite run on two identical models: ``n_items`` items, nothing skipped, equal per-item values per metric."""
     import numpy as np

@@ -1,10 +1,19 @@
 """Where the interpretability probes find a decoder's parts: final norm, unembedding, layers, attention, MLP, W_down.
 
-One table row per supported model family names the attribute paths; :func:`model_parts` resolves them on a
-loaded (reference or quantized) model and raises :class:`ArchitectureError` for anything else, so a probe
-never guesses. The MLP's value neurons are the columns of ``W_down`` (``[d_model, n_neurons]``) and their
-coefficients ``m`` are the down projection's input (Llama, Qwen2, Mistral, Gemma: ``mlp.down_proj``; GPT-2:
-``mlp.c_proj``, a ``Conv1D`` whose weight is stored transposed, ``[n_neurons, d_model]``).
+The parts are found from the model's structure, not from a list of names: the decoder layers are the longest
+``ModuleList`` whose blocks each hold an attention module and an MLP (their class names end in ``Attention`` and
+``MLP``, as in every transformers decoder: Llama 1-3, Mistral, Qwen 2/2.5/3, Gemma 1-3, Phi-3, OLMo 2, SmolLM 1-3,
+GPT-2); the down projection is the MLP's linear map back to the model width (``down_proj`` in the gated MLPs,
+GPT-2's ``Conv1D`` ``c_proj``, whose weight is stored transposed as ``[n_neurons, d_model]``); the final norm is
+the base model's ``norm``/``ln_f``/``final_layernorm``; the unembedding is ``get_output_embeddings()``.
+:func:`model_parts` raises :class:`ArchitectureError` when one of them is missing, so a probe never guesses.
+
+Residual contributions: most decoders are pre-norm (``h = x + attn(norm(x))``, ``y = h + mlp(norm(h))``). Gemma 2/3
+and OLMo 2 also normalise each sublayer's *output* before adding it (``post_attention_layernorm`` and
+``post_feedforward_layernorm`` on the sublayer outputs; a block with a ``post_feedforward_layernorm`` is read this
+way); the probes then take those norms' outputs as the attention and MLP contributions. A value neuron
+``m_k · W_down[:, k]`` is an additive part of the residual stream only without such a norm and without a final
+logit soft-cap (Gemma 2): :attr:`ModelParts.neuron_caveat` says why not otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArchitectureError
+from ..runtime import final_norm
 
 if TYPE_CHECKING:
     import torch
@@ -20,41 +30,40 @@ if TYPE_CHECKING:
 
     from ..backends.base import QuantBackend
 
+POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
+"""A block holding the second of these normalises both sublayer outputs with them before the residual add."""
+
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """Attribute paths of one model family: model-level modules, then paths inside one decoder layer."""
+    """Module names of one family's decoder, for code that names modules before a model is loaded (``keep=``)
+    or swaps whole sublayers (blame); the probes themselves find the parts from the structure."""
 
     layers: str
-    final_norm: str
-    unembed: str
     attn: str
     mlp: str
-    down: str
-    down_transposed: bool = False
-    """The down projection stores its weight as ``[n_neurons, d_model]`` (GPT-2's ``Conv1D``)."""
 
 
-_LLAMA_LIKE = ArchSpec("model.layers", "model.norm", "lm_head", "self_attn", "mlp", "mlp.down_proj")
-
+_LLAMA_LIKE = ArchSpec("model.layers", "self_attn", "mlp")
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gpt2": ArchSpec("transformer.h", "transformer.ln_f", "lm_head", "attn", "mlp", "mlp.c_proj", down_transposed=True),
+    **dict.fromkeys(("gemma", "gemma2", "gemma3_text", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
+                     "smollm3"), _LLAMA_LIKE),
+    "gpt2": ArchSpec("transformer.h", "attn", "mlp"),
 }
-"""``config.model_type`` → paths. Every listed family is pre-norm: ``h = x + attn(norm(x))``, then
-``y = h + mlp(norm(h))``."""
+"""``config.model_type`` → module names; tests check each entry against the structure :func:`model_parts` finds."""
+TESTED_FAMILIES = tuple(sorted(ARCHITECTURES))
+"""``model_type``s the probes are tested on (tiny random models of each); others are resolved the same way."""
 
 
 @dataclass(frozen=True)
 class LayerParts:
-    """One decoder layer: the block, its attention and MLP sublayers and the MLP's down projection."""
+    """One decoder layer: the block, the modules whose outputs it adds to the residual stream, the down projection."""
 
     block: "torch.nn.Module"
     attn: "torch.nn.Module"
+    """The attention contribution: the attention module, or the norm applied to its output (post-norm blocks)."""
     mlp: "torch.nn.Module"
+    """The MLP contribution: the MLP module, or the norm applied to its output (post-norm blocks)."""
     down: "torch.nn.Module"
 
 
@@ -67,6 +76,10 @@ class ModelParts:
     unembed: "torch.nn.Module"
     layers: tuple[LayerParts, ...]
     down_transposed: bool
+    softcap: float | None = None
+    """Final logit soft-cap ``c``: logits become ``c · tanh(logits / c)`` (Gemma 2)."""
+    neuron_caveat: str | None = None
+    """Why single value neurons are not additive parts of the residual stream here (None when they are)."""
 
     @property
     def device(self) -> "torch.device":
@@ -82,7 +95,10 @@ class ModelParts:
         """``log_softmax(W_U · FinalNorm(hidden))``, float32 on the model's device."""
         import torch
 
-        return torch.log_softmax(self.unembed(self._final(hidden)).float(), dim=-1)
+        logits = self.unembed(self._final(hidden)).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return torch.log_softmax(logits, dim=-1)
 
     def normed(self, hidden: "torch.Tensor") -> "torch.Tensor":
         """``FinalNorm(hidden)`` for residual vectors ``[..., d]``, float32 on the model's device."""
@@ -160,30 +176,91 @@ class ModelParts:
 
 
 def model_parts(model: "PreTrainedModel") -> ModelParts:
-    """Resolve the probe modules of ``model``; :class:`ArchitectureError` for an unknown or unexpected layout."""
+    """Resolve the probe modules of ``model`` from its structure; :class:`ArchitectureError` when a part is missing."""
     model_type = str(getattr(model.config, "model_type", "unknown"))
-    spec = ARCHITECTURES.get(model_type)
-    if spec is None:
-        raise ArchitectureError(
-            f"the probes do not know architecture {type(model).__name__} (model_type={model_type}); "
-            f"supported: {', '.join(sorted(ARCHITECTURES))}"
-        )
-    layers = _resolve(model, spec.layers, model_type)
+    blocks = _decoder_layers(model, model_type)
+    post_norm = all(hasattr(block, POST_NORMS[1]) for block in blocks)
+    layers = []
+    for block in blocks:
+        attn, mlp = _child(block, "Attention", model_type), _child(block, "MLP", model_type)
+        if post_norm:
+            attn, mlp = (_resolve(block, name, model_type) for name in POST_NORMS)
+        layers.append(LayerParts(block=block, attn=attn, mlp=mlp, down=_down(_child(block, "MLP", model_type),
+                                                                                 model_type)))
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    caveats = ([f"{model_type} normalises the MLP output before adding it to the residual stream"] if post_norm else [])
+    caveats += [f"{model_type} soft-caps its final logits (c = {softcap})"] if softcap else []
     return ModelParts(
         model_type=model_type,
-        final_norm=_resolve(model, spec.final_norm, model_type),
-        unembed=_resolve(model, spec.unembed, model_type),
-        layers=tuple(
-            LayerParts(
-                block=block,
-                attn=_resolve(block, spec.attn, model_type),
-                mlp=_resolve(block, spec.mlp, model_type),
-                down=_resolve(block, spec.down, model_type),
-            )
-            for block in layers
-        ),
-        down_transposed=spec.down_transposed,
+        final_norm=final_norm(model),
+        unembed=_output_embeddings(model, model_type),
+        layers=tuple(layers),
+        down_transposed=type(layers[0].down).__name__ == "Conv1D",
+        softcap=float(softcap) if softcap else None,
+        neuron_caveat=" and ".join(caveats) or None,
     )
+
+
+def _missing(model: Any, model_type: str, what: str) -> ArchitectureError:
+    """The one-line error for a part the probes cannot find."""
+    return ArchitectureError(f"the probes cannot find {what} in architecture {type(model).__name__} "
+                             f"(model_type={model_type})")
+
+
+def _decoder_layers(model: Any, model_type: str) -> list[Any]:
+    """The longest ``ModuleList`` whose every block holds an attention module and an MLP."""
+    import torch
+
+    found: list[Any] = []
+    for module in model.modules() if isinstance(model, torch.nn.Module) else ():
+        if (isinstance(module, torch.nn.ModuleList) and len(module) > len(found)
+                and all(_has_child(block, "Attention") and _has_child(block, "MLP") for block in module)):
+            found = list(module)
+    if not found:
+        raise _missing(model, model_type, "decoder layers (blocks holding an attention module and an MLP)")
+    return found
+
+
+def _has_child(block: Any, suffix: str) -> bool:
+    """Whether one of ``block``'s direct children is of a class named ``...<suffix>``."""
+    return any(type(child).__name__.endswith(suffix) for child in block.children())
+
+
+def _child(block: Any, suffix: str, model_type: str) -> Any:
+    """The first direct child of ``block`` whose class name ends in ``suffix``."""
+    for child in block.children():
+        if type(child).__name__.endswith(suffix):
+            return child
+    raise _missing(block, model_type, f"a {suffix} module in the decoder layer")
+
+
+def _down(mlp: Any, model_type: str) -> Any:
+    """The MLP's projection back to the model width: its last linear (or ``Conv1D``) child that maps to ``d_model``."""
+    linear = [child for child in mlp.children() if _widths(child) is not None]
+    if len(linear) < 2:
+        raise _missing(mlp, model_type, "the MLP's down projection")
+    d_model = _widths(linear[0])[0]  # type: ignore[index]
+    back = [child for child in linear[1:] if _widths(child)[1] == d_model]  # type: ignore[index]
+    if not back:
+        raise _missing(mlp, model_type, "the MLP's down projection")
+    return back[-1]
+
+
+def _widths(module: Any) -> tuple[int, int] | None:
+    """``(in, out)`` width of a linear layer (``nn.Linear``, a quantized linear, GPT-2's ``Conv1D``), else None."""
+    if type(module).__name__ == "Conv1D":
+        return int(module.weight.shape[0]), int(module.nf)
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    return None
+
+
+def _output_embeddings(model: Any, model_type: str) -> Any:
+    """The unembedding (LM head)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise _missing(model, model_type, "the unembedding (no output embeddings: not a causal LM)")
+    return head
 
 
 def _resolve(root: Any, path: str, model_type: str) -> Any:

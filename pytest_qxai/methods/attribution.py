@@ -1,11 +1,14 @@
-"""Feature-attribution faithfulness on e-SNLI (ERASER) and FP–quantized agreement of the attributions.
+"""Feature-attribution faithfulness (ERASER) and FP–quantized agreement of the attributions, on labelled text.
 
-Both models explain the same label ``y``, the *reference's* predicted label (the task suite's prediction,
-shared through the cache), after the task suite's prompt: agreement compares attributions of one quantity,
-and no value of the reference side depends on the quantized model. The explained quantity is ``p(y | x)``, the softmax over the label options'
-log-likelihoods: the options are single tokens (" yes", " maybe", " no" on SmolLM2), so one forward gives
-it, differentiably, and it is exactly the task suite's scoring. Features are the whitespace-separated
-words of premise and hypothesis.
+Runs on every labelled dataset of the run (e-SNLI, your classification files). Both models explain the same
+label ``y``, the *reference's* predicted label (the task suite's prediction, shared through the cache), after
+the task suite's prompt: agreement compares attributions of one quantity, and no value of the reference side
+depends on the quantized model. The explained quantity is ``p(y | x)``, the softmax over the label options'
+log-likelihoods, exactly the task suite's scoring. A label of several tokens contributes its full continuation
+log-probability (the sum over its tokens: each option's tokens appended after the input, one forward per
+option), so labels need not be single tokens; single-token options (" yes", " maybe", " no" on SmolLM2) take one
+forward for all of them. Features are the whitespace-separated words of the item's texts (premise and
+hypothesis, or the text).
 
 Attribution methods (captum), each the same on both sides so that the agreement metrics compare like
 with like:
@@ -31,8 +34,9 @@ ranks no word, so every metric of that item on that side scores its worst value 
 sufficiency 1, rank correlation −1, top-k overlap 0), and ``degenerate_rate`` counts it. Where only the
 reference's vector is constant, the quantized side's rank correlation is 0 (no monotone relation exists).
 
-Precondition: the explained quantity is ``p(y|x)`` of an e-SNLI label, so every metric but
-``degenerate_rate`` is ``not applicable`` when the reference is not significantly above chance on the items.
+Precondition: the explained quantity is ``p(y|x)`` of a task label, so every metric but ``degenerate_rate`` is
+``not applicable`` when the reference is not significantly above chance on the items (over several datasets:
+against the mean of their chance levels).
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
-from ..datasets import NLIItem, dataset_fingerprint
+from ..datasets import dataset_fingerprint
 from ..errors import QxaiError
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
+from .task import LabelTask, option_scores
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, worst_value
 
 if TYPE_CHECKING:
@@ -168,31 +173,34 @@ def chance_corrected_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 @dataclass(frozen=True)
 class Layout:
-    """A rendered task prompt and the character span of every feature word (premise words, then hypothesis)."""
+    """A rendered task prompt and the character span of every feature word (each field's words, in order)."""
 
     prompt: str
     spans: tuple[tuple[int, int], ...]
 
 
-def item_words(item: NLIItem) -> tuple[list[str], list[str]]:
-    """The item's features: premise and hypothesis split on whitespace."""
-    return item.premise.split(), item.hypothesis.split()
+def item_words(task: LabelTask, item: Any) -> list[list[str]]:
+    """The item's features: each of its texts split on whitespace."""
+    return [text.split() for text in task.fields(item)]
 
 
-def render(tokenizer: "PreTrainedTokenizerBase", premise: Sequence[str], hypothesis: Sequence[str]) -> str:
-    """The task suite's prompt for these premise and hypothesis words."""
-    return task.nli_prompt(tokenizer, " ".join(premise), " ".join(hypothesis))
+def render(tokenizer: "PreTrainedTokenizerBase", task: LabelTask, fields: Sequence[Sequence[str]]) -> str:
+    """The task suite's prompt for these words of each field."""
+    return task.prompt(tokenizer, [" ".join(words) for words in fields])
 
 
-def layout(tokenizer: "PreTrainedTokenizerBase", premise: Sequence[str], hypothesis: Sequence[str]) -> Layout:
-    """Render the task prompt for these words and locate each word in it."""
-    p_text, h_text = " ".join(premise), " ".join(hypothesis)
-    prompt = render(tokenizer, premise, hypothesis)
-    h_start = prompt.rfind(h_text) if h_text else len(prompt)
-    p_start = prompt.rfind(p_text, 0, h_start) if p_text else h_start
-    if h_start < 0 or p_start < 0:
-        raise QxaiError("cannot find the premise and hypothesis in the task prompt (premise must come first)")
-    spans = _word_spans(premise, p_start) + _word_spans(hypothesis, h_start)
+def layout(tokenizer: "PreTrainedTokenizerBase", task: LabelTask, fields: Sequence[Sequence[str]]) -> Layout:
+    """Render the task prompt for these words and locate each word in it (fields are found from the last back)."""
+    prompt = render(tokenizer, task, fields)
+    starts: list[int] = []
+    end = len(prompt)
+    for words in reversed(fields):
+        text = " ".join(words)
+        end = prompt.rfind(text, 0, end) if text else end
+        if end < 0:
+            raise QxaiError(f"cannot find the {task.name} item's texts in its task prompt, in order")
+        starts.insert(0, end)
+    spans = [span for words, start in zip(fields, starts) for span in _word_spans(words, start)]
     return Layout(prompt, tuple(spans))
 
 
@@ -206,78 +214,98 @@ def _word_spans(words: Sequence[str], start: int) -> list[tuple[int, int]]:
 
 
 def erasure_prompts(
-    tokenizer: "PreTrainedTokenizerBase", premise: Sequence[str], hypothesis: Sequence[str], scores: np.ndarray
+    tokenizer: "PreTrainedTokenizerBase", task: LabelTask, fields: Sequence[Sequence[str]], scores: np.ndarray
 ) -> tuple[list[str], list[str]]:
     """Prompts with the top-k% words deleted (comprehensiveness) and with only them kept (sufficiency), per k."""
-    n_p = len(premise)
-    words = list(premise) + list(hypothesis)
+    words = [(f, word) for f, group in enumerate(fields) for word in group]
     comprehensive, sufficient = [], []
     for k in k_counts(len(words)):
         top = set(top_words(scores, k).tolist())
         for keep_top, out in ((False, comprehensive), (True, sufficient)):
-            kept = [j for j in range(len(words)) if (j in top) == keep_top]
-            out.append(render(tokenizer, [words[j] for j in kept if j < n_p], [words[j] for j in kept if j >= n_p]))
+            kept = [words[j] for j in range(len(words)) if (j in top) == keep_top]
+            out.append(render(tokenizer, task, [[w for f, w in kept if f == field] for field in range(len(fields))]))
     return comprehensive, sufficient
 
 
 # --- model computations -----------------------------------------------------------------------------------
 
-def option_token_ids(runtime: "Runtime") -> list[int]:
-    """The token id of each label option; attribution needs single-token options (one forward per input)."""
-    options = task.NLI_TEMPLATE["options"]
-    ids = runtime.encode(list(options), add_special_tokens=False)
-    if any(len(i) != 1 for i in ids):
-        raise QxaiError(f"the attribution suite needs single-token label options; {options} are not under this "
-                        "tokenizer")
-    return [i[0] for i in ids]
-
-
-def label_probs(runtime: "Runtime", prompts: Sequence[str], labels: np.ndarray) -> np.ndarray:
+def label_probs(runtime: "Runtime", task: LabelTask, prompts: Sequence[str], labels: np.ndarray) -> np.ndarray:
     """``p(y | prompt)``: softmax of the task suite's option scores; each distinct prompt is scored once."""
-    option_token_ids(runtime)
     unique, index = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
-    logp = task.option_scores(runtime, [str(p) for p in unique], task.NLI_TEMPLATE["options"])[index]
+    logp = option_scores(runtime, [str(p) for p in unique], task.options)[index]
     probs = np.exp(logp - logp.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     return probs[np.arange(len(prompts)), np.asarray(labels)]
 
 
 def erasure_scores(
-    runtime: "Runtime", items: Sequence[NLIItem], labels: np.ndarray, scores: Sequence[np.ndarray]
+    runtime: "Runtime", task: LabelTask, items: Sequence[Any], labels: np.ndarray, scores: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-item comprehensiveness and sufficiency (AOPC) of the word rankings ``scores``, all erasures in one batch."""
     tokenizer = runtime.tokenizer
     full, comprehensive, sufficient = [], [], []
     for item, item_scores in zip(items, scores):
-        premise, hypothesis = item_words(item)
-        full.append(render(tokenizer, premise, hypothesis))
-        comp, suff = erasure_prompts(tokenizer, premise, hypothesis, item_scores)
+        fields = item_words(task, item)
+        full.append(render(tokenizer, task, fields))
+        comp, suff = erasure_prompts(tokenizer, task, fields, item_scores)
         comprehensive += comp
         sufficient += suff
     n, levels = len(items), len(K_PERCENTS)
     per_level = np.repeat(labels, levels)
-    probs = label_probs(runtime, full + comprehensive + sufficient, np.concatenate([labels, per_level, per_level]))
+    probs = label_probs(runtime, task, full + comprehensive + sufficient,
+                        np.concatenate([labels, per_level, per_level]))
     p_full = probs[:n]
     p_comp = probs[n : n + n * levels].reshape(n, levels)
     p_suff = probs[n + n * levels :].reshape(n, levels)
     return aopc(p_full, p_comp), aopc(p_full, p_suff)
 
 
+def label_distribution(runtime: "Runtime", option_ids: Sequence[Sequence[int]]) -> Any:
+    """``forward(embeds, mask, positions) -> [b, options]``: ``p(label | x)`` from input embeddings, differentiably.
+
+    Single-token options are read off one forward's last position; otherwise each option's tokens are appended
+    (their embeddings after the input's) and its summed log-probability taken, one forward per option.
+    """
+    import torch
+
+    single = all(len(ids) == 1 for ids in option_ids)
+    firsts = torch.tensor([ids[0] for ids in option_ids], device=runtime.device)
+    table = runtime.model.get_input_embeddings()
+
+    def forward(embeds: "torch.Tensor", mask: "torch.Tensor", positions: "torch.Tensor") -> "torch.Tensor":
+        runtime.stats.tokens_scored += int(mask.sum())
+        if single:
+            logits = runtime.forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                     logits_to_keep=1).logits
+            return torch.softmax(logits[:, -1].float().index_select(-1, firsts), dim=-1)
+        scores = []
+        for ids in option_ids:
+            tail = torch.tensor(ids, device=embeds.device)
+            with torch.no_grad():
+                extra = table(tail).to(embeds.dtype).expand(embeds.shape[0], -1, -1)
+            steps = torch.arange(1, len(ids) + 1, device=positions.device)
+            logits = runtime.forward(
+                inputs_embeds=torch.cat([embeds, extra], dim=1),
+                attention_mask=torch.cat([mask, mask.new_ones(mask.shape[0], len(ids))], dim=1),
+                position_ids=torch.cat([positions, positions[:, -1:] + steps], dim=1),
+                logits_to_keep=len(ids) + 1,
+            ).logits[:, :-1].float()
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, tail.expand(embeds.shape[0], -1)[..., None])
+            scores.append(picked[..., 0].sum(dim=-1))
+        return torch.softmax(torch.stack(scores, dim=-1), dim=-1)
+
+    return forward
+
+
 def word_attributions(
-    runtime: "Runtime", layouts: Sequence[Layout], labels: np.ndarray, method: Method
+    runtime: "Runtime", options: Sequence[str], layouts: Sequence[Layout], labels: np.ndarray, method: Method
 ) -> list[np.ndarray]:
     """Per-word attributions of ``p(y|x)`` for each prompt, computed with captum in length-sorted batches."""
     import torch
     from captum.attr import FeatureAblation, IntegratedGradients
 
     model, tokenizer = runtime.model, runtime.tokenizer
-    option_ids = torch.tensor(option_token_ids(runtime), device=runtime.device)
-
-    def forward(embeds: "torch.Tensor", mask: "torch.Tensor", positions: "torch.Tensor") -> "torch.Tensor":
-        logits = runtime.forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                 logits_to_keep=1).logits
-        runtime.stats.tokens_scored += int(mask.sum())
-        return torch.softmax(logits[:, -1].float().index_select(-1, option_ids), dim=-1)
+    forward = label_distribution(runtime, runtime.encode(list(options), add_special_tokens=False))
 
     out: list[np.ndarray] = [np.zeros(0)] * len(layouts)
     order = sorted(range(len(layouts)), key=lambda i: -len(layouts[i].prompt))
@@ -346,30 +374,46 @@ def gradient_plan(pair: "ModelPair") -> str | None:
 
 
 def _side_result(
-    side: "ModelSide", items: Sequence[NLIItem], labels: np.ndarray, methods: Sequence[Method]
+    side: "ModelSide", task: LabelTask, items: Sequence[Any], labels: np.ndarray, methods: Sequence[Method]
 ) -> dict[str, dict[str, Any]]:
-    """Word attributions and erasure scores of one model, for each attribution method."""
-    layouts = [layout(side.runtime.tokenizer, *item_words(item)) for item in items]
+    """Word attributions and erasure scores of one model on one dataset, for each attribution method."""
+    layouts = [layout(side.runtime.tokenizer, task, item_words(task, item)) for item in items]
     result: dict[str, dict[str, Any]] = {}
     for method in methods:
-        scores = word_attributions(side.runtime, layouts, labels, method)
-        comp, suff = erasure_scores(side.runtime, items, labels, scores)
+        scores = word_attributions(side.runtime, task.options, layouts, labels, method)
+        comp, suff = erasure_scores(side.runtime, task, items, labels, scores)
         result[method] = {"scores": scores, "comprehensiveness": comp, "sufficiency": suff}
     return result
 
 
 def run_attribution(pair: "ModelPair") -> SuiteResult:
     """Attributions of both models' predicted labels, their erasure faithfulness and their agreement."""
-    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
-    items = task.esnli_items(pair, n)
+    tasks = task.label_tasks(pair)
+    if not tasks:
+        return not_applicable(SUITE, ATTRIBUTION_METRICS, task.no_label_data(pair))
+    size = suite_size(SUITE, pair.config.profile, pair.config.samples)
     skip_ig = gradient_plan(pair)
     methods: list[Method] = ["occlusion"] if skip_ig else ["occlusion", "integrated_gradients"]
-    data_hash = dataset_fingerprint(items)
-    params = {"data": data_hash, "version": VERSION, "task": task.template_id(pair.tokenizer), "k": K_PERCENTS,
-              "ig_steps": IG_STEPS, "methods": methods}
-    labels = task.nli_predictions(pair, pair.reference, n).predicted
-    results = {side.role: pair.cached(side, "attribution", params,
-                                      lambda: _side_result(side, items, labels, methods)) for side in pair.sides}
+    items = [t.items(size, pair.config.seed) for t in tasks]
+    n = sum(len(group) for group in items)
+    data_hash = dataset_fingerprint(items[0]) if len(tasks) == 1 else stable_hash(
+        [[t.name, dataset_fingerprint(group)] for t, group in zip(tasks, items)])
+    templates = tasks[0].template_id(pair.tokenizer) if len(tasks) == 1 else stable_hash(
+        [t.template_id(pair.tokenizer) for t in tasks])
+    params = {"data": data_hash, "version": VERSION, "task": templates, "k": K_PERCENTS, "ig_steps": IG_STEPS,
+              "methods": methods}
+    predictions = {side.role: [task.label_predictions(pair, side, t, len(group)) for t, group in zip(tasks, items)]
+                   for side in pair.sides}
+    explained = [p.predicted for p in predictions["reference"]]
+    labels = np.concatenate(explained)
+    results: dict[str, dict[str, dict[str, list[Any]]]] = {}
+    for side in pair.sides:
+        parts = [pair.cached(side, "attribution", {**params, "data": dataset_fingerprint(group),
+                                                   "task": t.template_id(pair.tokenizer)},
+                             lambda t=t, group=group, y=y: _side_result(side, t, group, y, methods))
+                 for t, group, y in zip(tasks, items, explained)]
+        results[side.role] = {m: {key: [v for part in parts for v in list(part[m][key])]
+                                  for key in ("scores", "comprehensiveness", "sufficiency")} for m in methods}
     reference: dict[str, np.ndarray] = {}
     quantized: dict[str, np.ndarray] = {}
     lost: dict[str, dict[str, int]] = {}
@@ -383,6 +427,7 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
                     "sufficiency": (ref["sufficiency"], quant["sufficiency"]),
                     "rank_correlation": (np.ones(n), rho), "topk_overlap": (np.ones(n), overlap)}
         rho[constant["reference"] & ~constant["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
+        measured = {name: (np.asarray(r), np.asarray(q)) for name, (r, q) in measured.items()}
         for name, (ref_values, quant_values) in measured.items():
             worst = worst_value(by_name[prefix + name])
             own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
@@ -401,17 +446,22 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
         "erasure": "words deleted from the text; top ceil(k% of n) words, k in " + ", ".join(map(str, K_PERCENTS)),
         "topk_fraction": TOPK_FRACTION,
         "items_where_the_quantized_model_predicts_another_label": int(np.sum(
-            labels != task.nli_predictions(pair, pair.quantized, n).predicted)),
+            labels != np.concatenate([p.predicted for p in predictions["quantized"]]))),
+        "label_probability": "softmax over the label options' full-continuation log-probabilities",
+        "datasets": [t.name for t in tasks],
         "template_version": f"{VERSION}, {task.NLI_TEMPLATE['version']}",
     }
     result = SuiteResult(
-        SUITE, [item.id for item in items], reference, quantized,
-        fingerprint={"data": data_hash, "version": VERSION, "task_template": task.template_id(pair.tokenizer),
+        SUITE, task.item_ids(tasks, items), reference, quantized,
+        fingerprint={"data": data_hash, "version": VERSION, "task_template": templates,
                      "topk_overlap": "chance-corrected",
                      "params": stable_hash(params)},
         skipped={m.name: skip_ig for m in IG_METRICS} if skip_ig else {},
         notes=notes, lost=lost,
     )
     dependent = [m for m in TASK_DEPENDENT if m.name not in result.skipped]
-    require_competence(result, "e-SNLI", task.nli_predictions(pair, pair.reference, n).correct, 1 / 3, dependent)
+    correct = np.concatenate([p.correct for p in predictions["reference"]])
+    chance = float(np.mean([1 / len(t.labels) for t, group in zip(tasks, items) for _ in group]))
+    names = ", ".join("e-SNLI" if t.kind == "nli" else t.name for t in tasks)
+    require_competence(result, names, correct, chance, dependent)
     return result

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
@@ -300,6 +300,9 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem], f
 
 def run_counterfactual(pair: "ModelPair") -> SuiteResult:
     """Counterfactual edits of both models: target reached, validity, minimality, similarity, fluency, degeneracy."""
+    reason = task.lacks(pair, ("esnli", "ecqa"))
+    if reason:
+        return not_applicable(SUITE, COUNTERFACTUAL_METRICS, reason)
     n = suite_size(SUITE, pair.config.profile, pair.config.samples)
     items = task.esnli_items(pair, n)
     data_hash = dataset_fingerprint(items)

@@ -54,14 +54,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .nle import (ECQA_NLE_TEMPLATE, NLE_TEMPLATE, explain, explain_ecqa, explanation_params, explanation_prompt,
                   is_empty, side_explanations)
 from .outcomes import degenerate_metric, require_competence, scored
-from .task import (NLI_TEMPLATE, ecqa_items, esnli_items, mcq_logprobs, mcq_predictions, nli_predictions, nli_prompt,
-                   predict_nli, template_id)
+from .task import (NLI_TEMPLATE, ecqa_items, esnli_items, lacks, mcq_logprobs, mcq_predictions, nli_predictions,
+                   nli_prompt, predict_nli, template_id)
 from .text import words
 
 if TYPE_CHECKING:
@@ -398,6 +398,9 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -
 
 def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
     """Counterfactual-edit flip and unfaithfulness shares, CC-SHAP and empty explanations on the same items."""
+    reason = lacks(pair, ("esnli", "ecqa"))
+    if reason:
+        return not_applicable(SUITE, NLE_FAITHFULNESS_METRICS, reason)
     n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
     n_shap = min(suite_size("cc_shap", pair.config.profile, pair.config.samples), n_edit)
     items, questions = esnli_items(pair, n_edit), ecqa_items(pair, n_edit)

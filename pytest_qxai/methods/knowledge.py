@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..blame.registry import BlameSupport, register_blame
-from ..datasets import Fact, Relation, dataset_fingerprint, load_relations, seeded_order, select_facts
-from ..metrics import Metric, SuiteResult, register_metric
+from ..datasets import (Fact, Relation, dataset_fingerprint, load_relations, no_relations, seeded_order,
+                        select_facts)
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 
@@ -151,6 +152,9 @@ def recall_values(pair: "ModelPair", side: "ModelSide", items: Sequence[RecallIt
 
 def run_knowledge(pair: "ModelPair") -> SuiteResult:
     """Factual recall of both models on the same LRE facts."""
+    reason = no_relations(pair.config.data)
+    if reason:
+        return not_applicable(SUITE, KNOWLEDGE_METRICS, reason)
     items = recall_items(pair, suite_size(SUITE, pair.config.profile, pair.config.samples))
     reference, quantized = (recall_values(pair, side, items) for side in pair.sides)
     counts: dict[str, int] = {}

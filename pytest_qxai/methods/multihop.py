@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import DATA_DIR, Fact, dataset_fingerprint, load_relations, seeded_order
-from ..metrics import Metric, SuiteResult, register_metric
+from ..datasets import DATA_DIR, Fact, dataset_fingerprint, load_relations, no_relations, seeded_order
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .arch import ModelParts, model_parts
@@ -279,6 +279,9 @@ def best_layer(outcomes: np.ndarray) -> int:
 
 def run_multihop(pair: "ModelPair") -> SuiteResult:
     """First-hop and second-hop tests, consistency and accuracies of both models on the same two-hop items."""
+    reason = no_relations(pair.config.data)
+    if reason:
+        return not_applicable(SUITE, MULTIHOP_METRICS, reason)
     items, selection, table = twohop_items(pair, suite_size(SUITE, pair.config.profile, pair.config.samples))
     reference = {**latent_values(pair, pair.reference, items), **behaviour_values(pair, pair.reference, items)}
     quantized = {**latent_values(pair, pair.quantized, items), **behaviour_values(pair, pair.quantized, items)}

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ..datasets import dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..datasets import dataset_fingerprint, no_relations
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .arch import ModelParts, model_parts
@@ -273,6 +273,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_neurons(pair: "ModelPair") -> SuiteResult:
     """Neuron and sublayer attribution of both models on facts the reference recalls."""
+    reason = no_relations(pair.config.data)
+    if reason:
+        return not_applicable(SUITE, NEURONS_METRICS, reason)
     n = suite_size(SUITE, pair.config.profile, pair.config.samples)
     items = neuron_items(pair, n)
     if not items:
@@ -319,5 +322,9 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
                                                          for side, shares in by_layer.items()}
     ref_vals = {name: ones for name in quant_vals} | {ABOVE_TAU.name: np.array([r.above / TOP_K for r in reference]),
                                                       WORST_LAYER.name: np.zeros(len(items))}
-    return SuiteResult(SUITE, ids, ref_vals, quant_vals, fingerprint,
-                       profiles=profiles, notes=notes)
+    caveat = model_parts(pair.reference.model).neuron_caveat
+    skipped = {m.name: f"not applicable: {caveat}, so a single value neuron is not an additive part of it"
+               for m in (TOP_OVERLAP, TOP_RETAINED, ABOVE_TAU, WORST_LAYER)} if caveat else {}
+    return SuiteResult(SUITE, ids, {k: v for k, v in ref_vals.items() if k not in skipped},
+                       {k: v for k, v in quant_vals.items() if k not in skipped}, fingerprint,
+                       profiles=profiles, skipped=skipped, notes=notes)

@@ -53,11 +53,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
-from .task import MCQ_TEMPLATE, ecqa_items, esnli_items, mcq_predictions, nli_predictions, option_scores, template_id
+from .task import (MCQ_TEMPLATE, ecqa_items, esnli_items, lacks, mcq_predictions, nli_predictions, option_scores,
+                   template_id)
 from .text import ENCODER_NAME, embed, perplexity, rouge_l
 
 if TYPE_CHECKING:
@@ -367,6 +368,9 @@ def _ecqa_values(pair: "ModelPair", items: Sequence[MCQItem], fluency_worst: flo
 
 def run_nle(pair: "ModelPair") -> SuiteResult:
     """Quality metrics of both models' explanations of their own e-SNLI labels, and their agreement."""
+    reason = lacks(pair, ("esnli", "ecqa"))
+    if reason:
+        return not_applicable(SUITE, NLE_METRICS, reason)
     n = nle_size(pair)
     items = esnli_items(pair, n)
     judge_runtime, judge_id = judge(pair)

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint, load_esnli
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
-from .task import NLI_TEMPLATE, nli_prompt, template_id
+from .task import NLI_TEMPLATE, lacks, nli_prompt, template_id
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
@@ -129,6 +129,9 @@ def residual_states(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIIte
 
 def run_probes(pair: "ModelPair") -> SuiteResult:
     """Probe transfer and retraining accuracy, CKA and per-item similarity of FP and quantized activations."""
+    reason = lacks(pair, ("esnli",))
+    if reason:
+        return not_applicable(SUITE, PROBES_METRICS, reason)
     items = load_esnli(suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed,
                        path=pair.config.data.get("esnli"))
     labels = np.array([NLI_LABELS.index(it.label) for it in items])

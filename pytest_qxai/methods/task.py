@@ -9,6 +9,13 @@ Each model scores every label option after a fixed, versioned prompt (no samplin
   NLI-label wording, yes/no wording without the chat template, and 3–6-shot prompts built from e-SNLI dev
   items all stayed at 0.33–0.39. SmolLM2 never answers "maybe" with this prompt: its accuracy comes from
   telling entailment from contradiction.
+* Your classification data (``--qxai-data NAME=FILE``, zero-shot, through the chat template when there is one):
+  "Text: … Which label fits this text: a, b, c? Answer with the label only." and the options are the labels
+  with a leading space. A label of several tokens is scored as a whole continuation: the sum of its tokens'
+  log-probabilities. No length normalisation: the sum is ``log p(label | prompt)``, the probability of the whole
+  answer, so a label is not favoured for having more tokens to spread its probability over; a long label is
+  disfavoured only as far as the model finds it less likely. ``label_accuracy`` and ``label_agreement`` pool
+  every classification dataset of the run (item ids ``NAME:id``).
 * ECQA (3-shot cloze): three fixed ECQA **validation** questions with their answers, then
   "Question: …\\nAnswer:". The score of an option is the summed log-probability of its text (0.457 on
   SmolLM2 against a chance level of 0.2). Listing the options with letters stayed at chance (0.17–0.19).
@@ -26,12 +33,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
 from ..blame.registry import BlameSupport, register_blame
-from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint, load_ecqa, load_esnli
+from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint,
+                        load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
@@ -67,6 +76,14 @@ MCQ_TEMPLATE: dict[str, Any] = {
     ),
 }
 
+CLASS_TEMPLATE: dict[str, Any] = {
+    "version": "task-class-v1",
+    "question": "Text: {text}\nWhich label fits this text: {labels}? Answer with the label only.",
+    "no_chat_suffix": "\nAnswer:",
+    "option": " {label}",
+}
+"""The prompt for a classification dataset; options are its labels after a space."""
+
 ESNLI_ACCURACY = register_metric(Metric(
     SUITE, "esnli_accuracy", "e-SNLI label predicted by option log-likelihood equals the gold label",
     "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.03",
@@ -83,7 +100,105 @@ ECQA_AGREEMENT = register_metric(Metric(
     SUITE, "ecqa_agreement", "Cohen's kappa of the quantized model's ECQA labels with the reference's (reference = 1)",
     "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
 ))
-TASK_METRICS: list[Metric] = [ESNLI_ACCURACY, ECQA_ACCURACY, ESNLI_AGREEMENT, ECQA_AGREEMENT]
+LABEL_ACCURACY = register_metric(Metric(
+    SUITE, "label_accuracy",
+    "Label predicted by option log-likelihood equals the gold label (your classification data)",
+    "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.03",
+))
+LABEL_AGREEMENT = register_metric(Metric(
+    SUITE, "label_agreement", "Cohen's kappa of the quantized model's labels with the reference's on your "
+    "classification data, per dataset (reference = 1)", "continuous", direction="higher", bounds=(-1.0, 1.0),
+    tolerance="abs:0.2",
+))
+TASK_METRICS: list[Metric] = [ESNLI_ACCURACY, ECQA_ACCURACY, ESNLI_AGREEMENT, ECQA_AGREEMENT, LABEL_ACCURACY,
+                              LABEL_AGREEMENT]
+LabelItem = NLIItem | ClassItem
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    """A labelled text dataset of this run as the label suites see it: e-SNLI (NLI) or a classification file.
+
+    ``fields`` are an item's texts in prompt order (premise and hypothesis, or the text); counterfactual edits
+    change the last one.
+    """
+
+    name: str
+    kind: Literal["nli", "classification"]
+    labels: tuple[str, ...]
+    path: Path | None = None
+
+    def items(self, n: int, seed: int) -> list[Any]:
+        """The first ``n`` items of this dataset for ``seed`` (nested across ``n``)."""
+        if self.kind == "nli":
+            return load_esnli(n, seed, self.path)
+        assert self.path is not None
+        return load_classification(n, seed, self.path)
+
+    def fields(self, item: Any) -> tuple[str, ...]:
+        """The item's texts in prompt order."""
+        return (item.premise, item.hypothesis) if self.kind == "nli" else (item.text,)
+
+    def field_names(self) -> tuple[str, ...]:
+        """Names of the texts in prompt order."""
+        return ("premise", "hypothesis") if self.kind == "nli" else ("text",)
+
+    def gold(self, item: Any) -> int:
+        """Index of the item's gold label."""
+        return self.labels.index(item.label)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The scored continuation of each label, in label order."""
+        if self.kind == "nli":
+            return tuple(NLI_TEMPLATE["options"])
+        return tuple(CLASS_TEMPLATE["option"].format(label=label) for label in self.labels)
+
+    def prompt(self, tokenizer: "PreTrainedTokenizerBase", fields: Sequence[str]) -> str:
+        """The label-scoring prompt for these field texts."""
+        if self.kind == "nli":
+            return nli_prompt(tokenizer, *fields)
+        question = CLASS_TEMPLATE["question"].format(text=fields[0], labels=", ".join(self.labels))
+        return chat_prompt(tokenizer, question, CLASS_TEMPLATE["no_chat_suffix"])
+
+    def template_id(self, tokenizer: "PreTrainedTokenizerBase") -> str:
+        """A hash of what the prompts depend on besides the items."""
+        if self.kind == "nli":
+            return template_id(tokenizer)
+        return stable_hash([CLASS_TEMPLATE, self.labels, getattr(tokenizer, "chat_template", None)])
+
+
+def label_tasks(pair: "ModelPair") -> list[LabelTask]:
+    """The run's labelled text datasets: e-SNLI when the run uses it, then each classification file, as given."""
+    tasks = []
+    for name, path in run_datasets(pair.config.data).items():
+        if name == "esnli":
+            tasks.append(LabelTask(name, "nli", NLI_LABELS, path))
+        elif name not in BUNDLED_NAMES:
+            assert path is not None
+            tasks.append(LabelTask(name, "classification", load_classification(1, 0, path)[0].label_set, path))
+    return tasks
+
+
+def item_ids(tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]]) -> list[str]:
+    """Item ids across the tasks: plain ids for one task, ``NAME:id`` for several."""
+    return [f"{task.name}:{it.id}" if len(tasks) > 1 else it.id for task, group in zip(tasks, items) for it in group]
+
+
+def lacks(pair: "ModelPair", names: Sequence[str]) -> str | None:
+    """Why a suite whose prompts are written for these datasets (e-SNLI, ECQA) does not apply; None when it does."""
+    data = run_datasets(pair.config.data)
+    missing = [name for name in names if name not in data]
+    if not missing:
+        return None
+    return not_in_run(pair.config.data, " or ".join(missing) + " items", "this suite's prompts are written for "
+                      f"{' and '.join(names)} items; classification data runs in task accuracy and attribution")
+
+
+def no_label_data(pair: "ModelPair") -> str:
+    """Why a label suite has nothing to run on (no e-SNLI and no classification data in the run)."""
+    return not_in_run(pair.config.data, "labelled texts", "the suite needs e-SNLI or a classification file "
+                      "(--qxai-data NAME=FILE)")
 
 
 @dataclass(frozen=True)
@@ -227,13 +342,15 @@ def mcq_logprobs(runtime: "Runtime", items: Sequence[MCQItem]) -> np.ndarray:
 # --- cached per-side predictions --------------------------------------------------------------------------
 
 def esnli_items(pair: "ModelPair", n: int) -> list[NLIItem]:
-    """The first ``n`` e-SNLI items of this run (bundled or ``--qxai-data esnli=...``)."""
-    return load_esnli(n, pair.config.seed, pair.config.data.get("esnli"))
+    """The first ``n`` e-SNLI items of this run (bundled or ``--qxai-data esnli=...``; none when it has no e-SNLI)."""
+    data = run_datasets(pair.config.data)
+    return load_esnli(n, pair.config.seed, data["esnli"]) if "esnli" in data else []
 
 
 def ecqa_items(pair: "ModelPair", n: int) -> list[MCQItem]:
-    """The first ``n`` ECQA items of this run (bundled or ``--qxai-data ecqa=...``)."""
-    return load_ecqa(n, pair.config.seed, pair.config.data.get("ecqa"))
+    """The first ``n`` ECQA items of this run (bundled or ``--qxai-data ecqa=...``; none when it has no ECQA)."""
+    data = run_datasets(pair.config.data)
+    return load_ecqa(n, pair.config.seed, data["ecqa"]) if "ecqa" in data else []
 
 
 def task_size(pair: "ModelPair") -> int:
@@ -266,71 +383,86 @@ def mcq_predictions(pair: "ModelPair", side: "ModelSide", n: int) -> Predictions
     return pair.cached(side, "task/ecqa", params, compute).head(n)
 
 
+def label_predictions(pair: "ModelPair", side: "ModelSide", task: LabelTask, n: int) -> Predictions:
+    """A side's predictions on the first ``n`` items of a labelled dataset, computed once on the task suite's items."""
+    if task.kind == "nli":
+        return nli_predictions(pair, side, n)
+    items = task.items(max(n, task_size(pair)), pair.config.seed)
+    params = {"data": dataset_fingerprint(items), "template": task.template_id(pair.tokenizer)}
+
+    def compute() -> Predictions:
+        prompts = [task.prompt(side.runtime.tokenizer, task.fields(item)) for item in items]
+        gold = np.array([task.gold(item) for item in items], dtype=np.int64)
+        return Predictions(tuple(item.id for item in items), option_scores(side.runtime, prompts, task.options), gold)
+
+    return pair.cached(side, "task/classification", params, compute).head(n)
+
+
 def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
-    """Accuracy and FP–quantized label agreement on e-SNLI and ECQA, per item, for both models."""
-    n = task_size(pair)
-    nli = [nli_predictions(pair, side, n) for side in pair.sides]
-    mcq = [mcq_predictions(pair, side, n) for side in pair.sides]
-    ids = [f"esnli:{i}" for i in nli[0].item_ids] + [f"ecqa:{i}" for i in mcq[0].item_ids]
-    blank_nli, blank_mcq = np.full(len(nli[0].item_ids), np.nan), np.full(len(mcq[0].item_ids), np.nan)
-    values: dict[str, dict[str, np.ndarray]] = {"reference": {}, "quantized": {}}
-    for role, esnli, ecqa in zip(values, nli, mcq):
-        values[role][ESNLI_ACCURACY.name] = np.concatenate([esnli.correct, blank_mcq])
-        values[role][ECQA_ACCURACY.name] = np.concatenate([blank_nli, ecqa.correct])
-    for metric, (ref, quant), blank, first in (
-        (ESNLI_AGREEMENT, nli, blank_mcq, True), (ECQA_AGREEMENT, mcq, blank_nli, False)
-    ):
-        for role, per_item in zip(values, agreement(ref.predicted, quant.predicted)):
-            values[role][metric.name] = np.concatenate([per_item, blank] if first else [blank, per_item])
-    predicted = {role: np.bincount(p.predicted, minlength=len(NLI_LABELS)).tolist() for role, p in zip(values, nli)}
-    return SuiteResult(
-        suite=SUITE,
-        item_ids=ids,
-        reference=values["reference"],
-        quantized=values["quantized"],
-        fingerprint={
-            "esnli": dataset_fingerprint(esnli_items(pair, n)),
-            "ecqa": dataset_fingerprint(ecqa_items(pair, n)),
-            "templates": template_id(pair.tokenizer),
-            "agreement": "cohen-kappa",
-        },
-        notes={
-            "templates": f"{NLI_TEMPLATE['version']}, {MCQ_TEMPLATE['version']}",
-            "esnli": "zero-shot, chat template; options ' yes'/' maybe'/' no' = entailment/neutral/contradiction",
-            "ecqa": "3-shot cloze (ECQA validation demos); option score = summed log-probability of its text",
-            "chance": {"esnli": 1 / 3, "ecqa": 1 / 5},
-            "items": {"esnli": len(nli[0].item_ids), "ecqa": len(mcq[0].item_ids)},
-            "esnli_predicted_label_counts": predicted,
-            "agreement": "per-item shares of Cohen's kappa with the reference's labels; reference side = 1",
-        },
-    )
+    """Accuracy and FP–quantized label agreement on each dataset of the run, per item, for both models.
 
-
-def remeasure_task(pair: "ModelPair", item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """Accuracy and agreement of the quantized model as it is now on the suite's items ``item_ids`` (for blame).
-
-    Ids are the suite's (``esnli:…``, ``ecqa:…``); a metric of the other dataset is NaN, as in the suite.
+    e-SNLI, ECQA and the classification datasets fill their own metrics (NaN on the other datasets' items); a
+    metric whose dataset the run does not use is reported as not applicable.
     """
     n = task_size(pair)
-    out = {m.name: np.full(len(item_ids), np.nan) for m in TASK_METRICS}
-    datasets = (
-        ("esnli", esnli_items(pair, n), nli_predictions(pair, pair.reference, n), ESNLI_ACCURACY, ESNLI_AGREEMENT,
-         lambda items: nli_logprobs(pair.quantized.runtime, [(it.premise, it.hypothesis) for it in items]),
-         lambda item: NLI_LABELS.index(item.label)),
-        ("ecqa", ecqa_items(pair, n), mcq_predictions(pair, pair.reference, n), ECQA_ACCURACY, ECQA_AGREEMENT,
-         lambda items: mcq_logprobs(pair.quantized.runtime, items), lambda item: item.options.index(item.answer)),
-    )
-    for prefix, items, reference, accuracy, agreeing, score, gold in datasets:
-        by_id = {item.id: item for item in items}
-        rows = [(k, by_id[i.split(":", 1)[1]]) for k, i in enumerate(item_ids) if i.split(":", 1)[0] == prefix]
-        if not rows:
+    classes = [task for task in label_tasks(pair) if task.kind == "classification"]
+    blocks: list[tuple[list[str], dict[str, list[np.ndarray]]]] = []
+    skipped: dict[str, str] = {}
+    notes: dict[str, Any] = {"templates": f"{NLI_TEMPLATE['version']}, {MCQ_TEMPLATE['version']}, "
+                                          f"{CLASS_TEMPLATE['version']}", "items": {}}
+    fingerprint: dict[str, str] = {}
+    datasets = ", ".join(run_datasets(pair.config.data))
+    if esnli_items(pair, 1):
+        nli = [nli_predictions(pair, side, n) for side in pair.sides]
+        blocks.append(_block("esnli", nli, ESNLI_ACCURACY, ESNLI_AGREEMENT))
+        fingerprint["esnli"] = dataset_fingerprint(esnli_items(pair, n))
+        notes |= {"esnli": "zero-shot, chat template; options ' yes'/' maybe'/' no' = entailment/neutral/contradiction",
+                  "esnli_predicted_label_counts": {role: np.bincount(p.predicted, minlength=len(NLI_LABELS)).tolist()
+                                                   for role, p in zip(("reference", "quantized"), nli)}}
+    else:
+        skipped |= dict.fromkeys([ESNLI_ACCURACY.name, ESNLI_AGREEMENT.name],
+                                 f"not applicable: no e-SNLI data in this run ({datasets})")
+    if ecqa_items(pair, 1):
+        blocks.append(_block("ecqa", [mcq_predictions(pair, side, n) for side in pair.sides], ECQA_ACCURACY,
+                             ECQA_AGREEMENT))
+        fingerprint["ecqa"] = dataset_fingerprint(ecqa_items(pair, n))
+        notes["ecqa"] = "3-shot cloze (ECQA validation demos); option score = summed log-probability of its text"
+    else:
+        skipped |= dict.fromkeys([ECQA_ACCURACY.name, ECQA_AGREEMENT.name],
+                                 f"not applicable: no multiple-choice (ECQA) data in this run ({datasets})")
+    for task in classes:
+        blocks.append(_block(task.name, [label_predictions(pair, side, task, n) for side in pair.sides],
+                             LABEL_ACCURACY, LABEL_AGREEMENT))
+        fingerprint[task.name] = stable_hash([dataset_fingerprint(task.items(n, pair.config.seed)),
+                                              task.template_id(pair.tokenizer)])
+        notes[task.name] = f"zero-shot, labels {', '.join(task.labels)}; option score = summed log-probability"
+    if not classes:
+        skipped |= dict.fromkeys([LABEL_ACCURACY.name, LABEL_AGREEMENT.name], "not applicable: no classification "
+                                 f"dataset in this run ({datasets}); give one with --qxai-data NAME=FILE")
+    if blocks:
+        fingerprint |= {"templates": template_id(pair.tokenizer), "agreement": "cohen-kappa"}
+    ids = [i for block_ids, _ in blocks for i in block_ids]
+    values: dict[str, dict[str, np.ndarray]] = {"reference": {}, "quantized": {}}
+    for metric in TASK_METRICS:
+        if metric.name in skipped:
             continue
-        predicted = np.argmax(score([item for _, item in rows]), axis=1)
-        theirs = dict(zip(reference.item_ids, reference.predicted))
-        where = [k for k, _ in rows]
-        out[accuracy.name][where] = [float(p == gold(item)) for p, (_, item) in zip(predicted, rows)]
-        out[agreeing.name][where] = [float(p == theirs[item.id]) for p, (_, item) in zip(predicted, rows)]
-    return out
+        for side, role in enumerate(values):
+            values[role][metric.name] = np.concatenate([
+                block[metric.name][side] if metric.name in block else np.full(len(block_ids), np.nan)
+                for block_ids, block in blocks
+            ])
+    notes["items"] = {block_ids[0].split(":")[0]: len(block_ids) for block_ids, _ in blocks if block_ids}
+    notes["chance"] = {"esnli": 1 / 3, "ecqa": 1 / 5} | {task.name: 1 / len(task.labels) for task in classes}
+    notes["agreement"] = "per-item shares of Cohen's kappa with the reference's labels, per dataset; reference side = 1"
+    return SuiteResult(suite=SUITE, item_ids=ids, reference=values["reference"], quantized=values["quantized"],
+                       fingerprint=fingerprint, skipped=skipped, notes=notes)
 
 
-register_blame(BlameSupport(SUITE, tuple(m.name for m in TASK_METRICS), remeasure_task, run_task_accuracy))
+def _block(name: str, predictions: Sequence[Predictions], accuracy: Metric,
+           agreement_metric: Metric) -> tuple[list[str], dict[str, list[np.ndarray]]]:
+    """One dataset's item ids (``NAME:id``) and its per-side accuracy and agreement values."""
+    reference, quantized = predictions
+    return [f"{name}:{i}" for i in reference.item_ids], {
+        accuracy.name: [reference.correct, quantized.correct],
+        agreement_metric.name: list(agreement(reference.predicted, quantized.predicted)),
+    }

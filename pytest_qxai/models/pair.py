@@ -23,7 +23,7 @@ from ..errors import QxaiError, QxaiUsageError
 from ..options import QxaiConfig
 from ..storage import DiskCache, stable_hash
 from .residency import Residency, estimated_quantized_bytes, models_fit
-from .source import ModelSource, resolve_source
+from .source import ModelSource, check_gguf_architecture, resolve_source
 
 if TYPE_CHECKING:
     import torch
@@ -111,6 +111,8 @@ def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
 def validate(cfg: QxaiConfig) -> ModelSource:
     """Check the configuration without loading a model; raise a one-line :class:`QxaiUsageError`."""
     source = resolve_source(cfg.model, cfg.revision)
+    if source.kind == "gguf" and not source.embedded:
+        check_gguf_architecture(source)
     scheme = cfg.quant.scheme
     if cfg.quantized is None:
         require_library(scheme)
@@ -186,6 +188,9 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         from ..backends.keep import check_keep_layers
 
         check_keep_layers(cfg.quant, int(reference.config.num_hidden_layers))
+    sanity = sanity_figures(cfg, Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference",
+                                         device=device, static_cache=False),  # 8 tokens: nothing to compile for
+                            source, content_id, str(dtype))
     residency = plan_residency(cfg, device, dtype, reference)
     if residency.turns:
         reference.to("cpu")  # the GPU is the quantizer's while it works
@@ -273,9 +278,33 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "load_seconds": round(quant_started - started, 2),
             "quantize_seconds": round(quant_seconds, 2),
             "backend_notes": ctx.notes,
+            "sanity": sanity,
         },
     )
     return pair
+
+
+def sanity_figures(cfg: QxaiConfig, runtime: "Runtime", source: ModelSource, content_id: str,
+                   dtype: str) -> dict[str, Any] | str:
+    """The reference's sanity figures (cached by its content), or why they were not taken; SanityError on failure."""
+    from .sanity import SANITY_TEXT, VERSION, SanityError, check_reference
+
+    if cfg.skip_sanity:
+        return "skipped (--qxai-skip-sanity)"
+
+    def compute() -> dict[str, Any]:
+        try:
+            return check_reference(runtime, converted=source.kind == "gguf")
+        except SanityError as exc:
+            return {"problem": str(exc)}
+
+    key = {"model": content_id, "device": runtime.device.type, "dtype": dtype, "version": VERSION,
+           "text": SANITY_TEXT, "versions": library_versions()}
+    figures = DiskCache(cfg.cache_dir).memo("sanity", key, compute)
+    if "problem" in figures:
+        raise SanityError(f"the reference model {source.label} is not usable: {figures['problem']}; no suite ran "
+                          "(--qxai-skip-sanity runs them anyway)")
+    return figures
 
 
 def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference: "PreTrainedModel") -> Residency:

@@ -111,6 +111,26 @@ def resolve_source(model: str | None, revision: str | None = None) -> ModelSourc
     return ModelSource("hub", text, text, revision=revision)
 
 
+def check_gguf_architecture(source: ModelSource) -> None:
+    """Refuse a GGUF model whose architecture transformers cannot read (its conversion could not be trusted)."""
+    from gguf import GGUFReader
+    from transformers import __version__
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    assert source.gguf_file is not None
+    path = Path(source.location) / source.gguf_file
+    try:
+        field = GGUFReader(path).fields.get("general.architecture")
+    except (OSError, ValueError) as exc:
+        raise QxaiUsageError(f"--qxai-model {path}: not a readable GGUF file ({exc})") from None
+    arch = bytes(field.parts[field.data[0]]).decode("utf-8", "replace") if field is not None else "unknown"
+    readable = sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"})
+    if arch not in readable:
+        raise QxaiUsageError(f"--qxai-model {source.gguf_file}: transformers {__version__} cannot read GGUF "
+                             f"architecture {arch!r} (it reads {', '.join(readable)}); give the model as an HF "
+                             "folder or hub id")
+
+
 def _check_hub_id(text: str) -> None:
     """Apply the hub's own repo-id rules (no ``--`` or ``..``, at most 96 characters ...) before any lookup."""
     try:

@@ -1,0 +1,178 @@
+"""Your own data: the classification format, optional gold explanations, several datasets, and bad input.
+
+The worked example of docs/data.md is ``docs/examples/sentiment.jsonl``: it is loaded and every suite is run on
+it here (tiny random model: evidence that the suites run and say what does not apply, not that a metric means
+anything). Under the tiny tokenizer " positive" and " negative" are several tokens each, so this is also the
+multi-token label test of the task and attribution suites.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pytest_qxai.datasets import ClassItem, load_classification, load_ecqa, load_esnli, run_datasets
+from pytest_qxai.errors import DatasetError
+
+EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "sentiment.jsonl"
+
+
+def write(tmp_path: Path, records: list[Any], name: str = "data.jsonl") -> Path:
+    """A JSONL file of these records (strings are written as they are)."""
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+# --- the format ---------------------------------------------------------------------------------------------
+
+def test_the_worked_example_loads_with_its_label_set() -> None:
+    items = load_classification(None, 0, EXAMPLE)
+    assert len(items) == 40 and {it.label for it in items} == {"positive", "negative"}
+    assert all(it.label_set == ("positive", "negative") and it.explanations == () for it in items)
+    assert [it.label for it in load_classification(4, 0, EXAMPLE)].count("positive") == 2  # labels take turns
+
+
+def test_the_label_set_defaults_to_the_labels_seen_in_file_order(tmp_path: Path) -> None:
+    path = write(tmp_path, [{"id": 1, "text": "a", "label": "spam"}, {"id": 2, "text": "b", "label": "ham"},
+                            {"id": 3, "text": "c", "label": "spam", "explanations": ["an offer"]}])
+    items = {it.id: it for it in load_classification(None, 0, path)}
+    assert items["1"] == ClassItem("1", "a", "spam", ("spam", "ham"))
+    assert items["3"].explanations == ("an offer",)
+
+
+def test_gold_explanations_are_optional_in_every_format(tmp_path: Path) -> None:
+    nli = write(tmp_path, [{"id": "n", "premise": "A dog runs.", "hypothesis": "An animal moves.",
+                            "label": "entailment"}], "nli.jsonl")
+    mcq = write(tmp_path, [{"id": "q", "question": "Where?", "options": ["here", "there"], "answer": "here"}],
+                "mcq.jsonl")
+    assert load_esnli(None, 0, nli)[0].explanations == ()
+    assert load_ecqa(None, 0, mcq)[0].explanation == ""
+
+
+@pytest.mark.parametrize(("records", "message"), [
+    ([{"id": 1, "text": "a", "label": "good", "label_set": ["good", "bad"]}, {"id": 2, "text": "b", "label": "meh"}],
+     "{path}:2: label 'meh' is not in the label set (good, bad)"),
+    ([{"id": 1, "text": "a", "label": "good", "label_set": ["good"]}],
+     "{path}:1: the label set has one label ('good'): a classification needs at least two"),
+    ([{"id": 1, "text": "a", "label": "good"}, {"id": 2, "text": "b", "label": "good"}],
+     "{path}:1: every item has the label 'good': a classification needs at least two labels (add items of another "
+     "label, or a label_set)"),
+    ([{"id": 1, "text": "a", "label": "good", "label_set": ["good", "bad"]},
+      {"id": 2, "text": "b", "label": "bad", "label_set": ["bad", "good"]}],
+     "{path}:2: label_set ['bad', 'good'] differs from line 1's ['good', 'bad']: one label set per file"),
+    ([{"id": 1, "text": "a", "label": "good"},
+      {"id": 2, "premise": "p", "hypothesis": "h", "label": "entailment", "explanations": ["x"]}],
+     "{path}:2: an NLI record (premise, hypothesis) after classification records (line 1): one format per file"),
+    ([{"id": 1, "question": "q?", "options": ["a", "b"], "answer": "a"}],
+     "{path}:1: a multiple-choice record (question, options) in a file read as classification data"),
+    ([{"id": 1, "text": "a", "label": 1}], "{path}:1: field 'label' must be a non-empty string, got 1"),
+])
+def test_bad_classification_files_are_one_line_naming_file_and_line(
+        tmp_path: Path, records: list[Any], message: str) -> None:
+    path = write(tmp_path, records)
+    with pytest.raises(DatasetError) as caught:
+        load_classification(None, 0, path)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_a_run_uses_the_named_datasets_only(pytester: pytest.Pytester) -> None:
+    from pytest_qxai.options import QxaiConfig
+
+    reviews = write(pytester.path, [{"id": 1, "text": "a", "label": "x"}, {"id": 2, "text": "b", "label": "y"}])
+    config = QxaiConfig.from_pytest(pytester.parseconfig(f"--qxai-data=reviews={reviews}", "--qxai-data=lre",
+                                                         f"--qxai-data=tickets={reviews}"))
+    assert config.data == {"reviews": reviews, "lre": None, "tickets": reviews}
+    assert run_datasets(config.data) == config.data
+    assert run_datasets({}) == {"esnli": None, "ecqa": None, "lre": None}
+
+
+@pytest.mark.parametrize(("argument", "message"), [
+    ("mixed=mixed.jsonl", "--qxai-data mixed: {root}/mixed.jsonl:2: an NLI record (premise, hypothesis) after "
+                          "classification records (line 1): one format per file"),
+    ("one=one.jsonl", "--qxai-data one: {root}/one.jsonl:1: every item has the label 'good': a classification "
+                      "needs at least two labels (add items of another label, or a label_set)"),
+    ("reviews", "--qxai-data 'reviews': write NAME=PATH (e.g. sentiment=reviews.jsonl), or a bundled name alone "
+                "(esnli, ecqa, lre)"),
+])
+def test_bad_data_stops_the_run_before_any_model_loads(pytester: pytest.Pytester, argument: str, message: str) -> None:
+    write(pytester.path, [{"id": 1, "text": "a", "label": "good"},
+                          {"id": 2, "premise": "p", "hypothesis": "h", "label": "entailment"}], "mixed.jsonl")
+    write(pytester.path, [{"id": 1, "text": "a", "label": "good"}], "one.jsonl")
+    pytester.makepyfile(test_x="def test_x(): pass")
+    run = pytester.runpytest_inprocess(f"--qxai-data={argument}", "--qxai-device=cpu", "-p", "no:cacheprovider")
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    assert message.format(root=pytester.path) in run.stderr.str()
+
+
+# --- every suite on the worked example ----------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from test_arch import tiny_runtime_at
+
+    return tiny_runtime_at(tmp_path_factory.mktemp("tiny"))
+
+
+def test_every_suite_runs_on_the_worked_example_or_says_why_not(
+        tiny_runtime: Any, make_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_arch import tiny_pair
+    from tiny import shorten_suites
+
+    shorten_suites(monkeypatch)
+    from pytest_qxai.methods import (attribution, counterfactual, faithfulness, knowledge, multihop, neurons, nle,
+                                     probes, task)
+
+    labels = tiny_runtime.encode([" positive", " negative"], add_special_tokens=False)
+    assert all(len(ids) > 1 for ids in labels)  # several tokens per label under the tiny tokenizer
+    pair = tiny_pair(tiny_runtime, make_config(samples=4, data={"sentiment": EXAMPLE}))
+    ids = [f"sentiment:{it.id}" for it in load_classification(4, 0, EXAMPLE)]
+    found = task.run_task_accuracy(pair)
+    assert found.item_ids == ids and set(found.reference) == {"label_accuracy", "label_agreement"}
+    assert found.skipped["esnli_accuracy"] == "not applicable: no e-SNLI data in this run (sentiment)"
+    assert found.quantized["label_agreement"].tolist() == [1.0] * 4
+    plain = [it.id for it in load_classification(4, 0, EXAMPLE)]  # one labelled dataset: plain ids
+    explained = attribution.run_attribution(pair)
+    assert explained.item_ids == plain
+    for metric in attribution.OCCLUSION_METRICS:
+        if metric.name not in explained.skipped:
+            np.testing.assert_allclose(*explained.values(metric.name), atol=1e-6, err_msg=metric.name)
+    nli_only = ("not applicable: this run's datasets (sentiment) have no {what} items; this suite's prompts are "
+                "written for {names} items; classification data runs in task accuracy and attribution")
+    for run, metrics, what, names in (
+            (nle.run_nle, nle.NLE_METRICS, "esnli or ecqa", "esnli and ecqa"),
+            (faithfulness.run_nle_faithfulness, faithfulness.NLE_FAITHFULNESS_METRICS, "esnli or ecqa",
+             "esnli and ecqa"),
+            (counterfactual.run_counterfactual, counterfactual.COUNTERFACTUAL_METRICS, "esnli or ecqa",
+             "esnli and ecqa"),
+            (probes.run_probes, probes.PROBES_METRICS, "esnli", "esnli")):
+        assert run(pair).skipped == dict.fromkeys([m.name for m in metrics],
+                                                  nli_only.format(what=what, names=names)), run
+    reason = ("not applicable: this run's datasets (sentiment) have no relations (subject-object facts); the suite "
+              "needs LRE relations (--qxai-data lre for the bundled ones, or lre=PATH)")
+    for run, metrics in ((knowledge.run_knowledge, knowledge.KNOWLEDGE_METRICS),
+                         (neurons.run_neurons, neurons.NEURONS_METRICS),
+                         (multihop.run_multihop, multihop.MULTIHOP_METRICS)):
+        assert run(pair).skipped == dict.fromkeys([m.name for m in metrics], reason)
+
+
+def test_several_labelled_datasets_share_a_suite_with_prefixed_ids(
+        tiny_runtime: Any, make_config: Any, tmp_path: Path) -> None:
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import attribution
+
+    tickets = write(tmp_path, [{"id": i, "text": t, "label": lab, "explanations": ["gold"]} for i, (t, lab) in
+                               enumerate([("The printer is broken.", "hardware"), ("I forgot my password.", "account"),
+                                          ("The screen flickers.", "hardware"), ("Reset my login.", "account")])])
+    pair = tiny_pair(tiny_runtime, make_config(samples=2, data={"sentiment": EXAMPLE, "tickets": tickets}))
+    result = attribution.run_attribution(pair)
+    assert [i.split(":")[0] for i in result.item_ids] == ["sentiment"] * 2 + ["tickets"] * 2
+    assert result.notes["datasets"] == ["sentiment", "tickets"]
