@@ -32,7 +32,7 @@ import numpy as np
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint, load_ecqa, load_esnli
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
-from ..storage import stable_hash
+from ..storage import cache_type, stable_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -84,6 +84,7 @@ ECQA_AGREEMENT = register_metric(Metric(
 TASK_METRICS: list[Metric] = [ESNLI_ACCURACY, ECQA_ACCURACY, ESNLI_AGREEMENT, ECQA_AGREEMENT]
 
 
+@cache_type
 @dataclass(frozen=True)
 class Predictions:
     """One model's option log-likelihoods on a list of items, with the gold option of each."""

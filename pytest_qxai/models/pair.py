@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.metadata
+import logging
 import platform
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from ..backends.base import QuantBackend, QuantContext, get_backend, require_lib
 from ..errors import QxaiError, QxaiUsageError
 from ..options import QxaiConfig
 from ..storage import DiskCache, stable_hash
+from .identity import code_hash, value_versions
 from .residency import Residency, estimated_quantized_bytes, models_fit
 from .source import ModelSource, resolve_source
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 T = TypeVar("T")
+log = logging.getLogger("pytest_qxai")
 CORE_DISTRIBUTIONS = ("torch", "transformers", "accelerate", "pytest-qxai")
 
 
@@ -75,18 +78,20 @@ class ModelPair:
         return self.reference, self.quantized
 
     def cached(self, side: ModelSide, namespace: str, params: Any, compute: Callable[[], T]) -> T:
-        """Compute a side's result once: keyed by the side's identity, the method parameters and versions.
+        """Compute a side's result once: keyed by the side's identity, the method parameters, the code of the
+        method's module (and what it imports from this package) and the value-changing library versions.
 
         The side's model is put on the GPU before ``compute`` runs (when the models take turns there), since a
         method may use its modules directly.
         """
-        key = {"model": side.identity, "params": params, "versions": self.metadata.get("versions", {})}
+        key = {"model": side.identity, "params": params, "code": code_hash(compute.__module__),
+               "versions": value_versions()}
 
         def resident_compute() -> T:
             side.runtime.make_resident()
             return compute()
 
-        return self.cache.memo(namespace, key, resident_compute)
+        return self.cache.memo(namespace, key, resident_compute, label=f"{side.role} {side.identity}")
 
 
 def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
@@ -143,8 +148,8 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     import torch
 
     from ..runtime import Runtime
-    from .loading import (apply_determinism, load_reference, load_tokenizer, materialize, resolve_device, resolve_dtype,
-                          share_cpu_threads)
+    from .loading import (apply_determinism, converter_versions, load_reference, load_tokenizer, materialize,
+                          resolve_device, resolve_dtype, share_cpu_threads)
 
     started = time.perf_counter()
     source = validate(cfg)
@@ -153,6 +158,11 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     apply_determinism(cfg.seed)
     threads = share_cpu_threads()
     cache_root = cfg.cache_dir
+    if cache_root is not None:
+        from ..cache_admin import clean_staging
+
+        for path in clean_staging(cache_root):
+            log.info("removed %s, left by an interrupted run", path)
     scratch = Path(tempfile.mkdtemp(prefix="qxai-"))
     atexit.register(shutil.rmtree, scratch, True)  # a no-cache GGUF conversion lives here
     location, content_id = materialize(source, cache_root, scratch)
@@ -182,11 +192,14 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         trust_remote_code=cfg.trust_remote_code,
         cache_dir=None,
     )
-    kind = device.split(":")[0]  # workers on GPUs 0 and 1 share cache entries: the same kind of device
     quant_started = time.perf_counter()
+    # A result can differ by device kind, dtype and the CPU's kernels (bitsandbytes' 8-bit matmuls do), never by
+    # which GPU of a kind: workers on GPUs 0 and 1 share entries. Backend versions key the quantized side only.
+    machine = [device.split(":")[0], str(dtype), torch.backends.cpu.get_cpu_capability()]
     if cfg.quantized is not None:
         quantized = backend.load_checkpoint(cfg.quantized, ctx)
-        quant_id = stable_hash(["checkpoint", str(Path(cfg.quantized).resolve()), _checkpoint_stamp(cfg.quantized)])
+        quant_id = stable_hash(["checkpoint", checkpoint_identity(cfg.quantized, cfg.revision, cache_root),
+                                backend.versions(), machine])
     else:
         calib_id = None
         if backend.uses_calibration(cfg.quant):
@@ -194,12 +207,13 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
             ctx.calibration = load_calibration(int(cfg.quant.get("calibration")), int(cfg.quant.get("seed")))
             calib_id = stable_hash(ctx.calibration)
-        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, versions, kind, str(dtype)])
+        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, value_versions(),
+                                backend.versions(), machine])
         if cache_root is not None:
             ctx.cache_dir = cache_root / "quantized" / f"{cfg.quant.slug}-{quant_id}"
         quantized = backend.quantize(cfg.quant, ctx)
     quant_seconds = time.perf_counter() - quant_started
-    ref_id = stable_hash([content_id, kind, str(dtype)])
+    ref_id = stable_hash([content_id, converter_versions() if source.kind == "gguf" else {}, machine])
     residency.add(reference, movable=True)
     residency.add(quantized, movable=backend.can_move(quantized))
     reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference", device=device,
@@ -207,6 +221,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     # The quantized side follows the reference's cache choice (a packed model under-counts its parameters).
     quantized_runtime = Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized", device=device,
                                 static_cache=reference_runtime.static_cache, residency=residency)
+    cache = DiskCache(cache_root)
     pair = ModelPair(
         reference=ModelSide("reference", reference, reference_runtime, ref_id),
         quantized=ModelSide("quantized", quantized, quantized_runtime, ref_id if scheme_name == "none" else quant_id),
@@ -214,7 +229,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         config=cfg,
         source=source,
         backend=backend,
-        cache=DiskCache(cache_root),
+        cache=cache,
         metadata={
             "model": source.label,
             "model_id": source.slug,
@@ -237,6 +252,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "load_seconds": round(quant_started - started, 2),
             "quantize_seconds": round(quant_seconds, 2),
             "backend_notes": ctx.notes,
+            "cache": cache.activity,
         },
     )
     return pair
@@ -255,11 +271,14 @@ def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference
     return Residency(device, turns=cfg.offload or not models_fit(reference_bytes, quantized_bytes, gpu_bytes))
 
 
-def _checkpoint_stamp(location: str) -> Any:
+def checkpoint_identity(location: str, revision: str | None, cache_root: Path | None) -> str:
+    """A ``--qxai-quantized`` checkpoint's identity: the content hash of a local folder, else the hub id and revision."""
+    from .identity import folder_content_hash
+
     path = Path(location)
-    if not path.is_dir():
-        return location
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    if path.is_dir():
+        return f"sha256:{folder_content_hash(path, cache_root)}"
+    return f"{location}@{revision or 'main'}"
 
 
 def pair_error(exc: BaseException) -> str:
