@@ -40,12 +40,14 @@ def _safetensors_hqq() -> type:
 
         @classmethod
         def save_weights(cls, weights: dict[str, dict[str, Any]], save_dir: str) -> None:
-            tensors, settings = {}, {}
+            tensors, settings, seen = {}, {}, set()
             for layer, state in weights.items():
                 for name, value in state.items():
                     key = f"{layer}|{name}"
                     if isinstance(value, torch.Tensor):
-                        tensors[key] = value.detach().contiguous()
+                        tied = value.untyped_storage().data_ptr() in seen  # safetensors refuses shared storage
+                        seen.add(value.untyped_storage().data_ptr())
+                        tensors[key] = value.detach().clone() if tied else value.detach().contiguous()
                     elif isinstance(value, torch.dtype):
                         settings[key] = {"dtype": str(value).removeprefix("torch.")}
                     elif isinstance(value, torch.Size):
