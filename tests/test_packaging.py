@@ -11,12 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_source_package_is_listed_in_pyproject() -> None:
+    """Code packages and bundled-data folders alike: an unlisted data folder makes setuptools warn at install."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     found = {
-        ".".join(p.parent.relative_to(ROOT).parts)
-        for p in (ROOT / "pytest_qxai").rglob("__init__.py")
-        if "data" not in p.relative_to(ROOT).parts
+        ".".join(p.relative_to(ROOT).parts)
+        for p in [ROOT / "pytest_qxai", *(ROOT / "pytest_qxai").rglob("*")]
+        if p.is_dir() and "__pycache__" not in p.parts
     }
     assert found | {"pytest_qxai_suites"} == listed
     assert config["package-dir"]["pytest_qxai_suites"] == "suites"
