@@ -37,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
     config.stash[VALIDATED_KEY] = False
+    if not _is_xdist_worker(config):
+        config.pluginmanager.register(FailureWatcher(session), "qxai-failures")
     if explicitly_requested(config) and not _is_xdist_worker(config):
         _validate(config)
     _configure_xdist(config)
@@ -202,10 +204,26 @@ class XdistHooks:
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """Collect a finished worker's checks and metadata."""
+        """Collect a finished worker's checks and metadata; note a worker that died."""
+        session = self.config.stash[SESSION_KEY]
         data = getattr(node, "workeroutput", {}).get("qxai")
         if data:
-            self.config.stash[SESSION_KEY].merge_workeroutput(data)
+            session.merge_workeroutput(data)
+        if error is not None:
+            session.lost_workers.append(f"worker {node.gateway.id} crashed")
+
+
+class FailureWatcher:
+    """Registered on the controller (or the only process): notes failed test reports for the pruning rule."""
+
+    def __init__(self, session: QxaiSession) -> None:
+        self.session = session
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """A failed setup, call or teardown (whether a check failed it is decided at the end)."""
+        if report.failed:
+            self.session.failed_tests.append((report.nodeid, report.when or ""))
 
 
 @pytest.hookimpl(trylast=True)

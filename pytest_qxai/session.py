@@ -14,6 +14,7 @@ Baseline policy (decided per check, written once at the end by the controller):
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,10 @@ class QxaiSession:
     messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     overrides: ToleranceOverrides = field(init=False)
+    failed_tests: list[tuple[str, str]] = field(default_factory=list)
+    """``(nodeid, phase)`` of every failed test report this process saw (the controller sees all)."""
+    lost_workers: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -76,7 +81,7 @@ class QxaiSession:
     def run_metadata(self, *, stable: bool = False) -> dict[str, Any]:
         """The run's settings from the options, then ``metadata`` on top.
 
-        ``stable=True`` leaves out timings (keys ending in ``_seconds``): what a baseline records, so
+        ``stable=True`` leaves out timings (keys ending in ``_seconds``) and cache use: what a baseline records, so
         refreshing an unchanged run rewrites nothing and a reference drift is not blamed on a clock.
         """
         quant = self.config.quant
@@ -85,7 +90,7 @@ class QxaiSession:
                 "dtype": self.config.dtype}
         merged = base | self.metadata
         if stable:
-            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k != "workers"}
+            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k not in ("workers", "cache")}
         return jsonable(merged)  # type: ignore[no-any-return]
 
     def check(
@@ -200,6 +205,9 @@ class QxaiSession:
         metadata = data.get("metadata", {})
         for key, value in metadata.items():
             self.metadata.setdefault(key, value)
+        for kind, entries in metadata.get("cache", {}).items():  # what each worker reused or computed
+            merged = self.metadata["cache"].setdefault(kind, [])
+            merged += [e for e in entries if e not in merged]
         own = {key: metadata[key] for key in PER_WORKER_METADATA if key in metadata}
         if data.get("worker") and own:
             self.metadata.setdefault("workers", {})[data["worker"]] = own
@@ -211,7 +219,10 @@ class QxaiSession:
         ``complete`` is False when the run was interrupted or stopped early (``-x``, Ctrl-C): checks
         that did not run are then never pruned from the baseline.
         """
-        self._write_baselines(complete)
+        unfinished = self.unfinished()
+        self._write_baselines(complete, unfinished)
+        if complete and not unfinished and not self.errors:
+            self._bound_cache()
         report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
                               notes=self.notes())
@@ -223,16 +234,41 @@ class QxaiSession:
         else:
             self.messages += [f"qxai report: {display_path(p)}" for p in written]
 
-    def _write_baselines(self, complete: bool) -> None:
-        """Record baselines as the policy in the module docstring says; problems become summary errors."""
+    def unfinished(self) -> list[str]:
+        """What did not run to its end: tests that errored (failed other than by a gate check), lost workers."""
+        gate_failed = {r.nodeid for r in self.results if r.failed}
+        errored = [f"{nodeid} ({when})" for nodeid, when in self.failed_tests
+                   if when != "call" or nodeid not in gate_failed]
+        return errored + self.lost_workers
+
+    def _bound_cache(self) -> None:
+        """Keep the cache under its size bound (least recently used first; nothing this run used)."""
+        if self.config.cache_dir is None or not self.config.cache_dir.is_dir():
+            return
+        from .cache_admin import human, max_size, prune
+
+        removed = prune(self.config.cache_dir, max_bytes=max_size(), keep_since=self.started)
+        if removed:
+            self.messages.append(f"qxai cache: removed {len(removed)} least recently used entries "
+                                 f"({human(sum(e.size for e in removed))}) to stay under {human(max_size())}")
+
+    def _write_baselines(self, complete: bool, unfinished: Sequence[str] = ()) -> None:
+        """Record baselines as the policy in the module docstring says; problems become summary errors.
+
+        Pruning needs a run that ran everything: not stopped early, no test errored, no worker lost, no error.
+        """
         mode = self.config.update_baselines
         if mode is None and self.config.ci:
             return  # never write implicitly in CI
         ran = [r for r in self.results if r.kind == "vs_reference"]
         recordable = [r for r in ran if r.verdict != "skipped"]
-        prune = bool(mode) and self.config.prune_baselines and complete
-        if bool(mode) and self.config.prune_baselines and not complete:
-            self.messages.append("qxai: the run stopped early, so nothing was pruned from the baseline")
+        asked = bool(mode) and self.config.prune_baselines
+        why_not = ("the run stopped early" if not complete else
+                   f"{len(unfinished)} test(s) or worker(s) did not finish ({', '.join(unfinished[:3])})"
+                   if unfinished else f"the run had errors ({self.errors[0]})" if self.errors else "")
+        prune = asked and not why_not
+        if asked and why_not:
+            self.messages.append(f"qxai: {why_not}, so nothing was pruned from the baseline")
         if not recordable and not prune:
             return
         twice = sorted(k for k, n in Counter(r.key for r in recordable).items() if n > 1)
