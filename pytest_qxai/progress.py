@@ -9,7 +9,6 @@ time left.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator

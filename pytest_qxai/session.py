@@ -76,7 +76,8 @@ class QxaiSession:
     @property
     def store(self) -> BaselineStore:
         """This run's baseline file."""
-        return BaselineStore(self.config.baseline_dir, self.model_id, self.config.baseline_name)
+        return BaselineStore(self.config.baseline_dir, self.model_id, self.config.baseline_name,
+                             self.metadata.get("model_hash"))
 
     def run_metadata(self, *, stable: bool = False) -> dict[str, Any]:
         """The run's settings from the options, then ``metadata`` on top.
@@ -171,10 +172,15 @@ class QxaiSession:
                                     current_metadata=self.run_metadata(stable=True), stored_metadata=stored_meta,
                                     seed=self.config.seed, n_resamples=self.n_resamples)
         other_quant = stored_meta.get("quant")
+        other_profile = stored_meta.get("profile")
         for r in results:
             if other_quant and other_quant != str(self.config.quant):
                 r.notes["baseline_quant"] = other_quant
                 r.reason += f" (baseline recorded with {other_quant}, this run {self.config.quant})"
+            if other_profile and other_profile != self.config.profile:
+                r.notes["baseline_profile"] = other_profile
+                r.reason += (f" (baseline recorded at profile {other_profile}, this run at {self.config.profile}: "
+                             "items are matched by id)")
             if r.verdict == "fail" and self.config.update_baselines == "all":
                 r.verdict = "warn"
                 r.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
