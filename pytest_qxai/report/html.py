@@ -42,7 +42,7 @@ def render_html(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in summary["counts"].items())
     verdict = summary["verdict"]
     parts = [
-        f"<h1 style='color:{_COLORS.get(verdict, '#212121')}'>pytest-qxai: {verdict.upper()}</h1>",
+        f"<h1 style='color:{_COLORS.get(verdict, '#212121')}'>pytest-qxai: {_e(str(verdict).upper())}</h1>",
         f"<p>Model <code>{_e(report['model'])}</code>, quantization <code>{_e(report['quant'])}</code>, "
         f"baseline <code>{_e(report['baseline_name'])}</code>: {_e(counts)}.</p>",
         _table(results),
@@ -57,7 +57,7 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notes"]) + "</ul>")
     parts.append("<h2>Run metadata</h2><pre>" + _e(json.dumps(report.get("metadata", {}), indent=2,
                                                                sort_keys=True)) + "</pre>")
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>pytest-qxai: {verdict}</title>"
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>pytest-qxai: {_e(verdict)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
@@ -67,11 +67,12 @@ def _table(results: list[CheckResult]) -> str:
     rows = []
     for r in results:
         cells = [
-            f"<td class='verdict' style='color:{_COLORS[r.verdict]}'>{verdict_label(r.verdict)}</td>",
-            f"<td>{_e(r.key)}</td>", f"<td>{KIND_LABELS[r.kind]}</td>",
-            *(f"<td class='num'>{v}</td>" for v in (number(r.reference), number(r.quantized), _e(delta_cell(r)),
-                                                     number(r.baseline),
-                                                     "-" if r.p_value is None else f"{r.p_value:.3g}", r.n)),
+            f"<td class='verdict' style='color:{_COLORS.get(r.verdict, '#212121')}'>"
+            f"{_e(verdict_label(r.verdict))}</td>",
+            f"<td>{_e(r.key)}</td>", f"<td>{_e(KIND_LABELS.get(r.kind, r.kind))}</td>",
+            *(f"<td class='num'>{_e(v)}</td>" for v in (number(r.reference), number(r.quantized), delta_cell(r),
+                                                        number(r.baseline),
+                                                        "-" if r.p_value is None else f"{r.p_value:.3g}", r.n)),
             f"<td><code>{_e(r.tolerance)}</code></td>", f"<td>{_e(r.reason)}</td>",
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -145,4 +146,5 @@ def _png(fig: Figure) -> str:
 
 
 def _e(text: object) -> str:
+    """Any value as HTML text: every field of a report may come from a file someone else wrote."""
     return html.escape(str(text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .json_report import results_of
@@ -16,10 +17,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     verdict = summary["verdict"]
     counts = ", ".join(f"{n} {v}" for v, n in summary["counts"].items())
     lines = [
-        f"### {_ICONS.get(verdict, '')} pytest-qxai: {verdict.upper()}",
+        f"### {_ICONS.get(verdict, '')} pytest-qxai: {_cell(str(verdict).upper())}",
         "",
-        f"Model `{report['model']}`, quantization `{report['quant']}`, baseline `{report['baseline_name']}`: "
-        f"{counts}.",
+        f"Model {_cell(report['model'])}, quantization {_cell(report['quant'])}, baseline "
+        f"{_cell(report['baseline_name'])}: {_cell(counts)}.",
         "",
     ]
     results = ordered(results_of(report))
@@ -27,12 +28,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["| verdict | check | kind | reference | quantized | Δ [CI] | baseline | p | n | band |",
                   "|---|---|---|--:|--:|---|--:|--:|--:|---|"]
         for r in results:
-            cells = [f"**{verdict_label(r.verdict)}**" if r.verdict != "pass" else "pass", f"`{r.key}`",
-                     KIND_LABELS[r.kind], number(r.reference), number(r.quantized), delta_cell(r),
-                     number(r.baseline), "-" if r.p_value is None else f"{r.p_value:.3g}", str(r.n),
-                     f"`{r.tolerance}`" if r.tolerance else "-"]
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-        reasons = [f"- **{verdict_label(r.verdict)}** `{r.key}` ({KIND_LABELS[r.kind]}): {_cell(r.reason)}"
+            cells = [_cell(c) for c in (verdict_label(r.verdict), r.key, KIND_LABELS.get(r.kind, r.kind),
+                                        number(r.reference), number(r.quantized), delta_cell(r), number(r.baseline),
+                                        "-" if r.p_value is None else f"{r.p_value:.3g}", r.n, r.tolerance or "-")]
+            cells[0] = f"**{cells[0]}**" if r.verdict != "pass" else cells[0]
+            lines.append("| " + " | ".join(cells) + " |")
+        reasons = [f"- **{_cell(verdict_label(r.verdict))}** {_cell(r.key)} "
+                   f"({_cell(KIND_LABELS.get(r.kind, r.kind))}): {_cell(r.reason)}"
                    for r in results if r.verdict != "pass"]
         if reasons:
             lines += ["", "<details open><summary>Why</summary>", "", *reasons, "", "</details>"]
@@ -41,5 +43,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+_MARKUP = re.compile(r"([\\`*_{}\[\]()#+!|~<>&-])")
+
+
+def _cell(text: object) -> str:
+    """Any value as literal Markdown text on one line: Markdown and HTML characters are backslash-escaped."""
+    return _MARKUP.sub(r"\\\1", " ".join(str(text).split()))
