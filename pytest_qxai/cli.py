@@ -19,7 +19,6 @@ from .errors import BaselineError, QxaiError, QxaiUsageError
 from .gate.check import CheckResult, check_vs_baseline, summarize
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import parse_tolerance
-from .options import default_cache_dir
 from .report import build_report, write_reports
 from .report.json_report import SCHEMA as REPORT_SCHEMA
 from .report.json_report import load_json, results_of
@@ -162,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      n_resamples=args.resamples)
             lines = table_lines(results) + notes + [overall_line(results)]
         elif args.command == "cache":
+            from .options import default_cache_dir  # imports pytest: only for this command
+
             return _cache_command(args.action, args.dir or default_cache_dir(), args.max_size, args.older_than)
         elif args.command == "show":
             run = load_run(args.file)
