@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..errors import QxaiError
+from ..errors import QxaiError, QxaiUsageError
 from ..storage import locked, memo_file_hash, stable_hash
 from .identity import (CONVERTER_DISTRIBUTIONS, VALUE_DISTRIBUTIONS, distribution_versions, folder_content_hash,
                        manifest_problem, reject_folder, slot_name, write_manifest)
@@ -214,6 +214,9 @@ def load_tokenizer(location: Path | str, *, revision: str | None, trust_remote_c
         raise QxaiError(f"cannot load the tokenizer of {location}: {_first_line(exc)}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise QxaiUsageError(f"the tokenizer of {location} has neither a pad token nor an eos token; batched "
+                                 "generation needs one: set pad_token in its tokenizer_config.json")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -110,6 +110,12 @@ def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
 def validate(cfg: QxaiConfig) -> ModelSource:
     """Check the configuration without loading a model; raise a one-line :class:`QxaiUsageError`."""
     source = resolve_source(cfg.model, cfg.revision)
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise QxaiUsageError(f"--qxai-device {cfg.device}: no CUDA GPU is visible on this machine "
+                                 "(use --qxai-device cpu or auto)")
     scheme = cfg.quant.scheme
     if cfg.quantized is None:
         require_library(scheme)
@@ -167,6 +173,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     atexit.register(shutil.rmtree, scratch, True)  # a no-cache GGUF conversion lives here
     location, content_id = materialize(source, cache_root, scratch)
     tokenizer = load_tokenizer(location, revision=None, trust_remote_code=cfg.trust_remote_code)
+    check_memory(location, dtype, device)
     reference = load_reference(
         location, device=device, dtype=dtype, revision=None, trust_remote_code=cfg.trust_remote_code
     )
@@ -256,6 +263,34 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         },
     )
     return pair
+
+
+def check_memory(location: Path, dtype: "torch.dtype", device: str) -> None:
+    """On CPU, refuse in one line a reference whose weights alone exceed the memory available now (before loading).
+
+    The size is read from the safetensors headers (parameter count times the dtype's bytes); accelerate's psutil
+    says what is available.
+    """
+    if device != "cpu":
+        return
+    import math
+
+    import psutil
+    import torch
+    from safetensors import safe_open
+
+    from ..cache_admin import human
+
+    count = 0
+    for file in Path(location).glob("*.safetensors"):
+        with safe_open(file, framework="pt") as handle:
+            count += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    need = count * torch.finfo(dtype).bits // 8
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise QxaiUsageError(f"the model needs {human(need)} of memory for its {count:,} parameters in "
+                             f"{str(dtype).replace('torch.', '')}, and {human(available)} is available: use a "
+                             "machine with more memory or a GPU")
 
 
 def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference: "PreTrainedModel") -> Residency:
