@@ -139,6 +139,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile, qxai_config.samples)
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
+    if not _is_xdist_worker(config):
+        _check_tolerance_names(config.stash[SESSION_KEY])
+
+
+def _check_tolerance_names(session: QxaiSession) -> None:
+    """``--qxai-tolerance`` naming no registered metric is a usage error once collection registered the suites'.
+
+    Under xdist the controller collects nothing; there an unmatched override is a note in the summary.
+    """
+    from .metrics import registered_metrics
+
+    known = {key for m in registered_metrics() for key in (m.key, m.name)}
+    unknown = sorted(set(session.overrides.bands) - known)
+    if unknown and known:
+        raise pytest.UsageError(f"--qxai-tolerance names no known metric: {', '.join(unknown)} "
+                                f"(metrics: {', '.join(sorted(m.key for m in registered_metrics()))})")
 
 
 def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profile: str,
