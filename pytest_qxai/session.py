@@ -236,7 +236,7 @@ class QxaiSession:
             written = write_reports(report, json_path=self.config.report_json, md_path=self.config.report_md,
                                     html_path=self.config.report_html)
         except OSError as exc:
-            self.errors.append(f"qxai report not written: {exc}")
+            self.errors.append(f"qxai report not written: {exc.strerror or exc} ({exc.filename})")
         else:
             self.messages += [f"qxai report: {display_path(p)}" for p in written]
 
@@ -286,7 +286,8 @@ class QxaiSession:
                                         mode="all" if mode == "all" else "missing",
                                         keep={r.key for r in ran} if prune else None)
         except (BaselineError, OSError) as exc:
-            self.errors.append(f"qxai baseline not written: {exc}")
+            detail = f"{exc.strerror or exc} ({display_path(self.store.path)})" if isinstance(exc, OSError) else exc
+            self.errors.append(f"qxai baseline not written: {detail}")
             return
         if summary.written:
             changes = ", ".join(f"{len(keys)} {what}" for what, keys in

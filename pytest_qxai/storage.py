@@ -201,6 +201,9 @@ def memo_file_hash(path: Path, cache_root: Path | None) -> str:
     found = read_signed_text(memo, context)
     if found is not None:
         return found
+    if memo.exists():
+        warnings.warn(CacheWarning(f"qxai cache: rejected {memo}: signature does not match; re-hashing {path}"),
+                      stacklevel=2)
     digest = file_hash(path)
     write_signed_text(memo, context, digest)
     return digest
