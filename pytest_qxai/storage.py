@@ -371,9 +371,13 @@ class DiskCache:
             mac = sign(namespace.encode(), full_hash(key).encode(), payload).encode()
             atomic_write(path, _MAGIC + mac + payload)
         except (OSError, TypeError, ValueError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            warnings.warn(CacheWarning(f"qxai cache: could not store {namespace} in {path.parent}: {detail}; "
-                                       "the run goes on with the computed value"), stacklevel=3)
+            self._unstored(namespace, path, exc)
+
+    @staticmethod
+    def _unstored(namespace: str, path: Path, exc: Exception) -> None:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        warnings.warn(CacheWarning(f"qxai cache: could not store {namespace} in {path.parent}: {detail}; "
+                                   "the run goes on with the computed value"), stacklevel=4)
 
     def memo(self, namespace: str, key: Any, compute: Callable[[], T], label: str = "") -> T:
         """Return the cached value for ``key`` or compute, store and return it (one writer at a time)."""
@@ -382,14 +386,21 @@ class DiskCache:
         if found:
             return self._hit(what, value)
         path = self.path_for(namespace, key)
+        self.misses += 1
         if path is None:
-            self.misses += 1
             return compute()
-        with locked(path, what):
+        guard = contextlib.ExitStack()
+        try:
+            guard.enter_context(locked(path, what))
+        except OSError as exc:  # e.g. a read-only cache: compute without storing
+            self._unstored(namespace, path, exc)
+            self.activity["computed"].append(what)
+            return compute()
+        with guard:
             found, value = self.load(namespace, key)  # another worker may have finished it meanwhile
             if found:
+                self.misses -= 1
                 return self._hit(what, value)
-            self.misses += 1
             self.activity["computed"].append(what)
             value = compute()
             self.store(namespace, key, value, label)

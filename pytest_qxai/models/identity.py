@@ -71,7 +71,6 @@ def code_hash(module: str) -> str:
     return full_hash({name: full_hash(source.decode("utf-8", "replace")) for name, source in seen.items()})[:16]
 
 
-@functools.lru_cache(maxsize=None)
 def _package_root(top: str) -> Path | None:
     """The folder of a top-level package (its spec only: a top-level package is imported already)."""
     try:
