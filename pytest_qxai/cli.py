@@ -40,6 +40,8 @@ def malformed(path: Path) -> Iterator[None]:
     """Turn a structural problem met while reading ``path`` into a one-line :class:`QxaiUsageError` (exit 2)."""
     try:
         yield
+    except QxaiUsageError as exc:
+        raise QxaiUsageError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise QxaiUsageError(f"{path}: malformed ({type(exc).__name__}: {detail})") from None
