@@ -175,6 +175,15 @@ def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> 
     return folder, f"sha256:{folder_content_hash(folder, cache_root)}"
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A private temporary folder removed when the process exits (a conversion without a cache lives there)."""
+    import atexit
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def converter_versions() -> dict[str, str]:
     """The libraries that turn a GGUF file into the reference's weights: part of a converted model's identity."""
     return distribution_versions(CONVERTER_DISTRIBUTIONS + VALUE_DISTRIBUTIONS[:2])

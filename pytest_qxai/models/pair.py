@@ -8,12 +8,9 @@ keyed by the model's content hash, the spec, the calibration data and the librar
 
 from __future__ import annotations
 
-import atexit
 import importlib.metadata
 import logging
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +152,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
     from ..runtime import Runtime
     from .loading import (apply_determinism, converter_versions, load_reference, load_tokenizer, materialize,
-                          resolve_device, resolve_dtype, share_cpu_threads)
+                          resolve_device, resolve_dtype, scratch_dir, share_cpu_threads)
 
     started = time.perf_counter()
     source = validate(cfg)
@@ -169,9 +166,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
         for path in clean_staging(cache_root):
             log.info("removed %s, left by an interrupted run", path)
-    scratch = Path(tempfile.mkdtemp(prefix="qxai-"))
-    atexit.register(shutil.rmtree, scratch, True)  # a no-cache GGUF conversion lives here
-    location, content_id = materialize(source, cache_root, scratch)
+    location, content_id = materialize(source, cache_root, scratch_dir("qxai-"))
     tokenizer = load_tokenizer(location, revision=None, trust_remote_code=cfg.trust_remote_code)
     check_memory(location, dtype, device)
     reference = load_reference(
