@@ -330,7 +330,7 @@ class DiskCache:
             return False, None
         try:
             blob = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False, None
         except OSError as exc:
             return self._reject(path, f"unreadable ({exc.strerror or exc})")
