@@ -395,7 +395,7 @@ def test_unwritable_baseline_dir_fails_naming_the_file(make_config: Callable[...
     vs_base = [r for r in results if r.kind == "vs_baseline"]
     assert [(r.verdict, r.reason) for r in vs_base] == [("fail", f"baseline {path} cannot be read: Not a directory")]
     session.finish()
-    assert session.errors == [f"qxai baseline not written: [Errno 20] Not a directory: '{path.parent}'"]
+    assert session.errors == [f"qxai baseline not written: Not a directory ({path})"]
     assert session.exit_failed() and blocker.read_text() == ""
 
 
@@ -406,7 +406,7 @@ def test_unwritable_report_is_a_summary_error(make_config: Callable[..., QxaiCon
     ref = np.linspace(0.1, 0.9, 20)
     session.check(SIM, ref, ref)
     session.finish()
-    assert session.errors == [f"qxai report not written: [Errno 17] File exists: '{blocker}'"]
+    assert session.errors == [f"qxai report not written: File exists ({blocker / 'r.json'})"]
     assert session.exit_failed() and blocker.read_text() == ""
 
 

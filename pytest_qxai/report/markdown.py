@@ -43,7 +43,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_MARKUP = re.compile(r"([\\`*_{}\[\]()#+!|~<>&-])")
+_MARKUP = re.compile(r"([\\`*_\[\]|~<>&])")
+"""What can start markup inside a line (every escaped field sits inside one): emphasis, code, links, HTML,
+table cells, strikethrough."""
 
 
 def _cell(text: object) -> str:
