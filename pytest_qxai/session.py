@@ -249,8 +249,8 @@ class QxaiSession:
 
     def _bound_cache(self) -> None:
         """Keep the cache under its size bound (least recently used first; nothing this run used)."""
-        if self.config.cache_dir is None or not self.config.cache_dir.is_dir():
-            return
+        if self.config.cache_dir is None or "cache" not in self.metadata or not self.config.cache_dir.is_dir():
+            return  # only runs that used the cache (a model pair) look after it
         from .cache_admin import human, max_size, prune
 
         removed = prune(self.config.cache_dir, max_bytes=max_size(), keep_since=self.started)

@@ -204,8 +204,11 @@ def test_every_input_of_a_value_is_in_its_key(user_run: UserRun, change: str) ->
         (model / "generation_config.json").write_text(json.dumps({"do_sample": False, "max_new_tokens": 3}))
     elif change == "method-code":
         user_run.pytester.makepyfile(test_user=USER_TEST.replace('"label": "ok"', '"label": "ok" '))
-    assert user_run().ret == 0
+    report = user_run.pytester.path / "report.json"
+    assert user_run(f"--qxai-report-json={report}").ret == 0
     assert user_run.computed == (1 if change == "nothing" else 2)
+    used = json.loads(report.read_text())["metadata"]["cache"]
+    assert [e.split()[:2] for e in used["reused" if change == "nothing" else "computed"]] == [["user/demo", "reference"]]
 
 
 def test_switching_backend_reuses_the_reference_side(make_config: Callable[..., Any], tmp_path: Path,
@@ -301,6 +304,29 @@ def test_staging_left_by_a_killed_run_is_removed_on_the_next_start(user_run: Use
         os.utime(path, (old, old))
     assert user_run().ret == 0
     assert not staging.exists() and not temporary.exists() and fresh.exists()
+
+
+def test_qxai_cache_info_and_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``qxai cache info`` shows sizes and ages per area and model side; ``prune`` removes the least recently used."""
+    from pytest_qxai.cli import main
+
+    cache = DiskCache(tmp_path)
+    for n, label in enumerate(("reference abc", "quantized def", "quantized def")):
+        cache.store("ns", {"n": n}, {"scores": [float(n)] * 1000}, label)
+        path = cache.path_for("ns", {"n": n})
+        assert path is not None
+        os.utime(path, (time.time() - 86400 * (3 - n),) * 2)  # entry 0 is the least recently used
+    (tmp_path / "models" / "gguf-1-2").mkdir(parents=True)
+    (tmp_path / "models" / "gguf-1-2" / "model.safetensors").write_bytes(b"0" * 50_000)
+    assert main(["cache", "info", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 entries" in out and "results   quantized def: 2 entries" in out and "models    gguf-1-2: 1 entries" in out
+    assert main(["cache", "prune", "--dir", str(tmp_path), "--older-than", "2.5"]) == 0
+    assert capsys.readouterr().out.startswith("removed 1 entries")
+    assert not cache.path_for("ns", {"n": 0}).exists()  # type: ignore[union-attr]
+    assert main(["cache", "prune", "--dir", str(tmp_path), "--max-size", "55K"]) == 0
+    assert (tmp_path / "models" / "gguf-1-2").exists() and not cache.path_for("ns", {"n": 1}).exists()  # type: ignore[union-attr]
+    assert main(["cache", "prune", "--dir", str(tmp_path), "--max-size", "lots"]) == 2
 
 
 SUITES = """
