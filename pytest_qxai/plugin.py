@@ -139,22 +139,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile, qxai_config.samples)
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
-    if not _is_xdist_worker(config):
-        _check_tolerance_names(config.stash[SESSION_KEY])
-
-
-def _check_tolerance_names(session: QxaiSession) -> None:
-    """``--qxai-tolerance`` naming no registered metric is a usage error once collection registered the suites'.
-
-    Under xdist the controller collects nothing; there an unmatched override is a note in the summary.
-    """
-    from .metrics import registered_metrics
-
-    known = {key for m in registered_metrics() for key in (m.key, m.name)}
-    unknown = sorted(set(session.overrides.bands) - known)
-    if unknown and known:
-        raise pytest.UsageError(f"--qxai-tolerance names no known metric: {', '.join(unknown)} "
-                                f"(metrics: {', '.join(sorted(m.key for m in registered_metrics()))})")
 
 
 def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profile: str,
@@ -195,8 +179,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.shouldstop or session.shouldfail
     )
     qxai.finish(complete)
+    unknown = _unknown_tolerance_names(config, qxai)
+    if unknown:
+        qxai.errors.append(f"--qxai-tolerance names no known metric: {', '.join(unknown)}")
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
     if qxai.exit_failed() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _unknown_tolerance_names(config: pytest.Config, qxai: QxaiSession) -> list[str]:
+    """Command-line ``--qxai-tolerance`` keys that matched no check that ran and name no metric of a suite.
+
+    Known are the built-in suites' metrics and those registered by the collected modules; a metric passed to
+    ``qxai_check`` unregistered is known once it ran. Ini entries (a project's settings for suites a run may not
+    collect) only get the summary note.
+    """
+    given = {str(entry).partition("=")[0].strip() for entry in config.getoption("qxai_tolerance") or []}
+    unused = set(qxai.overrides.unused({r.key for r in qxai.results})) & given
+    if not unused:
+        return []
+    import importlib
+    import pkgutil
+
+    from . import methods
+    from .metrics import registered_metrics
+
+    for module in pkgutil.iter_modules(methods.__path__):  # each registers its metrics; none imports torch
+        importlib.import_module(f"{methods.__name__}.{module.name}")
+    return sorted(unused - {key for m in registered_metrics() for key in (m.key, m.name)})
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
