@@ -275,7 +275,12 @@ def test_a_second_process_waits_for_the_lock_with_progress_lines(user_run: UserR
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         second = subprocess.Popen(command, **run)  # type: ignore[call-overload]
-        waiting = [second.stderr.readline() for _ in range(2)]  # two progress lines: it waits past a notice
+        waiting: list[str] = []
+        while len(waiting) < 2:  # two progress lines: it goes on waiting past a notice
+            line = second.stderr.readline()
+            assert line, "the second run ended without waiting for the lock"
+            if "qxai: waiting" in line:
+                waiting.append(line)
         release.touch()
         second_out, second_err = second.communicate(timeout=300)
         first.communicate(timeout=300)
