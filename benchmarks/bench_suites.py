@@ -152,7 +152,7 @@ def replay(pair: Any) -> float:
                 with torch.enable_grad():
                     torch.autograd.grad(model(**inputs).logits[:, -1].float().sum(), embeds)
             else:
-                with torch.inference_mode():
+                with torch.no_grad():  # as the plugin's runtime does
                     if kind == "generate":
                         model.generate(**inputs, **({"tokenizer": tokenizer} if "stop_strings" in inputs else {}))
                     else:

@@ -1,6 +1,7 @@
 """The ``qxai`` command: compare two runs, show a baseline, merge sharded reports, manage the cache (no torch).
 
-Exit status: 0 when nothing regressed, 1 when a check failed, 2 on bad input (one line on stderr).
+Exit status: 0 when the verdict is pass or inconclusive, 1 when it is fail or error (a run that did not check,
+or nothing to compare) or, with ``--strict``, inconclusive; 2 on bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -16,23 +17,26 @@ from .baselines import SCHEMA as BASELINE_SCHEMA
 from .baselines import Baseline, record_of, result_of
 from .cache_admin import DEFAULT_MAX_SIZE, MAX_SIZE_ENV, human, info_lines, max_size, parse_size, prune
 from .errors import BaselineError, QxaiError, QxaiUsageError
-from .gate.check import CheckResult, check_vs_baseline, summarize
+from .gate.check import NOTHING_CHECKED, CheckResult, check_vs_baseline, summarize
+from .gate.multiplicity import adjust
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import parse_tolerance
 from .report import build_report, write_reports
 from .report.json_report import SCHEMA as REPORT_SCHEMA
 from .report.json_report import load_json, results_of
-from .report.text import overall_line, table_lines
+from .report.text import table_lines, verdict_lines
 
 
 @dataclass
 class Run:
-    """The vs_reference checks of a report or baseline file, with the metadata each was recorded under."""
+    """The vs_reference checks of a report or baseline file, with the metadata each was recorded under and what
+    did not run in it (a report's ``summary.errors``)."""
 
     path: Path
     model: str
     checks: dict[str, CheckResult]
     metadata: dict[str, dict[str, Any]]
+    errors: list[str]
 
 
 @contextlib.contextmanager
@@ -58,7 +62,7 @@ def load_run(path: Path) -> Run:
             raise QxaiUsageError(str(exc)) from None
         with malformed(path):
             return Run(path, baseline.model, {k: _valid(result_of(r)) for k, r in baseline.checks.items()},
-                       {k: dict(baseline.metadata_for(k)) for k in baseline.checks})
+                       {k: dict(baseline.metadata_for(k)) for k in baseline.checks}, [])
     if schema == REPORT_SCHEMA:
         with malformed(path):
             checks = {r.key: r for r in map(_valid, results_of(data))
@@ -66,7 +70,8 @@ def load_run(path: Path) -> Run:
             metadata = data.get("metadata", {})
             if not isinstance(metadata, dict):
                 raise TypeError("'metadata' must be an object")
-            return Run(path, str(data.get("model", "")), checks, {k: metadata for k in checks})
+            return Run(path, str(data.get("model", "")), checks, {k: metadata for k in checks},
+                       [str(e) for e in data.get("summary", {}).get("errors", []) if e != NOTHING_CHECKED])
     raise QxaiUsageError(f"{path}: neither a pytest-qxai report nor a baseline (schema {schema!r})")
 
 
@@ -80,7 +85,7 @@ def _valid(result: CheckResult) -> CheckResult:
 
 
 def compare(old: Run, new: Run, *, seed: int, n_resamples: int) -> tuple[list[CheckResult], list[str]]:
-    """Test every check of ``new`` against ``old`` item by item, as the gate does against a baseline."""
+    """Test every check of ``new`` against ``old`` item by item, as the gate does against a baseline (Holm over all)."""
     results: list[CheckResult] = []
     notes = [f"{old.path} is for model {old.model!r}, {new.path} for {new.model!r}"] if old.model != new.model else []
     for key, current in sorted(new.checks.items()):
@@ -92,7 +97,13 @@ def compare(old: Run, new: Run, *, seed: int, n_resamples: int) -> tuple[list[Ch
             current_metadata=new.metadata[key], stored_metadata=old.metadata[key], seed=seed,
             n_resamples=n_resamples)
     notes += [f"{key}: in {old.path}, not in {new.path}" for key in sorted(set(old.checks) - set(new.checks))]
+    notes += adjust(results, "holm").lines(len(results))
     return results, notes
+
+
+def run_errors(*runs: Run) -> list[str]:
+    """What did not run in these files, each error prefixed with its file."""
+    return [f"{run.path}: {error}" for run in runs for error in run.errors]
 
 
 def merge(paths: Sequence[Path]) -> dict[str, Any]:
@@ -104,7 +115,7 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
         with malformed(path):
             for result in results_of(report):
                 _valid(result)
-        for name, kind in (("metadata", dict), ("notes", list), ("model", str), ("quant", str),
+        for name, kind in (("metadata", dict), ("notes", list), ("summary", dict), ("model", str), ("quant", str),
                            ("baseline_name", str)):
             if not isinstance(report.get(name, kind()), kind):
                 raise QxaiUsageError(f"{path}: malformed ('{name}' has the wrong JSON type)")
@@ -117,6 +128,8 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
     merged: dict[tuple[str, str], tuple[Path, CheckResult]] = {}
     metadata: dict[str, Any] = {}
     notes: list[str] = []
+    errors: list[str] = []
+    methods = {report.get("summary", {}).get("multiple_testing") for report in reports}
     for path, report in zip(paths, reports, strict=True):
         for result in results_of(report):
             slot = (result.key, result.kind)
@@ -126,8 +139,14 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
         for key, value in report.get("metadata", {}).items():
             metadata.setdefault(key, value)
         notes += [n for n in report.get("notes", []) if n not in notes]
+        # A shard that checked nothing is no error of the whole run; what did not run in a shard is.
+        errors += [f"{path}: {e}" for e in report.get("summary", {}).get("errors", []) if e != NOTHING_CHECKED]
+    if len(methods) > 1:
+        raise QxaiUsageError(f"the shards used different multiple-testing methods ({', '.join(map(str, methods))}); "
+                             "run them with the same --qxai-multiple-testing")
     return build_report([r for _, r in merged.values()], model=first["model"], quant=first["quant"],
-                        baseline_name=first["baseline_name"], metadata=metadata, notes=notes)
+                        baseline_name=first["baseline_name"], metadata=metadata, notes=notes, errors=errors,
+                        multiple_testing=methods.pop())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp.add_argument("--seed", type=int, default=0, help="Seed of the resampling tests (default: 0)")
     cmp.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                      help=f"Resamples of the bootstrap and permutation tests (default: {DEFAULT_RESAMPLES})")
+    cmp.add_argument("--strict", action="store_true", help="Exit 1 when the verdict is inconclusive")
     show = commands.add_parser("show", help="Print the checks of a baseline file or JSON report")
     show.add_argument("file", type=Path, help="Baseline file or JSON report")
     mrg = commands.add_parser("merge", help="Merge per-shard JSON reports into one report and verdict")
@@ -147,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mrg.add_argument("shards", type=Path, nargs="+", help="Per-shard JSON reports")
     mrg.add_argument("--md", type=Path, help="Also write a Markdown report")
     mrg.add_argument("--html", type=Path, help="Also write an HTML report")
+    mrg.add_argument("--strict", action="store_true", help="Exit 1 when the verdict is inconclusive")
     cache = commands.add_parser("cache", help="Show the on-disk cache (size, age, per model) or prune it")
     cache.add_argument("action", choices=("info", "prune"))
     cache.add_argument("--dir", type=Path, help="Cache folder (default: $QXAI_CACHE_DIR or ~/.cache/pytest-qxai)")
@@ -159,9 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "compare":
             if args.resamples < 1:
                 raise QxaiUsageError("--resamples must be at least 1")
-            results, notes = compare(load_run(args.old), load_run(args.new), seed=args.seed,
-                                     n_resamples=args.resamples)
-            lines = table_lines(results) + notes + [overall_line(results)]
+            old, new = load_run(args.old), load_run(args.new)
+            results, notes = compare(old, new, seed=args.seed, n_resamples=args.resamples)
+            summary = summarize(results, run_errors(old, new), "holm")
+            lines = table_lines(results) + notes + verdict_lines(summary)
         elif args.command == "cache":
             from .options import default_cache_dir  # imports pytest: only for this command
 
@@ -169,17 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "show":
             run = load_run(args.file)
             results = list(run.checks.values())
-            lines = [f"{args.file}: model {run.model}, {len(results)} check(s)", *table_lines(results)]
+            print("\n".join([f"{args.file}: model {run.model}, {len(results)} check(s)", *table_lines(results)]))
+            return 0
         else:
             report = merge(args.shards)
             written = write_reports(report, json_path=args.out, md_path=args.md, html_path=args.html)
-            results = results_of(report)
-            lines = table_lines(results) + [f"wrote {p}" for p in written] + [overall_line(results)]
+            summary = report["summary"]
+            lines = table_lines(results_of(report)) + [f"wrote {p}" for p in written] + verdict_lines(summary)
     except (QxaiError, OSError) as exc:
         print(f"qxai: {exc}", file=sys.stderr)
         return 2
     print("\n".join(lines))
-    return 1 if args.command != "show" and summarize(results)["verdict"] == "fail" else 0
+    verdict = summary["verdict"]
+    return 1 if verdict in ("fail", "error") or (verdict == "inconclusive" and args.strict) else 0
 
 
 def _cache_command(action: str, root: Path, size: str | None, days: float | None) -> int:

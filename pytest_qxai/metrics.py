@@ -80,7 +80,9 @@ class SuiteResult:
     ``fingerprint`` identifies the data, templates and method parameters: a baseline recorded under
     another fingerprint is stale. ``profiles`` holds per-layer curves for reports, ``skipped`` the
     metrics that could not run with the reason, ``notes`` facts worth recording (e.g. which
-    attribution method ran).
+    attribution method ran). ``lost[metric][side]`` counts the units whose output was degenerate on
+    that side (scored as the metric's worst value, never dropped); what counts as degenerate is in
+    ``notes["degenerate"]``.
     """
 
     suite: str
@@ -91,6 +93,7 @@ class SuiteResult:
     profiles: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    lost: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def values(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """The reference and quantized per-item arrays of a metric."""

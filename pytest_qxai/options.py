@@ -23,6 +23,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 UPDATE_MODES = ("all", "missing")
 DEFAULT_QUANT = "bnb4"
 DATA_NAMES = ("esnli", "ecqa", "lre")
+MULTIPLE_TESTING = ("holm", "bh", "none")
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,15 @@ OPTIONS: tuple[OptionDef, ...] = (
               "Override a tolerance band: [SUITE.]METRIC=BAND, e.g. accuracy=abs:0.03 or "
               "cc_shap=rel:0.1,two-sided,alpha=0.01 (repeatable)", ini_type="args",
               kwargs={"action": "append", "metavar": "METRIC=BAND"}),
+    OptionDef(("--qxai-multiple-testing",), "qxai_multiple_testing",
+              "Multiplicity control over the run's fail decisions: holm (family-wise error), bh (false-discovery "
+              "rate) or none (default: holm)", "holm", kwargs={"metavar": "METHOD"}),
     OptionDef(("--qxai-shard",), "qxai_shard",
               "Run only shard I of N (e.g. 2/4) of the collected test modules, each module whole; "
               "merge the shards' JSON reports with `qxai merge`", kwargs={"metavar": "I/N"}),
+    OptionDef(("--qxai-strict",), "qxai_strict",
+              "Treat an inconclusive check as a failure: its test fails and the run exits 1 (default: it passes, "
+              "exit 0)", False, ini_type="bool", kwargs={"action": "store_true"}),
     OptionDef(("--qxai-report-json",), "qxai_report_json", "Write the machine-readable report here",
               kwargs={"metavar": "PATH"}),
     OptionDef(("--qxai-report-md",), "qxai_report_md", "Write a Markdown report (for a pull-request comment)",
@@ -205,6 +212,10 @@ class QxaiConfig:
     """``(index, count)``, 1-based: this session runs test modules ``index, index + count, …`` in name order."""
     ci: bool
     rootdir: Path
+    strict: bool = False
+    """``--qxai-strict``: an inconclusive check fails its test and the run."""
+    multiple_testing: str = "holm"
+    """How fail decisions are adjusted over the run: ``holm``, ``bh`` or ``none`` (docs/gate.md)."""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> "QxaiConfig":
@@ -256,12 +267,18 @@ class QxaiConfig:
         update = get["qxai_update_baselines"]
         if update not in (None, "", *UPDATE_MODES):
             raise QxaiUsageError(f"qxai_update_baselines {update!r}: use one of {', '.join(UPDATE_MODES)}")
+        multiple_testing = str(get["qxai_multiple_testing"]).strip().lower()
+        if multiple_testing not in MULTIPLE_TESTING:
+            raise QxaiUsageError(f"--qxai-multiple-testing {get['qxai_multiple_testing']!r} is not valid; use one of "
+                                 f"{', '.join(MULTIPLE_TESTING)}")
         no_cache = _as_bool(get["qxai_no_cache"])
         shard = parse_shard(str(get["qxai_shard"])) if get["qxai_shard"] not in (None, "") else None
         if shard is not None and _as_bool(get["qxai_prune_baselines"]):
             raise QxaiUsageError("--qxai-prune-baselines cannot be combined with --qxai-shard: a shard runs only "
                                  "part of the checks, so pruning would drop the other shards' records")
-        default_name = quant.slug if profile == "standard" else f"{quant.slug}-{profile}"
+        # An existing checkpoint is named after its file or folder (model-Q4_K_M), not the unused --quant default.
+        stem = _file_slug(str(get["qxai_quantized"])) if get["qxai_quantized"] else quant.slug
+        default_name = stem if profile == "standard" else f"{stem}-{profile}"
         baseline_name = check_baseline_name(str(get["qxai_baseline_name"] or default_name))
         return cls(
             model=get["qxai_model"] or None,
@@ -290,7 +307,16 @@ class QxaiConfig:
             shard=shard,
             ci=is_ci(),
             rootdir=root,
+            strict=_as_bool(get["qxai_strict"]),
+            multiple_testing=multiple_testing,
         )
+
+
+def _file_slug(location: str) -> str:
+    """A baseline-name-safe form of a checkpoint's file stem or folder name."""
+    path = Path(location.rstrip("/\\"))
+    name = path.stem if path.suffix.lower() == ".gguf" else path.name
+    return re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._+-]+", "_", name)).strip("._+-")[:100] or "checkpoint"
 
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")

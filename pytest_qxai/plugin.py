@@ -12,7 +12,7 @@ import pytest
 
 from .errors import QxaiError, QxaiUsageError
 from .options import QxaiConfig, add_options, explicitly_requested
-from .session import QxaiSession
+from .session import QxaiSession, suite_of
 
 if TYPE_CHECKING:
     from .models.pair import ModelPair
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 SESSION_KEY = pytest.StashKey[QxaiSession]()
 VALIDATED_KEY = pytest.StashKey[bool]()
 PAIR_FIXTURES = ("qxai_pair",)
+GATE_FIXTURE = "qxai_check"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,22 +38,29 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
     config.stash[VALIDATED_KEY] = False
+    session.requested = explicitly_requested(config)
     if not _is_xdist_worker(config):
-        config.pluginmanager.register(FailureWatcher(session), "qxai-failures")
-    if explicitly_requested(config) and not _is_xdist_worker(config):
-        _validate(config)
+        config.pluginmanager.register(ReportObserver(session), "qxai-observer")
+        if session.requested:
+            _validate(config)
+        else:
+            try:  # a run without a model: its band file is that of --qxai-model's name (or "default")
+                session.load_bands(session.model_id)
+            except QxaiError as exc:
+                raise pytest.UsageError(str(exc)) from None
     _configure_xdist(config)
     _configure_progress(config)
 
 
 def _validate(config: pytest.Config) -> None:
-    """Check model, spec, backend and device without loading anything; usage error on bad input."""
+    """Check model, spec, backend, device and the model's band file without loading anything; usage error on bad input."""
     if config.stash.get(VALIDATED_KEY, False):
         return
     from .models.pair import validate
 
+    session = config.stash[SESSION_KEY]
     try:
-        validate(config.stash[SESSION_KEY].config)
+        session.load_bands(validate(session.config).slug)
     except QxaiError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[VALIDATED_KEY] = True
@@ -90,11 +98,16 @@ def _configure_progress(config: pytest.Config) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """A suite that stops on a known condition (an architecture the probes do not know...) shows one line."""
+    """A suite that stops on a known condition (an architecture the probes do not know...) shows one line; a gate
+    test's report names its suite and whether the gate failed it (it travels to the xdist controller)."""
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance(QxaiError):
         report.longrepr = f"qxai: {call.excinfo.value}"
+    if GATE_FIXTURE in getattr(item, "fixturenames", ()):
+        report.qxai_suite = suite_name(item)
+        report.qxai_gate_failed = report.failed and item.config.stash[SESSION_KEY].gate_failed(item.nodeid)
     return report
+
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -107,7 +120,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def suite_name(item: pytest.Item) -> str:
     """The suite an item belongs to, named after its module (``test_nle.py`` -> ``nle``)."""
-    return item.path.stem.removeprefix("test_")
+    return suite_of(item.path)
 
 
 def shard_modules(items: list[pytest.Item], index: int, count: int) -> tuple[list[pytest.Item], list[pytest.Item]]:
@@ -139,6 +152,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile, qxai_config.samples)
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plan the run's fail decisions (vs reference and vs baseline per gating test) for the test-time bound."""
+    qxai = session.config.stash.get(SESSION_KEY, None)
+    if qxai is not None:
+        qxai.planned = 2 * sum("qxai_check" in getattr(item, "fixturenames", ()) for item in session.items)
 
 
 def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profile: str,
@@ -230,26 +250,25 @@ class XdistHooks:
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """Collect a finished worker's checks and metadata; note a worker that died."""
+        """Collect a finished worker's checks and metadata; a crashed one's are lost, which is an error."""
         session = self.config.stash[SESSION_KEY]
         data = getattr(node, "workeroutput", {}).get("qxai")
         if data:
             session.merge_workeroutput(data)
         if error is not None:
-            session.lost_workers.append(f"worker {node.gateway.id} crashed")
+            session.worker_lost(node.gateway.id, error)
 
 
-class FailureWatcher:
-    """Registered on the controller (or the only process): notes failed test reports for the pruning rule."""
+class ReportObserver:
+    """Registered on the controller (or the only process): hands every test report to the gate's session."""
 
     def __init__(self, session: QxaiSession) -> None:
         self.session = session
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """A failed setup, call or teardown (whether a check failed it is decided at the end)."""
-        if report.failed:
-            self.session.failed_tests.append((report.nodeid, report.when or ""))
+        """Gate tests that errored instead of deciding make the run's verdict ``error``."""
+        self.session.observe(report)
 
 
 @pytest.hookimpl(trylast=True)

@@ -188,7 +188,7 @@ class Runtime:
             batch = pending.pop(0)
             start = time.perf_counter()
             try:
-                with torch.inference_mode():
+                with torch.no_grad():  # not inference_mode: quanto's packed int2/int4 weights refuse it
                     out = fn(batch)
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, everything else re-raised
                 if not _is_oom(exc) or len(batch) == 1:
@@ -433,7 +433,7 @@ class Runtime:
         where = list(positions)
 
         def run(batch: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-            with torch.inference_mode(False), torch.enable_grad():
+            with torch.enable_grad():
                 ids, mask = self._pad([seqs[i] for i in batch])
                 ends = [where[i] if where[i] < 0 else where[i] - len(seqs[i]) for i in batch]
                 rows, cols = torch.arange(len(batch)), torch.tensor(ends) + ids.shape[1]
@@ -490,7 +490,7 @@ class Runtime:
         base = DynamicCache()
         if offset and seqs:
             start = time.perf_counter()
-            with torch.inference_mode():
+            with torch.no_grad():
                 self.forward(input_ids=torch.tensor([list(prefix)], device=self.device), past_key_values=base,
                               use_cache=True, logits_to_keep=1)
             self.stats.add("score", time.perf_counter() - start)

@@ -3,7 +3,7 @@
 Baseline policy (decided per check, written once at the end by the controller):
 
 * a stored baseline for the check: compare with it (stale fingerprint → fail). With
-  ``--qxai-update-baselines=all`` a failing comparison is reported as ``warn`` and the record refreshed.
+  ``--qxai-update-baselines=all`` a failing comparison is reported as ``inconclusive`` and the record refreshed.
 * no stored baseline: with ``--qxai-update-baselines`` (``all`` or ``missing``), record it; in CI (``$CI``
   set) without that flag, fail and write nothing; locally without it, record it and fail once
   ("fail and create", as pytest-regressions does), so a new baseline is always looked at before it
@@ -23,15 +23,17 @@ from typing import Any, Mapping, NoReturn, Sequence
 import numpy as np
 import pytest
 
-from .baselines import Baseline, BaselineStore
+from .baselines import Baseline, BaselineStore, model_slug
 from .errors import BaselineError, QxaiError, QxaiUsageError
-from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable
+from .gate.bands import ModelBands, load_bands
+from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable, summarize
+from .gate.multiplicity import adjust, test_time_family
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import Tolerance, ToleranceOverrides
 from .metrics import Metric, SuiteResult, as_array, get_metric
 from .options import QxaiConfig
 from .report import build_report, write_reports
-from .report.text import KIND_LABELS, delta_cell, number, overall_line, table_lines
+from .report.text import KIND_LABELS, delta_cell, number, p_cell, table_lines, verdict_label, verdict_lines
 
 Profiles = Mapping[str, Mapping[str, Sequence[float | None]]]
 Values = Sequence[float] | np.ndarray
@@ -48,7 +50,8 @@ class QxaiSession:
 
     ``metadata`` describes the run (model id and hash, library versions, device ...); the model-pair
     code fills it with ``session.metadata.update(...)``. ``metadata["model_id"]``, when set, names the
-    model for the baseline folder; otherwise ``--qxai-model`` (or ``default``) does.
+    model for the baseline folder; otherwise ``--qxai-model`` (or ``default``) does. ``errors`` name what did
+    not run or was not written (they make the run's verdict ``error``).
     """
 
     config: QxaiConfig
@@ -57,11 +60,17 @@ class QxaiSession:
     n_resamples: int = DEFAULT_RESAMPLES
     messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    requested: bool = False
+    """The user chose a model, spec or device: this run is a gate run even before a gate test reports."""
+    used: bool = False
+    """A test using ``qxai_check`` reported in this session."""
+    planned: int = 0
+    """Fail decisions this process plans (two per collected test that uses ``qxai_check``): the test-time bound."""
     overrides: ToleranceOverrides = field(init=False)
-    failed_tests: list[tuple[str, str]] = field(default_factory=list)
-    """``(nodeid, phase)`` of every failed test report this process saw (the controller sees all)."""
-    lost_workers: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    model_bands: ModelBands | None = None
+    _worker_suites: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _errored_suites: set[str] = field(default_factory=set, init=False, repr=False)
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +81,16 @@ class QxaiSession:
     def model_id(self) -> str:
         """The model's name in baselines and reports."""
         return str(self.metadata.get("model_id") or self.config.model or "default")
+
+    def load_bands(self, model_id: str) -> ModelBands:
+        """Read the model's band file once (a usage error when it is bad) and use it for every check."""
+        self.model_bands = load_bands(self.config.baseline_dir / model_slug(model_id), model_id)
+        return self.model_bands
+
+    def tolerance(self, metric: Metric) -> Tolerance:
+        """The metric's band in this run: overrides > the model's band file > the metric's default."""
+        bands = self.model_bands if self.model_bands is not None else self.load_bands(self.model_id)
+        return self.overrides.resolve(metric, bands.bands)
 
     @property
     def store(self) -> BaselineStore:
@@ -88,7 +107,7 @@ class QxaiSession:
         quant = self.config.quant
         base = {"quant": str(quant), "quant_params": quant.resolved, "seed": self.config.seed,
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
-                "dtype": self.config.dtype}
+                "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
         merged = base | self.metadata
         if stable:
             merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k not in ("workers", "cache")}
@@ -111,9 +130,9 @@ class QxaiSession:
         values = np.concatenate([ref, quant])
         if metric.kind == "binary" and not np.all(np.isin(values, (0.0, 1.0)) | np.isnan(values)):
             raise QxaiUsageError(f"{metric.key} is binary: per-item values must be 0, 1 or NaN")
-        tolerance = self.overrides.resolve(metric)
+        tolerance = self.tolerance(metric)
         current = check_vs_reference(metric, tolerance, ref, quant, ids, seed=self.config.seed,
-                                     n_resamples=self.n_resamples)
+                                     n_resamples=self.n_resamples, family=self.family)
         current.fingerprint = {str(k): str(v) for k, v in (fingerprint or {}).items()}
         current.profiles = jsonable(dict(profiles or {}))
         current.notes = jsonable(dict(notes or {}))
@@ -123,23 +142,30 @@ class QxaiSession:
         self.results.extend(results)
         return results
 
+    @property
+    def family(self) -> int:
+        """The Bonferroni multiplier of a fail decision made before the run's other p-values are known."""
+        return test_time_family(self.config.multiple_testing, self.planned)
+
     def check_suite(self, result: SuiteResult, metric: Metric, nodeid: str = "") -> list[CheckResult]:
         """Gate one metric of a suite's per-item results (or record why the suite skipped it).
 
-        Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check.
+        Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check, and so do the
+        suite's counts of degenerate units per side for this metric (``notes["lost"]``).
         """
         if metric.name in result.skipped:
             return [self.skip(metric, result.skipped[metric.name], nodeid)]
         reference, quantized = result.values(metric.name)
         profiles = {k: v for k, v in result.profiles.items() if k == metric.name or k.startswith(metric.name + "/")}
+        notes = {**result.notes, "lost": result.lost.get(metric.name, {"reference": 0, "quantized": 0})}
         return self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
-                          profiles=profiles, notes=result.notes, nodeid=nodeid)
+                          profiles=profiles, notes=notes, nodeid=nodeid)
 
     def skip(self, metric: Metric | str, reason: str, nodeid: str = "") -> CheckResult:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
         metric = resolve_metric(metric)
         result = CheckResult(metric.suite, metric.name, "vs_reference", "skipped", reason,
-                             tolerance=str(self.overrides.resolve(metric)), direction=metric.direction,
+                             tolerance=str(self.tolerance(metric)), direction=metric.direction,
                              scale=metric.kind, unit=metric.unit, nodeid=nodeid)
         self.results.append(result)
         return result
@@ -170,7 +196,7 @@ class QxaiSession:
         stored_meta = baseline.metadata_for(current.key)
         results = check_vs_baseline(current, baseline.checks[current.key], tolerance, baseline_file=shown,
                                     current_metadata=self.run_metadata(stable=True), stored_metadata=stored_meta,
-                                    seed=self.config.seed, n_resamples=self.n_resamples)
+                                    seed=self.config.seed, n_resamples=self.n_resamples, family=self.family)
         other_quant = stored_meta.get("quant")
         other_profile = stored_meta.get("profile")
         for r in results:
@@ -181,9 +207,9 @@ class QxaiSession:
                 r.notes["baseline_profile"] = other_profile
                 r.reason += (f" (baseline recorded at profile {other_profile}, this run at {self.config.profile}: "
                              "items are matched by id)")
-            if r.verdict == "fail" and self.config.update_baselines == "all":
-                r.verdict = "warn"
-                r.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
+            if self.config.update_baselines == "all":
+                r.notes["accepted"] = True
+                accept(r)
         return results
 
     def _load_baseline(self) -> Baseline | BaselineError | None:
@@ -195,6 +221,54 @@ class QxaiSession:
             except BaselineError as exc:
                 self._baselines[store.path] = exc
         return self._baselines[store.path]
+
+    def fails_test(self, result: CheckResult) -> bool:
+        """Whether a check fails its pytest test: a ``fail``, or an ``inconclusive`` one under ``--qxai-strict``."""
+        return result.failed or (self.config.strict and result.verdict == "inconclusive")
+
+    def gate_failed(self, nodeid: str) -> bool:
+        """Whether a check of the test ``nodeid`` failed it (then its failure is the gate's verdict, not an error)."""
+        return any(r.nodeid == nodeid and self.fails_test(r) for r in self.results)
+
+    def observe(self, report: pytest.TestReport) -> None:
+        """Note a gate test's report (on the controller): a suite that errored, which worker ran which suite."""
+        suite: str | None = getattr(report, "qxai_suite", None)
+        worker: str | None = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
+        if suite is None:
+            if report.failed and report.when not in ("setup", "call", "teardown") and self.active:
+                crashed = suite_of(report.nodeid.split("::", 1)[0])  # xdist's report of a crashed worker's test
+                self._suite_error(crashed, f"{report.nodeid}: {_first_line(report)}")
+            return
+        self.used = True
+        if worker is not None:
+            self._worker_suites.setdefault(worker, set()).add(suite)
+        if report.failed and not (report.when == "call" and getattr(report, "qxai_gate_failed", False)):
+            what = "failed outside the gate's checks" if report.when == "call" else f"errored in {report.when}"
+            self._suite_error(suite, f"{report.nodeid} {what}: {_first_line(report)}")
+
+    def _suite_error(self, suite: str, cause: str) -> None:
+        """Record the first cause of a suite's not running to the end (one error per suite)."""
+        if suite not in self._errored_suites:
+            self._errored_suites.add(suite)
+            self.errors.append(f"suite {suite} did not run to the end: {cause}")
+
+    def worker_lost(self, worker: str, error: object) -> None:
+        """An xdist worker died: the checks of the suites it ran never reach the controller."""
+        suites = sorted(self._worker_suites.get(worker, ()))
+        if suites:
+            self.errors.append(f"xdist worker {worker} crashed ({error}); the checks of {', '.join(suites)} "
+                               "that ran there are lost")
+
+    @property
+    def active(self) -> bool:
+        """Whether this session is a gate run (then it reports a verdict and may change the exit status)."""
+        config = self.config
+        return bool(self.requested or self.used or self.results or self.errors or config.report_json
+                    or config.report_md or config.report_html)
+
+    def summary(self) -> dict[str, Any]:
+        """The run's verdict and counts (:func:`~pytest_qxai.gate.check.summarize`)."""
+        return summarize(self.results, self.errors, self.config.multiple_testing)
 
     def to_workeroutput(self) -> dict[str, Any]:
         """This worker's results and metadata for the xdist controller (JSON types only)."""
@@ -222,16 +296,21 @@ class QxaiSession:
     def finish(self, complete: bool = True) -> None:
         """Write baselines (as the policy says) and the requested reports; call on the controller only.
 
-        ``complete`` is False when the run was interrupted or stopped early (``-x``, Ctrl-C): checks
-        that did not run are then never pruned from the baseline.
+        ``complete`` is False when the run was interrupted or stopped early (``-x``, Ctrl-C); such a run, or one
+        in which a suite did not run to the end, never prunes the checks that did not run from the baseline.
         """
-        unfinished = self.unfinished()
-        self._write_baselines(complete, unfinished)
-        if complete and not unfinished and not self.errors:
+        adjustment = adjust(self.results, self.config.multiple_testing)
+        for r in self.results:
+            accept(r)
+        adjustment.added = [r for r in adjustment.added if r.failed]
+        self.messages += adjustment.lines(self.planned)
+        self._write_baselines(complete)
+        if complete and not self.errors:
             self._bound_cache()
         report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
-                              notes=self.notes())
+                              notes=self.notes(), errors=self.errors,
+                              multiple_testing=self.config.multiple_testing)
         try:
             written = write_reports(report, json_path=self.config.report_json, md_path=self.config.report_md,
                                     html_path=self.config.report_html)
@@ -239,13 +318,6 @@ class QxaiSession:
             self.errors.append(f"qxai report not written: {exc.strerror or exc} ({exc.filename})")
         else:
             self.messages += [f"qxai report: {display_path(p)}" for p in written]
-
-    def unfinished(self) -> list[str]:
-        """What did not run to its end: tests that errored (failed other than by a gate check), lost workers."""
-        gate_failed = {r.nodeid for r in self.results if r.failed}
-        errored = [f"{nodeid} ({when})" for nodeid, when in self.failed_tests
-                   if when != "call" or nodeid not in gate_failed]
-        return errored + self.lost_workers
 
     def _bound_cache(self) -> None:
         """Keep the cache under its size bound (least recently used first; nothing this run used)."""
@@ -258,10 +330,10 @@ class QxaiSession:
             self.messages.append(f"qxai cache: removed {len(removed)} least recently used entries "
                                  f"({human(sum(e.size for e in removed))}) to stay under {human(max_size())}")
 
-    def _write_baselines(self, complete: bool, unfinished: Sequence[str] = ()) -> None:
+    def _write_baselines(self, complete: bool) -> None:
         """Record baselines as the policy in the module docstring says; problems become summary errors.
 
-        Pruning needs a run that ran everything: not stopped early, no test errored, no worker lost, no error.
+        Pruning needs a run that ran everything: not stopped early, no suite errored, no worker lost, no error.
         """
         mode = self.config.update_baselines
         if mode is None and self.config.ci:
@@ -270,8 +342,7 @@ class QxaiSession:
         recordable = [r for r in ran if r.verdict != "skipped"]
         asked = bool(mode) and self.config.prune_baselines
         why_not = ("the run stopped early" if not complete else
-                   f"{len(unfinished)} test(s) or worker(s) did not finish ({', '.join(unfinished[:3])})"
-                   if unfinished else f"the run had errors ({self.errors[0]})" if self.errors else "")
+                   f"the run had errors ({self.errors[0]})" if self.errors else "")
         prune = asked and not why_not
         if asked and why_not:
             self.messages.append(f"qxai: {why_not}, so nothing was pruned from the baseline")
@@ -306,18 +377,23 @@ class QxaiSession:
         return notes
 
     def terminal_lines(self) -> list[str]:
-        """The summary section: the check table (failures first), reasons, files written, the overall verdict."""
-        if not self.results and not self.errors:
+        """The summary section: the check table (failures first), reasons, files written, what did not run, the
+        overall verdict."""
+        if not self.active:
             return []
+        summary = self.summary()
         lines = [f"model {self.model_id}, quant {self.config.quant}, baseline "
                  f"{display_path(self.store.path)}"]
-        lines += table_lines(self.results) + self.notes() + self.messages + self.errors
-        lines.append(overall_line(self.results) + (f"; {len(self.errors)} error(s)" if self.errors else ""))
+        lines += table_lines(self.results) + self.notes() + self.messages + verdict_lines(summary)
+        if summary["verdict"] == "inconclusive":
+            lines[-1] += ("; --qxai-strict: exit 1" if self.config.strict else
+                          "; exit 0 (--qxai-strict would make it 1)")
         return lines
 
     def exit_failed(self) -> bool:
-        """Whether the gate failed: a check failed or a baseline/report could not be written."""
-        return bool(self.errors) or any(r.failed for r in self.results)
+        """Whether the gate failed the run: verdict fail or error, or inconclusive under ``--qxai-strict``."""
+        verdict = self.summary()["verdict"]
+        return self.active and (verdict in ("fail", "error") or (verdict == "inconclusive" and self.config.strict))
 
     def fixture(self, node: pytest.Item) -> CheckFixture:
         """The ``qxai_check`` object for one test."""
@@ -344,7 +420,7 @@ class CheckFixture:
         item_ids: Sequence[str] | None = None, fingerprint: Mapping[str, str] | None = None,
         profiles: Profiles | None = None, notes: Mapping[str, Any] | None = None,
     ) -> list[CheckResult]:
-        """Run :meth:`QxaiSession.check`, attach the numbers as JUnit properties, fail on a 'fail' verdict."""
+        """Run :meth:`QxaiSession.check`, attach the numbers as JUnit properties, fail or skip as :meth:`_conclude`."""
         try:
             results = self.session.check(metric, reference, quantized, item_ids=item_ids, fingerprint=fingerprint,
                                          profiles=profiles, notes=notes, nodeid=self.node.nodeid)
@@ -370,28 +446,49 @@ class CheckFixture:
             self.session.skip(metric, reason, nodeid=self.node.nodeid)
         except QxaiError as exc:
             pytest.fail(f"qxai: {exc}", pytrace=False)
-        pytest.skip(reason)
+        skip_test(reason)
 
     def _conclude(self, results: list[CheckResult]) -> None:
+        """The test's outcome from its checks: FAILED on a fail (or, under ``--qxai-strict``, an inconclusive one),
+        SKIPPED with the reasons when no check against the reference was decided, else PASSED."""
         for r in results:
             prefix = f"qxai.{r.key}.{r.kind}"
             self.node.user_properties += [
                 (f"{prefix}.verdict", r.verdict), (f"{prefix}.reference", r.reference),
                 (f"{prefix}.quantized", r.quantized), (f"{prefix}.baseline", r.baseline),
                 (f"{prefix}.delta", r.delta), (f"{prefix}.ci", list(r.ci) if r.ci else None),
-                (f"{prefix}.p_value", r.p_value), (f"{prefix}.n", r.n), (f"{prefix}.tolerance", r.tolerance),
+                (f"{prefix}.p_value", r.p_value), (f"{prefix}.p_adjusted", r.p_adjusted), (f"{prefix}.n", r.n),
+                (f"{prefix}.tolerance", r.tolerance), (f"{prefix}.mdd", r.mdd), (f"{prefix}.n_needed", r.n_needed),
             ]
-        failed = [r for r in results if r.failed]
+        failed = [r for r in results if self.session.fails_test(r)]
         if failed:
-            pytest.fail("\n".join(failure_message(r) for r in failed), pytrace=False)
+            pytest.fail("\n".join(failure_message(r, self.session.config.strict) for r in failed), pytrace=False)
+        against_reference = [r for r in results if r.kind == "vs_reference"]
+        if against_reference and all(r.verdict == "skipped" for r in against_reference):
+            skip_test("; ".join(dict.fromkeys(r.reason for r in against_reference)))
 
 
-def failure_message(result: CheckResult) -> str:
-    """One line with everything needed to judge a failed check."""
-    p = "-" if result.p_value is None else f"{result.p_value:.3g}"
-    return (f"qxai {result.key} {KIND_LABELS[result.kind]} FAIL: reference {number(result.reference)}, "
+def accept(result: CheckResult) -> None:
+    """A failing comparison that ``--qxai-update-baselines=all`` refreshes is reported inconclusive, not failed."""
+    if result.failed and result.notes.get("accepted"):
+        result.verdict = "inconclusive"
+        result.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
+
+
+def skip_test(reason: str) -> NoReturn:
+    """Skip the running test, reported at the test's own location (as a skip marker is), not at this line."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+def failure_message(result: CheckResult, strict: bool = False) -> str:
+    """One line with everything needed to judge a failed check (or an inconclusive one under ``--qxai-strict``)."""
+    label = verdict_label(result.verdict) + (" (--qxai-strict fails it)" if result.verdict == "inconclusive" and strict
+                                             else "")
+    needed = f", {result.n_needed} items would decide it" if result.n_needed is not None else ""
+    return (f"qxai {result.key} {KIND_LABELS[result.kind]} {label}: reference {number(result.reference)}, "
             f"quantized {number(result.quantized)}, baseline {number(result.baseline)}, delta {delta_cell(result)}, "
-            f"p={p}, n={result.n}, band {result.tolerance}: {result.reason}")
+            f"p={p_cell(result.p_value)}, p adjusted={p_cell(result.p_adjusted)}, n={result.n}, "
+            f"band {result.tolerance}, mdd {number(result.mdd)}{needed}: {result.reason}")
 
 
 def resolve_metric(metric: Metric | str) -> Metric:
@@ -403,6 +500,18 @@ def resolve_metric(metric: Metric | str) -> Metric:
     except KeyError as exc:
         raise QxaiUsageError(f"{exc.args[0]}; register it with pytest_qxai.metrics.register_metric(Metric(...))"
                              ) from None
+
+
+def suite_of(path: str | Path) -> str:
+    """The suite a test module holds, named after the module (``suites/test_nle.py`` -> ``nle``)."""
+    return Path(path).stem.removeprefix("test_")
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    """The first line of a failed report's error (the exception, not the traceback)."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = str(crash.message if crash is not None else report.longrepr).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def display_path(path: Path) -> str:

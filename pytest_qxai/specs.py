@@ -50,6 +50,22 @@ def _gptq_params(default_calibration: int) -> dict[str, Param]:
     }
 
 
+GGUF_TYPES = {"q8_0": 8, "q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5}
+"""GGML block types the ``gguf`` library can quantize (``gguf.quants.quantize``), with their bits per weight."""
+GGUF_SCHEMES = [
+    Scheme(f"gguf-{t}", "gguf", bits, f"GGUF {t.upper()} blocks (quantized and dequantized by the gguf library)",
+           "ml", "gguf")
+    for t, bits in GGUF_TYPES.items()
+]
+
+_CT_GROUP = {"group_size": Param(int, 128, "weights per quantization group (the preset's 128)")}
+CT_SCHEMES = {
+    "ct-w4a16": ("W4A16", 4, "compressed-tensors W4A16: int4 weights per group, float activations", _CT_GROUP),
+    "ct-w8a16": ("W8A16", 8, "compressed-tensors W8A16: int8 weights per group, float activations", _CT_GROUP),
+    "ct-w8a8": ("W8A8", 8, "compressed-tensors W8A8: int8 weights per channel, int8 activations per token", {}),
+}
+"""compressed-tensors presets: ``--quant`` name → (preset name, weight bits, description, parameters)."""
+
 _BNB4 = {"double_quant": Param(bool, False, "quantize the quantization constants too")}
 _HQQ = {"group_size": Param(int, 64, "weights per quantization group")}
 
@@ -78,6 +94,9 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("torchao-int8", "torchao", 8, "torchao int8 weight-only", "torchao", "torchao"),
         Scheme("torchao-int4", "torchao", 4, "torchao int4 weight-only (CUDA only)", "torchao", "torchao", cpu=False,
                params={"group_size": Param(int, 128, "weights per quantization group")}),
+        *GGUF_SCHEMES,
+        *(Scheme(name, "ctensors", bits, text, "ct", "compressed_tensors", params=dict(params))
+          for name, (_, bits, text, params) in CT_SCHEMES.items()),
     ]
 }
 

@@ -186,14 +186,28 @@ def tiny_runtime_at(folder: Path) -> Any:
 def tiny_pair(
     runtime: Any, config: Any, backend: Any = None, quantized_backward: tuple[bool, str] = (True, "ok"),
 ) -> Any:
-    """A model pair whose two sides are the same tiny model (no result cache)."""
+    """A pair of a tiny model and an independent copy of it: two models, as ``--quant=none`` gives (no result cache)."""
+    import copy
+
     from pytest_qxai.models.pair import ModelPair, ModelSide
+    from pytest_qxai.runtime import Runtime
     from pytest_qxai.storage import DiskCache
 
+    twin = Runtime(copy.deepcopy(runtime.model), runtime.tokenizer, batch_size=runtime.batch_size)
     reference = ModelSide("reference", runtime.model, runtime, "tiny", backward=(True, "ok"))
-    quantized = ModelSide("quantized", runtime.model, runtime, "tiny-same", backward=quantized_backward)
+    quantized = ModelSide("quantized", twin.model, twin, "tiny-copy", backward=quantized_backward)
     return ModelPair(reference, quantized, runtime.tokenizer, config, source=None,  # type: ignore[arg-type]
                      backend=backend or _DequantizingBackend(None), cache=DiskCache(None))
+
+
+def test_a_pair_refuses_one_model_on_both_sides(make_config: Any) -> None:
+    """A suite compares two models; one object on both sides would let either side's hooks reach the other."""
+    from pytest_qxai.models.pair import ModelPair, ModelSide
+
+    model = tiny("llama")
+    sides = [ModelSide(role, model, None, role) for role in ("reference", "quantized")]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be two model objects"):
+        ModelPair(*sides, None, make_config(), source=None, backend=None, cache=None)  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,16 @@ def test_agreement_uses_the_top_twenty_percent() -> None:
     ref = [np.arange(10.0)]  # top 2 of 10: {9, 8}
     quant = [np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, -1.0])]  # top 2: {8, 7}
     rho, overlap = A.agreement(ref, quant)
-    assert overlap.tolist() == [0.5]
+    assert overlap == pytest.approx([(0.5 - 0.2) / (1 - 0.2)])  # half shared, beyond the 2/10 of chance
     assert -1 <= rho[0] <= 1
+
+
+def test_overlap_of_random_rankings_is_about_zero_after_chance_correction() -> None:
+    rng = np.random.default_rng(0)
+    values = [A.chance_corrected_overlap(rng.random(15), rng.random(15), 3) for _ in range(4000)]
+    assert abs(np.mean(values)) < 0.02
+    assert A.chance_corrected_overlap(np.arange(5.0), np.arange(5.0), 5) != A.chance_corrected_overlap(
+        np.arange(5.0), np.arange(5.0), 5)  # k = n: every word is in the top k, nothing to compare (NaN)
 
 
 unique_ints = st.lists(st.integers(-1000, 1000), min_size=2, max_size=30, unique=True)
@@ -161,14 +170,10 @@ def tiny_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_pair(runtime: Any, make_config: Any, quantized_backward: tuple[bool, str] = (True, "ok")) -> Any:
-    """A model pair whose two sides are the same tiny model (3 items, no result cache)."""
-    from pytest_qxai.models.pair import ModelPair, ModelSide
-    from pytest_qxai.storage import DiskCache
+    """A pair of the tiny model and an independent copy of it, on 3 items (:func:`test_arch.tiny_pair`)."""
+    from test_arch import tiny_pair as twin_pair
 
-    ref = ModelSide("reference", runtime.model, runtime, "tiny", backward=(True, "ok"))
-    quant = ModelSide("quantized", runtime.model, runtime, "tiny-same", backward=quantized_backward)
-    return ModelPair(ref, quant, runtime.tokenizer, make_config(samples=3), source=None,  # type: ignore[arg-type]
-                     backend=None, cache=DiskCache(None))  # type: ignore[arg-type]
+    return twin_pair(runtime, make_config(samples=3), quantized_backward=quantized_backward)
 
 
 ITEMS = [ITEM, NLIItem("y", "The cat sat on the mat.", "A cat sits.", "entailment", ("same",)),
@@ -271,7 +276,7 @@ def test_identical_models_agree_perfectly_and_score_alike(
     monkeypatch.setattr(A, "gradient_plan", lambda pair: None)
     result = A.run_attribution(tiny_pair(tiny_runtime, make_config))
     assert result.notes["attribution_method"]["quantized"] == ["occlusion", "integrated_gradients"]
-    assert not result.skipped
+    assert all(reason.startswith("not applicable: ") for reason in result.skipped.values())  # tiny is at chance
     assert set(result.reference) == {m.name for m in A.ATTRIBUTION_METRICS}
     for name in ("rank_correlation", "topk_overlap", "ig_rank_correlation", "ig_topk_overlap"):
         assert result.reference[name].tolist() == [1.0] * 3
@@ -285,9 +290,28 @@ def test_without_backward_only_occlusion_runs_and_ig_metrics_say_why(tiny_runtim
     pair = tiny_pair(tiny_runtime, make_config, (False, "backward failed: NotImplementedError"))
     result = A.run_attribution(pair)
     assert result.notes["attribution_method"] == {"reference": ["occlusion"], "quantized": ["occlusion"]}
-    assert set(result.skipped) == {m.name for m in A.IG_METRICS}
-    assert all("quantized: backward failed" in reason for reason in result.skipped.values())
+    assert {m.name for m in A.IG_METRICS} <= set(result.skipped)
+    assert all("quantized: backward failed" in result.skipped[m.name] for m in A.IG_METRICS)
     assert result.quantized["comprehensiveness"].shape == (3,)
+
+
+@pytest.mark.usefixtures("tiny_options")
+def test_both_sides_attribute_the_references_label(
+    tiny_runtime: Any, make_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = task.nli_predictions
+
+    def other_label_on_the_quantized_side(pair: Any, side: Any, n: int) -> Any:
+        predictions = real(pair, side, n)
+        if side.role == "reference":
+            return predictions
+        return dataclasses.replace(predictions, logprobs=np.roll(predictions.logprobs, 1, axis=1))
+
+    monkeypatch.setattr(task, "nli_predictions", other_label_on_the_quantized_side)
+    result = A.run_attribution(tiny_pair(tiny_runtime, make_config, (False, "no backward")))
+    assert result.notes["items_where_the_quantized_model_predicts_another_label"] == 3
+    for name in ("comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap"):  # same model, same label
+        assert np.allclose(result.reference[name], result.quantized[name]), name
 
 
 def test_integrated_gradients_are_skipped_on_a_cpu(tiny_runtime: Any, make_config: Any) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pytest_qxai.cli import main
+from pytest_qxai.gate.check import NOTHING_CHECKED, CheckResult
 from pytest_qxai.metrics import Metric
 from pytest_qxai.options import QxaiConfig
 from pytest_qxai.report import build_report, write_reports
@@ -21,16 +22,19 @@ SIM = Metric("nle", "similarity", "cosine", "continuous", tolerance="abs:0.02")
 ACC = Metric("nli", "accuracy", "share correct", "binary", tolerance="abs:0.03")
 
 
-def write_run(path: Path, config: QxaiConfig, sim_shift: float, metrics: tuple[Metric, ...] = (SIM, ACC)) -> Path:
-    """Run the checks of a session with the given shift of the quantized similarity and write its JSON report."""
+def write_run(path: Path, config: QxaiConfig, sim_shift: float, metrics: tuple[Metric, ...] = (SIM, ACC),
+              errors: tuple[str, ...] = ()) -> Path:
+    """Run the checks of a session with the given shift of the quantized similarity and write its JSON report
+    (``errors``: what did not run in it)."""
     session = QxaiSession(config, n_resamples=99)
-    ref = np.linspace(0.2, 0.8, 60)
+    ref = np.linspace(0.2, 0.8, 300)  # enough items that identical runs show no change within the bands
     for metric in metrics:
         if metric is SIM:
-            session.check(SIM, ref, ref + sim_shift + 0.001 * np.sin(np.arange(60)))
+            session.check(SIM, ref, ref + sim_shift + 0.001 * np.sin(np.arange(300)))
         else:
-            session.check(metric, np.ones(60), np.r_[np.zeros(1), np.ones(59)])
-    report = build_report(session.results, model="m", quant="bnb4", baseline_name="bnb4", metadata={"seed": 0})
+            session.check(metric, np.ones(300), np.r_[np.zeros(1), np.ones(299)])
+    report = build_report(session.results, model="m", quant="bnb4", baseline_name="bnb4", metadata={"seed": 0},
+                          errors=errors)
     write_reports(report, json_path=path)
     return path
 
@@ -122,6 +126,46 @@ def test_merge_fails_when_a_shard_failed(tmp_path: Path, make_config: Callable[.
     failing = write_run(tmp_path / "s1.json", config, -0.2, (SIM,))
     assert main(["merge", str(tmp_path / "o.json"), str(failing)]) == 1
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("qxai gate: FAIL")
+
+
+def test_merge_is_error_when_a_shard_did_not_run_a_suite(tmp_path: Path, make_config: Callable[..., QxaiConfig],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A shard whose suite errored makes the merged run ERROR, named with its file; a shard that merely held no
+    check does not (the other shards checked)."""
+    config = make_config(update_baselines="all")
+    passing = write_run(tmp_path / "s1.json", config, 0.0, (SIM,))
+    empty = write_run(tmp_path / "s2.json", config, 0.0, ())
+    assert json.loads(empty.read_text())["summary"]["errors"] == [NOTHING_CHECKED]
+    assert main(["merge", str(tmp_path / "o.json"), str(passing), str(empty)]) == 0
+    broken = write_run(tmp_path / "s3.json", config, 0.0, (ACC,), errors=("suite knowledge did not run to the end",))
+    assert main(["merge", str(tmp_path / "o.json"), str(passing), str(broken), "--md", str(tmp_path / "o.md")]) == 1
+    summary = json.loads((tmp_path / "o.json").read_text())["summary"]
+    assert summary["verdict"] == "error" and summary["errors"] == [f"{broken}: suite knowledge did not run to the end"]
+    assert (tmp_path / "o.md").read_text().startswith("### 🛑 pytest-qxai: ERROR")
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == [
+        f"ERROR {broken}: suite knowledge did not run to the end",
+        "qxai gate: ERROR (0 fail, 0 inconclusive, 0 improved, 2 pass, 2 skipped; 1 error(s))"]
+
+
+def test_compare_is_error_when_a_run_did_not_check_or_nothing_matches(
+    tmp_path: Path, runs: dict[str, Path], make_config: Callable[..., QxaiConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_config(update_baselines="all")
+    broken = write_run(tmp_path / "broken.json", config, 0.015, errors=("suite nle did not run to the end",))
+    assert main(["compare", str(runs["old"]), str(broken), "--resamples", "99"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-2] == f"ERROR {broken}: suite nle did not run to the end"
+    other = write_run(tmp_path / "other.json", config, 0.0, (Metric("x", "y", "", "continuous"),))
+    assert main(["compare", str(runs["old"]), str(other), "--resamples", "99"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-2] == f"ERROR {NOTHING_CHECKED}"
+
+
+def test_inconclusive_exits_0_unless_strict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = build_report([CheckResult("nle", "similarity", "vs_reference", "inconclusive", "", n=20, mdd=0.3,
+                                       n_needed=300)], model="m", quant="bnb4", baseline_name="bnb4")
+    shard = write_reports(report, json_path=tmp_path / "s.json")[0]
+    assert main(["merge", str(tmp_path / "o.json"), str(shard)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("qxai gate: INCONCLUSIVE (0 fail, 1 inc")
+    assert main(["merge", str(tmp_path / "o.json"), str(shard), "--strict"]) == 1
 
 
 def test_cli_does_not_import_torch() -> None:

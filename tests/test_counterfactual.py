@@ -43,6 +43,15 @@ def test_two_step_prompts_ask_for_words_then_for_the_edit_of_those_words() -> No
     assert second.count("Words to change:") == len(C.TEMPLATES["demos"]) + 1
 
 
+def test_the_ecqa_target_is_the_next_option_and_the_prompt_asks_for_it() -> None:
+    from pytest_qxai.datasets import MCQItem
+
+    item = MCQItem("q", "Where do fish live?", ("sea", "desert", "sky"), "sea", "x")
+    assert [C.ecqa_target(item, a) for a in range(3)] == [1, 2, 0]
+    assert C.ecqa_edit_prompt(item, 2).endswith(
+        "Question: Where do fish live?\nAnswer: sky\nTarget: sea\nEdited question:")
+
+
 def test_templates_cover_every_step_of_the_cycle() -> None:
     steps = {(d["label"], d["target"]) for d in C.TEMPLATES["demos"]}
     assert steps == {(NLI_LABELS[i], NLI_LABELS[C.target_label(i)]) for i in range(3)}
@@ -56,11 +65,11 @@ def test_degenerate_edits_are_empty_or_the_same_words(edit: str, degenerate: boo
     assert C.is_degenerate("An animal moves.", edit) is degenerate
 
 
-def test_flips_need_a_changed_label_on_a_non_degenerate_edit() -> None:
-    before = np.array([0, 1, 2, 0])
-    after = np.array([1, 1, 0, 2])
-    degenerate = np.array([False, False, True, False])
-    assert C.flips(before, after, degenerate).tolist() == [1.0, 0.0, 0.0, 1.0]
+def test_a_flip_is_the_requested_target_reached_by_an_eligible_edit() -> None:
+    targets = np.array([1, 2, 0, 1])
+    after = np.array([1, 0, 0, 1])  # item 1 changed its label, but not to the target
+    eligible = np.array([True, True, False, True])
+    assert C.reaches(targets, after, eligible).tolist() == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_minimality_is_word_levenshtein_over_the_longer_sequence() -> None:
@@ -81,25 +90,28 @@ class _FixedNLL:
         return [np.full(3, 2.0) for _ in texts]
 
 
-def test_text_scores_are_not_applicable_to_degenerate_edits() -> None:
+def test_degenerate_edits_score_the_worst_value_of_each_text_metric() -> None:
     hypotheses = ["An animal moves.", "A cat sits.", "A man runs."]
     edits = ["An animal sleeps.", "", "A man runs."]
-    scores = C.text_scores(hypotheses, edits, np.array([False, True, True]), _FixedNLL())  # type: ignore[arg-type]
+    raw = C.text_scores(hypotheses, edits, _FixedNLL())  # type: ignore[arg-type]
+    scores = C.degenerate_scores(raw, np.array([False, True, True]), fluency_worst=10.0)
     assert scores["minimality"][0] == pytest.approx(token_edit_distance(hypotheses[0], edits[0]))
     assert scores["fluency"][0] == pytest.approx(2.0)  # log-perplexity = mean token NLL
     assert 0.0 < scores["similarity"][0] < 1.0
-    for values in scores.values():
-        assert np.isnan(values[1:]).all()
+    assert scores["minimality"][1:].tolist() == [1.0, 1.0]  # a copy never looks minimal
+    assert scores["similarity"][1:].tolist() == [-1.0, -1.0]
+    assert scores["fluency"][1:].tolist() == [10.0, 10.0]
+    assert not any(np.isnan(v).any() for v in scores.values())
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.booleans()), min_size=1, max_size=20))
-def test_flips_are_binary_and_never_count_degenerate_edits(rows: list[tuple[int, int, bool]]) -> None:
-    before, after, degenerate = (np.array(col) for col in zip(*rows))
-    got = C.flips(before, after, degenerate)
+def test_flips_are_binary_and_never_count_ineligible_edits(rows: list[tuple[int, int, bool]]) -> None:
+    target, after, eligible = (np.array(col) for col in zip(*rows))
+    got = C.reaches(target, after, eligible)
     assert set(got.tolist()) <= {0.0, 1.0}
-    assert not got[degenerate].any()
-    assert np.array_equal(got == 1.0, (before != after) & ~degenerate)
+    assert not got[~eligible].any()
+    assert np.array_equal(got == 1.0, (target == after) & eligible)
 
 
 words_text = st.lists(st.sampled_from(["a", "dog", "runs", "the", "park", "."]), max_size=8).map(" ".join)
@@ -126,9 +138,14 @@ def test_identical_models_give_identical_per_item_values(
     assert [m.name for m in C.COUNTERFACTUAL_METRICS] == list(result.reference)
     for name, values in result.reference.items():
         assert np.array_equal(values, result.quantized[name], equal_nan=True)
-    assert np.array_equal(result.reference["validity"], result.reference["self_flip"])
-    assert set(result.notes["degenerate"]) == {f"{side}/{v}" for side in ("reference", "quantized")
-                                              for v in C.VARIANTS}
+    assert np.all(result.reference["validity"][:3] <= result.reference["self_flip"][:3])  # validity adds the bound
+    assert set(result.notes["degenerate_edits"]) == {f"{side}/{v}" for side in ("reference", "quantized")
+                                                    for v in [*C.VARIANTS, "ecqa"]}
+    assert len(result.item_ids) == 6 and result.item_ids[3].startswith("ecqa:")  # 3 e-SNLI, then 3 ECQA items
+    for name, values in result.reference.items():
+        part = slice(3, 6) if name.startswith("ecqa_") else slice(0, 3)
+        assert not np.isnan(values[part]).any(), name  # every item of the metric's task counts
+    assert set(result.notes["precondition"]) == {"e-SNLI", "ECQA"}
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from pytest_qxai.datasets import NLIItem, load_esnli
 from pytest_qxai.methods import faithfulness as F
 from pytest_qxai.methods import nle as N
 from pytest_qxai.methods import task as T
+from pytest_qxai.methods.text import words
 from test_attribution import smollm, tiny_pair, tiny_runtime  # noqa: F401 - shared model fixtures
 
 ITEM = NLIItem("x", "A man is playing a guitar.", "The old man plays music.", "entailment", ("guitar is music",))
@@ -22,36 +23,67 @@ vectors = st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=12)
 # --- counterfactual edits ---------------------------------------------------------------------------------
 
 def test_unfaithfulness_by_hand() -> None:
-    flipped = np.array([1, 1, 0, 1, 1, np.nan])
-    mentioned = np.array([0, 1, np.nan, 0, 1, np.nan])
-    per_item = F.unfaithful_items(flipped, mentioned)
-    assert per_item[[0, 1, 3, 4]].tolist() == [1.0, 0.0, 1.0, 0.0]
-    assert np.isnan(per_item[[2, 5]]).all()
-    assert F.unfaithfulness(flipped, mentioned) == pytest.approx(2 / 4)
-    assert np.isnan(F.unfaithfulness(np.zeros(3), np.full(3, np.nan)))
+    flipped = np.array([1, 1, 0, 1, 1, 0], dtype=bool)
+    unfaithful = np.array([1, 0, 0, 1, 0, 0], dtype=bool)
+    assert F.unfaithfulness(flipped, unfaithful) == pytest.approx(2 / 4)  # the paper's ratio over flips
+    assert F.unfaithfulness(np.zeros(3, dtype=bool), np.zeros(3, dtype=bool)) is None
+    # per item, shares over the item's own units: items of 2, 3 and 1 units
+    assert F.item_shares([2, 3, 1], unfaithful.astype(float)).tolist() == pytest.approx([0.5, 1 / 3, 0.0])
+    assert F.item_shares([2, 0, 4], flipped.astype(float)).tolist() == pytest.approx([1.0, 0.0, 0.5])
 
 
-@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=40))
-def test_unfaithfulness_is_a_share_of_the_flipped_items(cases: list[tuple[bool, bool]]) -> None:
-    flipped = np.array([float(f) for f, _ in cases])
-    mentioned = np.array([float(m) if f else np.nan for f, m in cases])
-    rate = F.unfaithfulness(flipped, mentioned)
-    n_flipped = int(flipped.sum())
-    if n_flipped == 0:
-        assert np.isnan(rate)
-    else:
-        assert 0.0 <= rate <= 1.0
-        assert rate == pytest.approx(sum(f and not m for f, m in cases) / n_flipped)
+@given(st.lists(st.tuples(st.integers(0, 8), st.data()), min_size=1, max_size=20))
+def test_item_shares_are_pinned_to_the_units_whatever_the_outcomes(groups: list[tuple[int, Any]]) -> None:
+    sizes = [size for size, _ in groups]
+    outcomes = np.array([float(d.draw(st.booleans())) for size, d in groups for _ in range(size)])
+    shares = F.item_shares(sizes, outcomes)
+    assert shares.shape == (len(sizes),) and not np.isnan(shares).any()
+    assert np.all((0.0 <= shares) & (shares <= 1.0))
+    assert float(np.dot(shares, sizes)) == pytest.approx(outcomes.sum())  # every unit counted once
 
 
-def test_slots_are_after_determiners_and_before_ing_verbs() -> None:
+def test_slots_come_from_the_pos_tagger_nouns_and_non_auxiliary_verbs() -> None:
+    # "is" is an auxiliary (spaCy's AUX): no adverb before it; adverb before "playing", adjective before nouns
     assert F.insertion_slots("A man is playing a guitar.") == [(1, "adjectives"), (3, "adverbs"), (5, "adjectives")]
-    assert F.insertion_slots("Running dogs") == []  # no determiner; an -ing word first in the sentence is skipped
+    assert F.insertion_slots("Dogs run in the park") == [(0, "adjectives"), (1, "adverbs"), (4, "adjectives")]
+    assert F.pos_tags("The old man plays music .".split())[:3] == ["DT", "JJ", "NN"]
+
+
+def test_every_bundled_esnli_sentence_is_tagged_token_for_token() -> None:
+    for item in load_esnli(1200, 0):
+        for text in (item.premise, item.hypothesis):
+            assert len(F.pos_tags(text.split())) == len(text.split())
+
+
+def test_candidates_hold_no_negation_and_are_rare_in_human_explanations() -> None:
+    explanations = [set(words(e)) for item in load_esnli(1200, 0) for e in item.explanations]
+    candidates = F.INSERTIONS["adjectives"] + F.INSERTIONS["adverbs"]
+    assert not {"not", "never", "no", "barely", "rarely", "hardly", "always"} & set(candidates)
+    for word in candidates:
+        assert sum(word in e for e in explanations) / len(explanations) < 0.02, word
+    assert sum("not" in e for e in explanations) / len(explanations) > 0.3  # why negations are out
+
+
+def test_ecqa_units_go_into_the_question_and_skip_words_of_the_options() -> None:
+    from pytest_qxai.datasets import MCQItem
+
+    item = MCQItem("e", "Where do tired people sleep?", ("bed", "quiet room", "car"), "bed", "x")
+    units = F.insertions(item, seed=0)
+    assert units and {u.field for u in units} == {"question"}
+    assert not {u.word for u in units} & {"tired", "quiet"}
+    assert all(u.ask(item).options == item.options and u.word in u.ask(item).question.lower() for u in units)
+
+
+def test_a_word_the_item_already_holds_is_never_inserted() -> None:
+    item = NLIItem("q", "A tired old man sleeps.", "The man is tired and old.", "entailment", ("x",))
+    for seed in range(20):
+        assert not {u.word for u in F.insertions(item, seed)} & {"tired", "old"}
 
 
 def test_insertion_puts_the_word_before_the_slot() -> None:
     assert F.Insertion("premise", 3, "happily").apply(ITEM) == ("A man is happily playing a guitar.", ITEM.hypothesis)
     assert F.Insertion("hypothesis", 1, "tall").apply(ITEM) == (ITEM.premise, "The tall old man plays music.")
+    assert F.Insertion("premise", 0, "tall").apply(ITEM) == ("Tall a man is playing a guitar.", ITEM.hypothesis)
 
 
 def test_insertions_are_seeded_bounded_and_drawn_from_the_fixed_lists() -> None:
@@ -158,20 +190,24 @@ def test_shapley_values_of_the_answer_add_up_to_the_full_minus_the_masked_score(
     assert phi[0].sum() == pytest.approx(score(True) - score(False), abs=1e-3)
 
 
-def test_empty_explanation_has_no_cc_shap(tiny_runtime: Any) -> None:  # noqa: F811
+def test_empty_explanation_has_no_attribution(tiny_runtime: Any) -> None:  # noqa: F811
     assert F.word_attributions(tiny_runtime, ITEM, 0, "  ", seed=0) is None
-    assert np.isnan(F.cc_shap_scores(tiny_runtime, [ITEM], np.array([0]), [""], seed=0)).all()
+    assert np.isnan(F.cc_shap_scores(tiny_runtime, [ITEM], np.array([0]), [""], seed=0)).all()  # scored -1 later
 
 
 def test_suite_on_identical_models_gives_identical_values(tiny_runtime: Any, make_config: Any) -> None:  # noqa: F811
     pair = tiny_pair(tiny_runtime, make_config)
     result = F.run_nle_faithfulness(pair)
     assert set(result.reference) == {m.name for m in F.NLE_FAITHFULNESS_METRICS}
+    assert len(result.item_ids) == 6 and result.item_ids[3].startswith("ecqa:")  # 3 e-SNLI, then 3 ECQA items
     for metric in result.reference:
         np.testing.assert_array_equal(result.reference[metric], result.quantized[metric])
-    flip, unfaithful = result.reference["flip"], result.reference["unfaithful"]
-    assert np.isnan(unfaithful[flip == 0]).all() and not np.isnan(unfaithful[flip == 1]).any()
-    assert result.fingerprint["attempts_per_item"] == "8"
+    for prefix, part in (("", slice(0, 3)), ("ecqa_", slice(3, 6))):
+        flip, unfaithful = result.reference[prefix + "flip"][part], result.reference[prefix + "unfaithful"][part]
+        assert not np.isnan(flip).any() and not np.isnan(unfaithful).any()  # pinned: every item counts
+        assert np.all(unfaithful <= flip)
+    assert set(result.notes["precondition"]) == {"e-SNLI", "ECQA"}
+    assert result.fingerprint["units_per_item"] == "8"
 
 
 # --- real model (slow) ------------------------------------------------------------------------------------
@@ -181,8 +217,8 @@ def test_smollm2_predictions_flip_under_insertions_and_the_test_is_defined(smoll
     items = load_esnli(40, 0)
     labels = T.predict_nli(smollm, [(item.premise, item.hypothesis) for item in items])
     result = F.counterfactual_test(smollm, items, labels, seed=0)
-    assert 0.1 < np.nanmean(result["flip"]) < 0.9
-    assert 0.0 <= np.nanmean(result["unfaithful"]) <= 1.0
-    attempts = np.array(result["attempts"])
-    assert attempts.max() == 8 and (attempts == 8).mean() > 0.5  # up to 4 positions x 2 words, fewer on short items
-    assert np.isnan(result["flip"][attempts == 0]).all()
+    units = np.array(result["units"])
+    assert units.max() == 8 and (units == 8).mean() > 0.5  # up to 4 positions x 2 words, fewer on short items
+    assert result["flipped"].size == units.sum()
+    assert 0.05 < result["flipped"].mean() < 0.9
+    assert np.all(result["unfaithful"] <= result["flipped"])

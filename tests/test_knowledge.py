@@ -106,12 +106,14 @@ def test_first_token_is_the_one_that_continues_the_prompt(tiny_runtime: Any) -> 
 
 
 def test_suite_gives_identical_values_for_identical_models(tiny_runtime: Any, make_config: Any) -> None:
+    """Two copies of one model give the same values up to float rounding (4.8e-7 was seen: the copy's memory
+    alignment can change the CPU kernel's summation order)."""
     result = K.run_knowledge(tiny_pair(tiny_runtime, make_config(samples=4)))
     assert len(result.item_ids) == 4
     for metric in K.KNOWLEDGE_METRICS:
         reference, quantized = result.values(metric.name)
         assert reference.shape == (4,)
-        np.testing.assert_array_equal(reference, quantized)
+        np.testing.assert_allclose(reference, quantized, rtol=0, atol=1e-5)
     assert np.all(result.reference["object_log_rank"] >= 0)
     assert result.notes["prompt_version"] == K.PROMPT["version"]
 

@@ -57,14 +57,14 @@ TABLE = {
 }
 RELATIONS = {
     "landmark_in_country": [Fact("the Eiffel Tower", "France"), Fact("the Colosseum", "Italy"),
-                            Fact("the Louvre", "France"), Fact("Atlantis", "Nowhere")],
-    "country_capital_city": [Fact("France", "Paris"), Fact("Italy", "Rome", ("Roma",))],
+                            Fact("the Brandenburg Gate", "Germany"), Fact("Atlantis", "Nowhere")],
+    "country_capital_city": [Fact("France", "Paris"), Fact("Italy", "Rome", ("Roma",)), Fact("Germany", "Berlin")],
 }
 
 
 def test_items_compose_the_two_hops_and_substitute_e1_for_the_negative() -> None:
     items = {it.bridge.subject: it for it in M.build_items(TABLE, RELATIONS, seed=0)}
-    assert sorted(items) == ["the Colosseum", "the Eiffel Tower", "the Louvre"]  # Atlantis has no capital
+    assert sorted(items) == ["the Brandenburg Gate", "the Colosseum", "the Eiffel Tower"]  # Atlantis has no capital
     eiffel = items["the Eiffel Tower"]
     assert eiffel.two_hop.text == "The capital city of the country where the Eiffel Tower is located is"
     assert eiffel.two_hop.text[: eiffel.two_hop.mention_end].endswith("Eiffel Tower is located")
@@ -72,9 +72,15 @@ def test_items_compose_the_two_hops_and_substitute_e1_for_the_negative() -> None
     assert eiffel.first_hop == "the Eiffel Tower is located in the country of"
     assert eiffel.second_hop == "The capital city of France is"
     assert eiffel.answer == Fact("France", "Paris") and eiffel.bridge_context == "The capital city of"
-    assert items["the Colosseum"].negative.text.endswith("where the Eiffel Tower is located is") or \
-        items["the Colosseum"].negative.text.endswith("where the Louvre is located is")
-    assert items["the Louvre"].negative.text.endswith("where the Colosseum is located is")
+    for item in items.values():
+        assert item.negative.text != item.two_hop.text and item.negative.text.endswith("is located is")
+
+
+def test_items_sharing_their_second_hop_are_kept_once() -> None:
+    relations = {**RELATIONS, "landmark_in_country": [*RELATIONS["landmark_in_country"], Fact("the Louvre", "France")]}
+    items = M.build_items(TABLE, relations, seed=0)
+    assert len(items) == 3 and len({it.second_hop for it in items}) == 3
+    assert sum(it.bridge.object == "France" for it in items) == 1
 
 
 def test_bundled_compositions_yield_items_of_every_composition() -> None:
@@ -84,8 +90,9 @@ def test_bundled_compositions_yield_items_of_every_composition() -> None:
     names = sorted({name for pair in table["compositions"] for name in pair})
     items = M.build_items(table, {rel.key: rel.samples for rel in load_relations(names)}, seed=0)
     compositions = {">".join(pair) for pair in table["compositions"]}
-    assert {it.composition for it in items[: len(compositions)]} == compositions  # strata take turns
-    assert len({it.id for it in items}) == len(items) > 1000
+    assert {it.composition for it in items} == compositions
+    assert len({it.second_hop for it in items}) == len(items) > 100  # one item per distinct r2(e2)
+    assert len({it.bridge_context for it in items}) > 1  # bridges of more than one entity type
     assert all(it.negative.text != it.two_hop.text for it in items)
 
 

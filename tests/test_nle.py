@@ -96,10 +96,15 @@ def test_suite_on_identical_models_gives_identical_values_and_full_agreement(
     pair = tiny_pair(tiny_runtime, make_config)
     result = N.run_nle(pair)
     assert set(result.reference) == {m.name for m in N.NLE_METRICS}
-    assert result.quantized["fp_agreement"].tolist() == [1.0, 1.0, 1.0]
-    for metric in ("gold_similarity", "rouge_l", "judge_coherence", "judge_trust"):
-        np.testing.assert_array_equal(result.reference[metric], result.quantized[metric])
-    assert all(1.0 <= r <= 5.0 for r in result.reference["judge_coherence"])
+    assert result.item_ids[3:] == [f"ecqa:{it.id}" for it in T.ecqa_items(pair, 3)]  # 3 e-SNLI, then 3 ECQA items
+    agreement = result.quantized["fp_agreement"][:3], result.quantized["ecqa_fp_agreement"][3:]
+    assert [a.tolist() for a in agreement] == [[1.0] * 3] * 2
+    for metric, values in result.reference.items():
+        np.testing.assert_array_equal(values, result.quantized[metric])
+        part = slice(3, 6) if metric.startswith("ecqa_") else slice(0, 3)
+        assert not np.isnan(values[part]).any() and np.isnan(np.delete(values, np.arange(6)[part])).all(), metric
+    assert all(1.0 <= r <= 5.0 for r in result.reference["judge_coherence"][:3])
+    assert set(result.notes["precondition"]) == {"e-SNLI", "ECQA"}
     assert result.notes["judge"].startswith("reference model")
 
 

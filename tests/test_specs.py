@@ -10,7 +10,8 @@ from pytest_qxai.errors import QxaiUsageError
 from pytest_qxai.specs import SCHEMES, QuantSpec, parse_spec
 
 ISSUE_SCHEMES = ["none", "bnb8", "bnb4", "bnb4-fp4", "gptq4", "gptq8", "awq4", "hqq4", "hqq8",
-                 "quanto-int8", "quanto-int4", "quanto-int2", "torchao-int8"]
+                 "quanto-int8", "quanto-int4", "quanto-int2", "torchao-int8", "gguf-q8_0", "gguf-q4_0", "gguf-q4_1",
+                 "gguf-q5_0", "gguf-q5_1", "ct-w4a16", "ct-w8a16", "ct-w8a8"]
 
 
 @pytest.mark.parametrize("name", ISSUE_SCHEMES)

@@ -1,4 +1,4 @@
-"""Paired statistics: exact McNemar, the sign-flip test and the paired bootstrap interval."""
+"""Margin statistics: Tango's score test for paired proportions, the bootstrap-t for paired means."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import optimize
 
-from pytest_qxai.gate.stats import mcnemar, mean_difference_ci, paired_test, paired_valid, sign_flip
+from pytest_qxai.gate.stats import (
+    BootstrapT,
+    ScoreTest,
+    bootstrap_t,
+    detectable,
+    items_needed,
+    margin_test,
+    paired_valid,
+    score_test,
+)
 
 FAST = 199  # resamples: enough for these checks, fast
 
@@ -22,119 +31,141 @@ def outcomes(lost: int, gained: int, both: int = 0, neither: int = 0) -> tuple[n
     return np.array(a, float), np.array(b, float)
 
 
-def test_mcnemar_hand_worked_b10_c2() -> None:
-    """10 items lost, 2 gained: the exact test is binomial(2 of 12, 1/2); P(X<=2) = 79/4096."""
-    a, b = outcomes(lost=10, gained=2, both=30, neither=8)
-    two = mcnemar(a, b, "two-sided", n_resamples=FAST)
-    less = mcnemar(a, b, "less", n_resamples=FAST)
-    assert two.p_value == pytest.approx(stats.binomtest(2, 12, 0.5).pvalue) == pytest.approx(158 / 4096)
-    assert less.p_value == pytest.approx(79 / 4096)
-    assert mcnemar(a, b, "greater", n_resamples=FAST).p_value == pytest.approx(1 - 13 / 4096)
-    assert two.estimate == pytest.approx(-8 / 50)
-    assert two.n == 50 and two.method == "exact McNemar"
+def restricted_z(n: int, gained: int, lost: int, margin: float) -> float:
+    """Tango's statistic from a numerically maximised restricted likelihood (no closed form), with the 1/2 correction."""
+    def nll(p: float) -> float:
+        cells = (p + margin, p, 1 - 2 * p - margin)
+        if min(cells) <= 0:
+            return 1e12
+        return -(gained * math.log(cells[0]) + lost * math.log(cells[1]) + (n - gained - lost) * math.log(cells[2]))
+
+    p = optimize.minimize_scalar(nll, bounds=(1e-12, 0.5), method="bounded", options={"xatol": 1e-12}).x
+    excess = gained - lost - n * margin
+    return math.copysign(max(abs(excess) - 0.5, 0), excess) / math.sqrt(n * (2 * p + margin * (1 - margin)))
 
 
-def test_mcnemar_without_discordant_pairs_never_rejects() -> None:
-    a, b = outcomes(lost=0, gained=0, both=20, neither=5)
-    result = mcnemar(a, b, "less", n_resamples=FAST)
-    assert result.p_value == 1.0 and result.estimate == 0.0 and result.ci == (0.0, 0.0)
+@pytest.mark.parametrize("margin", [-0.2, 0.0, 0.1, 0.3])
+def test_score_statistic_matches_the_restricted_maximum_likelihood(margin: float) -> None:
+    test = score_test(*outcomes(lost=5, gained=12, neither=33))
+    assert test.z(margin) == pytest.approx(restricted_z(50, 12, 5, margin), abs=1e-6)
 
 
-def test_nan_items_are_dropped_pairwise_and_n_reported() -> None:
-    a = np.array([1, 0, np.nan, 1, 1, 0], float)
-    b = np.array([1, 1, 1, np.nan, 0, 0], float)
+def test_score_test_hand_worked_numbers() -> None:
+    test = score_test(*outcomes(lost=20, gained=0, both=180))
+    assert (test.estimate, test.n, test.gained, test.lost) == (-0.1, 200, 0, 20)
+    assert test.p_below(-0.03) < 0.001 < 0.5 < test.p_below(-0.15)
+    low, high = test.interval(0.05)
+    assert low < -0.1 < high < -0.03
+
+
+def test_no_discordant_pair_shows_no_change_within_a_width_that_shrinks_with_n() -> None:
+    widths = [score_test(np.ones(n), np.ones(n)).interval(0.05)[1] for n in (24, 120, 300)]
+    assert widths[0] > 0.1 > widths[1] > widths[2] > 0
+    assert score_test(np.ones(300), np.ones(300)).p_below(0) == 0.5
+
+
+def test_nan_items_are_dropped_pairwise() -> None:
+    a = np.array([1.0, np.nan, 0.0, 1.0, 1.0])
+    b = np.array([1.0, 1.0, np.nan, 0.0, 1.0])
     kept_a, kept_b = paired_valid(a, b)
-    assert kept_a.tolist() == [1, 0, 1, 0] and kept_b.tolist() == [1, 1, 0, 0]
-    assert mcnemar(a, b, n_resamples=FAST).n == 4
+    assert kept_a.tolist() == [1.0, 1.0, 1.0] and kept_b.tolist() == [1.0, 0.0, 1.0]
+    assert score_test(a, b).n == 3
 
 
-def test_binary_test_rejects_non_binary_values() -> None:
+def test_score_test_rejects_non_binary_values() -> None:
     with pytest.raises(ValueError, match="0, 1 or NaN"):
-        mcnemar(np.array([0.5, 1.0]), np.array([1.0, 1.0]))
+        score_test(np.array([0.5, 1.0]), np.array([1.0, 1.0]))
 
 
-@pytest.mark.parametrize("test", [mcnemar, sign_flip])
-def test_fewer_than_two_paired_items_is_refused(test) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("kind", ["binary", "continuous"])
+def test_fewer_than_two_pairs_is_an_error(kind: str) -> None:
     with pytest.raises(ValueError, match="at least 2"):
-        test(np.array([1.0, np.nan]), np.array([0.0, 1.0]))
+        margin_test(np.array([1.0, np.nan]), np.array([1.0, 1.0]), kind)  # type: ignore[arg-type]
 
 
-def test_sign_flip_is_exact_for_small_samples() -> None:
-    """Three positive differences: only the unflipped assignment is as extreme, p = 1/8."""
-    result = sign_flip(np.zeros(3), np.array([1.0, 2.0, 3.0]), "greater")
-    assert result.p_value == pytest.approx(1 / 8)
-    assert result.estimate == pytest.approx(2.0)
+def test_bootstrap_is_seeded_and_narrows_with_confidence() -> None:
+    diff = np.random.default_rng(0).lognormal(0, 1, 60)
+    first = bootstrap_t(diff, n_resamples=999, seed=5)
+    assert first.interval(0.01) == bootstrap_t(diff, n_resamples=999, seed=5).interval(0.01)
+    wide, narrow = first.interval(0.005), first.interval(0.1)
+    assert wide[0] < narrow[0] < first.estimate < narrow[1] < wide[1]
+    assert all(math.isfinite(x) for x in wide)
 
 
-def test_sign_flip_detects_a_consistent_shift_and_repeats_with_the_seed() -> None:
-    rng = np.random.default_rng(1)
-    a = rng.random(200)
-    b = a - 0.03 + rng.normal(0, 0.05, 200)
-    first = sign_flip(a, b, "less", n_resamples=999, seed=3)
-    assert first.p_value < 0.01
-    assert first.ci[1] < 0
-    assert sign_flip(a, b, "less", n_resamples=999, seed=3) == first
+def test_bootstrap_is_never_bolder_than_students_t() -> None:
+    from scipy import stats
+
+    diff = np.random.default_rng(1).standard_t(3, 40)
+    test = bootstrap_t(diff, n_resamples=FAST)
+    assert test.p_above(0.1) >= stats.ttest_1samp(diff, 0.1, alternative="greater").pvalue - 1e-12
 
 
-def test_identical_nonzero_differences_have_a_point_interval() -> None:
-    a = np.linspace(0, 1, 30)
-    result = sign_flip(a, a - 0.1, "less", n_resamples=FAST)
-    assert result.ci == pytest.approx((-0.1, -0.1))
-    assert result.p_value < 0.01
-
-
-def test_all_zero_differences_give_p_one() -> None:
-    a = np.linspace(0, 1, 30)
-    result = sign_flip(a, a.copy(), "two-sided", n_resamples=FAST)
-    assert result.p_value == 1.0 and result.ci == (0.0, 0.0)
-
-
-def test_paired_test_picks_the_test_by_kind() -> None:
-    a, b = outcomes(lost=3, gained=1, both=5)
-    assert paired_test(a, b, "binary", n_resamples=FAST).method == "exact McNemar"
-    assert paired_test(a, b, "continuous", n_resamples=FAST).method == "sign-flip permutation"
+def test_power_and_sample_size_follow_the_normal_approximation() -> None:
+    test = score_test(*outcomes(lost=10, gained=0, neither=90))
+    sd = math.sqrt(0.1 - 0.01)
+    assert detectable(test, 0.03, 0.05) == pytest.approx(0.03 + (1.6449 + 0.8416) * sd / 10, abs=1e-3)
+    assert items_needed(test, 0.07, 0.05) == math.ceil(((1.6449 + 0.8416) * sd / 0.07) ** 2)
+    assert items_needed(test, 0.0, 0.05) is None
+    assert items_needed(test, 10.0, 0.05) == 101  # never fewer than one more item than this run had
 
 
 values = st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=30)
+bits = st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=80)
+
+
+def binary_test(pairs: list[tuple[bool, bool]]) -> ScoreTest:
+    return score_test(np.array([x for x, _ in pairs], float), np.array([y for _, y in pairs], float))
 
 
 @settings(max_examples=40, deadline=None)
-@given(a=values, shift=st.lists(st.floats(-10, 10, allow_nan=False), min_size=30, max_size=30),
-       alternative=st.sampled_from(["two-sided", "less", "greater"]))
-def test_p_in_unit_interval_and_ci_contains_the_estimate(a: list[float], shift: list[float], alternative: str) -> None:
-    a_arr = np.array(a)
-    b_arr = a_arr + np.array(shift[: len(a)])
-    result = sign_flip(a_arr, b_arr, alternative, n_resamples=FAST)  # type: ignore[arg-type]
-    assert 0.0 <= result.p_value <= 1.0
-    assert result.ci[0] <= result.estimate <= result.ci[1]
+@given(pairs=bits, alpha=st.sampled_from([0.01, 0.05, 0.2]))
+def test_score_interval_contains_the_estimate_and_p_values_are_probabilities(
+        pairs: list[tuple[bool, bool]], alpha: float) -> None:
+    test = binary_test(pairs)
+    low, high = test.interval(alpha)
+    assert -1 <= low <= test.estimate <= high <= 1
+    assert all(0 <= test.p_above(c) <= 1 for c in (low, test.estimate, high))
 
 
 @settings(max_examples=40, deadline=None)
-@given(bits=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=60),
-       alternative=st.sampled_from(["two-sided", "less", "greater"]))
-def test_mcnemar_p_in_unit_interval_and_ci_contains_the_estimate(
-    bits: list[tuple[bool, bool]], alternative: str
-) -> None:
-    a = np.array([x for x, _ in bits], float)
-    b = np.array([y for _, y in bits], float)
-    result = mcnemar(a, b, alternative, n_resamples=FAST)  # type: ignore[arg-type]
-    assert 0.0 <= result.p_value <= 1.0
-    assert result.ci[0] <= result.estimate <= result.ci[1]
+@given(pairs=bits, c1=st.floats(-0.9, 0.9), c2=st.floats(-0.9, 0.9))
+def test_score_p_values_are_monotone_in_the_margin(pairs: list[tuple[bool, bool]], c1: float, c2: float) -> None:
+    """A larger margin is harder to exceed and easier to stay under."""
+    test, (low, high) = binary_test(pairs), sorted((c1, c2))
+    assert test.p_above(low) <= test.p_above(high) + 1e-12
+    assert test.p_below(low) + 1e-12 >= test.p_below(high)
 
 
 @settings(max_examples=40, deadline=None)
-@given(a=values, kind=st.sampled_from(["binary", "continuous"]))
-def test_a_sample_tested_against_itself_never_rejects(a: list[float], kind: str) -> None:
-    arr = (np.array(a) > 0).astype(float) if kind == "binary" else np.array(a)
-    for alternative in ("two-sided", "less", "greater"):
-        result = paired_test(arr, arr.copy(), kind, alternative, n_resamples=FAST)  # type: ignore[arg-type]
-        assert result.p_value == 1.0 and result.estimate == 0.0
+@given(pairs=bits, margin=st.floats(-0.9, 0.9))
+def test_score_test_is_symmetric_in_the_two_sides(pairs: list[tuple[bool, bool]], margin: float) -> None:
+    forward = binary_test(pairs)
+    backward = binary_test([(y, x) for x, y in pairs])
+    assert backward.estimate == pytest.approx(-forward.estimate)
+    assert backward.p_above(-margin) == pytest.approx(forward.p_below(margin), abs=1e-9)
+    assert backward.interval(0.05) == pytest.approx(tuple(-x for x in reversed(forward.interval(0.05))), abs=1e-6)
 
 
-def test_interval_is_seeded_and_narrows_with_confidence() -> None:
-    diff = np.random.default_rng(0).normal(0.1, 1, 100)
-    wide = mean_difference_ci(diff, 0.99, 999, seed=5)
-    narrow = mean_difference_ci(diff, 0.8, 999, seed=5)
-    assert wide == mean_difference_ci(diff, 0.99, 999, seed=5)
-    assert wide[0] < narrow[0] < narrow[1] < wide[1]
-    assert all(math.isfinite(x) for x in wide)
+@settings(max_examples=30, deadline=None)
+@given(diff=values, alpha=st.sampled_from([0.01, 0.05, 0.2]))
+def test_bootstrap_interval_contains_the_estimate(diff: list[float], alpha: float) -> None:
+    test = bootstrap_t(np.array(diff), n_resamples=FAST, span=(-2e3, 2e3))
+    low, high = test.interval(alpha)
+    assert low <= test.estimate <= high
+
+
+@settings(max_examples=30, deadline=None)
+@given(diff=values, c1=st.floats(-1e3, 1e3), c2=st.floats(-1e3, 1e3))
+def test_bootstrap_p_values_are_monotone_in_the_margin(diff: list[float], c1: float, c2: float) -> None:
+    test, (low, high) = bootstrap_t(np.array(diff), n_resamples=FAST, span=(-2e3, 2e3)), sorted((c1, c2))
+    assert test.p_above(low) <= test.p_above(high) + 1e-12
+    assert test.p_below(low) + 1e-12 >= test.p_below(high)
+
+
+@settings(max_examples=30, deadline=None)
+@given(diff=values)
+def test_bootstrap_is_symmetric_under_negation(diff: list[float]) -> None:
+    forward = bootstrap_t(np.array(diff), n_resamples=FAST, seed=3, span=(-2e3, 2e3))
+    backward = bootstrap_t(-np.array(diff), n_resamples=FAST, seed=3, span=(-2e3, 2e3))
+    assert isinstance(backward, BootstrapT) and backward.estimate == pytest.approx(-forward.estimate)
+    assert backward.interval(0.05) == pytest.approx(tuple(-x for x in reversed(forward.interval(0.05))))

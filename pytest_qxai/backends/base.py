@@ -135,6 +135,23 @@ def plain_weight(module: "torch.nn.Module") -> "torch.Tensor | None":
     return None
 
 
+def decoder_linears(model: "PreTrainedModel") -> dict[str, "torch.nn.Linear"]:
+    """The model's ``nn.Linear`` layers except the output projection (``lm_head``): what weight-only schemes quantize."""
+    import torch
+
+    output = model.get_output_embeddings()
+    return {name: module for name, module in model.named_modules()
+            if type(module) is torch.nn.Linear and module is not output}
+
+
+def check_widths(layers: dict[str, "torch.nn.Linear"], spec: QuantSpec, multiple: int, unit: str) -> None:
+    """Refuse, naming the first layer, a spec whose blocks or groups do not divide a layer's input width."""
+    for name, module in layers.items():
+        if module.in_features % multiple:
+            raise QxaiError(f"--quant {spec}: {name} has {module.in_features} input features, not a multiple "
+                            f"of {unit}")
+
+
 @contextlib.contextmanager
 def library_errors(library: str, action: str) -> Iterator[None]:
     """Turn a library's exception into a one-line :class:`QxaiError` saying which library failed at what."""
@@ -219,6 +236,8 @@ _ADAPTERS: dict[str, str] = {
     "hqq": "pytest_qxai.backends.hqq:HQQBackend",
     "quanto": "pytest_qxai.backends.quanto:QuantoBackend",
     "torchao": "pytest_qxai.backends.torchao:TorchAOBackend",
+    "gguf": "pytest_qxai.backends.gguf:GGUFBackend",
+    "ctensors": "pytest_qxai.backends.ctensors:CompressedTensorsBackend",
 }
 
 

@@ -1,17 +1,18 @@
 """The gate's decision for one metric: quantized vs reference, and this run vs the stored baseline.
 
-Verdict rules (the same for both comparisons):
+Let D be the degradation in the metric's bad direction and b the band's half-width. The rule (the same for
+both comparisons; docs/gate.md explains it):
 
-* ``fail``: the change is a degradation (in the metric's bad direction; either direction for a
-  two-sided band), its point estimate lies beyond the band, AND the paired test rejects "no change"
-  at the band's alpha. Both conditions: a tiny but significant change passes, a large but noisy one
-  does not fail.
-* ``warn``: a degradation beyond the band that is not significant (p >= alpha): more items would tell.
-* ``improved``: a significant change in the good direction beyond the band (one-sided bands only).
-* ``pass``: anything else. ``skipped``: fewer than two items valid on both sides, so no test.
+* ``fail``: the data show D > b: the one-sided test of H0 D <= b rejects at the multiplicity-adjusted alpha
+  (``p_adjusted < alpha``);
+* ``pass``: the data show D <= b: the upper one-sided ``1 - alpha`` bound of D lies within the band;
+* ``improved``: that upper bound lies below -b (a change beyond the band in the good direction);
+* ``inconclusive``: neither; ``mdd`` and ``n_needed`` say what this run could detect and what would decide it;
+* ``skipped``: fewer than two items valid on both sides, so no test.
 
-The reported ``p_value`` belongs to the test that decided: one-sided in the direction of the observed
-change for a one-sided band, two-sided for a two-sided band. The interval is two-sided at ``1 - alpha``.
+A ``two-sided`` band fails on a change beyond b either way (the two one-sided tests at alpha/2 each) and
+passes when the two-sided ``1 - alpha`` interval lies within (-b, b). ``ci`` is the interval of delta
+(quantized - reference) that the decision used: the two one-sided ``1 - alpha`` bounds for a one-sided band.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ..metrics import Direction, Kind, Metric, as_array
-from .stats import DEFAULT_RESAMPLES, MIN_PAIRED, Alternative, PairedTest, paired_test, paired_valid
-from .tolerance import Tolerance
+from ..metrics import Direction, Kind, Metric, as_array, get_metric
+from .stats import DEFAULT_RESAMPLES, MIN_PAIRED, MarginTest, detectable, items_needed, margin_test, paired_valid
+from .tolerance import Tolerance, parse_tolerance
 
-Verdict = Literal["pass", "fail", "improved", "warn", "skipped"]
+Verdict = Literal["pass", "fail", "improved", "inconclusive", "skipped"]
 CheckKind = Literal["vs_reference", "vs_baseline", "reference_drift"]
-VERDICTS: tuple[Verdict, ...] = ("fail", "warn", "improved", "pass", "skipped")  # also the display order
+VERDICTS: tuple[Verdict, ...] = ("fail", "inconclusive", "improved", "pass", "skipped")  # also the display order
 
 
 @dataclass
@@ -39,7 +40,11 @@ class CheckResult:
     (vs_baseline) or stored reference mean (reference_drift). ``delta`` is quantized − reference for
     vs_reference, the change of that gap since the baseline for vs_baseline, and the change of the
     reference for reference_drift. Per-item values (NaN as None) travel with vs_reference results only,
-    for the baseline file.
+    for the baseline file. ``ci`` is the interval the decision used; ``p_value`` the decisive one-sided test's
+    p-value and ``p_adjusted`` the same after multiplicity control over the run. ``mdd`` is the smallest
+    degradation beyond the band this run detects with 80 % power, ``n_needed`` the items that would decide an
+    inconclusive check, ``lost`` the items lost or degenerate per side, ``comparison`` what was compared (the
+    part of ``reason`` that does not depend on the verdict).
     """
 
     suite: str
@@ -65,6 +70,11 @@ class CheckResult:
     profiles: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     nodeid: str = ""
+    p_adjusted: float | None = None
+    mdd: float | None = None
+    n_needed: int | None = None
+    lost: dict[str, int] = field(default_factory=dict)
+    comparison: str = ""
 
     @property
     def key(self) -> str:
@@ -90,16 +100,30 @@ class CheckResult:
     def from_dict(cls, data: dict[str, Any]) -> CheckResult:
         """Rebuild a result from :meth:`to_dict` output (unknown keys are ignored)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        ci = known.get("ci")
-        known["ci"] = None if ci is None or None in ci else (float(ci[0]), float(ci[1]))
+        ci = known.get("ci")  # an infinite bound was written as null
+        known["ci"] = None if ci is None else (-math.inf if ci[0] is None else float(ci[0]),
+                                               math.inf if ci[1] is None else float(ci[1]))
         return cls(**known)
 
 
-def summarize(results: Sequence[CheckResult]) -> dict[str, Any]:
-    """Counts per verdict and the overall verdict: ``fail`` if any failed, else ``warn`` if any warned."""
+RunVerdict = Literal["pass", "fail", "inconclusive", "error"]
+NOTHING_CHECKED = "nothing was checked: no check reached a decision (none ran, or every one was skipped)"
+"""The error a run without a single decided check reports (a run that did not check is never green)."""
+
+
+def summarize(
+    results: Sequence[CheckResult], errors: Sequence[str] = (), multiple_testing: str | None = None,
+) -> dict[str, Any]:
+    """Counts per verdict and the run's verdict: ``error`` if anything did not run (``errors``, or no check was
+    decided: :data:`NOTHING_CHECKED`), else ``fail``, ``inconclusive`` or ``pass`` by the worst check."""
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
-    overall = "fail" if counts["fail"] else "warn" if counts["warn"] else "pass"
-    return {"checks": len(results), "counts": counts, "verdict": overall}
+    problems = list(dict.fromkeys(errors))
+    if len(results) == counts["skipped"] and NOTHING_CHECKED not in problems:
+        problems.append(NOTHING_CHECKED)
+    overall: RunVerdict = ("error" if problems else "fail" if counts["fail"] else
+                           "inconclusive" if counts["inconclusive"] else "pass")
+    return {"checks": len(results), "counts": counts, "verdict": overall, "errors": problems,
+            "multiple_testing": multiple_testing}
 
 
 def jsonable(value: Any) -> Any:
@@ -125,35 +149,40 @@ def item_values(values: Sequence[float | None]) -> np.ndarray:
 def check_vs_reference(
     metric: Metric, tolerance: Tolerance, reference: Sequence[float] | np.ndarray,
     quantized: Sequence[float] | np.ndarray, item_ids: Sequence[str], *, seed: int = 0,
-    n_resamples: int = DEFAULT_RESAMPLES,
+    n_resamples: int = DEFAULT_RESAMPLES, family: int = 1,
 ) -> CheckResult:
-    """Compare the quantized model's per-item values with the reference's on the same items."""
+    """Compare the quantized model's per-item values with the reference's on the same items.
+
+    ``family`` is the number of fail decisions the run plans: until all are known the fail test uses the
+    Bonferroni bound ``p * family``, which any Holm or Benjamini-Hochberg adjustment at the end can only lower.
+    """
     ref, quant = as_array(reference), as_array(quantized)
     result = _result(metric, "vs_reference", tolerance)
     result.item_ids = list(item_ids)
     result.reference_items, result.quantized_items = jsonable(ref), jsonable(quant)
+    result.lost = {"reference": int(np.isnan(ref).sum()), "quantized": int(np.isnan(quant).sum())}
     a, b = paired_valid(ref, quant)
     result.n = int(a.size)
     if a.size < MIN_PAIRED:
         return _skip_small(result, "valid (not NaN) on both sides")
     result.reference, result.quantized = float(a.mean()), float(b.mean())
-    threshold = tolerance.threshold(result.reference)
-    test = _test(a, b, metric, tolerance, metric.kind, seed, n_resamples)
-    _decide(result, test, tolerance, threshold, f"quantized {_fmt(result.quantized)} vs reference "
-            f"{_fmt(result.reference)}")
+    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
+                       span=_span(metric, 1, np.concatenate([a, b])))
+    result.comparison = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)} ({test.method})"
+    _measure(result, test, tolerance, family)
     return result
 
 
 def check_vs_baseline(
     current: CheckResult, stored: dict[str, Any], tolerance: Tolerance, *, baseline_file: str,
     current_metadata: dict[str, Any], stored_metadata: dict[str, Any], seed: int = 0,
-    n_resamples: int = DEFAULT_RESAMPLES,
+    n_resamples: int = DEFAULT_RESAMPLES, family: int = 1,
 ) -> list[CheckResult]:
     """Compare this run's per-item gap (quantized − reference) with the stored one, item by item.
 
     A changed fingerprint fails at once as a stale baseline: never compare silently. When the reference
-    values themselves moved beyond the band (significantly), a ``reference_drift`` warning names the
-    recorded differences that could explain it (library versions, model hash, device ...).
+    values themselves moved beyond the band (shown by the two-sided test), an inconclusive ``reference_drift``
+    check names the recorded differences that could explain it (library versions, model hash, device ...).
     """
     metric = _metric_of(current)
     result = _result(metric, "vs_baseline", tolerance)
@@ -175,17 +204,19 @@ def check_vs_baseline(
     gap_base, gap_now = q_base - ref_base, q_now - ref_now
     valid = ~(np.isnan(gap_base) | np.isnan(gap_now))
     result.n = int(valid.sum())
+    unmatched = len(current.item_ids) - len(ids)
+    result.lost = {"not_in_baseline": unmatched, "invalid": len(ids) - result.n}
     if result.n < MIN_PAIRED:
         return [_skip_small(result, f"matched by id in {baseline_file} and valid on both runs")]
     result.reference, result.quantized = float(ref_now[valid].mean()), float(q_now[valid].mean())
     result.baseline = float(q_base[valid].mean())
-    threshold = tolerance.threshold(result.reference)
-    test = _test(gap_base[valid], gap_now[valid], metric, tolerance, "continuous", seed, n_resamples)
-    unmatched = len(current.item_ids) - len(ids)
-    _decide(result, test, tolerance, threshold,
-            f"the quantized-reference gap moved from {_fmt(float(gap_base[valid].mean()))} in {baseline_file} "
-            f"to {_fmt(float(gap_now[valid].mean()))}"
-            + (f" ({unmatched} item(s) of this run are not in the baseline)" if unmatched else ""))
+    test = margin_test(gap_base[valid], gap_now[valid], "continuous", n_resamples=n_resamples, seed=seed,
+                       span=_span(metric, 2, np.concatenate([gap_base[valid], gap_now[valid]])))
+    result.comparison = (
+        f"the quantized-reference gap moved from {_fmt(float(gap_base[valid].mean()))} in {baseline_file} "
+        f"to {_fmt(float(gap_now[valid].mean()))}"
+        + (f" ({unmatched} item(s) of this run are not in the baseline)" if unmatched else "") + f" ({test.method})")
+    _measure(result, test, tolerance, family)
     results = [result]
     drift = _reference_drift(metric, tolerance, ref_base, ref_now, current_metadata, stored_metadata,
                              baseline_file, seed, n_resamples)
@@ -195,8 +226,22 @@ def check_vs_baseline(
 
 
 def _metric_of(result: CheckResult) -> Metric:
-    """The parts of a result's metric definition a re-test needs (identity, kind, direction, unit)."""
-    return Metric(result.suite, result.metric, "", result.scale, result.direction, unit=result.unit)
+    """The result's registered metric, else the parts of its definition a re-test needs (no bounds known)."""
+    try:
+        return get_metric(result.key)
+    except KeyError:
+        return Metric(result.suite, result.metric, "", result.scale, result.direction, unit=result.unit)
+
+
+def _span(metric: Metric, differences: int, values: np.ndarray) -> tuple[float, float]:
+    """The range a mean of ``differences``-fold per-item differences can take: from the metric's bounds, or for
+    a metric without both bounds from the range of the values seen on both sides (an assumption, docs/gate.md)."""
+    low, high = metric.bounds
+    if low is None or high is None:
+        width = float(np.nanmax(values) - np.nanmin(values)) if np.isfinite(values).any() else math.inf
+        return -width, width
+    width = differences * (high - low)
+    return -width, width
 
 
 def _reference_drift(
@@ -204,24 +249,25 @@ def _reference_drift(
     current_metadata: dict[str, Any], stored_metadata: dict[str, Any], baseline_file: str, seed: int,
     n_resamples: int,
 ) -> CheckResult | None:
-    """A warning when the reference values moved beyond the band and significantly; else None."""
+    """An inconclusive check when the reference values moved beyond the band either way (shown); else None."""
     a, b = paired_valid(ref_base, ref_now)
     if a.size < MIN_PAIRED:
         return None
-    test = paired_test(a, b, metric.kind, "two-sided", confidence=1 - tolerance.alpha,
-                       n_resamples=n_resamples, seed=seed)
+    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
+                       span=_span(metric, 1, np.concatenate([a, b])))
     threshold = tolerance.threshold(float(a.mean()))
-    if not (abs(test.estimate) > threshold and test.p_value < tolerance.alpha):
+    p = min(1.0, 2 * min(test.p_above(threshold), test.p_below(-threshold)))
+    if p >= tolerance.alpha:
         return None
     changes = metadata_changes(stored_metadata, current_metadata)
     cause = (", ".join(changes[:6]) + (" ..." if len(changes) > 6 else "")) if changes else (
         "no recorded library, model or device difference explains it (nondeterminism?)")
     drift = _result(metric, "reference_drift", tolerance)
-    drift.verdict = "warn"
+    drift.verdict = "inconclusive"
     drift.reference, drift.baseline, drift.delta = float(b.mean()), float(a.mean()), test.estimate
-    drift.ci, drift.p_value, drift.n = test.ci, test.p_value, test.n
-    drift.reason = (f"the reference itself changed since {baseline_file}: {metric.name} "
-                    f"{_fmt(float(a.mean()))}->{_fmt(float(b.mean()))} (p={test.p_value:.3g}); {cause}")
+    drift.ci, drift.p_value, drift.n = test.interval(tolerance.alpha / 2), p, test.n
+    drift.reason = (f"the reference itself changed beyond the band since {baseline_file}: {metric.name} "
+                    f"{_fmt(float(a.mean()))}->{_fmt(float(b.mean()))} ({test.method} p={p:.3g}); {cause}")
     return drift
 
 
@@ -253,55 +299,66 @@ def _skip_small(result: CheckResult, what: str) -> CheckResult:
     return result
 
 
-def _test(a: np.ndarray, b: np.ndarray, metric: Metric, tolerance: Tolerance, kind: Kind, seed: int,
-          n_resamples: int) -> PairedTest:
-    """Run the paired test whose alternative matches the band and the observed direction."""
-    alternative: Alternative = "two-sided"
-    if not tolerance.two_sided:
-        worse: Alternative = "less" if metric.direction == "higher" else "greater"
-        better: Alternative = "greater" if metric.direction == "higher" else "less"
-        alternative = worse if _badness(float(np.mean(b - a)), metric.direction) >= 0 else better
-    return paired_test(a, b, kind, alternative, confidence=1 - tolerance.alpha, n_resamples=n_resamples, seed=seed)
-
-
-def _badness(delta: float, direction: Direction) -> float:
-    """How much worse (positive) or better (negative) a change is, in the metric's units."""
-    return -delta if direction == "higher" else delta
-
-
-def _decide(result: CheckResult, test: PairedTest, tolerance: Tolerance, threshold: float, context: str) -> None:
-    """Fill delta, CI, p, verdict and a one-sentence reason from a paired test (rules: module docstring)."""
-    result.delta, result.ci, result.p_value, result.n = test.estimate, test.ci, test.p_value, test.n
-    bad = _badness(test.estimate, result.direction)
-    beyond = (abs(bad) if tolerance.two_sided else bad) > threshold
-    better = not tolerance.two_sided and -bad > threshold
-    significant = test.p_value < tolerance.alpha
-    sided = "two-sided" if tolerance.two_sided else "one-sided"
-    stat = f"{test.method} {sided} p={test.p_value:.3g}, alpha={_fmt(tolerance.alpha)}, n={test.n}"
-    band = f"band {tolerance} (+/-{_fmt(threshold)})"
-    change = f"{'+' if test.estimate >= 0 else ''}{_fmt(test.estimate)}"
-    if beyond and significant:
-        result.verdict = "fail"
-        word = "changed" if tolerance.two_sided and bad < 0 else "degraded"
-        result.reason = (f"{result.metric} {word}: delta {change} is beyond the {band} and significant ({stat}); "
-                         f"{context}")
-    elif beyond:
-        result.verdict = "warn"
-        result.reason = (f"{result.metric} degraded: delta {change} is beyond the {band} but not significant "
-                         f"({stat}), more items would tell; {context}")
-    elif better and significant:
-        result.verdict = "improved"
-        result.reason = (f"{result.metric} improved: delta {change} is beyond the {band} and significant ({stat}); "
-                         f"{context}")
-    elif better:
-        result.verdict = "pass"
-        result.reason = (f"{result.metric} improved: delta {change} is beyond the {band} but not significant "
-                         f"({stat}); {context}")
+def _measure(result: CheckResult, test: MarginTest, tolerance: Tolerance, family: int) -> None:
+    """Fill delta, the decision's interval, the fail test's p-value, mdd and n_needed; then decide."""
+    alpha, b = tolerance.alpha, tolerance.threshold(result.reference or 0.0)
+    sign = -1.0 if result.direction == "higher" else 1.0  # D = sign * delta
+    result.delta, result.n = test.estimate, test.n
+    if tolerance.two_sided:
+        result.ci = test.interval(alpha / 2)
+        result.p_value = min(1.0, 2 * min(test.p_above(b), test.p_below(-b)))
+        fail_alpha = alpha / 2 / family
     else:
-        result.verdict = "pass"
-        result.reason = f"delta {change} is within the {band} ({stat}); {context}"
+        result.ci = test.interval(alpha)
+        result.p_value = test.p_below(-b) if sign < 0 else test.p_above(b)
+        fail_alpha = alpha / family
+    result.p_adjusted = min(1.0, result.p_value * family)
+    result.mdd = detectable(test, b, fail_alpha)
+    degradation = abs(test.estimate) if tolerance.two_sided else sign * test.estimate
+    result.n_needed = items_needed(test, abs(degradation - b), fail_alpha if degradation > b else alpha)
+    decide(result)
+
+
+def degradation_bounds(result: CheckResult) -> tuple[float, float]:
+    """The decision's interval as bounds of D, the degradation (quantized worse by D in the metric's direction)."""
+    assert result.ci is not None
+    low, high = result.ci
+    return (-high, -low) if result.direction == "higher" else (low, high)
+
+
+def decide(result: CheckResult) -> None:
+    """Set verdict and reason from the result's interval and adjusted p-value (rules: module docstring).
+
+    Called again at the end of a run, after multiplicity control has set the final ``p_adjusted``.
+    """
+    tolerance = parse_tolerance(result.tolerance)
+    alpha, b = tolerance.alpha, tolerance.threshold(result.reference or 0.0)
+    assert result.ci is not None and result.p_value is not None and result.p_adjusted is not None
+    high = degradation_bounds(result)[1]
+    level = 1 - alpha if tolerance.two_sided else 1 - 2 * alpha
+    change = f"{'+' if (result.delta or 0) >= 0 else ''}{_fmt(result.delta or 0.0)}"
+    interval = f"{level:.0%} CI of delta [{_fmt(result.ci[0])}, {_fmt(result.ci[1])}]"
+    band = f"band {tolerance} (+/-{_fmt(b)})"
+    stat = (f"{'two-sided' if tolerance.two_sided else 'one-sided'} p={result.p_value:.3g}, "
+            f"adjusted p={result.p_adjusted:.3g}, alpha={_fmt(alpha)}, n={result.n}")
+    if result.p_adjusted < alpha:
+        result.verdict = "fail"
+        word = "changed" if tolerance.two_sided and high < -b else "degraded"
+        text = f"{result.metric} {word} by more than the {band}: delta {change}, {interval} ({stat})"
+    elif (tolerance.two_sided and -b < result.ci[0] and result.ci[1] < b) or (not tolerance.two_sided and high < b):
+        improved = not tolerance.two_sided and high < -b
+        result.verdict = "improved" if improved else "pass"
+        text = (f"{result.metric} improved by more than the {band}" if improved else
+                f"delta {change} is shown within the {band}") + f": {interval} ({stat})"
+    else:
+        result.verdict = "inconclusive"
+        text = (f"{result.metric} inconclusive: delta {change}, the {interval} straddles the {band} ({stat}; "
+                f"this run detects a degradation of {_fmt(result.mdd or math.nan)} with 80% power"
+                + (f", about {result.n_needed} items would decide it" if result.n_needed else "") + ")")
+    if result.verdict != "inconclusive":
+        result.n_needed = None
+    result.reason = f"{text}; {result.comparison}" if result.comparison else text
 
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
-

@@ -5,7 +5,7 @@ Grammar: ``abs:0.03`` or ``rel:0.1`` (a fraction of the reference value), option
 direction does) and ``,alpha=0.01`` (significance level, default 0.05).
 
 Precedence, per metric: ``--qxai-tolerance`` on the command line > ``qxai_tolerance`` in the ini file >
-the metric's own default band. The command line replaces the ini list as a whole (see
+the model's band file (:mod:`pytest_qxai.gate.bands`) > the metric's own default band. The command line replaces the ini list as a whole (see
 :func:`pytest_qxai.options.raw_value`), so :attr:`QxaiConfig.tolerances` holds the user's overrides.
 Within them a suite-qualified key (``nle.cc_shap=...``) beats a bare metric name (``cc_shap=...``), and a
 later entry beats an earlier one with the same key.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 from ..errors import QxaiUsageError
 from ..metrics import Metric
@@ -100,11 +100,13 @@ class ToleranceOverrides:
                 raise QxaiUsageError(f"--qxai-tolerance {key}: {exc}") from None
         return cls(bands)
 
-    def resolve(self, metric: Metric) -> Tolerance:
-        """The band for ``metric``: suite-qualified override > bare-name override > the metric's default."""
+    def resolve(self, metric: Metric, model_bands: Mapping[str, Tolerance] | None = None) -> Tolerance:
+        """The band for ``metric``: suite-qualified override > bare-name override > the model's band file > default."""
         for key in (metric.key, metric.name):
             if key in self.bands:
                 return self.bands[key]
+        if model_bands and metric.key in model_bands:
+            return model_bands[metric.key]
         try:
             return parse_tolerance(metric.tolerance)
         except QxaiUsageError as exc:

@@ -1,7 +1,8 @@
 """Feature-attribution faithfulness on e-SNLI (ERASER) and FP–quantized agreement of the attributions.
 
-Each model explains its *own* predicted label ``y`` (the task suite's prediction, shared through the cache)
-after the task suite's prompt. The explained quantity is ``p(y | x)``, the softmax over the label options'
+Both models explain the same label ``y``, the *reference's* predicted label (the task suite's prediction,
+shared through the cache), after the task suite's prompt: agreement compares attributions of one quantity,
+and no value of the reference side depends on the quantized model. The explained quantity is ``p(y | x)``, the softmax over the label options'
 log-likelihoods: the options are single tokens (" yes", " maybe", " no" on SmolLM2), so one forward gives
 it, differentiably, and it is exactly the task suite's scoring. Features are the whitespace-separated
 words of premise and hypothesis.
@@ -24,6 +25,14 @@ Faithfulness by erasure (DeYoung et al. 2020, ERASER): "removing" a word deletes
 prompt is rendered again without it, as ERASER does (not masking, not padding). For k in 1, 5, 10, 20,
 50 % the top ``ceil(k/100 · n)`` words by attribution are deleted (comprehensiveness) or are the only
 words kept (sufficiency); each score is the mean over the five k of ``p(y|x) − p(y|x')`` (AOPC).
+
+A constant attribution vector (every word scored the same: the method found nothing) is degenerate: it
+ranks no word, so every metric of that item on that side scores its worst value (comprehensiveness −1,
+sufficiency 1, rank correlation −1, top-k overlap 0), and ``degenerate_rate`` counts it. Where only the
+reference's vector is constant, the quantized side's rank correlation is 0 (no monotone relation exists).
+
+Precondition: the explained quantity is ``p(y|x)`` of an e-SNLI label, so every metric but
+``degenerate_rate`` is ``not applicable`` when the reference is not significantly above chance on the items.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
+from .outcomes import degenerate_metric, lost_counts, require_competence, scored, worst_value
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +62,7 @@ if TYPE_CHECKING:
 Method = Literal["occlusion", "integrated_gradients"]
 
 SUITE = "attribution"
-VERSION = "attribution-v1"
+VERSION = "attribution-v2"
 K_PERCENTS = (1, 5, 10, 20, 50)
 TOPK_FRACTION = 0.2
 IG_STEPS = 64
@@ -79,20 +89,22 @@ def _metrics(method: Method, label: str) -> list[Metric]:
             SUITE, prefix + "rank_correlation",
             f"Spearman correlation of the quantized model's {label} word attributions with the reference's "
             "(reference = 1)",
-            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.25",
+            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
         )),
         register_metric(Metric(
             SUITE, prefix + "topk_overlap",
-            f"Share of the reference's top-20% words by {label} also in the quantized model's top 20% "
-            "(reference = 1)",
-            "continuous", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.25",
+            f"Share of the reference's top-20% words by {label} also in the quantized model's top 20%, beyond "
+            "the share two random rankings have (reference = 1)",
+            "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
         )),
+        degenerate_metric(SUITE, f"constant {label} attribution vector", prefix + "degenerate_rate"),
     ]
 
 
 OCCLUSION_METRICS = _metrics("occlusion", "occlusion")
 IG_METRICS = _metrics("integrated_gradients", "integrated gradients")
 ATTRIBUTION_METRICS: list[Metric] = OCCLUSION_METRICS + IG_METRICS
+TASK_DEPENDENT: list[Metric] = [m for m in ATTRIBUTION_METRICS if not m.name.endswith("degenerate_rate")]
 
 
 # --- pure formulas ----------------------------------------------------------------------------------------
@@ -137,9 +149,19 @@ def agreement(reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray]) 
     """Per-item rank correlation and top-20% overlap of the quantized side's attributions with the reference's."""
     rho = np.array([rank_correlation(r, q) for r, q in zip(reference, quantized)])
     overlap = np.array([
-        topk_overlap(r, q, k_counts(len(r), [TOPK_FRACTION * 100])[0]) for r, q in zip(reference, quantized)
+        chance_corrected_overlap(r, q, k_counts(len(r), [TOPK_FRACTION * 100])[0]) for r, q in zip(reference, quantized)
     ])
     return rho, overlap
+
+
+def chance_corrected_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Top-k overlap beyond chance, ``(overlap - k/n) / (1 - k/n)``: 1 when identical, about 0 for random rankings.
+
+    Two random rankings of n words share k/n of their top k on average (hypergeometric mean), so the raw
+    overlap of a random attribution is not 0. NaN when k = n (every word is in the top k).
+    """
+    n = len(a)
+    return math.nan if k >= n else (topk_overlap(a, b, k) - k / n) / (1 - k / n)
 
 
 # --- prompts and features ---------------------------------------------------------------------------------
@@ -345,35 +367,51 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
     data_hash = dataset_fingerprint(items)
     params = {"data": data_hash, "version": VERSION, "task": task.template_id(pair.tokenizer), "k": K_PERCENTS,
               "ig_steps": IG_STEPS, "methods": methods}
-    labels, results = {}, {}
-    for side in pair.sides:
-        labels[side.role] = task.nli_predictions(pair, side, n).predicted
-        results[side.role] = pair.cached(side, "attribution", params,
-                                         lambda: _side_result(side, items, labels[side.role], methods))
+    labels = task.nli_predictions(pair, pair.reference, n).predicted
+    results = {side.role: pair.cached(side, "attribution", params,
+                                      lambda: _side_result(side, items, labels, methods)) for side in pair.sides}
     reference: dict[str, np.ndarray] = {}
     quantized: dict[str, np.ndarray] = {}
+    lost: dict[str, dict[str, int]] = {}
     for method in methods:
         prefix = METHOD_PREFIX[method]
         ref, quant = results["reference"][method], results["quantized"][method]
-        for name in ("comprehensiveness", "sufficiency"):
-            reference[prefix + name], quantized[prefix + name] = ref[name], quant[name]
+        constant = {role: np.array([np.ptp(s) == 0 for s in r[method]["scores"]]) for role, r in results.items()}
+        by_name = {m.name: m for m in ATTRIBUTION_METRICS}
         rho, overlap = agreement(ref["scores"], quant["scores"])
-        reference[prefix + "rank_correlation"], quantized[prefix + "rank_correlation"] = np.ones(n), rho
-        reference[prefix + "topk_overlap"], quantized[prefix + "topk_overlap"] = np.ones(n), overlap
+        measured = {"comprehensiveness": (ref["comprehensiveness"], quant["comprehensiveness"]),
+                    "sufficiency": (ref["sufficiency"], quant["sufficiency"]),
+                    "rank_correlation": (np.ones(n), rho), "topk_overlap": (np.ones(n), overlap)}
+        rho[constant["reference"] & ~constant["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
+        for name, (ref_values, quant_values) in measured.items():
+            worst = worst_value(by_name[prefix + name])
+            own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
+            reference[prefix + name] = scored(ref_values, constant["reference"], worst) if own else ref_values
+            quantized[prefix + name] = scored(quant_values, constant["quantized"], worst)
+        reference[prefix + "degenerate_rate"] = constant["reference"].astype(np.float64)
+        quantized[prefix + "degenerate_rate"] = constant["quantized"].astype(np.float64)
+        lost.update(lost_counts(constant, [prefix + name for name in measured]))
     notes = {
         "attribution_method": {"reference": methods, "quantized": methods},
         "integrated_gradients": skip_ig or f"ran on both sides ({IG_STEPS} Gauss-Legendre steps)",
-        "explained_label": "each model's own predicted label (task suite prediction)",
+        "explained_label": "the reference's predicted label on both sides (task suite prediction)",
+        "degenerate": "constant attribution vector; scored comprehensiveness -1, sufficiency 1, rank correlation -1, "
+                      "top-k overlap 0",
         "baseline": "zero embedding at the item's tokens (occlusion replacement and integrated-gradients baseline)",
         "erasure": "words deleted from the text; top ceil(k% of n) words, k in " + ", ".join(map(str, K_PERCENTS)),
         "topk_fraction": TOPK_FRACTION,
-        "agreement_items_with_different_labels": int(np.sum(labels["reference"] != labels["quantized"])),
+        "items_where_the_quantized_model_predicts_another_label": int(np.sum(
+            labels != task.nli_predictions(pair, pair.quantized, n).predicted)),
         "template_version": f"{VERSION}, {task.NLI_TEMPLATE['version']}",
     }
-    return SuiteResult(
+    result = SuiteResult(
         SUITE, [item.id for item in items], reference, quantized,
         fingerprint={"data": data_hash, "version": VERSION, "task_template": task.template_id(pair.tokenizer),
+                     "topk_overlap": "chance-corrected",
                      "params": stable_hash(params)},
         skipped={m.name: skip_ig for m in IG_METRICS} if skip_ig else {},
-        notes=notes,
+        notes=notes, lost=lost,
     )
+    dependent = [m for m in TASK_DEPENDENT if m.name not in result.skipped]
+    require_competence(result, "e-SNLI", task.nli_predictions(pair, pair.reference, n).correct, 1 / 3, dependent)
+    return result

@@ -1,39 +1,50 @@
-"""Self-generated counterfactual examples on e-SNLI: does the model's own minimal edit change the label?
+"""Self-generated counterfactual examples on e-SNLI: does the model's own minimal edit reach the requested label?
 
 Each model sees the item and *its own* predicted label (the task suite's prediction, shared through the
 cache) and is asked for a minimal edit of the hypothesis that would make the relationship a target label:
 the next label after its prediction in the fixed cycle entailment → neutral → contradiction →
 entailment. Two variants (versioned few-shot templates, greedy, bounded length): one step ("Edited
-hypothesis:"), and two steps (first "Words to change:", then the edit of those words). Per item and
-variant:
+hypothesis:"), and two steps (first "Words to change:", then the edit of those words). The unit is the item:
+every item of the suite counts on both sides. Per item and variant:
 
-* ``self_flip``: the generating model's prediction (task suite prompt) on the edited input differs from
-  its prediction on the original input. Whether the new label is the requested target is reported in
-  the notes only: SmolLM2-135M almost never reaches a named target, so that rate carries no signal.
-* ``validity``: the same flip judged by the FP reference as a fixed judge (its prediction on the edit
-  versus its prediction on the original); on the reference side it equals ``self_flip``.
+* ``degenerate_rate``: the edit is degenerate: empty, or exactly the hypothesis's words (case and spacing
+  ignored).
+* ``self_flip``: the generating model's prediction (task suite prompt) on a non-degenerate edit is the
+  requested target.
+* ``validity``: the FP reference, a fixed judge, predicts the requested target on the edit, and the edit is
+  non-degenerate and minimal: its ``minimality`` is at most :data:`MINIMALITY_BOUND`.
 * ``minimality``: word-level Levenshtein distance between hypothesis and edit, normalised by the longer
   word sequence (rapidfuzz); lower is more minimal.
 * ``similarity``: sentence-embedding cosine of hypothesis and edit.
 * ``fluency``: log-perplexity (mean token negative log-likelihood) of the edit under the reference model.
 
-A degenerate edit (empty, or the same words as the hypothesis) counts as no flip for ``self_flip`` and
-``validity`` and is NaN (not applicable) for the three text metrics, so copying the input can never look
-minimal; the number of degenerate edits per side is in the notes.
+A degenerate edit is an outcome, never a missing value: it never flips and never counts as valid, and it
+scores the worst value of each text metric (minimality 1, similarity −1, fluency the log-perplexity of a
+uniform guess over the scorer's vocabulary), so copying the input or writing nothing can never look minimal.
+
+ECQA (``ecqa_`` metrics, one step): the model sees an ECQA question, its own cloze answer (task suite) and a
+target, the next option after its answer in the item's option order, and edits the question (hand-written
+demonstrations, not from ECQA). The edit is answered by the task suite's cloze scoring over the same options;
+the six metrics are defined and scored as their e-SNLI counterparts, against the question.
+
+Precondition: ``self_flip`` and ``validity`` ask whether the model can move its own task label; the e-SNLI and
+the ECQA ones are ``not applicable`` when the reference is not significantly above chance on that task's items.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
+from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from . import task
 from .nle import log_perplexity
+from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
 from .text import pairwise_cosine, token_edit_distance, words
 
 if TYPE_CHECKING:
@@ -47,6 +58,10 @@ VARIANTS = {"one_step": "", "two_step": "two_step_"}
 MAX_EDIT_TOKENS = 40
 MAX_WORDS_TOKENS = 12
 EXAMPLES_IN_NOTES = 3
+MINIMALITY_BOUND = 0.5
+"""Largest normalised word edit distance of a valid counterfactual: an edit that changes more than half of the
+hypothesis's words writes a new sentence rather than a minimal edit of this one."""
+SCORING_VERSION = "counterfactual-scoring-v2"
 
 TEMPLATES: dict[str, Any] = {
     "version": "counterfactual-v1",
@@ -74,6 +89,23 @@ TEMPLATES: dict[str, Any] = {
 }
 
 
+ECQA_TEMPLATES: dict[str, Any] = {
+    "version": "counterfactual-ecqa-v1",
+    "instruction": "Change as few words of the question as possible so that the target becomes its answer.\n\n",
+    "item": "Question: {question}\nAnswer: {answer}\nTarget: {target}\n",
+    "edit": "Edited question:",
+    # Hand-written demonstrations (not from ECQA).
+    "demos": (
+        {"question": "What do people use to write on paper?", "answer": "pen", "target": "scissors",
+         "edit": "What do people use to cut paper?"},
+        {"question": "Where would you see many fish swimming?", "answer": "aquarium", "target": "zoo",
+         "edit": "Where would you see many lions sleeping?"},
+        {"question": "Where do you keep milk cold?", "answer": "refrigerator", "target": "oven",
+         "edit": "Where do you keep bread hot?"},
+    ),
+}
+
+
 def _metric(name: str, description: str, kind: str, **kwargs: Any) -> dict[str, Metric]:
     """Register one metric for every variant (``two_step_`` prefix for the two-step one)."""
     return {
@@ -83,19 +115,35 @@ def _metric(name: str, description: str, kind: str, **kwargs: Any) -> dict[str, 
     }
 
 
-SELF_FLIP = _metric("self_flip", "Generating model's own label changes on its counterfactual edit", "binary",
-                    direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.05")
-VALIDITY = _metric("validity", "FP reference's label changes on the counterfactual edit (fixed judge)", "binary",
-                   direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.05")
-MINIMALITY = _metric("minimality", "Normalised word edit distance between hypothesis and counterfactual",
-                     "continuous", direction="lower", bounds=(0.0, 1.0), tolerance="abs:0.05")
-SIMILARITY = _metric("similarity", "Sentence-embedding cosine of hypothesis and counterfactual", "continuous",
-                     direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.03")
-FLUENCY = _metric("fluency", "Log-perplexity of the counterfactual under the reference model", "continuous",
-                  direction="lower", bounds=(0.0, None), unit="nats/token", tolerance="abs:0.25")
+SELF_FLIP = _metric("self_flip", "Generating model's own label on its non-degenerate edit is the requested target",
+                    "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.05")
+VALIDITY = _metric("validity", "FP reference predicts the requested target on a non-degenerate edit within the "
+                   "minimality bound (fixed judge)", "binary", direction="higher", bounds=(0.0, 1.0),
+                   tolerance="abs:0.05")
+MINIMALITY = _metric("minimality", "Normalised word edit distance between hypothesis and counterfactual "
+                     "(degenerate edit = 1)", "continuous", direction="lower", bounds=(0.0, 1.0),
+                     tolerance="abs:0.05")
+SIMILARITY = _metric("similarity", "Sentence-embedding cosine of hypothesis and counterfactual (degenerate edit = -1)",
+                     "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.03")
+FLUENCY = _metric("fluency", "Log-perplexity of the counterfactual under the reference model (degenerate edit = "
+                  "log vocabulary size)", "continuous", direction="lower", bounds=(0.0, None), unit="nats/token",
+                  tolerance="abs:0.25")
+DEGENERATE = {variant: degenerate_metric(SUITE, f"{variant.replace('_', '-')} edit empty or a copy of the hypothesis",
+                                         prefix + "degenerate_rate") for variant, prefix in VARIANTS.items()}
 COUNTERFACTUAL_METRICS: list[Metric] = [
-    group[variant] for variant in VARIANTS for group in (SELF_FLIP, VALIDITY, MINIMALITY, SIMILARITY, FLUENCY)
+    group[variant] for variant in VARIANTS
+    for group in (SELF_FLIP, VALIDITY, MINIMALITY, SIMILARITY, FLUENCY, DEGENERATE)
 ]
+TASK_DEPENDENT: list[Metric] = [group[variant] for variant in VARIANTS for group in (SELF_FLIP, VALIDITY)]
+ECQA_METRICS: dict[str, Metric] = {
+    metric.name: register_metric(dataclasses.replace(
+        metric, name="ecqa_" + metric.name, description=metric.description.replace("(one-step)", "(ECQA, one-step)")
+        .replace("hypothesis", "question")))
+    for metric in (SELF_FLIP["one_step"], VALIDITY["one_step"], MINIMALITY["one_step"], SIMILARITY["one_step"],
+                   FLUENCY["one_step"], DEGENERATE["one_step"])
+}
+"""Each one-step e-SNLI metric's name → its ECQA counterpart."""
+COUNTERFACTUAL_METRICS += list(ECQA_METRICS.values())
 
 
 # --- templates --------------------------------------------------------------------------------------------
@@ -144,22 +192,26 @@ def is_degenerate(hypothesis: str, edit: str) -> bool:
     return not words(edit) or words(edit) == words(hypothesis)
 
 
-def flips(before: np.ndarray, after: np.ndarray, degenerate: np.ndarray) -> np.ndarray:
-    """1 where the label changed on a non-degenerate edit, else 0 (a degenerate edit never counts as a flip)."""
-    return ((np.asarray(before) != np.asarray(after)) & ~np.asarray(degenerate, dtype=bool)).astype(np.float64)
+def reaches(target: np.ndarray, after: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """1 where an eligible edit's label is the requested target, else 0 (an ineligible edit never counts)."""
+    return ((np.asarray(target) == np.asarray(after)) & np.asarray(eligible, dtype=bool)).astype(np.float64)
 
 
-def text_scores(
-    hypotheses: Sequence[str], edits: Sequence[str], degenerate: np.ndarray, scorer: "Runtime"
-) -> dict[str, np.ndarray]:
-    """Minimality, similarity and fluency per item; NaN for degenerate edits."""
-    minimality = np.array([token_edit_distance(h, e) for h, e in zip(hypotheses, edits)])
-    similarity = pairwise_cosine(list(hypotheses), list(edits))
-    fluency = log_perplexity(scorer, edits)
-    scores = {"minimality": minimality, "similarity": similarity, "fluency": fluency}
-    for values in scores.values():
-        values[np.asarray(degenerate, dtype=bool)] = np.nan
-    return scores
+def text_scores(hypotheses: Sequence[str], edits: Sequence[str], scorer: "Runtime") -> dict[str, np.ndarray]:
+    """Minimality, similarity and fluency per item, as measured (degenerate edits are scored by the caller)."""
+    return {
+        "minimality": np.array([token_edit_distance(h, e) for h, e in zip(hypotheses, edits)]),
+        "similarity": pairwise_cosine(list(hypotheses), list(edits)),
+        "fluency": log_perplexity(scorer, edits),
+    }
+
+
+def degenerate_scores(scores: dict[str, np.ndarray], degenerate: np.ndarray, fluency_worst: float
+                      ) -> dict[str, np.ndarray]:
+    """The text metrics with every degenerate edit at the metric's worst value."""
+    worst = {"minimality": worst_value(MINIMALITY["one_step"]), "similarity": worst_value(SIMILARITY["one_step"]),
+             "fluency": fluency_worst}
+    return {name: scored(values, degenerate, worst[name]) for name, values in scores.items()}
 
 
 # --- model computations -----------------------------------------------------------------------------------
@@ -188,58 +240,133 @@ def _generate(side: "ModelSide", items: Sequence[NLIItem], labels: np.ndarray) -
 def _judge(
     pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], generated: dict[str, Any]
 ) -> dict[str, Any]:
-    """The FP reference's predictions on a side's edits and the text metrics (scored by the reference)."""
+    """The FP reference's predictions on a side's edits and the raw text metrics (scored by the reference)."""
     scorer = pair.reference.runtime
     out: dict[str, Any] = {}
     for variant, texts in generated["edits"].items():
-        degenerate = np.array([is_degenerate(it.hypothesis, e) for it, e in zip(items, texts)])
         own = generated["predictions"][variant]  # the reference judging its own edits: already computed
         out[variant] = {
             "predictions": own if side is pair.reference else _predict_edited(scorer, items, texts),
-            "degenerate": degenerate,
-            **text_scores([it.hypothesis for it in items], texts, degenerate, scorer),
+            **text_scores([it.hypothesis for it in items], texts, scorer),
         }
     return out
 
 
+def ecqa_target(item: MCQItem, answer: int) -> int:
+    """The requested ECQA answer: the next option after the model's answer in the item's option order."""
+    return (answer + 1) % len(item.options)
+
+
+def ecqa_edit_prompt(item: MCQItem, answer: int) -> str:
+    """The prompt asking for an edit of the question that makes the target option its answer."""
+    t = ECQA_TEMPLATES
+    demos = "".join(t["item"].format(**d) + f"{t['edit']} {d['edit']}\n\n" for d in t["demos"])
+    query = t["item"].format(question=item.question, answer=item.options[answer],
+                             target=item.options[ecqa_target(item, answer)])
+    return t["instruction"] + demos + query + t["edit"]
+
+
+def _ecqa_answers(runtime: "Runtime", items: Sequence[MCQItem], questions: Sequence[str]) -> np.ndarray:
+    """The task suite's cloze answer with each question replaced by its edit (same options)."""
+    edited = [dataclasses.replace(item, question=q) for item, q in zip(items, questions)]
+    return np.argmax(task.mcq_logprobs(runtime, edited), axis=1)
+
+
+def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem], fluency_worst: float
+               ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """One side's ECQA edits: the ``ecqa_`` metrics (degenerate edits at their worst), the flags and the edits."""
+    answers = task.mcq_predictions(pair, side, len(items)).predicted
+    params = {"data": dataset_fingerprint(items), "templates": stable_hash(ECQA_TEMPLATES),
+              "task": task.template_id(pair.tokenizer), "max_tokens": MAX_EDIT_TOKENS,
+              "judge": pair.reference.identity, "scoring": SCORING_VERSION}
+
+    def compute() -> dict[str, Any]:
+        edits = side.runtime.generate([ecqa_edit_prompt(it, int(a)) for it, a in zip(items, answers)],
+                                      MAX_EDIT_TOKENS)
+        own = _ecqa_answers(side.runtime, items, edits)
+        judged = own if side is pair.reference else _ecqa_answers(pair.reference.runtime, items, edits)
+        return {"edits": edits, "own": own, "judged": judged,
+                **text_scores([it.question for it in items], edits, pair.reference.runtime)}
+
+    out = pair.cached(side, "counterfactual/ecqa", params, compute)
+    flags = np.array([is_degenerate(it.question, e) for it, e in zip(items, out["edits"])], dtype=bool)
+    texts = degenerate_scores({k: out[k] for k in ("minimality", "similarity", "fluency")}, flags, fluency_worst)
+    targets = np.array([ecqa_target(it, int(a)) for it, a in zip(items, answers)])
+    values = {"self_flip": reaches(targets, out["own"], ~flags),
+              "validity": reaches(targets, out["judged"], ~flags & (texts["minimality"] <= MINIMALITY_BOUND)),
+              **texts, "degenerate_rate": flags.astype(np.float64)}
+    return {ECQA_METRICS[name].name: v for name, v in values.items()}, flags, out["edits"]
+
+
 def run_counterfactual(pair: "ModelPair") -> SuiteResult:
-    """Counterfactual edits of both models, with their flip rates, minimality, similarity and fluency."""
+    """Counterfactual edits of both models: target reached, validity, minimality, similarity, fluency, degeneracy."""
     n = suite_size(SUITE, pair.config.profile, pair.config.samples)
     items = task.esnli_items(pair, n)
     data_hash = dataset_fingerprint(items)
     params = {"data": data_hash, "templates": stable_hash(TEMPLATES), "task": task.template_id(pair.tokenizer),
               "max_tokens": [MAX_EDIT_TOKENS, MAX_WORDS_TOKENS]}
-    judge_labels = task.nli_predictions(pair, pair.reference, n).predicted
+    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
     values: dict[str, dict[str, np.ndarray]] = {}
+    degenerate: dict[str, dict[str, np.ndarray]] = {variant: {} for variant in VARIANTS}
     notes: dict[str, Any] = {
         "judge": "the reference model, with the task suite's prompt", "fluency_scorer": "the reference model",
-        "template_version": f"{TEMPLATES['version']}, {task.NLI_TEMPLATE['version']}",
+        "template_version": f"{TEMPLATES['version']}, {task.NLI_TEMPLATE['version']}, {SCORING_VERSION}",
         "target": "next label after the model's own prediction: " + " -> ".join((*NLI_LABELS, NLI_LABELS[0])),
-        "degenerate": {}, "target_reached": {}, "examples": {},
+        "minimality_bound": MINIMALITY_BOUND,
+        "degenerate": "edit empty or the hypothesis's words; scored minimality 1, similarity -1, fluency "
+                      f"{fluency_worst:.3f} (log vocabulary size), never a flip nor valid",
+        "degenerate_edits": {}, "examples": {},
     }
     for side in pair.sides:
         labels = task.nli_predictions(pair, side, n).predicted
+        targets = np.array([target_label(int(y)) for y in labels])
         generated = pair.cached(side, "counterfactual", params, lambda: _generate(side, items, labels))
-        judged = pair.cached(side, "counterfactual/judge", {**params, "judge": pair.reference.identity},
+        judged = pair.cached(side, "counterfactual/judge",
+                             {**params, "judge": pair.reference.identity, "scoring": SCORING_VERSION},
                              lambda: _judge(pair, side, items, generated))
         values[side.role] = {}
         for variant, prefix in VARIANTS.items():
-            verdict, own = judged[variant], generated["predictions"][variant]
-            values[side.role][prefix + "self_flip"] = flips(labels, own, verdict["degenerate"])
-            values[side.role][prefix + "validity"] = flips(judge_labels, verdict["predictions"], verdict["degenerate"])
-            for name in ("minimality", "similarity", "fluency"):
-                values[side.role][prefix + name] = verdict[name]
-            key = f"{side.role}/{variant}"
-            notes["degenerate"][key] = f"{int(verdict['degenerate'].sum())}/{n}"
-            reached = (own == np.array([target_label(int(y)) for y in labels])) & ~verdict["degenerate"]
-            notes["target_reached"][key] = round(float(reached.mean()), 4)
-            notes["examples"][key] = [
-                {"id": it.id, "hypothesis": it.hypothesis, "edit": e}
-                for it, e in zip(items[:EXAMPLES_IN_NOTES], generated["edits"][variant])
+            verdict, edits = judged[variant], generated["edits"][variant]
+            flags = np.array([is_degenerate(it.hypothesis, e) for it, e in zip(items, edits)])
+            degenerate[variant][side.role] = flags
+            texts = degenerate_scores({k: verdict[k] for k in ("minimality", "similarity", "fluency")}, flags,
+                                      fluency_worst)
+            minimal = ~flags & (texts["minimality"] <= MINIMALITY_BOUND)
+            values[side.role][prefix + "self_flip"] = reaches(targets, generated["predictions"][variant], ~flags)
+            values[side.role][prefix + "validity"] = reaches(targets, verdict["predictions"], minimal)
+            for name, per_item in texts.items():
+                values[side.role][prefix + name] = per_item
+            values[side.role][prefix + "degenerate_rate"] = flags.astype(np.float64)
+            notes["degenerate_edits"][f"{side.role}/{variant}"] = f"{int(flags.sum())}/{n}"
+            notes["examples"][f"{side.role}/{variant}"] = [
+                {"id": it.id, "hypothesis": it.hypothesis, "edit": e} for it, e in zip(items[:EXAMPLES_IN_NOTES], edits)
             ]
-    return SuiteResult(
-        SUITE, [item.id for item in items], values["reference"], values["quantized"],
+    questions = task.ecqa_items(pair, n)
+    ecqa_flags: dict[str, np.ndarray] = {}
+    for side in pair.sides:
+        ecqa, ecqa_flags[side.role], edits = _ecqa_side(pair, side, questions, fluency_worst)
+        values[side.role] = {k: np.concatenate([v, np.full(len(questions), np.nan)])
+                             for k, v in values[side.role].items()}
+        values[side.role] |= {k: np.concatenate([np.full(n, np.nan), v]) for k, v in ecqa.items()}
+        notes["degenerate_edits"][f"{side.role}/ecqa"] = f"{int(ecqa_flags[side.role].sum())}/{len(questions)}"
+        notes["examples"][f"{side.role}/ecqa"] = [{"id": it.id, "question": it.question, "edit": e}
+                                                  for it, e in zip(questions[:EXAMPLES_IN_NOTES], edits)]
+    result = SuiteResult(
+        SUITE, [item.id for item in items] + [f"ecqa:{it.id}" for it in questions], values["reference"],
+        values["quantized"],
         fingerprint={"data": data_hash, "templates": TEMPLATES["version"],
-                     "task_template": task.template_id(pair.tokenizer), "params": stable_hash(params)},
+                     "task_template": task.template_id(pair.tokenizer), "params": stable_hash(params),
+                     "scoring": SCORING_VERSION,
+                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_TEMPLATES])},
         notes=notes,
     )
+    for variant, prefix in VARIANTS.items():
+        result.lost.update(lost_counts(degenerate[variant], [prefix + name for name in (
+            "self_flip", "validity", "minimality", "similarity", "fluency")]))
+    result.lost.update(lost_counts(ecqa_flags, [ECQA_METRICS[name] for name in (
+        "self_flip", "validity", "minimality", "similarity", "fluency")]))
+    reference = task.nli_predictions(pair, pair.reference, n)
+    require_competence(result, "e-SNLI", reference.correct, 1 / len(NLI_LABELS), TASK_DEPENDENT)
+    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
+                       [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]])
+    return result

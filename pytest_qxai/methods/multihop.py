@@ -11,11 +11,16 @@ names the bridge entity ``e2`` (France) only through a descriptive mention. Per 
 * CnstScore = −½[H(p2, p1) + H(p1, p2)] between the next-token distributions of the two-hop prompt and of
   the one-hop prompt r2(e2);
 * second hop: d CnstScore / dα at α = 0 when x^l_t ← x^l_t + α ∇EntRec^l (autograd), positive or not;
-* greedy accuracy of r1(e1), r2(e2) and r2(r1(e1)).
+* greedy accuracy of r1(e1), r2(e2) and r2(r1(e1));
+* ``worst_layer_entrec_shift``: the EntRec profile as a gated metric, the largest change over layers of the
+  bridge entity's logit-lens probability exp(EntRec^l) (probabilities, so the noise of tiny early-layer
+  log-probabilities does not dominate).
 
 The test layer is chosen once, on the reference, from held-out items that are never gated (``SELECTION_ITEMS``),
 so the gated items carry no winner's-curse bias towards the reference; the per-layer shares of all layers go
-into the report as profiles. Compositions and templates: ``data/twohop/compositions.json``.
+into the report as profiles. Compositions and templates: ``data/twohop/compositions.json``: 12 compositions
+bridging through a country and one through a company (product → company → CEO); one item per distinct
+r2(e2), so no two gated items are copies of one second hop.
 """
 
 from __future__ import annotations
@@ -70,8 +75,14 @@ TWO_HOP_ACCURACY = register_metric(Metric(
     SUITE, "two_hop_accuracy", "greedy answer to r2(r1(e1)) starts with the final answer",
     "binary", bounds=(0.0, 1.0), unit="share", tolerance="abs:0.03",
 ))
+WORST_LAYER = register_metric(Metric(
+    SUITE, "worst_layer_entrec_shift",
+    "largest change over layers of the logit-lens probability of the bridge entity, exp(EntRec^l) (FP side: 0)",
+    "continuous", direction="lower", bounds=(0.0, 1.0), unit="probability", tolerance="abs:0.05",
+))
+"""The EntRec profile as a gated metric; its band is the first-hop test's (5 points)."""
 MULTIHOP_METRICS = [FIRST_HOP, CNST_SCORE, SECOND_HOP,
-                    FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY]
+                    FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY, WORST_LAYER]
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,9 @@ def build_items(table: dict[str, Any], relations: dict[str, Sequence[Fact]], see
     """Every composable item, compositions taking turns in a seeded order (nested across prefixes).
 
     An item exists for each fact (e1, e2) of r1 whose object e2 is a subject of r2. Its entity negative
-    substitutes the next e1' in the composition's seeded order whose bridge differs from e2.
+    substitutes the next e1' in the composition's seeded order whose bridge differs from e2. Items that share
+    their one-hop prompt r2(e2) share their second-hop answer and CnstScore reference: only the first of them
+    in the seeded order is kept, so the gate's items are independent.
     """
     items: list[TwoHopItem] = []
     for r1, r2 in table["compositions"]:
@@ -138,7 +151,8 @@ def build_items(table: dict[str, Any], relations: dict[str, Sequence[Fact]], see
                 second_hop=hop2["prompt"].format(fact.object),
                 bridge_context=prefix.rstrip(),
             ))
-    return seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.composition)
+    ordered = seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.composition)
+    return list({it.second_hop: it for it in reversed(ordered)}.values())[::-1]
 
 
 def twohop_items(pair: "ModelPair", n: int) -> tuple[list[TwoHopItem], list[TwoHopItem], dict[str, Any]]:
@@ -291,6 +305,8 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
                                               "quantized": quant_out.mean(0).tolist()}
     profiles[f"{FIRST_HOP.name}/entrec_by_layer"] = {
         "reference": reference["real"].mean(0).tolist(), "quantized": quantized["real"].mean(0).tolist()}
+    ref_vals[WORST_LAYER.name] = np.zeros(len(items))
+    quant_vals[WORST_LAYER.name] = np.abs(np.exp(quantized["real"]) - np.exp(reference["real"])).max(axis=1)
     for metric in (CNST_SCORE, FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY):
         ref_vals[metric.name], quant_vals[metric.name] = reference[metric.name], quantized[metric.name]
     counts: dict[str, int] = {}

@@ -63,7 +63,14 @@ SUBLAYER_COSINE = register_metric(Metric(
     SUITE, "sublayer_profile_cosine", "cosine of the FP and quantized per-layer attention+FFN Imp vectors (FP: 1)",
     "continuous", bounds=(-1.0, 1.0), unit="cosine", tolerance="abs:0.05",
 ))
-NEURONS_METRICS = [TOP_OVERLAP, TOP_RETAINED, ABOVE_TAU, SUBLAYER_COSINE]
+WORST_LAYER = register_metric(Metric(
+    SUITE, "worst_layer_top300_shift",
+    "largest change over layers of the share of the top-300 neurons that lie in the layer (FP side: 0)",
+    "continuous", direction="lower", bounds=(0.0, 1.0), unit="share", tolerance="abs:0.1",
+))
+"""The per-layer profile of the important neurons as a gated metric; its band is the top-300 overlap's: no single
+layer may gain or lose more of the important set than the whole set may change."""
+NEURONS_METRICS = [TOP_OVERLAP, TOP_RETAINED, ABOVE_TAU, SUBLAYER_COSINE, WORST_LAYER]
 
 
 @dataclass(frozen=True)
@@ -290,12 +297,15 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
         return SuiteResult(SUITE, ids, {}, {}, fingerprint, skipped={m.name: reason for m in NEURONS_METRICS},
                            notes=notes)
     ones = np.ones(len(items))
+    by_layer = {side: np.array([np.bincount(s.top // s.n_neurons, minlength=len(s.attn)) / TOP_K for s in scores])
+                for side, scores in (("reference", reference), ("quantized", quantized))}
     quant_vals = {
         TOP_OVERLAP.name: np.array([len(set(r.top) & set(q.top)) / TOP_K for r, q in zip(reference, quantized)]),
         TOP_RETAINED.name: np.array([float(np.mean(q.probe_imp >= r.tau)) for r, q in zip(reference, quantized)]),
         ABOVE_TAU.name: np.array([q.above / TOP_K for q in quantized]),
         SUBLAYER_COSINE.name: np.array([cosine(np.concatenate([r.attn, r.ffn]), np.concatenate([q.attn, q.ffn]))
                                         for r, q in zip(reference, quantized)]),
+        WORST_LAYER.name: np.abs(by_layer["quantized"] - by_layer["reference"]).max(axis=1),
     }
     profiles = {
         f"{SUBLAYER_COSINE.name}/{kind}_by_layer": {
@@ -305,9 +315,10 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
         for kind in ("attn", "ffn")
     }
     profiles[f"{TOP_OVERLAP.name}/top_neurons_by_layer"] = {
-        side: np.mean([np.bincount(s.top // s.n_neurons, minlength=len(s.attn)) for s in scores], axis=0).tolist()
-        for side, scores in (("reference", reference), ("quantized", quantized))
-    }
-    ref_vals = {name: ones for name in quant_vals} | {ABOVE_TAU.name: np.array([r.above / TOP_K for r in reference])}
+        side: (TOP_K * shares.mean(axis=0)).tolist() for side, shares in by_layer.items()}
+    profiles[f"{WORST_LAYER.name}/top_share_by_layer"] = {side: shares.mean(axis=0).tolist()
+                                                         for side, shares in by_layer.items()}
+    ref_vals = {name: ones for name in quant_vals} | {ABOVE_TAU.name: np.array([r.above / TOP_K for r in reference]),
+                                                      WORST_LAYER.name: np.zeros(len(items))}
     return SuiteResult(SUITE, ids, ref_vals, quant_vals, fingerprint,
                        profiles=profiles, notes=notes)

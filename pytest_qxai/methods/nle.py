@@ -22,22 +22,43 @@ of METHODS.md):
   judge the ratings carry a weak signal: it rates an item's gold explanation above another item's gold
   explanation in 83 % (coherence) and 78 % (trust) of 120 items.
 * ``fp_agreement``: embedding cosine of the quantized model's explanation with the reference's for the same
-  item (1 when identical); the reference side is 1 by definition, as for label agreement.
+  item beyond the cosine of unrelated explanations (1 when identical, about 0 for a shuffled explanation);
+  the reference side is 1 by definition, as for label agreement.
+* ``degenerate_rate``: the explanation is empty (nothing but whitespace before the first newline).
+
+An empty explanation is an outcome, not a missing value: it scores the worst value of every quality metric
+(gold similarity −1, ROUGE-L 0, judge ratings 1, fluency the log-perplexity of a uniform guess over the
+scorer's vocabulary) and counts in ``degenerate_rate``.
+
+ECQA (``ecqa_`` metrics): the same post-hoc generation for the model's own answer to an ECQA question (the task
+suite's cloze prediction), after the three ECQA **validation** questions that the task prompt also uses as
+demonstrations, each with its answer and its human positive explanations (never a gated test item). Gold
+references are the item's positive explanations (joined) and its free-flow explanation. Metrics:
+``ecqa_gold_similarity``, ``ecqa_rouge_l``, ``ecqa_fluency``, ``ecqa_fp_agreement`` and
+``ecqa_degenerate_rate``, defined and scored as their e-SNLI counterparts (no judge). SmolLM2 is above chance
+on ECQA (0.45 vs 0.20), so the suite exercises explanation quality on a task the model can do.
+
+Precondition: ``gold_similarity`` and ``rouge_l`` compare the explanation of the model's own label with
+the human explanations of the gold label; when the reference is not significantly above chance on these
+items, most explained labels are wrong and the two metrics are ``not applicable`` (e-SNLI and ECQA each
+tested on their own items).
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint
+from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
-from .task import esnli_items, nli_predictions, option_scores, template_id
-from .text import ENCODER_NAME, embed, pairwise_cosine, perplexity, rouge_l
+from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
+from .task import MCQ_TEMPLATE, ecqa_items, esnli_items, mcq_predictions, nli_predictions, option_scores, template_id
+from .text import ENCODER_NAME, embed, perplexity, rouge_l
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
@@ -62,6 +83,18 @@ NLE_TEMPLATE: dict[str, Any] = {
          "contradiction", "In the first sentence there is an action of affection between women while on the "
          "second sentence there is a fight between men."),
     ),
+}
+
+ECQA_NLE_TEMPLATE: dict[str, Any] = {
+    "version": "nle-ecqa-v1",
+    "block": "Question: {question}\nAnswer: {answer}\nExplanation:",
+    # The task prompt's three ECQA validation demonstrations with their human positive explanations.
+    "demos": tuple(zip((q for q, _ in MCQ_TEMPLATE["demos"]), (a for _, a in MCQ_TEMPLATE["demos"]), (
+        "Anxiety is the feeling of fear when doing something with an uncertain outcome. Applying for a job has an "
+        "uncertain outcome.",
+        "Racers compete on the race track. Competing involves going at high speed. Cars travel on a race track.",
+        "A person should not lie after taking oath. Each witness had to take oath to not to tell lie.",
+    ))),
 }
 
 JUDGE_TEMPLATE: dict[str, Any] = {
@@ -95,10 +128,20 @@ JUDGE_TRUST = register_metric(Metric(
 ))
 FP_AGREEMENT = register_metric(Metric(
     SUITE, "fp_agreement",
-    "Embedding cosine of the quantized model's explanation with the reference's (reference = 1)",
-    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.15",
+    "Embedding cosine of the quantized model's explanation with the reference's, beyond chance (reference = 1)",
+    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
 ))
-NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT]
+DEGENERATE = degenerate_metric(SUITE, "empty explanation")
+ECQA_METRICS: dict[Metric, Metric] = {
+    metric: register_metric(Metric(SUITE, "ecqa_" + metric.name, metric.description + " (ECQA)", metric.kind,
+                                   metric.direction, metric.bounds, metric.unit, metric.tolerance))
+    for metric in (GOLD_SIMILARITY, ROUGE_L, FLUENCY, FP_AGREEMENT)
+} | {DEGENERATE: degenerate_metric(SUITE, "empty explanation (ECQA)", "ecqa_degenerate_rate")}
+"""Each e-SNLI metric → its ECQA counterpart."""
+NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT,
+                             DEGENERATE, *ECQA_METRICS.values()]
+QUALITY_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST]
+TASK_DEPENDENT: list[Metric] = [GOLD_SIMILARITY, ROUGE_L]
 
 
 # --- generation -------------------------------------------------------------------------------------------
@@ -181,15 +224,31 @@ def gold_similarity(explanations: Sequence[str], references: Sequence[Sequence[s
     return out
 
 
+def is_empty(texts: Sequence[str]) -> np.ndarray:
+    """True for every text that is empty or only whitespace."""
+    return np.array([not text.strip() for text in texts], dtype=bool)
+
+
 def log_perplexity(scorer: "Runtime", texts: Sequence[str]) -> np.ndarray:
     """Mean token negative log-likelihood (nats) of each text under ``scorer``; NaN for an empty text."""
     return np.log(perplexity(scorer, texts))
 
 
 def explanation_agreement(reference: Sequence[str], quantized: Sequence[str]) -> np.ndarray:
-    """Embedding cosine of paired explanations, exactly 1 where the texts are identical."""
-    cosine = np.clip(pairwise_cosine(list(reference), list(quantized)), -1.0, 1.0)
-    return np.where([a.strip() == b.strip() for a, b in zip(reference, quantized)], 1.0, cosine)
+    """Embedding cosine of paired explanations beyond chance, exactly 1 where the texts are identical.
+
+    ``(cos_ii - c) / (1 - c)`` with c the mean cosine of a quantized explanation with the reference's
+    explanations of the other items: two unrelated explanations of this task are far from orthogonal, so a
+    shuffled explanation scores about 0 rather than its raw cosine.
+    """
+    n = len(reference)
+    vectors = embed(list(reference) + list(quantized))
+    cosines = np.clip(vectors[:n] @ vectors[n:].T, -1.0, 1.0).astype(np.float64)
+    paired = np.diag(cosines)
+    chance = (cosines.sum() - paired.sum()) / (n * (n - 1)) if n > 1 else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corrected = (paired - chance) / (1 - chance)
+    return np.where([a.strip() == b.strip() for a, b in zip(reference, quantized)], 1.0, corrected)
 
 
 def quality(items: Sequence[NLIItem], labels: Sequence[int], explanations: Sequence[str],
@@ -247,6 +306,61 @@ def _side_quality(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem]
     return texts, pair.cached(side, "nle/quality", params, compute)
 
 
+def ecqa_explanation_prompt(question: str, answer: str) -> str:
+    """The post-hoc ECQA explanation prompt: the validation demonstrations, then the question and the answer."""
+    block = ECQA_NLE_TEMPLATE["block"]
+    demos = "".join(block.format(question=q, answer=a) + f" {explanation}\n\n"
+                    for q, a, explanation in ECQA_NLE_TEMPLATE["demos"])
+    return demos + block.format(question=question, answer=answer)
+
+
+def explain_ecqa(runtime: "Runtime", questions: Sequence[str], answers: Sequence[str]) -> list[str]:
+    """Greedy post-hoc explanations of ``answers`` to ECQA ``questions``."""
+    prompts = [ecqa_explanation_prompt(q, a) for q, a in zip(questions, answers)]
+    return runtime.generate(prompts, NLE_TEMPLATE["max_new_tokens"], stop="\n") if prompts else []
+
+
+def ecqa_references(item: MCQItem) -> list[str]:
+    """The human explanations of an ECQA item: its positive statements joined, and its free-flow explanation."""
+    return [text for text in (" ".join(item.positives), item.explanation) if text.strip()]
+
+
+def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -> tuple[list[str], dict[str, Any]]:
+    """A side's ECQA explanations of its own answers and their gold similarity, ROUGE-L and fluency (cached)."""
+    answers = mcq_predictions(pair, side, len(items)).predicted
+    params = {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer),
+              "nle": stable_hash(ECQA_NLE_TEMPLATE), "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
+
+    def compute() -> tuple[list[str], dict[str, Any]]:
+        texts = explain_ecqa(side.runtime, [it.question for it in items],
+                             [it.options[int(a)] for it, a in zip(items, answers)])
+        references = [ecqa_references(it) for it in items]
+        return texts, {
+            GOLD_SIMILARITY.name: gold_similarity(texts, references),
+            ROUGE_L.name: np.array([rouge_l(t, refs) for t, refs in zip(texts, references)]),
+            FLUENCY.name: log_perplexity(pair.reference.runtime, texts),
+        }
+
+    return pair.cached(side, "nle/ecqa", params, compute)
+
+
+def _ecqa_values(pair: "ModelPair", items: Sequence[MCQItem], fluency_worst: float
+                 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], list[str]]:
+    """Per side, the ``ecqa_`` metrics (empty explanations at their worst), the empty flags and the reference texts."""
+    texts, values, empty = {}, {}, {}
+    for side in pair.sides:
+        texts[side.role], raw = _ecqa_side(pair, side, items)
+        empty[side.role] = is_empty(texts[side.role])
+        values[side.role] = {ECQA_METRICS[m].name: scored(raw[m.name], empty[side.role],
+                                                          fluency_worst if m is FLUENCY else worst_value(m))
+                             for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)}
+        values[side.role][ECQA_METRICS[DEGENERATE].name] = empty[side.role].astype(np.float64)
+    values["reference"][ECQA_METRICS[FP_AGREEMENT].name] = np.ones(len(items))
+    values["quantized"][ECQA_METRICS[FP_AGREEMENT].name] = explanation_agreement(texts["reference"],
+                                                                                 texts["quantized"])
+    return values, empty, texts["reference"]
+
+
 # --- the suite --------------------------------------------------------------------------------------------
 
 def run_nle(pair: "ModelPair") -> SuiteResult:
@@ -260,16 +374,29 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
     for side in pair.sides:
         explanations[side.role], values[side.role] = _side_quality(pair, side, items, params, judge_runtime)
     reference, quantized = explanations["reference"], explanations["quantized"]
+    empty = {role: is_empty(texts) for role, texts in explanations.items()}
+    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
+    for role, per_side in values.items():
+        values[role] = {m.name: scored(per_side[m.name], empty[role],
+                                       fluency_worst if m is FLUENCY else worst_value(m)) for m in QUALITY_METRICS}
+        values[role][DEGENERATE.name] = empty[role].astype(np.float64)
     values["reference"][FP_AGREEMENT.name] = np.ones(n)
     values["quantized"][FP_AGREEMENT.name] = explanation_agreement(reference, quantized)
-    return SuiteResult(
+    questions = ecqa_items(pair, n)
+    ecqa, ecqa_empty, ecqa_examples = _ecqa_values(pair, questions, fluency_worst)
+    for role in values:
+        values[role] = {name: np.concatenate([v, np.full(len(questions), np.nan)]) for name, v in values[role].items()}
+        values[role] |= {name: np.concatenate([np.full(n, np.nan), v]) for name, v in ecqa[role].items()}
+    result = SuiteResult(
         suite=SUITE,
-        item_ids=[item.id for item in items],
+        item_ids=[item.id for item in items] + [f"ecqa:{it.id}" for it in questions],
         reference=values["reference"],
         quantized=values["quantized"],
         fingerprint={"data": params["data"], "templates": stable_hash([params["task"], params["nle"],
                                                                        params["judge_template"]]),
-                     "judge": stable_hash(judge_id), "encoder": ENCODER_NAME},
+                     "judge": stable_hash(judge_id), "encoder": ENCODER_NAME, "fp_agreement": "chance-corrected",
+                     "scoring": "degenerate-worst-v1",
+                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_NLE_TEMPLATE])},
         notes={
             "templates": f"{NLE_TEMPLATE['version']}, {JUDGE_TEMPLATE['version']}",
             "generation": f"post-hoc, 3-shot (e-SNLI dev), greedy, <= {NLE_TEMPLATE['max_new_tokens']} new tokens, "
@@ -279,11 +406,22 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
             "fluency": "log-perplexity (mean token NLL, nats) under the reference model",
             "encoder": ENCODER_NAME,
             "identical_explanations": int(sum(a.strip() == b.strip() for a, b in zip(reference, quantized))),
-            "empty_explanations": {role: int(sum(not t.strip() for t in texts))
-                                   for role, texts in explanations.items()},
+            "degenerate": f"empty explanation; scored gold similarity -1, ROUGE-L 0, judge ratings 1, fluency "
+                          f"{fluency_worst:.3f} (log vocabulary size)",
             "examples": [
                 {"item": item.id, "hypothesis": item.hypothesis, "reference": ref, "quantized": quant}
                 for item, ref, quant in list(zip(items, reference, quantized))[:EXAMPLES_IN_NOTES]
             ],
+            "ecqa": f"{ECQA_NLE_TEMPLATE['version']}: 3-shot (ECQA validation, positive explanations), explains the "
+                    "model's own cloze answer; gold = the item's positives (joined) and free-flow explanation",
+            "ecqa_examples": [{"item": it.id, "question": it.question, "reference": text}
+                              for it, text in list(zip(questions, ecqa_examples))[:EXAMPLES_IN_NOTES]],
         },
     )
+    result.lost = lost_counts(empty, QUALITY_METRICS) | lost_counts(
+        ecqa_empty, [ECQA_METRICS[m] for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)])
+    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, n).correct, 1 / len(NLI_LABELS),
+                       TASK_DEPENDENT)
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
+                       [ECQA_METRICS[m] for m in TASK_DEPENDENT])
+    return result

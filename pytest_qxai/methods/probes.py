@@ -12,6 +12,7 @@ profile, and per item the cosine of the FP and quantized states averaged over la
 own mean state of the layer, as CKA centres: the shared mean, dominated by a few massive activation dimensions,
 would put every raw cosine near 1, and a shift that quantization adds to every item alike is not a difference
 in how items are represented (centring both on the FP mean put bnb8 at 0.61 on SmolLM2 through that shift alone).
+``worst_layer_cosine`` gates the layer profile: per item, the lowest of those per-layer cosines.
 """
 
 from __future__ import annotations
@@ -47,9 +48,16 @@ RETRAINED = register_metric(Metric(
 COSINE = register_metric(Metric(
     SUITE, "representation_cosine",
     "cosine of FP and quantized residual states (each centred on its mean), averaged over layers (FP side: 1)",
+    "continuous", bounds=(-1.0, 1.0), unit="cosine", tolerance="abs:0.2",
+))
+WORST_LAYER = register_metric(Metric(
+    SUITE, "worst_layer_cosine",
+    "lowest cosine over layers of the item's FP and quantized residual states (each centred; FP side: 1)",
     "continuous", bounds=(-1.0, 1.0), unit="cosine", tolerance="abs:0.05",
 ))
-PROBES_METRICS = [TRANSFER, RETRAINED, COSINE]
+"""The per-layer profile as a gated metric: one layer whose states drift cannot hide in the average over layers.
+The band is the average's: no layer may drift further than the average is allowed to."""
+PROBES_METRICS = [TRANSFER, RETRAINED, COSINE, WORST_LAYER]
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -64,13 +72,17 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
-def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
-    """Per item, the cosine of FP and quantized states ``[n, L, d]``, each centred on its own mean, averaged over L."""
+def layer_cosines(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
+    """``[n, L]`` cosine of FP and quantized states ``[n, L, d]`` per item and layer, each centred on its own mean."""
     a = reference - reference.mean(axis=0, keepdims=True)
     b = quantized - quantized.mean(axis=0, keepdims=True)
     norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    cos = np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)
-    return cos.mean(axis=1)
+    return np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)  # type: ignore[no-any-return]
+
+
+def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
+    """Per item, the cosine of FP and quantized states ``[n, L, d]``, each centred on its own mean, averaged over L."""
+    return layer_cosines(reference, quantized).mean(axis=1)  # type: ignore[no-any-return]
 
 
 def probe_predictions(
@@ -124,12 +136,13 @@ def run_probes(pair: "ModelPair") -> SuiteResult:
     seed, depth = pair.config.seed, reference.shape[1]
     counts = np.bincount(labels)[np.bincount(labels) > 0]
     folds = min(PROBE["folds"], int(counts.min()))
-    ref_vals = {COSINE.name: np.ones(len(items))}
-    quant_vals = {COSINE.name: centred_cosine(reference, quantized)}
+    per_layer = layer_cosines(reference, quantized)
+    ref_vals = {COSINE.name: np.ones(len(items)), WORST_LAYER.name: np.ones(len(items))}
+    quant_vals = {COSINE.name: per_layer.mean(axis=1), WORST_LAYER.name: per_layer.min(axis=1)}
     profiles = {f"{COSINE.name}/cka_by_layer": {
         "reference": [1.0] * depth,
         "quantized": [linear_cka(reference[:, layer], quantized[:, layer]) for layer in range(depth)],
-    }}
+    }, f"{WORST_LAYER.name}/cosine_by_layer": {"reference": [1.0] * depth, "quantized": per_layer.mean(0).tolist()}}
     skipped = {}
     if len(counts) < 2 or folds < 2:
         reason = (f"{len(items)} items give too few per NLI label for cross-validated probes "

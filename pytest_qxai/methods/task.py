@@ -13,9 +13,10 @@ Each model scores every label option after a fixed, versioned prompt (no samplin
   "Question: …\\nAnswer:". The score of an option is the summed log-probability of its text (0.457 on
   SmolLM2 against a chance level of 0.2). Listing the options with letters stayed at chance (0.17–0.19).
 
-Per item: ``*_accuracy`` is 1 when the prediction equals the gold label. ``*_agreement`` is 1 when the
-quantized model predicts the same label as the reference. It is defined as 1 for every reference item,
-so its gate is a one-sample test of the quantized model's agreement rate against 1.
+Per item: ``*_accuracy`` is 1 when the prediction equals the gold label. ``*_agreement`` is the item's share
+of Cohen's kappa between the quantized model's labels and the reference's (its mean is kappa: chance-corrected,
+so labels at random score 0). It is 1 for every reference item, so its gate is a one-sample question about
+the quantized side's kappa against 1.
 
 The per-item predictions are cached per side and shared: :func:`nli_predictions` always computes on the
 task suite's item set (the explanation suites' items are a prefix of it) and returns the first ``n``.
@@ -74,12 +75,12 @@ ECQA_ACCURACY = register_metric(Metric(
     "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.03",
 ))
 ESNLI_AGREEMENT = register_metric(Metric(
-    SUITE, "esnli_agreement", "Quantized model's e-SNLI prediction equals the reference's (reference = 1)",
-    "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.10",
+    SUITE, "esnli_agreement", "Cohen's kappa of the quantized model's e-SNLI labels with the reference's (reference = 1)",
+    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
 ))
 ECQA_AGREEMENT = register_metric(Metric(
-    SUITE, "ecqa_agreement", "Quantized model's ECQA prediction equals the reference's (reference = 1)",
-    "binary", direction="higher", bounds=(0.0, 1.0), tolerance="abs:0.10",
+    SUITE, "ecqa_agreement", "Cohen's kappa of the quantized model's ECQA labels with the reference's (reference = 1)",
+    "continuous", direction="higher", bounds=(-1.0, 1.0), tolerance="abs:0.2",
 ))
 TASK_METRICS: list[Metric] = [ESNLI_ACCURACY, ECQA_ACCURACY, ESNLI_AGREEMENT, ECQA_AGREEMENT]
 
@@ -111,11 +112,22 @@ class Predictions:
 
 
 def agreement(reference: np.ndarray, quantized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-item label agreement: reference side all ones, quantized side 1 where its label equals the reference's."""
+    """Per-item shares of Cohen's kappa between the two sides' labels: reference side all ones.
+
+    Item i scores (agree_i - p_e) / (1 - p_e), p_e the agreement expected by chance from the two label
+    distributions, so the mean is Cohen's kappa (sklearn's ``cohen_kappa_score``) and a model that labels at
+    random scores about 0 rather than its chance agreement. When both sides give one and the same label
+    throughout, kappa is 0/0; the items then score 1, the convention for perfect observed agreement.
+    """
     reference, quantized = np.asarray(reference), np.asarray(quantized)
     if reference.shape != quantized.shape:
         raise ValueError("agreement needs two label vectors of the same shape")
-    return np.ones(reference.shape, dtype=np.float64), (reference == quantized).astype(np.float64)
+    labels = int(max(reference.max(initial=0), quantized.max(initial=0))) + 1
+    shares = [np.bincount(side, minlength=labels) / max(side.size, 1) for side in (reference, quantized)]
+    chance = float(shares[0] @ shares[1])
+    agree = (reference == quantized).astype(np.float64)
+    kappa = (agree - chance) / (1 - chance) if chance < 1 else agree
+    return np.ones(reference.shape, dtype=np.float64), kappa
 
 
 # --- prompts ----------------------------------------------------------------------------------------------
@@ -280,6 +292,7 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
             "esnli": dataset_fingerprint(esnli_items(pair, n)),
             "ecqa": dataset_fingerprint(ecqa_items(pair, n)),
             "templates": template_id(pair.tokenizer),
+            "agreement": "cohen-kappa",
         },
         notes={
             "templates": f"{NLI_TEMPLATE['version']}, {MCQ_TEMPLATE['version']}",
@@ -288,6 +301,6 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
             "chance": {"esnli": 1 / 3, "ecqa": 1 / 5},
             "items": {"esnli": len(nli[0].item_ids), "ecqa": len(mcq[0].item_ids)},
             "esnli_predicted_label_counts": predicted,
-            "agreement": "per item 1 when the quantized prediction equals the reference's; reference side = 1",
+            "agreement": "per-item shares of Cohen's kappa with the reference's labels; reference side = 1",
         },
     )

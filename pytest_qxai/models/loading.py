@@ -115,15 +115,18 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def convert_gguf(source: ModelSource, target: Path, cache_root: Path | None = None) -> None:
-    """Dequantize a GGUF model into an fp32 HF folder at ``target`` (written whole, signed, then renamed)."""
+def convert_gguf(source: ModelSource, target: Path, cache_root: Path | None = None, *, tokenizer: bool = True) -> None:
+    """Dequantize a GGUF model into an fp32 HF folder at ``target`` (written whole, signed when cached, then renamed).
+
+    ``tokenizer=False`` skips the tokenizer (a quantized release runs on its reference's; building it
+    from the GGUF vocabulary costs about half the conversion).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert source.gguf_file is not None
     log.info("converting %s to an HF folder (once; cached)", source.gguf_file)
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
         loaded = AutoModelForCausalLM.from_pretrained(
             source.location, gguf_file=source.gguf_file, dtype=torch.float32
         )
@@ -136,7 +139,8 @@ def convert_gguf(source: ModelSource, target: Path, cache_root: Path | None = No
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             fresh.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
+            if tokenizer:
+                AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file).save_pretrained(staging)
             (staging / "qxai_source.json").write_text(
                 json.dumps({"gguf_file": source.gguf_file, "label": source.label}, sort_keys=True)
             )

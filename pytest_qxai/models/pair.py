@@ -69,6 +69,12 @@ class ModelPair:
     cache: DiskCache
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse one model object on both sides: hooks, caches or in-place edits of one side would reach the other."""
+        if self.reference.model is self.quantized.model:
+            raise ValueError("the reference and quantized sides must be two model objects (load the quantized "
+                             "side separately, as --quant=none does)")
+
     @property
     def sides(self) -> tuple[ModelSide, ModelSide]:
         """``(reference, quantized)``."""
@@ -128,6 +134,13 @@ def validate(cfg: QxaiConfig) -> ModelSource:
 
         backend_name, _ = detect_checkpoint(cfg.quantized)
         require_library(scheme_for_backend(backend_name), f"--qxai-quantized {cfg.quantized}")
+        if backend_name == "gguf":
+            from ..backends.checkpoint import gguf_release
+            from .gguf_file import check_gguf_pair
+
+            release = gguf_release(cfg.quantized)
+            assert release is not None
+            check_gguf_pair(source, release)
     if cfg.judge is not None:
         try:
             resolve_source(cfg.judge)
@@ -199,9 +212,18 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     # which GPU of a kind: workers on GPUs 0 and 1 share entries. Backend versions key the quantized side only.
     machine = [device.split(":")[0], str(dtype), torch.backends.cpu.get_cpu_capability()]
     if cfg.quantized is not None:
-        quantized = backend.load_checkpoint(cfg.quantized, ctx)
         quant_id = stable_hash(["checkpoint", checkpoint_identity(cfg.quantized, cfg.revision, cache_root),
-                                backend.versions(), machine])
+                                value_versions(), backend.versions(), machine])
+        if cache_root is not None:
+            ctx.cache_dir = cache_root / "quantized" / f"checkpoint-{quant_id}"  # a GGUF release's HF conversion
+        if backend.name == "gguf" and source.kind == "hub":
+            from ..backends.checkpoint import gguf_release
+            from .gguf_file import compare_with_folder, read_header
+
+            release = gguf_release(cfg.quantized)
+            assert release is not None
+            compare_with_folder(location, read_header(release, "--qxai-quantized"), source.label)
+        quantized = backend.load_checkpoint(cfg.quantized, ctx)
     else:
         calib_id = None
         if backend.uses_calibration(cfg.quant):
@@ -302,12 +324,16 @@ def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference
 
 
 def checkpoint_identity(location: str, revision: str | None, cache_root: Path | None) -> str:
-    """A ``--qxai-quantized`` checkpoint's identity: the content hash of a local folder, else the hub id and revision."""
+    """A ``--qxai-quantized`` checkpoint's identity: the content hash of a local folder or GGUF file, else the hub
+    id and revision (never paths, sizes or mtimes)."""
+    from ..storage import memo_file_hash
     from .identity import folder_content_hash
 
     path = Path(location)
     if path.is_dir():
         return f"sha256:{folder_content_hash(path, cache_root)}"
+    if path.is_file():
+        return f"sha256:{memo_file_hash(path, cache_root)}"
     return f"{location}@{revision or 'main'}"
 
 

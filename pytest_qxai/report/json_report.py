@@ -15,9 +15,11 @@ SCHEMA = "pytest-qxai/report/1"
 
 def build_report(
     results: Sequence[CheckResult], *, model: str, quant: str, baseline_name: str,
-    metadata: dict[str, Any] | None = None, notes: Sequence[str] = (),
+    metadata: dict[str, Any] | None = None, notes: Sequence[str] = (), errors: Sequence[str] = (),
+    multiple_testing: str | None = None,
 ) -> dict[str, Any]:
-    """The report document: run identity, metadata, checks (failures first) and summary."""
+    """The report document: run identity, metadata, checks (failures first) and summary (``errors``: what did not
+    run, see :func:`~pytest_qxai.gate.check.summarize`)."""
     from .text import ordered
 
     return {
@@ -27,7 +29,7 @@ def build_report(
         "baseline_name": baseline_name,
         "metadata": jsonable(metadata or {}),
         "checks": [r.to_dict() for r in ordered(results)],
-        "summary": summarize(results),
+        "summary": summarize(results, errors, multiple_testing),
         "notes": list(notes),
     }
 

@@ -6,9 +6,11 @@ import re
 from typing import Any
 
 from .json_report import results_of
-from .text import KIND_LABELS, delta_cell, number, ordered, verdict_label
+from .text import KIND_LABELS, POWER_NOTE, cells, ordered, verdict_label
 
-_ICONS = {"fail": "❌", "warn": "⚠️", "pass": "✅"}
+_ICONS = {"fail": "❌", "inconclusive": "⚠️", "pass": "✅", "error": "🛑"}
+_COLUMNS = ("verdict", "check", "kind", "reference", "quantized", "Δ [CI]", "baseline", "p", "p adj", "n", "band",
+            "mdd", "n needed")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -16,23 +18,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     verdict = summary["verdict"]
     counts = ", ".join(f"{n} {v}" for v, n in summary["counts"].items())
+    method = summary.get("multiple_testing")
     lines = [
         f"### {_ICONS.get(verdict, '')} pytest-qxai: {_cell(str(verdict).upper())}",
         "",
         f"Model {_cell(report['model'])}, quantization {_cell(report['quant'])}, baseline "
-        f"{_cell(report['baseline_name'])}: {_cell(counts)}.",
+        f"{_cell(report['baseline_name'])}: {_cell(counts)}"
+        + (f"; multiple testing: {_cell(method)}" if method else "") + ".",
         "",
     ]
+    if summary.get("errors"):
+        lines += ["**Did not run** (the gate cannot pass a run that did not check):", "",
+                  *(f"- {_cell(error)}" for error in summary["errors"]), ""]
     results = ordered(results_of(report))
     if results:
-        lines += ["| verdict | check | kind | reference | quantized | Δ [CI] | baseline | p | n | band |",
-                  "|---|---|---|--:|--:|---|--:|--:|--:|---|"]
+        lines += ["| " + " | ".join(_COLUMNS) + " |", "|---|---|---|--:|--:|---|--:|--:|--:|--:|---|--:|--:|"]
         for r in results:
-            cells = [_cell(c) for c in (verdict_label(r.verdict), r.key, KIND_LABELS.get(r.kind, r.kind),
-                                        number(r.reference), number(r.quantized), delta_cell(r), number(r.baseline),
-                                        "-" if r.p_value is None else f"{r.p_value:.3g}", r.n, r.tolerance or "-")]
-            cells[0] = f"**{cells[0]}**" if r.verdict != "pass" else cells[0]
-            lines.append("| " + " | ".join(cells) + " |")
+            row = cells(r)
+            values = [row["verdict"], r.key, row["kind"], row["reference"], row["quantized"], row["delta [CI]"],
+                      row["baseline"], row["p"], row["p adj"], row["n"], r.tolerance or "-", row["mdd"], row["n needed"]]
+            escaped = [_cell(c) for c in values]
+            escaped[0] = f"**{escaped[0]}**" if r.verdict != "pass" else escaped[0]
+            lines.append("| " + " | ".join(escaped) + " |")
+        lines += ["", f"_{POWER_NOTE}._"]
         reasons = [f"- **{_cell(verdict_label(r.verdict))}** {_cell(r.key)} "
                    f"({_cell(KIND_LABELS.get(r.kind, r.kind))}): {_cell(r.reason)}"
                    for r in results if r.verdict != "pass"]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Any, Sequence
 
-from ..gate.check import VERDICTS, CheckResult, summarize
+from ..gate.check import VERDICTS, CheckResult
 
 KIND_LABELS = {"vs_reference": "vs ref", "vs_baseline": "vs base", "reference_drift": "ref drift"}
 
 
 def ordered(results: Sequence[CheckResult]) -> list[CheckResult]:
-    """Failures first, then warnings, improvements, passes and skips; by check key within each."""
+    """Failures first, then inconclusive checks, improvements, passes and skips; by check key within each."""
     kinds = list(KIND_LABELS)
     return sorted(results, key=lambda r: (VERDICTS.index(r.verdict), r.key, kinds.index(r.kind)))
 
@@ -35,14 +35,47 @@ def delta_cell(result: CheckResult) -> str:
 
 def verdict_label(verdict: str) -> str:
     """Verdicts that need attention in capitals."""
-    return verdict.upper() if verdict in ("fail", "warn", "improved") else verdict
+    return verdict.upper() if verdict in ("fail", "inconclusive", "improved", "error") else verdict
 
 
-def overall_line(results: Sequence[CheckResult]) -> str:
-    """``qxai gate: FAIL (1 fail, 0 warn, ...)``."""
-    summary = summarize(results)
+def p_cell(value: float | None) -> str:
+    """A p-value to three significant digits, '-' when absent."""
+    return "-" if value is None else f"{value:.3g}"
+
+
+POWER_NOTE = ("mdd: the smallest degradation this run detects with 80 % power (metric units); "
+              "n needed: items that would decide an inconclusive check")
+"""The legend of the power columns, printed under every table that shows them."""
+
+
+COLUMNS = ("verdict", "suite", "metric", "kind", "reference", "quantized", "delta [CI]", "baseline", "p", "p adj", "n",
+           "band", "mdd", "n needed")
+NUMERIC = ("reference", "quantized", "baseline", "p", "p adj", "n", "mdd", "n needed")
+"""Columns aligned to the right."""
+
+
+def cells(result: CheckResult) -> dict[str, str]:
+    """The table cells of one check by column (:data:`COLUMNS`), shared by the terminal, Markdown and HTML."""
+    return {
+        "verdict": verdict_label(result.verdict), "suite": result.suite, "metric": result.metric,
+        "kind": KIND_LABELS[result.kind], "reference": number(result.reference),
+        "quantized": number(result.quantized), "delta [CI]": delta_cell(result), "baseline": number(result.baseline),
+        "p": p_cell(result.p_value), "p adj": p_cell(result.p_adjusted), "n": str(result.n),
+        "band": result.tolerance, "mdd": number(result.mdd),
+        "n needed": "-" if result.n_needed is None else str(result.n_needed),
+    }
+
+
+def overall_line(summary: dict[str, Any]) -> str:
+    """``qxai gate: FAIL (1 fail, 0 inconclusive, ...)``, from :func:`~pytest_qxai.gate.check.summarize`."""
     counts = ", ".join(f"{n} {v}" for v, n in summary["counts"].items())
-    return f"qxai gate: {summary['verdict'].upper()} ({counts})"
+    errors = len(summary.get("errors", []))
+    return f"qxai gate: {summary['verdict'].upper()} ({counts}" + (f"; {errors} error(s)" if errors else "") + ")"
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """One ``ERROR ...`` line per thing that did not run, then :func:`overall_line`."""
+    return [f"ERROR {error}" for error in summary.get("errors", [])] + [overall_line(summary)]
 
 
 def table_lines(results: Sequence[CheckResult]) -> list[str]:
@@ -51,19 +84,15 @@ def table_lines(results: Sequence[CheckResult]) -> list[str]:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=box.ASCII2, show_edge=False, pad_edge=False)
-    for name in ("verdict", "suite", "metric", "kind", "reference", "quantized", "delta [CI]", "baseline",
-                 "p", "n", "band"):
-        table.add_column(name, no_wrap=True, justify="right" if name in ("reference", "quantized", "baseline",
-                                                                          "p", "n") else "left")
     rows = ordered(results)
+    table = Table(box=box.ASCII2, show_edge=False, pad_edge=False)
+    for name in COLUMNS:
+        table.add_column(name, no_wrap=True, justify="right" if name in NUMERIC else "left")
     for r in rows:
-        table.add_row(verdict_label(r.verdict), r.suite, r.metric, KIND_LABELS[r.kind], number(r.reference),
-                      number(r.quantized), delta_cell(r), number(r.baseline),
-                      "-" if r.p_value is None else f"{r.p_value:.3g}", str(r.n), r.tolerance)
+        table.add_row(*cells(r).values())
     buffer = io.StringIO()
     Console(file=buffer, width=400, color_system=None, force_terminal=False, highlight=False).print(table)
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
     lines += [f"{verdict_label(r.verdict)} {r.key} ({KIND_LABELS[r.kind]}): {r.reason}"
               for r in rows if r.verdict != "pass"]
-    return lines
+    return lines + ([POWER_NOTE] if rows else [])

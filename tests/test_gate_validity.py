@@ -1,0 +1,162 @@
+"""Seeded Monte-Carlo checks of the gate's guarantees (docs/gate.md reports the larger grid of
+``benchmarks/gate_simulation.py``), and that every metric's default band fails a quantized side at chance."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from pytest_qxai.gate.bands import _known_metrics
+from pytest_qxai.gate.check import check_vs_reference
+from pytest_qxai.gate.tolerance import parse_tolerance
+from pytest_qxai.metrics import Metric, registered_metrics
+from pytest_qxai.profiles import SIZES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gate_simulation import ALPHA, BINARY, CONTINUOUS, Scenario, familywise, mc_limit, outcomes  # noqa: E402
+
+BINARY_REPS, CONTINUOUS_REPS = 1000, 200
+
+
+@pytest.mark.parametrize("n", [10, 30, 100, 300])
+@pytest.mark.parametrize("scenario", BINARY[1:], ids=lambda s: s.label)
+def test_binary_false_fail_and_false_pass_rates_hold_at_the_band(scenario: Scenario, n: int) -> None:
+    """At D = b a check fails at most alpha of the time; at D = 1.1 b it passes at most alpha of the time."""
+    p_fail, _ = outcomes(scenario, n, scenario.band, BINARY_REPS, seed=n)
+    _, passed = outcomes(scenario, n, 1.1 * scenario.band, BINARY_REPS, seed=n + 1)
+    assert np.mean(p_fail < ALPHA) <= mc_limit(ALPHA, BINARY_REPS)
+    assert np.mean(passed) <= mc_limit(ALPHA, BINARY_REPS)
+
+
+EXCEPTIONS = {("skewed left (exponential)", 10, "fail"), ("70% unchanged, skewed rest", 10, "pass")}
+"""Ten items with a long tail on the side the decision needs: measured rates about 0.08 and 0.19 (docs/gate.md)."""
+
+
+@pytest.mark.parametrize("n", [10, 30, 100, 300])
+@pytest.mark.parametrize("scenario", CONTINUOUS, ids=lambda s: s.label)
+def test_continuous_false_fail_and_false_pass_rates_hold_at_the_band(scenario: Scenario, n: int) -> None:
+    p_fail, _ = outcomes(scenario, n, scenario.band, CONTINUOUS_REPS, seed=n, resamples=199)
+    _, passed = outcomes(scenario, n, 1.1 * scenario.band, CONTINUOUS_REPS, seed=n + 1, resamples=199)
+    for side, rate in (("fail", np.mean(p_fail < ALPHA)), ("pass", np.mean(passed))):
+        if (scenario.shape, n, side) not in EXCEPTIONS:
+            assert rate <= mc_limit(ALPHA, CONTINUOUS_REPS), side
+
+
+def test_holm_keeps_the_family_wise_false_fail_rate_of_a_47_check_run() -> None:
+    """Every true D at its band: under Holm a run fails at most alpha of the time; unadjusted, most runs fail."""
+    reps = 40
+    assert familywise(reps, method="holm", resamples=99) <= mc_limit(ALPHA, reps)
+    assert familywise(20, method="none", resamples=99) > 0.5
+
+
+def test_a_degradation_of_twice_the_band_is_usually_caught_at_the_standard_profile() -> None:
+    scenario = Scenario("binary", discordance=0.1)
+    p_fail, _ = outcomes(scenario, SIZES["standard"]["knowledge"], 2 * scenario.band, 400, seed=7)
+    assert np.mean(p_fail < ALPHA) > 0.4
+
+
+# --- every metric's default band against a quantized side at chance ---------------------------------------
+
+Sides = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _labels(classes: int) -> Sides:
+    """Label agreement: the reference's own labels vs labels at random (kappa shares)."""
+    from pytest_qxai.methods.task import agreement
+
+    return lambda rng, n: agreement(rng.integers(0, classes, n), rng.integers(0, classes, n))
+
+
+def _rankings(kind: str) -> Sides:
+    """Attribution agreement: random rankings of 12-word items (rank correlation or chance-corrected overlap)."""
+    from pytest_qxai.methods.attribution import chance_corrected_overlap, k_counts, rank_correlation
+
+    def sides(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [(rng.random(12), rng.random(12)) for _ in range(n)]
+        values = [rank_correlation(a, b) if kind == "rho" else chance_corrected_overlap(a, b, k_counts(12, [20])[0])
+                  for a, b in pairs]
+        return np.ones(n), np.array(values)
+
+    return sides
+
+
+def _at(reference: float, chance: float, sd: float, binary: bool = False) -> Sides:
+    """A typical reference level against the metric's value at chance (shuffled or random outputs)."""
+    if binary:
+        return lambda rng, n: ((rng.random(n) < reference).astype(float), (rng.random(n) < chance).astype(float))
+    return lambda rng, n: (reference + sd * rng.standard_normal(n), chance + sd * rng.standard_normal(n))
+
+
+CHANCE: dict[str, Sides] = {
+    "task_accuracy.esnli_agreement": _labels(3),
+    "task_accuracy.ecqa_agreement": _labels(5),
+    "task_accuracy.esnli_accuracy": _at(0.7, 1 / 3, 0, binary=True),
+    "task_accuracy.ecqa_accuracy": _at(0.6, 1 / 5, 0, binary=True),
+    "knowledge.recall_accuracy": _at(0.4, 0.0, 0, binary=True),
+    "knowledge.object_logprob": _at(-2.0, -11.0, 2.0),  # uniform over a 49k-token vocabulary: -10.8 nats
+    "knowledge.object_log_rank": _at(0.5, 4.4, 0.5),  # median rank of a random token: 24k
+    "multihop.first_hop": _at(0.85, 0.5, 0, binary=True),
+    "multihop.second_hop": _at(0.7, 0.5, 0, binary=True),
+    "multihop.first_hop_accuracy": _at(0.4, 0.0, 0, binary=True),
+    "multihop.second_hop_accuracy": _at(0.6, 0.0, 0, binary=True),
+    "multihop.two_hop_accuracy": _at(0.26, 0.0, 0, binary=True),
+    "multihop.cnst_score": _at(-3.0, -11.0, 1.5),
+    "nle.gold_similarity": _at(0.6, 0.1, 0.15),
+    "nle.rouge_l": _at(0.35, 0.05, 0.1),
+    "nle.fluency": _at(3.0, 10.8, 0.5),
+    "nle.judge_coherence": _at(3.5, 2.0, 0.5),
+    "nle.judge_trust": _at(3.5, 2.0, 0.5),
+    "nle.fp_agreement": _at(1.0, 0.0, 0.2),
+    "nle_faithfulness.cc_shap": _at(0.3, 0.0, 0.3),
+    "nle_faithfulness.unfaithful": _at(0.4, 1.0, 0, binary=True),
+    "nle_faithfulness.flip": _at(0.2, 0.67, 0, binary=True),  # a random label differs from the original 2/3
+    "counterfactual.fluency": _at(3.0, 10.8, 0.5),
+    "counterfactual.two_step_fluency": _at(3.0, 10.8, 0.5),
+    "counterfactual.minimality": _at(0.2, 0.9, 0.1),
+    "counterfactual.two_step_minimality": _at(0.2, 0.9, 0.1),
+    "counterfactual.similarity": _at(0.8, 0.1, 0.1),
+    "counterfactual.two_step_similarity": _at(0.8, 0.1, 0.1),
+    "counterfactual.self_flip": _at(0.7, 0.33, 0, binary=True),
+    "counterfactual.two_step_self_flip": _at(0.7, 0.33, 0, binary=True),
+    "counterfactual.validity": _at(0.6, 0.33, 0, binary=True),
+    "counterfactual.two_step_validity": _at(0.6, 0.33, 0, binary=True),
+    "attribution.comprehensiveness": _at(0.15, 0.02, 0.1),
+    "attribution.ig_comprehensiveness": _at(0.15, 0.02, 0.1),
+    "attribution.sufficiency": _at(0.05, 0.15, 0.1),
+    "attribution.ig_sufficiency": _at(0.05, 0.15, 0.1),
+    "attribution.rank_correlation": _rankings("rho"),
+    "attribution.ig_rank_correlation": _rankings("rho"),
+    "attribution.topk_overlap": _rankings("overlap"),
+    "attribution.ig_topk_overlap": _rankings("overlap"),
+    "neurons.top300_overlap": _at(1.0, 0.01, 0.01),  # 300 of ~46k neurons at random
+    "neurons.top300_retained": _at(1.0, 0.01, 0.01),
+    "neurons.neurons_above_tau": _at(1.0, 0.01, 0.01),
+    "neurons.sublayer_profile_cosine": _at(1.0, 0.0, 0.3),
+    "probes.probe_transfer_accuracy": _at(0.6, 1 / 3, 0.2),
+    "probes.probe_retrained_accuracy": _at(0.6, 1 / 3, 0.2),
+    "probes.representation_cosine": _at(1.0, 0.0, 0.1),
+}
+"""Per metric: a reference at a typical level and a quantized side at chance (what random outputs score)."""
+
+
+def test_every_registered_metric_has_a_chance_scenario() -> None:
+    _known_metrics()
+    assert {m.key for m in registered_metrics() if m.suite in SIZES["standard"] or m.suite == "nle_faithfulness"} \
+        <= set(CHANCE)
+
+
+@pytest.mark.parametrize("key", sorted(CHANCE))
+def test_a_quantized_side_at_chance_fails_its_default_band_at_the_standard_profile(key: str) -> None:
+    _known_metrics()
+    metric: Metric = next(m for m in registered_metrics() if m.key == key)
+    suite = {"nle_faithfulness": "nle_faithfulness" if metric.name != "cc_shap" else "cc_shap"}.get(
+        metric.suite, metric.suite)
+    n = SIZES["standard"][suite]
+    reference, quantized = CHANCE[key](np.random.default_rng(0), n)
+    result = check_vs_reference(metric, parse_tolerance(metric.tolerance), reference, quantized,
+                                [str(i) for i in range(n)], n_resamples=999)
+    assert result.verdict == "fail", result.reason
