@@ -79,7 +79,8 @@ def _table(results: list[CheckResult]) -> str:
     rows = []
     for r in results:
         row = cells(r)
-        tds = [f"<td class='verdict' style='color:{_COLORS.get(r.verdict, "#212121")}'>{_e(row['verdict'])}</td>"]
+        color = _COLORS.get(r.verdict, "#212121")
+        tds = [f"<td class='verdict' style='color:{color}'>{_e(row['verdict'])}</td>"]
         tds += [f"<td class='num'>{_e(row[c])}</td>" if c in NUMERIC else
                 f"<td><code>{_e(row[c])}</code></td>" if c == "band" else f"<td>{_e(row[c])}</td>"
                 for c in COLUMNS[1:]]
