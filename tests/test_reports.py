@@ -144,7 +144,7 @@ def test_an_errored_suite_makes_every_report_say_error_and_name_it(
     assert summary["verdict"] == "error" and summary["errors"] == [error] and summary["counts"]["fail"] == 1
     markdown = (tmp_path / "r.md").read_text()
     assert markdown.startswith("### 🛑 pytest-qxai: ERROR")
-    assert "RuntimeError: <inference> \\| tensor" in markdown  # a table-safe cell
+    assert "RuntimeError: \\<inference\\> \\| tensor" in markdown  # a table-safe cell, markup escaped
     page = (tmp_path / "r.html").read_text()
     assert "pytest-qxai: ERROR</h1>" in page and "RuntimeError: &lt;inference&gt; | tensor" in page
     lines = session.terminal_lines()
