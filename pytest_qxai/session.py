@@ -200,13 +200,17 @@ class QxaiSession:
         other_quant = stored_meta.get("quant")
         other_profile = stored_meta.get("profile")
         for r in results:
+            said = []
             if other_quant and other_quant != str(self.config.quant):
                 r.notes["baseline_quant"] = other_quant
-                r.reason += f" (baseline recorded with {other_quant}, this run {self.config.quant})"
+                said.append(f" (baseline recorded with {other_quant}, this run {self.config.quant})")
             if other_profile and other_profile != self.config.profile:
                 r.notes["baseline_profile"] = other_profile
-                r.reason += (f" (baseline recorded at profile {other_profile}, this run at {self.config.profile}: "
-                             "items are matched by id)")
+                said.append(f" (baseline recorded at profile {other_profile}, this run at {self.config.profile}: "
+                            "items are matched by id)")
+            r.reason += "".join(said)
+            if r.comparison:  # the reason is rebuilt from the comparison when the multiplicity adjustment decides
+                r.comparison += "".join(said)
             if self.config.update_baselines == "all":
                 r.notes["accepted"] = True
                 accept(r)

@@ -135,7 +135,7 @@ def test_an_unknown_metric_in_a_tolerance_is_a_usage_error(pytester: pytest.Pyte
     result = pytester.runpytest_subprocess("--qxai-tolerance=similarty=abs:0.1", "--qxai-tolerance=nle.rouge_l=abs:1",
                                            "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stdout.fnmatch_lines(["--qxai-tolerance names no known metric: similarty"])
+    result.stdout.fnmatch_lines(["*--qxai-tolerance names no known metric: similarty*"])
     assert pytester.runpytest_subprocess("--qxai-tolerance=similarity=abs:0.1", "--qxai-update-baselines",
                                          "-p", "no:cacheprovider").ret == 0
 
@@ -246,8 +246,8 @@ def test_disk_full_during_baseline_and_report_writes(pytester: pytest.Pytester) 
             reason = "File too large"
         assert result.returncode == 1, result.stdout[-3000:]
         lines = result.stdout.splitlines()
-        assert any(line.startswith(f"qxai baseline not written: {reason} (") for line in lines), result.stdout
-        assert any(line.startswith(f"qxai report not written: {reason} (") for line in lines), result.stdout
+        assert any(f"qxai baseline not written: {reason} (" in line for line in lines), result.stdout
+        assert any(f"qxai report not written: {reason} (" in line for line in lines), result.stdout
         assert baseline.read_bytes() == before
         assert not report.exists() and not list(folder.rglob("*.tmp"))
         assert "Traceback" not in result.stdout + result.stderr
