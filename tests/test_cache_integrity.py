@@ -28,8 +28,11 @@ from tiny import build_tiny_model  # noqa: E402
 USER_TEST = """
 import os
 import numpy as np
+from pytest_qxai.metrics import Metric
 
-def test_cached_value(qxai_pair):
+SCORE = Metric("user", "score", "a score", "continuous", tolerance="abs:0.05")
+
+def test_cached_value(qxai_pair, qxai_check):
     def compute():
         with open(os.environ["QXAI_TEST_CALLS"], "a") as calls:
             calls.write("computed\\n")
@@ -37,6 +40,7 @@ def test_cached_value(qxai_pair):
 
     value = qxai_pair.cached(qxai_pair.reference, "user/demo", {"n": 2}, compute)
     print("VALUE", value["scores"].tolist(), value["label"])
+    qxai_check(SCORE, value["scores"], value["scores"], item_ids=["a", "b"])
 """
 
 
@@ -64,6 +68,7 @@ class UserRun:
         self.model = model
         self.cache = pytester.path / "cache"
         self.calls = pytester.path / "calls.txt"
+        self.runs = 0
         pytester.makepyfile(test_user=USER_TEST)
 
     def __call__(self, *args: str) -> pytest.RunResult:
@@ -72,8 +77,10 @@ class UserRun:
         os.environ["QXAI_TEST_CALLS"] = str(self.calls)
         pair._PAIRS.clear()
         identity.code_hash.cache_clear()
+        self.runs += 1
         return self.pytester.runpytest(
             f"--qxai-model={self.model}", "--quant=none", "--qxai-device=cpu", f"--qxai-cache-dir={self.cache}",
+            "--qxai-update-baselines", f"--qxai-baseline-dir={self.pytester.path / f'baselines-{self.runs}'}",
             "-p", "no:cacheprovider", "-p", "no:randomly", "-rP", "-W", "always::pytest_qxai.storage.CacheWarning",
             *args)
 
@@ -265,7 +272,8 @@ def test_a_second_process_waits_for_the_lock_with_progress_lines(user_run: UserR
     user_run.pytester.makeconftest("import pytest_qxai.storage\npytest_qxai.storage.LOCK_NOTICE_SECONDS = 0.5\n")
     os.environ["QXAI_TEST_CALLS"] = str(user_run.calls)
     command = [sys.executable, "-m", "pytest", f"--qxai-model={user_run.model}", "--quant=none",
-               "--qxai-device=cpu", f"--qxai-cache-dir={user_run.cache}", "-p", "no:cacheprovider", "-s"]
+               "--qxai-device=cpu", f"--qxai-cache-dir={user_run.cache}", "-p", "no:cacheprovider", "-s",
+               "--qxai-update-baselines"]
     run = {"cwd": user_run.pytester.path, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     first = subprocess.Popen(command, **run)  # type: ignore[call-overload]
     second = None
