@@ -1,8 +1,8 @@
 """Stored baselines: ``<baseline_dir>/<model-slug>/<baseline-name>.json``, one file per model and quantization.
 
-A baseline keeps, per check (``suite.metric``), the reference and quantized values of every item by
-id, the summary numbers, the band and verdict, the suite fingerprint, and a pointer into ``runs``: the
-run metadata (model hash, quantization spec, library versions, device, dtype, seed, profile) it was
+A baseline names the model's content hash (``model_hash``) and keeps, per check (``suite.metric``), the
+reference and quantized values of every item by id, the summary numbers, the band and verdict, the suite
+fingerprint, and a pointer into ``runs``: the run metadata (model hash, quantization spec, library versions, device, dtype, seed, profile) it was
 recorded under. Files are written with sorted keys and exact float text, so re-writing an unchanged
 baseline gives identical bytes and diffs stay reviewable. Writes merge with what is on disk under an
 inter-process lock, so concurrent pytest processes or xdist workers lose nothing.
@@ -83,6 +83,14 @@ class Baseline:
         return str(self.doc["model"])
 
     @property
+    def model_hash(self) -> str | None:
+        """The content hash of the model it was recorded for (older files: the one hash all its runs name)."""
+        if isinstance(self.doc.get("model_hash"), str):
+            return str(self.doc["model_hash"])
+        hashes = {run.get("model_hash") for run in self.doc["runs"].values() if isinstance(run, dict)}
+        return str(hashes.pop()) if len(hashes) == 1 and None not in hashes else None
+
+    @property
     def checks(self) -> dict[str, dict[str, Any]]:
         """Stored records keyed by ``suite.metric``."""
         return self.doc["checks"]  # type: ignore[no-any-return]
@@ -129,22 +137,40 @@ class UpdateSummary:
 
 @dataclass
 class BaselineStore:
-    """The baseline file of one model and baseline name under ``root``."""
+    """The baseline file of one model and baseline name under ``root``.
+
+    With ``model_hash`` (the model's content hash) the baseline is bound to the model's bytes, not its
+    name: a renamed or moved model finds its baseline under its old folder name, and a different model
+    under the same name is refused.
+    """
 
     root: Path
     model_id: str
     name: str
+    model_hash: str | None = None
+
+    @property
+    def own_path(self) -> Path:
+        """``root/<model-slug>/<name>.json``."""
+        return self.root / model_slug(self.model_id) / f"{self.name}.json"
 
     @property
     def path(self) -> Path:
-        """``root/<model-slug>/<name>.json``."""
-        return self.root / model_slug(self.model_id) / f"{self.name}.json"
+        """:attr:`own_path`, or where a baseline of the same model content lives under another model name."""
+        own = self.own_path
+        if own.exists() or not self.model_hash:
+            return own
+        for other in sorted(self.root.glob(f"*/{self.name}.json")):
+            with contextlib.suppress(OSError, BaselineError):
+                if Baseline.parse(other, other.read_bytes()).model_hash == self.model_hash:
+                    return other
+        return own
 
     def load(self) -> Baseline | None:
         """The stored baseline, None when there is none; :class:`BaselineError` when unusable.
 
         A baseline named after another quantization spec is allowed (compare hqq2 against bnb8 on
-        purpose); one recorded for another model is not.
+        purpose); one recorded for another model (another content hash, or another name) is not.
         """
         path = self.path
         try:
@@ -154,7 +180,14 @@ class BaselineStore:
         except OSError as exc:
             raise BaselineError(f"baseline {path} cannot be read: {exc.strerror}") from None
         baseline = Baseline.parse(path, data)
-        if baseline.model != self.model_id:
+        stored = baseline.model_hash
+        if self.model_hash and stored and stored != self.model_hash:
+            raise BaselineError(
+                f"baseline {path} was recorded for another model with the same name {baseline.model!r}: "
+                f"content hash {stored}, this model {self.model_hash}; use another --qxai-baseline-dir or "
+                "--qxai-baseline-name, or re-record"
+            )
+        if baseline.model != self.model_id and not (self.model_hash and stored == self.model_hash):
             raise BaselineError(
                 f"baseline {path} was recorded for model {baseline.model!r}, not {self.model_id!r}"
             )
@@ -170,17 +203,20 @@ class BaselineStore:
         are removed only when ``keep`` is given and does not name them (pruning). Unchanged content
         is not rewritten.
         """
-        summary = UpdateSummary(self.path)
-        with locked(self.path):
+        path = self.path
+        summary = UpdateSummary(path)
+        with locked(path, "writing a baseline"):
             # Every writer of this file holds the lock: a temporary file of it found now was left by a
             # killed run (SIGTERM/SIGKILL skip atomic_write's cleanup), so it is removed.
-            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
                 with contextlib.suppress(OSError):
                     stale.unlink()
             existing = self.load()
             old = existing.to_bytes() if existing else b""
             doc: dict[str, Any] = existing.doc if existing else {
                 "schema": SCHEMA, "model": self.model_id, "baseline": self.name, "checks": {}, "runs": {}}
+            if self.model_hash:
+                doc["model_hash"] = self.model_hash
             run = stable_hash(jsonable(metadata))
             for result in results:
                 if result.kind != "vs_reference" or result.verdict == "skipped":
@@ -202,7 +238,7 @@ class BaselineStore:
             doc["runs"] = {k: v for k, v in doc["runs"].items() if k in used}
             new = dumps(doc)
             if new != old and (existing is not None or doc["checks"]):
-                atomic_write(self.path, new)
+                atomic_write(path, new)
                 summary.written = True
         return summary
 

@@ -1,4 +1,4 @@
-"""The ``qxai`` command: compare two runs, show a baseline, merge sharded reports (no model, no torch).
+"""The ``qxai`` command: compare two runs, show a baseline, merge sharded reports, manage the cache (no torch).
 
 Exit status: 0 when the verdict is pass or inconclusive, 1 when it is fail or error (a run that did not check,
 or nothing to compare) or, with ``--strict``, inconclusive; 2 on bad input (one line on stderr).
@@ -7,13 +7,15 @@ or nothing to compare) or, with ``--strict``, inconclusive; 2 on bad input (one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .baselines import SCHEMA as BASELINE_SCHEMA
 from .baselines import Baseline, record_of, result_of
+from .cache_admin import DEFAULT_MAX_SIZE, MAX_SIZE_ENV, human, info_lines, max_size, parse_size, prune
 from .errors import BaselineError, QxaiError, QxaiUsageError
 from .gate.check import NOTHING_CHECKED, CheckResult, check_vs_baseline, summarize
 from .gate.multiplicity import adjust
@@ -37,6 +39,18 @@ class Run:
     errors: list[str]
 
 
+@contextlib.contextmanager
+def malformed(path: Path) -> Iterator[None]:
+    """Turn a structural problem met while reading ``path`` into a one-line :class:`QxaiUsageError` (exit 2)."""
+    try:
+        yield
+    except QxaiUsageError as exc:
+        raise QxaiUsageError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise QxaiUsageError(f"{path}: malformed ({type(exc).__name__}: {detail})") from None
+
+
 def load_run(path: Path) -> Run:
     """Read a JSON report or a baseline file; :class:`QxaiUsageError` names the file on bad input."""
     data = load_json(path)
@@ -46,13 +60,28 @@ def load_run(path: Path) -> Run:
             baseline = Baseline.parse(path, Path(path).read_bytes())
         except BaselineError as exc:
             raise QxaiUsageError(str(exc)) from None
-        return Run(path, baseline.model, {k: result_of(r) for k, r in baseline.checks.items()},
-                   {k: baseline.metadata_for(k) for k in baseline.checks}, [])
+        with malformed(path):
+            return Run(path, baseline.model, {k: _valid(result_of(r)) for k, r in baseline.checks.items()},
+                       {k: dict(baseline.metadata_for(k)) for k in baseline.checks}, [])
     if schema == REPORT_SCHEMA:
-        checks = {r.key: r for r in results_of(data) if r.kind == "vs_reference" and r.verdict != "skipped"}
-        return Run(path, str(data.get("model", "")), checks, {k: data.get("metadata", {}) for k in checks},
-                   [str(e) for e in data.get("summary", {}).get("errors", []) if e != NOTHING_CHECKED])
+        with malformed(path):
+            checks = {r.key: r for r in map(_valid, results_of(data))
+                      if r.kind == "vs_reference" and r.verdict != "skipped"}
+            metadata = data.get("metadata", {})
+            if not isinstance(metadata, dict):
+                raise TypeError("'metadata' must be an object")
+            return Run(path, str(data.get("model", "")), checks, {k: metadata for k in checks},
+                       [str(e) for e in data.get("summary", {}).get("errors", []) if e != NOTHING_CHECKED])
     raise QxaiUsageError(f"{path}: neither a pytest-qxai report nor a baseline (schema {schema!r})")
+
+
+def _valid(result: CheckResult) -> CheckResult:
+    """A check read from a file, with its band parsed once (a ValueError or usage error names the problem)."""
+    if result.tolerance:
+        parse_tolerance(result.tolerance)
+    if not isinstance(result.key, str) or not isinstance(result.verdict, str):
+        raise TypeError("a check's suite, metric and verdict must be strings")
+    return result
 
 
 def compare(old: Run, new: Run, *, seed: int, n_resamples: int) -> tuple[list[CheckResult], list[str]]:
@@ -83,6 +112,13 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
     for path, report in zip(paths, reports, strict=True):
         if report.get("schema") != REPORT_SCHEMA:
             raise QxaiUsageError(f"{path}: not a pytest-qxai JSON report")
+        with malformed(path):
+            for result in results_of(report):
+                _valid(result)
+        for name, kind in (("metadata", dict), ("notes", list), ("summary", dict), ("model", str), ("quant", str),
+                           ("baseline_name", str)):
+            if not isinstance(report.get(name, kind()), kind):
+                raise QxaiUsageError(f"{path}: malformed ('{name}' has the wrong JSON type)")
     first = reports[0]
     for path, report in zip(paths[1:], reports[1:], strict=True):
         for name in ("model", "quant", "baseline_name"):
@@ -132,6 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     mrg.add_argument("--md", type=Path, help="Also write a Markdown report")
     mrg.add_argument("--html", type=Path, help="Also write an HTML report")
     mrg.add_argument("--strict", action="store_true", help="Exit 1 when the verdict is inconclusive")
+    cache = commands.add_parser("cache", help="Show the on-disk cache (size, age, per model) or prune it")
+    cache.add_argument("action", choices=("info", "prune"))
+    cache.add_argument("--dir", type=Path, help="Cache folder (default: $QXAI_CACHE_DIR or ~/.cache/pytest-qxai)")
+    cache.add_argument("--max-size", metavar="SIZE",
+                       help=f"prune: remove least recently used entries down to SIZE, e.g. 5G (default: "
+                            f"${MAX_SIZE_ENV} or {human(DEFAULT_MAX_SIZE)})")
+    cache.add_argument("--older-than", type=float, metavar="DAYS", help="prune: also remove entries unused for DAYS")
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
@@ -141,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results, notes = compare(old, new, seed=args.seed, n_resamples=args.resamples)
             summary = summarize(results, run_errors(old, new), "holm")
             lines = table_lines(results) + notes + verdict_lines(summary)
+        elif args.command == "cache":
+            from .options import default_cache_dir  # imports pytest: only for this command
+
+            return _cache_command(args.action, args.dir or default_cache_dir(), args.max_size, args.older_than)
         elif args.command == "show":
             run = load_run(args.file)
             results = list(run.checks.values())
@@ -157,3 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     verdict = summary["verdict"]
     return 1 if verdict in ("fail", "error") or (verdict == "inconclusive" and args.strict) else 0
+
+
+def _cache_command(action: str, root: Path, size: str | None, days: float | None) -> int:
+    """``qxai cache info`` or ``qxai cache prune``: print what the cache holds or what was removed."""
+    if not root.is_dir():
+        raise QxaiUsageError(f"cache {root}: no such folder")
+    if action == "prune":
+        removed = prune(root, max_bytes=parse_size(size) if size else max_size(),
+                        older_than=None if days is None else days * 86400)
+        print(f"removed {len(removed)} entries ({human(sum(e.size for e in removed))})")
+    print("\n".join(info_lines(root)))
+    return 0

@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -126,17 +127,21 @@ def _rank(seed: int, key: str) -> bytes:
     return hashlib.sha256(f"{seed}\x00{key}".encode("utf-8", "surrogatepass")).digest()
 
 
-def _take(ordered: list[T], n: int | None) -> list[T]:
-    """The first ``n`` items (all when ``n`` is None or exceeds the supply)."""
+def _take(ordered: list[T], n: int | None, what: str = "the data") -> list[T]:
+    """The first ``n`` items (all when ``n`` is None or exceeds the supply, which a warning says)."""
     if n is not None and n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if n is not None and n > len(ordered):
+        warnings.warn(f"{n} items asked for (--qxai-samples or the profile), but {what} has {len(ordered)}: "
+                      f"using all {len(ordered)}", stacklevel=3)
     return ordered if n is None else ordered[:n]
 
 
 def load_esnli(n: int | None, seed: int, path: Path | None = None) -> list[NLIItem]:
     """``n`` e-SNLI items (all when None), label-stratified, nested across ``n`` for a fixed seed."""
     items = [NLIItem(**record) for record in _read_jsonl(path or ESNLI_PATH, _NLI_SCHEMA)]
-    return _take(seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.label), n)
+    return _take(seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.label), n,
+                 f"e-SNLI ({path or 'bundled'})")
 
 
 def load_classification(n: int | None, seed: int, path: Path) -> list[ClassItem]:
@@ -166,7 +171,7 @@ def no_relations(data: dict[str, Path | None]) -> str | None:
 def load_ecqa(n: int | None, seed: int, path: Path | None = None) -> list[MCQItem]:
     """``n`` ECQA items (all when None), nested across ``n`` for a fixed seed."""
     items = [MCQItem(**record) for record in _read_jsonl(path or ECQA_PATH, _MCQ_SCHEMA)]
-    return _take(seeded_order(items, seed, key=lambda it: it.id), n)
+    return _take(seeded_order(items, seed, key=lambda it: it.id), n, f"ECQA ({path or 'bundled'})")
 
 
 def load_calibration(n: int | None, seed: int, path: Path | None = None) -> list[str]:

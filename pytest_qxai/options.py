@@ -146,9 +146,12 @@ def add_options(parser: pytest.Parser) -> None:
 
 
 def raw_value(config: pytest.Config, opt: OptionDef) -> Any:
-    """The option's value: command line, else ini, else its default."""
+    """The option's value: command line, else ini, else its default.
+
+    Any value given on the command line wins, ``0`` included (flags are None unless given).
+    """
     value = config.getoption(opt.dest)
-    if value not in (None, [], False):
+    if value is not None and value != []:
         return value
     ini = config.getini(opt.ini)
     if ini not in (None, "", []):
@@ -177,6 +180,11 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pytest-qxai"
+
+
+def is_ci() -> bool:
+    """Whether ``$CI`` is set to a true value: unset, empty, ``0``, ``false``, ``no`` and ``off`` are not CI."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -312,7 +320,7 @@ class QxaiConfig:
             report_md=as_path(get["qxai_report_md"]),
             report_html=as_path(get["qxai_report_html"]),
             shard=shard,
-            ci=bool(os.environ.get("CI")),
+            ci=is_ci(),
             rootdir=root,
             skip_sanity=_as_bool(get["qxai_skip_sanity"]),
             strict=_as_bool(get["qxai_strict"]),

@@ -199,10 +199,35 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.shouldstop or session.shouldfail
     )
     qxai.finish(complete)
-    if qxai.refusal:
+    unknown = _unknown_tolerance_names(config, qxai)
+    if unknown:
+        qxai.errors.append(f"--qxai-tolerance names no known metric: {', '.join(unknown)}")
+    if qxai.refusal or unknown:
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
     elif qxai.exit_failed() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _unknown_tolerance_names(config: pytest.Config, qxai: QxaiSession) -> list[str]:
+    """Command-line ``--qxai-tolerance`` keys that matched no check that ran and name no metric of a suite.
+
+    Known are the built-in suites' metrics and those registered by the collected modules; a metric passed to
+    ``qxai_check`` unregistered is known once it ran. Ini entries (a project's settings for suites a run may not
+    collect) only get the summary note.
+    """
+    given = {str(entry).partition("=")[0].strip() for entry in config.getoption("qxai_tolerance") or []}
+    unused = set(qxai.overrides.unused({r.key for r in qxai.results})) & given
+    if not unused:
+        return []
+    import importlib
+    import pkgutil
+
+    from . import methods
+    from .metrics import registered_metrics
+
+    for module in pkgutil.iter_modules(methods.__path__):  # each registers its metrics; none imports torch
+        importlib.import_module(f"{methods.__name__}.{module.name}")
+    return sorted(unused - {key for m in registered_metrics() for key in (m.key, m.name)})
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

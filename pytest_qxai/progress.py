@@ -9,7 +9,6 @@ time left.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator
@@ -30,7 +29,9 @@ _SINK = ProgressSink()
 
 def configure(enabled: bool, suspend: Callable[[], ContextManager[Any]] | None = None) -> None:
     """Set this process's sink (called by the plugin at configure time)."""
-    _SINK.enabled = enabled and not os.environ.get("CI") and sys.stderr.isatty()
+    from .options import is_ci
+
+    _SINK.enabled = enabled and not is_ci() and sys.stderr.isatty()
     _SINK.suspend = suspend or contextlib.nullcontext
 
 

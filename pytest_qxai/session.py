@@ -14,6 +14,7 @@ Baseline policy (decided per check, written once at the end by the controller):
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class QxaiSession:
     planned: int = 0
     """Fail decisions this process plans (two per collected test that uses ``qxai_check``): the test-time bound."""
     overrides: ToleranceOverrides = field(init=False)
+    started: float = field(default_factory=time.time)
     model_bands: ModelBands | None = None
     _worker_suites: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
     _errored_suites: set[str] = field(default_factory=set, init=False, repr=False)
@@ -99,12 +101,13 @@ class QxaiSession:
     @property
     def store(self) -> BaselineStore:
         """This run's baseline file."""
-        return BaselineStore(self.config.baseline_dir, self.model_id, self.config.baseline_name)
+        return BaselineStore(self.config.baseline_dir, self.model_id, self.config.baseline_name,
+                             self.metadata.get("model_hash"))
 
     def run_metadata(self, *, stable: bool = False) -> dict[str, Any]:
         """The run's settings from the options, then ``metadata`` on top.
 
-        ``stable=True`` leaves out timings (keys ending in ``_seconds``): what a baseline records, so
+        ``stable=True`` leaves out timings (keys ending in ``_seconds``) and cache use: what a baseline records, so
         refreshing an unchanged run rewrites nothing and a reference drift is not blamed on a clock.
         """
         quant = self.config.quant
@@ -112,8 +115,9 @@ class QxaiSession:
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
                 "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
         merged = base | self.metadata
-        if stable:  # timings vary and sanity figures describe the reference, not a check: not in baselines
-            merged = {k: v for k, v in merged.items() if not k.endswith("_seconds") and k not in ("workers", "sanity")}
+        if stable:  # timings vary; sanity figures and cache activity describe the run, not a check: not in baselines
+            merged = {k: v for k, v in merged.items()
+                      if not k.endswith("_seconds") and k not in ("workers", "sanity", "cache")}
         return jsonable(merged)  # type: ignore[no-any-return]
 
     def check(
@@ -249,10 +253,19 @@ class QxaiSession:
                                     current_metadata=self.run_metadata(stable=True), stored_metadata=stored_meta,
                                     seed=self.config.seed, n_resamples=self.n_resamples, family=self.family)
         other_quant = stored_meta.get("quant")
+        other_profile = stored_meta.get("profile")
         for r in results:
+            said = []
             if other_quant and other_quant != str(self.config.quant):
                 r.notes["baseline_quant"] = other_quant
-                r.reason += f" (baseline recorded with {other_quant}, this run {self.config.quant})"
+                said.append(f" (baseline recorded with {other_quant}, this run {self.config.quant})")
+            if other_profile and other_profile != self.config.profile:
+                r.notes["baseline_profile"] = other_profile
+                said.append(f" (baseline recorded at profile {other_profile}, this run at {self.config.profile}: "
+                            "items are matched by id)")
+            r.reason += "".join(said)
+            if r.comparison:  # the reason is rebuilt from the comparison when the multiplicity adjustment decides
+                r.comparison += "".join(said)
             if self.config.update_baselines == "all":
                 r.notes["accepted"] = True
                 accept(r)
@@ -336,6 +349,9 @@ class QxaiSession:
         metadata = data.get("metadata", {})
         for key, value in metadata.items():
             self.metadata.setdefault(key, value)
+        for kind, entries in metadata.get("cache", {}).items():  # what each worker reused or computed
+            merged = self.metadata["cache"].setdefault(kind, [])
+            merged += [e for e in entries if e not in merged]
         own = {key: metadata[key] for key in PER_WORKER_METADATA if key in metadata}
         if data.get("worker") and own:
             self.metadata.setdefault("workers", {})[data["worker"]] = own
@@ -353,7 +369,9 @@ class QxaiSession:
             accept(r)
         adjustment.added = [r for r in adjustment.added if r.failed]
         self.messages += adjustment.lines(self.planned)
-        self._write_baselines(complete and not self.errors)
+        self._write_baselines(complete)
+        if complete and not self.errors:
+            self._bound_cache()
         report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
                               notes=self.notes(), errors=self.errors,
@@ -365,21 +383,37 @@ class QxaiSession:
             written = write_reports(report, json_path=self.config.report_json, md_path=self.config.report_md,
                                     html_path=self.config.report_html)
         except OSError as exc:
-            self.errors.append(f"qxai report not written: {exc}")
+            self.errors.append(f"qxai report not written: {exc.strerror or exc} ({exc.filename})")
         else:
             self.messages += [f"qxai report: {display_path(p)}" for p in written]
 
+    def _bound_cache(self) -> None:
+        """Keep the cache under its size bound (least recently used first; nothing this run used)."""
+        if self.config.cache_dir is None or "cache" not in self.metadata or not self.config.cache_dir.is_dir():
+            return  # only runs that used the cache (a model pair) look after it
+        from .cache_admin import human, max_size, prune
+
+        removed = prune(self.config.cache_dir, max_bytes=max_size(), keep_since=self.started)
+        if removed:
+            self.messages.append(f"qxai cache: removed {len(removed)} least recently used entries "
+                                 f"({human(sum(e.size for e in removed))}) to stay under {human(max_size())}")
+
     def _write_baselines(self, complete: bool) -> None:
-        """Record baselines as the policy in the module docstring says; problems become summary errors."""
+        """Record baselines as the policy in the module docstring says; problems become summary errors.
+
+        Pruning needs a run that ran everything: not stopped early, no suite errored, no worker lost, no error.
+        """
         mode = self.config.update_baselines
         if mode is None and self.config.ci:
             return  # never write implicitly in CI
         ran = [r for r in self.results if r.kind == "vs_reference"]
         recordable = [r for r in ran if r.verdict != "skipped"]
-        prune = bool(mode) and self.config.prune_baselines and complete
-        if bool(mode) and self.config.prune_baselines and not complete:
-            self.messages.append("qxai: the run stopped early or a suite did not run to the end, so nothing was "
-                                 "pruned from the baseline")
+        asked = bool(mode) and self.config.prune_baselines
+        why_not = ("the run stopped early" if not complete else
+                   f"the run had errors ({self.errors[0]})" if self.errors else "")
+        prune = asked and not why_not
+        if asked and why_not:
+            self.messages.append(f"qxai: {why_not}, so nothing was pruned from the baseline")
         if not recordable and not prune:
             return
         twice = sorted(k for k, n in Counter(r.key for r in recordable).items() if n > 1)
@@ -391,7 +425,8 @@ class QxaiSession:
                                         mode="all" if mode == "all" else "missing",
                                         keep={r.key for r in ran} if prune else None)
         except (BaselineError, OSError) as exc:
-            self.errors.append(f"qxai baseline not written: {exc}")
+            detail = f"{exc.strerror or exc} ({display_path(self.store.path)})" if isinstance(exc, OSError) else exc
+            self.errors.append(f"qxai baseline not written: {detail}")
             return
         if summary.written:
             changes = ", ".join(f"{len(keys)} {what}" for what, keys in

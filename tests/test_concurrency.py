@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import scipy.stats  # noqa: F401 - imported once here: pytester drops modules first imported inside a run
+from filelock import FileLock
 
 from pytest_qxai.baselines import Baseline, BaselineStore
 from pytest_qxai.storage import DiskCache, locked
@@ -180,7 +181,7 @@ def test_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join()
-    with locked(store.path, timeout=5):
+    with FileLock(f"{store.path}.lock", timeout=5):  # raises Timeout if the killed holder's lock had survived
         pass
 
 

@@ -62,10 +62,10 @@ def test_markdown_lists_failures_first_with_reasons(make_config: Callable[..., Q
     session = ran_session(make_config(update_baselines="all"))
     text = render_markdown(build_report(session.results, model="m", quant="bnb4", baseline_name="bnb4"))
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| verdict |") and "**FAIL**" in rows[1] and "`nli.accuracy`" in rows[1]
+    assert rows[0].startswith("| verdict |") and "**FAIL**" in rows[1] and "| nli.accuracy |" in rows[1]
     assert rows[0].endswith("| p | p adj | n | band | mdd | n needed |")
     assert "_mdd: the smallest degradation this run detects with 80 % power" in text
-    assert "- **FAIL** `nli.accuracy` (vs ref): accuracy degraded" in text
+    assert "- **FAIL** nli.accuracy (vs ref): accuracy degraded" in text
     assert "no backward pass through this kernel" in text
 
 
@@ -144,7 +144,7 @@ def test_an_errored_suite_makes_every_report_say_error_and_name_it(
     assert summary["verdict"] == "error" and summary["errors"] == [error] and summary["counts"]["fail"] == 1
     markdown = (tmp_path / "r.md").read_text()
     assert markdown.startswith("### 🛑 pytest-qxai: ERROR")
-    assert "RuntimeError: <inference> \\| tensor" in markdown  # a table-safe cell
+    assert "RuntimeError: \\<inference\\> \\| tensor" in markdown  # a table-safe cell, markup escaped
     page = (tmp_path / "r.html").read_text()
     assert "pytest-qxai: ERROR</h1>" in page and "RuntimeError: &lt;inference&gt; | tensor" in page
     lines = session.terminal_lines()

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from ..errors import BackendMissingError, QxaiError
 from ..specs import SCHEMES, QuantSpec, Scheme
-from ..storage import locked
+from ..storage import CacheWarning, locked
 
 if TYPE_CHECKING:
     import torch
@@ -195,23 +196,35 @@ def checkpoint_slot(ctx: QuantContext) -> Iterator[CheckpointSlot]:
     The checkpoint lives in ``ctx.cache_dir / "checkpoint"``. It is written into a sibling staging
     folder and renamed in one step when the block exits cleanly, so a half-written checkpoint is never
     found; a lock makes concurrent processes (xdist workers) quantize once. Without a cache the staging
-    folder is temporary and removed at exit.
+    folder is temporary and removed at exit. A found checkpoint is used only when its signed manifest
+    matches its files; it must hold data-only files (safetensors, JSON, text).
     """
     if ctx.cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="qxai-quant-") as tmp:
             yield CheckpointSlot(Path(tmp), found=False, persistent=False)
         return
+    from ..models.identity import manifest_problem, reject_folder, write_manifest
+
     target = ctx.cache_dir / "checkpoint"
+    root = ctx.cache_dir.parent.parent  # <cache>/quantized/<entry>: the hash memos live at the cache's top
+    slot = f"quantized/{ctx.cache_dir.name}"
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    with locked(target):
+    with locked(target, f"quantizing into {ctx.cache_dir.name}"):
         if target.is_dir():
-            yield CheckpointSlot(target, found=True, persistent=True)
-            return
+            why = manifest_problem(target, slot, root)
+            if not why:
+                yield CheckpointSlot(target, found=True, persistent=True)
+                return
+            reject_folder(target, why)
         staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=ctx.cache_dir))
         try:
             yield CheckpointSlot(staging, found=False, persistent=True)
             if any(staging.iterdir()):
-                os.replace(staging, target)
+                why = write_manifest(staging, slot, root)
+                if why:
+                    warnings.warn(CacheWarning(f"qxai cache: the checkpoint is not cached: {why}"), stacklevel=3)
+                else:
+                    os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..datasets import dataset_fingerprint, no_relations
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..storage import stable_hash
+from ..storage import cache_type, stable_hash
 from .arch import ModelParts, model_parts
 from .knowledge import PROMPT, RecallItem, first_token_ids, recall_items, recall_values
 
@@ -87,6 +87,7 @@ class Residuals:
     """``[L, n_neurons]`` post-activation coefficients m (the down projection's input)."""
 
 
+@cache_type
 @dataclass(frozen=True)
 class NeuronScores:
     """Exact importances of the neurons that matter for one item on one model (flat index = l · n + k)."""

@@ -270,18 +270,16 @@ def quality(items: Sequence[NLIItem], labels: Sequence[int], explanations: Seque
 def _load_judge(spec: str, device: str, dtype: str, cache_dir: str | None, trust_remote_code: bool,
                 batch_size: int | None) -> tuple["Runtime", str]:
     """Load ``--qxai-judge`` once per process: its runtime and content identity."""
-    import tempfile
     from pathlib import Path
 
     import torch
 
-    from ..models.loading import load_reference, load_tokenizer, materialize
+    from ..models.loading import load_reference, load_tokenizer, materialize, scratch_dir
     from ..models.source import resolve_source
     from ..runtime import Runtime
 
     source = resolve_source(spec)
-    location, content_id = materialize(source, Path(cache_dir) if cache_dir else None,
-                                       Path(tempfile.mkdtemp(prefix="qxai-judge-")))
+    location, content_id = materialize(source, Path(cache_dir) if cache_dir else None, scratch_dir("qxai-judge-"))
     tokenizer = load_tokenizer(location, revision=source.revision, trust_remote_code=trust_remote_code)
     model = load_reference(location, device=device, dtype=getattr(torch, dtype), revision=source.revision,
                            trust_remote_code=trust_remote_code)

@@ -43,7 +43,7 @@ from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, 
                         load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
-from ..storage import stable_hash
+from ..storage import cache_type, stable_hash
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -201,6 +201,7 @@ def no_label_data(pair: "ModelPair") -> str:
                       "(--qxai-data NAME=FILE)")
 
 
+@cache_type
 @dataclass(frozen=True)
 class Predictions:
     """One model's option log-likelihoods on a list of items, with the gold option of each."""

@@ -16,8 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..errors import QxaiError
-from ..storage import atomic_write, file_hash, locked, stable_hash
+from ..errors import QxaiError, QxaiUsageError
+from ..storage import locked, memo_file_hash, stable_hash
+from .identity import (CONVERTER_DISTRIBUTIONS, VALUE_DISTRIBUTIONS, distribution_versions, folder_content_hash,
+                       manifest_problem, reject_folder, slot_name, write_manifest)
 from .source import ModelSource
 
 if TYPE_CHECKING:
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("pytest_qxai")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 def resolve_device(device: str) -> str:
@@ -99,21 +100,6 @@ def share_cpu_threads() -> int:
     return torch.get_num_threads()
 
 
-def folder_content_hash(folder: Path, cache_root: Path | None) -> str:
-    """A sha256 over the config and weight files of a model folder, memoised by size and mtime."""
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
-    )
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    memo = cache_root / "hashes" / f"{stable_hash([str(folder.resolve()), stamp])}.txt" if cache_root else None
-    if memo is not None and memo.is_file():
-        return memo.read_text().strip()
-    digest = stable_hash([(p.name, file_hash(p)) for p in files])
-    if memo is not None:
-        atomic_write(memo, digest.encode())
-    return digest
-
-
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and info logs during a load."""
@@ -129,8 +115,8 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def convert_gguf(source: ModelSource, target: Path, *, tokenizer: bool = True) -> None:
-    """Dequantize a GGUF model into an fp32 HF folder at ``target`` (written whole, then renamed).
+def convert_gguf(source: ModelSource, target: Path, cache_root: Path | None = None, *, tokenizer: bool = True) -> None:
+    """Dequantize a GGUF model into an fp32 HF folder at ``target`` (written whole, signed when cached, then renamed).
 
     ``tokenizer=False`` skips the tokenizer (a quantized release runs on its reference's; building it
     from the GGUF vocabulary costs about half the conversion).
@@ -158,6 +144,10 @@ def convert_gguf(source: ModelSource, target: Path, *, tokenizer: bool = True) -
             (staging / "qxai_source.json").write_text(
                 json.dumps({"gguf_file": source.gguf_file, "label": source.label}, sort_keys=True)
             )
+            if cache_root is not None:
+                why = write_manifest(staging, slot_name(target, cache_root), cache_root)
+                if why:
+                    raise QxaiError(f"the conversion of {source.gguf_file} cannot be cached: {why}")
             os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -173,16 +163,34 @@ def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> 
     if source.kind == "gguf":
         assert source.gguf_file is not None
         gguf_path = Path(source.location) / source.gguf_file
-        digest = _gguf_digest(gguf_path, cache_root)
+        digest = memo_file_hash(gguf_path, cache_root)
         base = (cache_root / "models") if cache_root else scratch
-        target = base / f"gguf-{digest[:16]}"
+        target = base / f"gguf-{digest[:16]}-{stable_hash(converter_versions())[:8]}"
         base.mkdir(parents=True, exist_ok=True)
-        with locked(target):
+        with locked(target, f"converting {source.gguf_file}"):
+            if cache_root is not None and target.is_dir():
+                why = manifest_problem(target, slot_name(target, cache_root), cache_root)
+                if why:
+                    reject_folder(target, why)
             if not (target / "config.json").is_file():
-                convert_gguf(source, target)
+                convert_gguf(source, target, cache_root)
         return target, f"gguf-sha256:{digest}"
     folder = Path(source.location) if source.kind == "local" else hub_snapshot(source)
     return folder, f"sha256:{folder_content_hash(folder, cache_root)}"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A private temporary folder removed when the process exits (a conversion without a cache lives there)."""
+    import atexit
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def converter_versions() -> dict[str, str]:
+    """The libraries that turn a GGUF file into the reference's weights: part of a converted model's identity."""
+    return distribution_versions(CONVERTER_DISTRIBUTIONS + VALUE_DISTRIBUTIONS[:2])
 
 
 def hub_snapshot(source: ModelSource) -> Path:
@@ -206,19 +214,6 @@ def hub_snapshot(source: ModelSource) -> Path:
     return Path(folder)
 
 
-def _gguf_digest(path: Path, cache_root: Path | None) -> str:
-    stat = path.stat()
-    memo = None
-    if cache_root is not None:
-        memo = cache_root / "hashes" / f"{stable_hash([str(path.resolve()), stat.st_size, stat.st_mtime_ns])}.txt"
-        if memo.is_file():
-            return memo.read_text().strip()
-    digest = file_hash(path)
-    if memo is not None:
-        atomic_write(memo, digest.encode())
-    return digest
-
-
 def load_tokenizer(location: Path | str, *, revision: str | None, trust_remote_code: bool) -> "PreTrainedTokenizerBase":
     """A tokenizer that pads on the left (for batched generation) and always has a pad token."""
     from transformers import AutoTokenizer
@@ -232,6 +227,9 @@ def load_tokenizer(location: Path | str, *, revision: str | None, trust_remote_c
         raise QxaiError(f"cannot load the tokenizer of {location}: {_first_line(exc)}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise QxaiUsageError(f"the tokenizer of {location} has neither a pad token nor an eos token; batched "
+                                 "generation needs one: set pad_token in its tokenizer_config.json")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

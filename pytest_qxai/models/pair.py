@@ -8,11 +8,9 @@ keyed by the model's content hash, the spec, the calibration data and the librar
 
 from __future__ import annotations
 
-import atexit
 import importlib.metadata
+import logging
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from ..backends.base import QuantBackend, QuantContext, get_backend, require_lib
 from ..errors import QxaiError, QxaiUsageError
 from ..options import QxaiConfig
 from ..storage import DiskCache, stable_hash
+from .identity import code_hash, value_versions
 from .residency import Residency, estimated_quantized_bytes, models_fit
 from .source import ModelSource, check_gguf_architecture, resolve_source
 
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 T = TypeVar("T")
+log = logging.getLogger("pytest_qxai")
 CORE_DISTRIBUTIONS = ("torch", "transformers", "accelerate", "pytest-qxai")
 
 
@@ -81,18 +81,20 @@ class ModelPair:
         return self.reference, self.quantized
 
     def cached(self, side: ModelSide, namespace: str, params: Any, compute: Callable[[], T]) -> T:
-        """Compute a side's result once: keyed by the side's identity, the method parameters and versions.
+        """Compute a side's result once: keyed by the side's identity, the method parameters, the code of the
+        method's module (and what it imports from this package) and the value-changing library versions.
 
         The side's model is put on the GPU before ``compute`` runs (when the models take turns there), since a
         method may use its modules directly.
         """
-        key = {"model": side.identity, "params": params, "versions": self.metadata.get("versions", {})}
+        key = {"model": side.identity, "params": params, "code": code_hash(compute.__module__),
+               "versions": value_versions()}
 
         def resident_compute() -> T:
             side.runtime.make_resident()
             return compute()
 
-        return self.cache.memo(namespace, key, resident_compute)
+        return self.cache.memo(namespace, key, resident_compute, label=f"{side.role} {side.identity}")
 
 
 def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
@@ -113,6 +115,12 @@ def validate(cfg: QxaiConfig) -> ModelSource:
     source = resolve_source(cfg.model, cfg.revision)
     if source.kind == "gguf" and not source.embedded:
         check_gguf_architecture(source)
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise QxaiUsageError(f"--qxai-device {cfg.device}: no CUDA GPU is visible on this machine "
+                                 "(use --qxai-device cpu or auto)")
     scheme = cfg.quant.scheme
     if cfg.quantized is None:
         require_library(scheme)
@@ -167,8 +175,8 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     import torch
 
     from ..runtime import Runtime
-    from .loading import (apply_determinism, load_reference, load_tokenizer, materialize, resolve_device, resolve_dtype,
-                          share_cpu_threads)
+    from .loading import (apply_determinism, converter_versions, load_reference, load_tokenizer, materialize,
+                          resolve_device, resolve_dtype, scratch_dir, share_cpu_threads)
 
     started = time.perf_counter()
     source = validate(cfg)
@@ -177,10 +185,14 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     apply_determinism(cfg.seed)
     threads = share_cpu_threads()
     cache_root = cfg.cache_dir
-    scratch = Path(tempfile.mkdtemp(prefix="qxai-"))
-    atexit.register(shutil.rmtree, scratch, True)  # a no-cache GGUF conversion lives here
-    location, content_id = materialize(source, cache_root, scratch)
+    if cache_root is not None:
+        from ..cache_admin import clean_staging
+
+        for path in clean_staging(cache_root):
+            log.info("removed %s, left by an interrupted run", path)
+    location, content_id = materialize(source, cache_root, scratch_dir("qxai-"))
     tokenizer = load_tokenizer(location, revision=None, trust_remote_code=cfg.trust_remote_code)
+    check_memory(location, dtype, device)
     reference = load_reference(
         location, device=device, dtype=dtype, revision=None, trust_remote_code=cfg.trust_remote_code
     )
@@ -213,11 +225,13 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         trust_remote_code=cfg.trust_remote_code,
         cache_dir=None,
     )
-    kind = device.split(":")[0]  # workers on GPUs 0 and 1 share cache entries: the same kind of device
     quant_started = time.perf_counter()
+    # A result can differ by device kind, dtype and the CPU's kernels (bitsandbytes' 8-bit matmuls do), never by
+    # which GPU of a kind: workers on GPUs 0 and 1 share entries. Backend versions key the quantized side only.
+    machine = [device.split(":")[0], str(dtype), torch.backends.cpu.get_cpu_capability()]
     if cfg.quantized is not None:
-        quant_id = stable_hash(["checkpoint", str(Path(cfg.quantized).resolve()), _checkpoint_stamp(cfg.quantized),
-                                versions, kind, str(dtype)])
+        quant_id = stable_hash(["checkpoint", checkpoint_identity(cfg.quantized, cfg.revision, cache_root),
+                                value_versions(), backend.versions(), machine])
         if cache_root is not None:
             ctx.cache_dir = cache_root / "quantized" / f"checkpoint-{quant_id}"  # a GGUF release's HF conversion
         if backend.name == "gguf" and source.kind == "hub":
@@ -235,12 +249,13 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
             ctx.calibration = load_calibration(int(cfg.quant.get("calibration")), int(cfg.quant.get("seed")))
             calib_id = stable_hash(ctx.calibration)
-        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, versions, kind, str(dtype)])
+        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, value_versions(),
+                                backend.versions(), machine])
         if cache_root is not None:
             ctx.cache_dir = cache_root / "quantized" / f"{cfg.quant.slug}-{quant_id}"
         quantized = backend.quantize(cfg.quant, ctx)
     quant_seconds = time.perf_counter() - quant_started
-    ref_id = stable_hash([content_id, kind, str(dtype)])
+    ref_id = stable_hash([content_id, converter_versions() if source.kind == "gguf" else {}, machine])
     residency.add(reference, movable=True)
     residency.add(quantized, movable=backend.can_move(quantized))
     reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference", device=device,
@@ -248,6 +263,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     # The quantized side follows the reference's cache choice (a packed model under-counts its parameters).
     quantized_runtime = Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized", device=device,
                                 static_cache=reference_runtime.static_cache, residency=residency)
+    cache = DiskCache(cache_root)
     pair = ModelPair(
         reference=ModelSide("reference", reference, reference_runtime, ref_id),
         quantized=ModelSide("quantized", quantized, quantized_runtime, ref_id if scheme_name == "none" else quant_id),
@@ -255,7 +271,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         config=cfg,
         source=source,
         backend=backend,
-        cache=DiskCache(cache_root),
+        cache=cache,
         metadata={
             "model": source.label,
             "model_id": source.slug,
@@ -279,6 +295,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "quantize_seconds": round(quant_seconds, 2),
             "backend_notes": ctx.notes,
             "sanity": sanity,
+            "cache": cache.activity,
         },
     )
     return pair
@@ -307,6 +324,34 @@ def sanity_figures(cfg: QxaiConfig, runtime: "Runtime", source: ModelSource, con
     return figures
 
 
+def check_memory(location: Path, dtype: "torch.dtype", device: str) -> None:
+    """On CPU, refuse in one line a reference whose weights alone exceed the memory available now (before loading).
+
+    The size is read from the safetensors headers (parameter count times the dtype's bytes); accelerate's psutil
+    says what is available.
+    """
+    if device != "cpu":
+        return
+    import math
+
+    import psutil
+    import torch
+    from safetensors import safe_open
+
+    from ..cache_admin import human
+
+    count = 0
+    for file in Path(location).glob("*.safetensors"):
+        with safe_open(file, framework="pt") as handle:
+            count += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    need = count * torch.finfo(dtype).bits // 8
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise QxaiUsageError(f"the model needs {human(need)} of memory for its {count:,} parameters in "
+                             f"{str(dtype).replace('torch.', '')}, and {human(available)} is available: use a "
+                             "machine with more memory or a GPU")
+
+
 def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference: "PreTrainedModel") -> Residency:
     """Whether the models take turns on the GPU: ``--qxai-offload``, or automatically when both would not fit."""
     if not device.startswith("cuda"):
@@ -320,13 +365,18 @@ def plan_residency(cfg: QxaiConfig, device: str, dtype: "torch.dtype", reference
     return Residency(device, turns=cfg.offload or not models_fit(reference_bytes, quantized_bytes, gpu_bytes))
 
 
-def _checkpoint_stamp(location: str) -> Any:
-    """Names, sizes and modification times of a checkpoint's files (of the file itself for a GGUF release)."""
+def checkpoint_identity(location: str, revision: str | None, cache_root: Path | None) -> str:
+    """A ``--qxai-quantized`` checkpoint's identity: the content hash of a local folder or GGUF file, else the hub
+    id and revision (never paths, sizes or mtimes)."""
+    from ..storage import memo_file_hash
+    from .identity import folder_content_hash
+
     path = Path(location)
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
-    if not files:
-        return location
-    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    if path.is_dir():
+        return f"sha256:{folder_content_hash(path, cache_root)}"
+    if path.is_file():
+        return f"sha256:{memo_file_hash(path, cache_root)}"
+    return f"{location}@{revision or 'main'}"
 
 
 def pair_error(exc: BaseException) -> str:

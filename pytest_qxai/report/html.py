@@ -50,7 +50,7 @@ def render_html(report: dict[str, Any]) -> str:
     verdict = summary["verdict"]
     method = summary.get("multiple_testing")
     parts = [
-        f"<h1 style='color:{_COLORS.get(verdict, '#212121')}'>pytest-qxai: {_e(verdict.upper())}</h1>",
+        f"<h1 style='color:{_COLORS.get(verdict, '#212121')}'>pytest-qxai: {_e(str(verdict).upper())}</h1>",
         f"<p>Model <code>{_e(report['model'])}</code>, quantization <code>{_e(report['quant'])}</code>, "
         f"baseline <code>{_e(report['baseline_name'])}</code>: {_e(counts)}"
         + (f"; multiple testing: {_e(method)}" if method else "") + ".</p>",
@@ -80,7 +80,8 @@ def _table(results: list[CheckResult]) -> str:
     rows = []
     for r in results:
         row = cells(r)
-        tds = [f"<td class='verdict' style='color:{_COLORS[r.verdict]}'>{_e(row['verdict'])}</td>"]
+        color = _COLORS.get(r.verdict, "#212121")
+        tds = [f"<td class='verdict' style='color:{color}'>{_e(row['verdict'])}</td>"]
         tds += [f"<td class='num'>{_e(row[c])}</td>" if c in NUMERIC else
                 f"<td><code>{_e(row[c])}</code></td>" if c == "band" else f"<td>{_e(row[c])}</td>"
                 for c in COLUMNS[1:]]
@@ -208,4 +209,5 @@ def _png(fig: Figure) -> str:
 
 
 def _e(text: object) -> str:
+    """Any value as HTML text: every field of a report may come from a file someone else wrote."""
     return html.escape(str(text))

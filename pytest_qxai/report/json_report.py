@@ -39,9 +39,14 @@ def results_of(report: dict[str, Any]) -> list[CheckResult]:
     return [CheckResult.from_dict(c) for c in report.get("checks", [])]
 
 
+def json_text(report: dict[str, Any]) -> str:
+    """A report as indented JSON with sorted keys."""
+    return json.dumps(report, sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write a report atomically as indented JSON with sorted keys."""
-    atomic_write(path, (json.dumps(report, sort_keys=True, indent=2, allow_nan=False) + "\n").encode())
+    """Write a report atomically as :func:`json_text`."""
+    atomic_write(path, json_text(report).encode())
 
 
 def load_json(path: Path) -> dict[str, Any]:

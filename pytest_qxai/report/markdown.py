@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .blame import blame_markdown
@@ -20,10 +21,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in summary["counts"].items())
     method = summary.get("multiple_testing")
     lines = [
-        f"### {_ICONS.get(verdict, '')} pytest-qxai: {verdict.upper()}",
+        f"### {_ICONS.get(verdict, '')} pytest-qxai: {_cell(str(verdict).upper())}",
         "",
-        f"Model `{report['model']}`, quantization `{report['quant']}`, baseline `{report['baseline_name']}`: "
-        f"{counts}" + (f"; multiple testing: {_cell(method)}" if method else "") + ".",
+        f"Model {_cell(report['model'])}, quantization {_cell(report['quant'])}, baseline "
+        f"{_cell(report['baseline_name'])}: {_cell(counts)}"
+        + (f"; multiple testing: {_cell(method)}" if method else "") + ".",
         "",
     ]
     if summary.get("errors"):
@@ -34,13 +36,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(_COLUMNS) + " |", "|---|---|---|--:|--:|---|--:|--:|--:|--:|---|--:|--:|"]
         for r in results:
             row = cells(r)
-            values = [f"**{row['verdict']}**" if r.verdict != "pass" else "pass", f"`{r.key}`", row["kind"],
-                      row["reference"], row["quantized"], row["delta [CI]"], row["baseline"], row["p"],
-                      row["p adj"], row["n"], f"`{r.tolerance}`" if r.tolerance else "-", row["mdd"],
-                      row["n needed"]]
-            lines.append("| " + " | ".join(_cell(c) for c in values) + " |")
+            values = [row["verdict"], r.key, row["kind"], row["reference"], row["quantized"], row["delta [CI]"],
+                      row["baseline"], row["p"], row["p adj"], row["n"], r.tolerance or "-", row["mdd"], row["n needed"]]
+            escaped = [_cell(c) for c in values]
+            escaped[0] = f"**{escaped[0]}**" if r.verdict != "pass" else escaped[0]
+            lines.append("| " + " | ".join(escaped) + " |")
         lines += ["", f"_{POWER_NOTE}._"]
-        reasons = [f"- **{verdict_label(r.verdict)}** `{r.key}` ({KIND_LABELS[r.kind]}): {_cell(r.reason)}"
+        reasons = [f"- **{_cell(verdict_label(r.verdict))}** {_cell(r.key)} "
+                   f"({_cell(KIND_LABELS.get(r.kind, r.kind))}): {_cell(r.reason)}"
                    for r in results if r.verdict != "pass"]
         if reasons:
             lines += ["", "<details open><summary>Why</summary>", "", *reasons, "", "</details>"]
@@ -50,5 +53,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+_MARKUP = re.compile(r"([\\`*_\[\]|~<>&])")
+"""What can start markup inside a line (every escaped field sits inside one): emphasis, code, links, HTML,
+table cells, strikethrough."""
+
+
+def _cell(text: object) -> str:
+    """Any value as literal Markdown text on one line: Markdown and HTML characters are backslash-escaped."""
+    return _MARKUP.sub(r"\\\1", " ".join(str(text).split()))
