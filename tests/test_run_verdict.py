@@ -127,8 +127,8 @@ def test_an_errored_suite_keeps_its_stored_baseline(gate: pytest.Pytester) -> No
     gate.makepyfile(test_knowledge=ERRORED)
     result = run_gate(gate, *LEAN, "--qxai-update-baselines", "--qxai-prune-baselines")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["qxai: the run stopped early or a suite did not run to the end, so nothing was "
-                                 "pruned from the baseline"])
+    result.stdout.fnmatch_lines(["qxai: the run had errors (suite knowledge did not run to the end: *), so nothing "
+                                 "was pruned from the baseline"])
     assert set(json.loads(next(iter(baseline_files(gate.path / "baselines").values())))["checks"]) == {
         "knowledge.accuracy", "demo.noisy"}
 

@@ -211,11 +211,22 @@ def test_baseline_names_are_accepted_only_when_safe(name: str) -> None:
     assert not name.startswith(("-", ".", "+"))
 
 
+def param_values(param: Any) -> st.SearchStrategy[Any]:
+    """Values of one scheme parameter's type: numbers, choices, or ``keep=`` unit lists."""
+    if param.type is bool:
+        return st.booleans()
+    if param.type is int:
+        return st.integers(-(10**6), 10**6)
+    if param.type is float:
+        return st.floats(-1e6, 1e6, allow_nan=False)
+    if param.choices:
+        return st.sampled_from(param.choices)
+    return st.sampled_from(["0", "3-5", "attn.1", "mlp.0-2", "2,mlp.4"])
+
+
 spec_values = st.sampled_from(sorted(SCHEMES)).flatmap(
     lambda name: st.fixed_dictionaries({}, optional={
-        key: (st.booleans() if p.type is bool else st.integers(-(10**6), 10**6) if p.type is int
-              else st.floats(-1e6, 1e6, allow_nan=False))
-        for key, p in SCHEMES[name].params.items()
+        key: param_values(p) for key, p in SCHEMES[name].params.items()
     }).map(lambda params: (name, params)))
 
 
