@@ -25,3 +25,7 @@ class DatasetError(QxaiError):
 
 class ArchitectureError(QxaiError):
     """The probes cannot find the modules they need in this model architecture."""
+
+
+class ModelMismatchError(QxaiUsageError):
+    """Input that contradicts the loaded model (``keep=`` naming a layer it lacks): exit code 4 once it is known."""

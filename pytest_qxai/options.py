@@ -43,6 +43,19 @@ class OptionDef:
         return self.dest
 
 
+BLAME_OPTIONS = (
+    OptionDef(("--qxai-blame",), "qxai_blame",
+              "Blame failing checks on decoder layers and propose a keep= spec; name checks as SUITE.METRIC,... "
+              "to blame those only (off by default)", kwargs={"nargs": "?", "const": "failing", "metavar": "CHECKS"}),
+    OptionDef(("--qxai-blame-verify",), "qxai_blame_verify",
+              "With --qxai-blame: quantize the proposed spec and gate the blamed metric's suite on it", False,
+              ini_type="bool", kwargs={"action": "store_true"}),
+    OptionDef(("--qxai-blame-target",), "qxai_blame_target",
+              "Share of a regression the proposed keep= set must recover (default: 0.5)", "0.5",
+              kwargs={"metavar": "SHARE"}),
+)
+"""Layer blame (docs/blame.md)."""
+
 OPTIONS: tuple[OptionDef, ...] = (
     OptionDef(("--qxai-model",), "qxai_model",
               "Model under test: a hub id, a local HF folder, or a GGUF file/folder "
@@ -113,6 +126,7 @@ OPTIONS: tuple[OptionDef, ...] = (
               kwargs={"metavar": "PATH"}),
     OptionDef(("--qxai-report-html",), "qxai_report_html", "Write a self-contained HTML report with plots",
               kwargs={"metavar": "PATH"}),
+    *BLAME_OPTIONS,
 )
 
 
@@ -208,6 +222,10 @@ class QxaiConfig:
     """``--qxai-strict``: an inconclusive check fails its test and the run."""
     multiple_testing: str = "holm"
     """How fail decisions are adjusted over the run: ``holm``, ``bh`` or ``none`` (docs/gate.md)."""
+    blame: tuple[str, ...] | None = None
+    """None: off; empty: every failing check; else the ``SUITE.METRIC`` keys to blame."""
+    blame_verify: bool = False
+    blame_target: float = 0.5
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> "QxaiConfig":
@@ -301,6 +319,7 @@ class QxaiConfig:
             rootdir=root,
             strict=_as_bool(get["qxai_strict"]),
             multiple_testing=multiple_testing,
+            **parse_blame(get["qxai_blame"], get["qxai_blame_verify"], get["qxai_blame_target"]),
         )
 
 
@@ -309,6 +328,34 @@ def _file_slug(location: str) -> str:
     path = Path(location.rstrip("/\\"))
     name = path.stem if path.suffix.lower() == ".gguf" else path.name
     return re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._+-]+", "_", name)).strip("._+-")[:100] or "checkpoint"
+
+
+_CHECK_KEY = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+
+
+def parse_blame(value: Any, verify: Any, target: Any) -> dict[str, Any]:
+    """``--qxai-blame[=CHECKS]``, ``--qxai-blame-verify`` and ``--qxai-blame-target`` as config fields."""
+    text = "" if value in (None, False) else str(value).strip()
+    blame: tuple[str, ...] | None
+    if text.lower() in ("", "0", "false", "no", "off"):
+        blame = None
+    elif text.lower() in ("failing", "1", "true", "yes", "on"):
+        blame = ()
+    else:
+        blame = tuple(dict.fromkeys(k.strip() for k in text.split(",")))
+        bad = [k for k in blame if not _CHECK_KEY.match(k)]
+        if bad:
+            raise QxaiUsageError(f"--qxai-blame {bad[0]!r}: name checks as SUITE.METRIC[,SUITE.METRIC], "
+                                 "e.g. knowledge.recall_accuracy")
+    if _as_bool(verify) and blame is None:
+        raise QxaiUsageError("--qxai-blame-verify needs --qxai-blame")
+    try:
+        share = float(target)
+    except (TypeError, ValueError):
+        share = float("nan")
+    if not 0 < share <= 1:
+        raise QxaiUsageError(f"--qxai-blame-target {target!r}: give a share in (0, 1], e.g. 0.5")
+    return {"blame": blame, "blame_verify": _as_bool(verify), "blame_target": share}
 
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import QxaiError, QxaiUsageError
+from .errors import ModelMismatchError, QxaiError, QxaiUsageError
 from .options import QxaiConfig, add_options, explicitly_requested
 from .session import QxaiSession, suite_of
 
@@ -283,6 +283,8 @@ def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
     session = pytestconfig.stash[SESSION_KEY]
     try:
         pair = get_pair(session.config)
+    except ModelMismatchError as exc:
+        pytest.exit(f"qxai: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     except (QxaiError, QxaiUsageError, OSError, RuntimeError, ValueError, MemoryError) as exc:
         pytest.fail(f"qxai: {pair_error(exc)}", pytrace=False)
     session.metadata.update(pair.metadata)

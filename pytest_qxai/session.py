@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Sequence
 
 import numpy as np
 import pytest
@@ -33,6 +33,9 @@ from .metrics import Metric, SuiteResult, as_array, get_metric
 from .options import QxaiConfig
 from .report import build_report, write_reports
 from .report.text import KIND_LABELS, delta_cell, number, p_cell, table_lines, verdict_label, verdict_lines
+
+if TYPE_CHECKING:
+    from .blame.run import Blame
 
 Profiles = Mapping[str, Mapping[str, Sequence[float | None]]]
 Values = Sequence[float] | np.ndarray
@@ -59,6 +62,7 @@ class QxaiSession:
     n_resamples: int = DEFAULT_RESAMPLES
     messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    blames: list["Blame"] = field(default_factory=list)
     requested: bool = False
     """The user chose a model, spec or device: this run is a gate run even before a gate test reports."""
     used: bool = False
@@ -148,15 +152,21 @@ class QxaiSession:
         """Gate one metric of a suite's per-item results (or record why the suite skipped it).
 
         Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check, and so do the
-        suite's counts of degenerate units per side for this metric (``notes["lost"]``).
+        suite's counts of degenerate units per side for this metric (``notes["lost"]``, and added to the
+        check's ``lost``: a degenerate unit scored at its worst value is still a unit the model lost).
         """
         if metric.name in result.skipped:
             return [self.skip(metric, result.skipped[metric.name], nodeid)]
         reference, quantized = result.values(metric.name)
         profiles = {k: v for k, v in result.profiles.items() if k == metric.name or k.startswith(metric.name + "/")}
-        notes = {**result.notes, "lost": result.lost.get(metric.name, {"reference": 0, "quantized": 0})}
-        return self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
-                          profiles=profiles, notes=notes, nodeid=nodeid)
+        degenerate = result.lost.get(metric.name, {})
+        notes = {**result.notes, "lost": {"reference": 0, "quantized": 0} | degenerate}
+        checks = self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
+                            profiles=profiles, notes=notes, nodeid=nodeid)
+        for check in (c for c in checks if c.kind == "vs_reference"):  # units lost (NaN) + units scored degenerate
+            check.lost = {side: check.lost.get(side, 0) + degenerate.get(side, 0)
+                          for side in ("reference", "quantized")}
+        return checks
 
     def skip(self, metric: Metric | str, reason: str, nodeid: str = "") -> CheckResult:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
@@ -166,6 +176,48 @@ class QxaiSession:
                              scale=metric.kind, unit=metric.unit, nodeid=nodeid)
         self.results.append(result)
         return result
+
+    def blame(self, results: Sequence[CheckResult]) -> None:
+        """With ``--qxai-blame``: blame the failing (or named) vs-reference checks among ``results``."""
+        targets = self.config.blame
+        if targets is None:
+            return
+        from .blame.run import blame_check, skipped, why_not
+
+        chosen = [r for r in results if r.kind == "vs_reference" and (r.key in targets if targets else r.failed)]
+        for r in chosen:
+            reason = (why_not(self.config.quant, self.config.quantized, r) if r.failed
+                      else f"{r.key} did not fail (verdict {r.verdict}): nothing to blame")
+            if reason is not None:
+                self.blames.append(skipped(r.key, reason, self.config.blame_target, r.nodeid))
+                continue
+            from .models.pair import get_pair
+
+            try:
+                self.blames.append(blame_check(get_pair(self.config), r, self.tolerance(resolve_metric(r.key)),
+                                               target=self.config.blame_target, verify=self.config.blame_verify,
+                                               n_resamples=self.n_resamples))
+            except (QxaiError, RuntimeError, ValueError) as exc:  # a library failing on one restoration
+                line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                self.blames.append(skipped(r.key, f"blame stopped: {line}", self.config.blame_target, r.nodeid))
+
+    def blame_lines(self) -> list[str]:
+        """The blame section of the terminal summary (empty without ``--qxai-blame``)."""
+        if self.config.blame is None:
+            return []
+        from .report.blame import blame_lines
+
+        return blame_lines([b.to_dict() for b in self.blames])
+
+    def _blame_unmatched(self) -> None:
+        """A skipped blame for each ``--qxai-blame`` name that matched no check of this run."""
+        from .blame.run import skipped
+
+        ran = {r.key for r in self.results}
+        for key in self.config.blame or ():
+            if key not in ran and all(b.check != key for b in self.blames):
+                self.blames.append(skipped(key, f"--qxai-blame {key} names no check that ran",
+                                           self.config.blame_target))
 
     def _vs_baseline(self, current: CheckResult, tolerance: Tolerance) -> list[CheckResult]:
         """The baseline comparisons for a vs_reference result, under the policy in the module docstring."""
@@ -265,7 +317,8 @@ class QxaiSession:
     def to_workeroutput(self) -> dict[str, Any]:
         """This worker's results and metadata for the xdist controller (JSON types only)."""
         return {"results": [r.to_dict() for r in self.results], "metadata": jsonable(self.metadata),
-                "errors": list(self.errors), "worker": os.environ.get("PYTEST_XDIST_WORKER")}
+                "errors": list(self.errors), "worker": os.environ.get("PYTEST_XDIST_WORKER"),
+                "blames": [b.to_dict() for b in self.blames]}
 
     def merge_workeroutput(self, data: Mapping[str, Any]) -> None:
         """Add a worker's :meth:`to_workeroutput` on the controller; metadata the controller lacks is taken.
@@ -274,6 +327,10 @@ class QxaiSession:
         ``metadata["workers"]``, so a report of ``-n 2`` on two GPUs names both.
         """
         self.results.extend(CheckResult.from_dict(r) for r in data.get("results", []))
+        if data.get("blames"):
+            from .blame.run import Blame
+
+            self.blames.extend(Blame.from_dict(b) for b in data["blames"])
         metadata = data.get("metadata", {})
         for key, value in metadata.items():
             self.metadata.setdefault(key, value)
@@ -298,6 +355,9 @@ class QxaiSession:
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
                               notes=self.notes(), errors=self.errors,
                               multiple_testing=self.config.multiple_testing)
+        if self.config.blame is not None:
+            self._blame_unmatched()
+            report["blame"] = [b.to_dict() for b in self.blames]
         try:
             written = write_reports(report, json_path=self.config.report_json, md_path=self.config.report_md,
                                     html_path=self.config.report_html)
@@ -354,7 +414,7 @@ class QxaiSession:
         summary = self.summary()
         lines = [f"model {self.model_id}, quant {self.config.quant}, baseline "
                  f"{display_path(self.store.path)}"]
-        lines += table_lines(self.results) + self.notes() + self.messages + verdict_lines(summary)
+        lines += table_lines(self.results) + self.notes() + self.messages + self.blame_lines() + verdict_lines(summary)
         if summary["verdict"] == "inconclusive":
             lines[-1] += ("; --qxai-strict: exit 1" if self.config.strict else
                           "; exit 0 (--qxai-strict would make it 1)")
@@ -421,6 +481,7 @@ class CheckFixture:
     def _conclude(self, results: list[CheckResult]) -> None:
         """The test's outcome from its checks: FAILED on a fail (or, under ``--qxai-strict``, an inconclusive one),
         SKIPPED with the reasons when no check against the reference was decided, else PASSED."""
+        self.session.blame(results)
         for r in results:
             prefix = f"qxai.{r.key}.{r.kind}"
             self.node.user_properties += [

@@ -8,8 +8,8 @@ import it needs, whether it runs on CPU, and which parameters it accepts with th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Union
+from dataclasses import dataclass, field, replace
+from typing import Callable, Union
 
 from .errors import QxaiUsageError
 
@@ -24,6 +24,9 @@ class Param:
     default: ParamValue
     help: str
     choices: tuple[str, ...] = ()
+    canonical: Callable[[str], str] | None = None
+    """For list-valued text parameters: validates a value and returns its canonical text. Such a value may
+    contain commas (``keep=17-19,mlp.20``); when unset it is left out of :attr:`QuantSpec.resolved`."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ class QuantSpec:
     @property
     def resolved(self) -> dict[str, ParamValue]:
         """Every parameter of the scheme with its effective value, sorted by key."""
-        return {k: self.get(k) for k in sorted(self.scheme.params)}
+        given = dict(self.params)
+        return {k: self.get(k) for k in sorted(self.scheme.params)
+                if k in given or self.scheme.params[k].canonical is None}
 
     def __str__(self) -> str:
         """The canonical text form, which parses back to an equal spec."""
@@ -151,6 +156,11 @@ def _format(value: ParamValue) -> str:
 
 def _convert(scheme: Scheme, key: str, raw: str) -> ParamValue:
     param = scheme.params[key]
+    if param.canonical is not None:
+        try:
+            return param.canonical(raw)
+        except ValueError as exc:
+            raise QxaiUsageError(f"--quant {scheme.name}: {key}={raw}: {exc}") from None
     try:
         if param.type is bool:
             low = raw.lower()
@@ -188,7 +198,7 @@ def parse_spec(text: str) -> QuantSpec:
     params: dict[str, ParamValue] = {}
     if sep and not body.strip():
         raise QxaiUsageError(f"--quant {name}: nothing after ':'; write {name}:key=value[,key=value]")
-    for part in body.split(",") if body.strip() else []:
+    for part in _parameter_parts(scheme, body):
         key, eq, raw = part.partition("=")
         key, raw = key.strip(), raw.strip()
         if not eq or not key or not raw:
@@ -202,6 +212,92 @@ def parse_spec(text: str) -> QuantSpec:
     return QuantSpec(scheme, tuple(sorted(params.items())))
 
 
+def _parameter_parts(scheme: Scheme, body: str) -> list[str]:
+    """``key=value`` texts of a spec body; a part without ``=`` continues a list-valued parameter before it."""
+    parts: list[str] = []
+    for part in body.split(",") if body.strip() else []:
+        previous = parts[-1].partition("=")[0].strip() if parts else ""
+        param = scheme.params.get(previous)
+        if "=" not in part and part.strip() and param is not None and param.canonical is not None:
+            parts[-1] += "," + part
+        else:
+            parts.append(part)
+    return parts
+
+
 def describe_schemes() -> str:
     """A one-line list of the schemes for help texts."""
     return ", ".join(SCHEMES)
+
+
+# --- keep=: sublayers left in full precision -------------------------------------------------------------
+
+COMPONENTS = ("attn", "mlp")
+"""The quantized sublayers of a decoder layer that ``keep=`` names: attention and MLP."""
+KeepUnits = frozenset[tuple[int, str]]
+_KEEP_ITEM = re.compile(r"^(?:(attn|mlp)\.)?(\d{1,4})(?:-(\d{1,4}))?$")
+
+
+def parse_keep(text: str) -> KeepUnits:
+    """``17-19,mlp.20,attn.3`` → ``{(17, 'attn'), (17, 'mlp'), …, (20, 'mlp'), (3, 'attn')}``; ValueError if malformed.
+
+    A bare layer (or range) keeps both sublayers; ``attn.N`` / ``mlp.N`` keep one. Layers are 0-based.
+    """
+    units: set[tuple[int, str]] = set()
+    for item in text.split(","):
+        found = _KEEP_ITEM.match(item.strip().lower())
+        if found is None:
+            raise ValueError(f"'{item.strip()}' is not LAYER, FIRST-LAST, attn.LAYER or mlp.FIRST-LAST (0-based)")
+        component, first, last = found[1], int(found[2]), int(found[3] if found[3] is not None else found[2])
+        if last < first:
+            raise ValueError(f"'{item.strip()}' is an empty range; write FIRST-LAST with FIRST <= LAST")
+        units |= {(layer, c) for layer in range(first, last + 1) for c in ([component] if component else COMPONENTS)}
+    return frozenset(units)
+
+
+def _ranges(layers: list[int]) -> list[str]:
+    """``[3, 4, 5, 9]`` → ``['3-5', '9']``."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and runs[-1][1] == layer - 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+
+
+def format_keep(units: KeepUnits) -> str:
+    """The canonical text of a keep set: whole layers first, then ``attn.`` and ``mlp.`` ranges, ascending."""
+    layers = {layer for layer, _ in units}
+    whole = [layer for layer in layers if all((layer, c) in units for c in COMPONENTS)]
+    parts = _ranges(whole)
+    for component in COMPONENTS:
+        parts += [f"{component}.{r}" for r in _ranges([la for la, c in units if c == component and la not in whole])]
+    return ",".join(parts)
+
+
+def canonical_keep(text: str) -> str:
+    """Validate a ``keep=`` value and return its canonical text (parses back to the same set)."""
+    return format_keep(parse_keep(text))
+
+
+def keep_units(spec: QuantSpec) -> KeepUnits:
+    """The sublayers ``spec`` keeps in full precision (empty for schemes without ``keep``)."""
+    if "keep" not in spec.scheme.params:
+        return frozenset()
+    return parse_keep(str(spec.get("keep"))) if spec.get("keep") else frozenset()
+
+
+KEEP_BACKENDS = ("bnb", "hqq", "quanto", "torchao")
+"""Backends whose library can leave named modules unquantized (see docs/blame.md for each mechanism)."""
+KEEP = Param(str, "", "decoder sublayers left in full precision: LAYER, FIRST-LAST, attn.LAYER, mlp.FIRST-LAST",
+             canonical=canonical_keep)
+SCHEMES.update({name: replace(s, params={**s.params, "keep": KEEP})
+                for name, s in SCHEMES.items() if s.backend in KEEP_BACKENDS})
+
+
+def with_keep(spec: QuantSpec, units: KeepUnits) -> QuantSpec:
+    """``spec`` keeping ``units`` in full precision as well (on top of any ``keep=`` it has)."""
+    params = dict(spec.params)
+    params["keep"] = format_keep(units | keep_units(spec))
+    return QuantSpec(spec.scheme, tuple(sorted(params.items())))

@@ -77,7 +77,7 @@ SPEC_CASES = [
     ("bnb4:double_quant=maybe", "--quant bnb4: parameter 'double_quant' expects bool, got 'maybe'"),
     ("gptq4:bits=3", "--quant gptq4: unknown parameter 'bits'; valid parameters: group_size, calibration, seed, "
                      "desc_act, damp"),
-    ("quanto-int4:group_size=64", "--quant quanto-int4: unknown parameter 'group_size'; valid parameters: none"),
+    ("quanto-int4:group_size=64", "--quant quanto-int4: unknown parameter 'group_size'; valid parameters: keep"),
     ("gptq4:seed=1,seed=2", "--quant gptq4: parameter 'seed' given twice"),
 ]
 

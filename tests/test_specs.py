@@ -42,7 +42,7 @@ def test_scheme_names_are_case_and_space_tolerant() -> None:
         ("gptq4:bits=3", "unknown parameter 'bits'; valid parameters: group_size, calibration"),
         ("bnb8:threshold=nan", "parameter 'threshold' expects float"),
         ("gptq4:seed=1,seed=2", "parameter 'seed' given twice"),
-        ("quanto-int4:group_size=64", "unknown parameter 'group_size'; valid parameters: none"),
+        ("quanto-int4:group_size=64", "unknown parameter 'group_size'; valid parameters: keep"),
         ("bnb4:double_quant=maybe", "parameter 'double_quant' expects bool"),
     ],
 )

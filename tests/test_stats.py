@@ -169,3 +169,13 @@ def test_bootstrap_is_symmetric_under_negation(diff: list[float]) -> None:
     backward = bootstrap_t(-np.array(diff), n_resamples=FAST, seed=3, span=(-2e3, 2e3))
     assert isinstance(backward, BootstrapT) and backward.estimate == pytest.approx(-forward.estimate)
     assert backward.interval(0.05) == pytest.approx(tuple(-x for x in reversed(forward.interval(0.05))))
+
+
+def test_identical_differences_report_the_items_their_bound_needs() -> None:
+    """No spread: mdd and n_needed follow the binomial bound, not a normal approximation with sd 0."""
+    few = bootstrap_t(np.zeros(24), span=(-2.0, 2.0))
+    needed = items_needed(few, 0.03, 0.05)
+    assert detectable(few, 0.03, 0.05) == pytest.approx(0.03 + few.interval(0.05)[1])
+    assert needed is not None and bootstrap_t(np.zeros(needed), span=(-2.0, 2.0)).interval(0.05)[1] < 0.03
+    assert bootstrap_t(np.zeros(needed - 1), span=(-2.0, 2.0)).interval(0.05)[1] >= 0.03
+    assert items_needed(bootstrap_t(np.zeros(24)), 0.03, 0.05) is None  # no span, no number of items decides

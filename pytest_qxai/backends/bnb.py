@@ -3,8 +3,8 @@
 Quantization happens while transformers loads the weights (``BitsAndBytesConfig``) and needs no
 calibration, so the on-disk cache is not used: re-quantizing costs about what loading a saved copy
 would. Runs on CPU (``device_map='cpu'``) and CUDA. ``lm_head`` stays full precision
-(transformers' default for bitsandbytes). On CPU the 4-bit layers keep the standard weight layout
-(see :func:`_keep_standard_4bit_layout`). LLM.int8() casts activations to float16 and quantizes them
+(transformers' default for bitsandbytes); ``keep=`` extends ``llm_int8_skip_modules``. On CPU the 4-bit
+layers keep the standard weight layout (see :func:`_keep_standard_4bit_layout`). LLM.int8() casts activations to float16 and quantizes them
 row-wise to int8 inside every matmul (outlier columns above ``threshold`` stay in float16), so its
 output differs from ``x @ W_deq.T`` by that activation rounding as well.
 """
@@ -12,10 +12,12 @@ output differs from ``x @ W_deq.T`` by that activation rounding as well.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, ClassVar
 
-from ..specs import QuantSpec
+from ..specs import QuantSpec, keep_units
 from .base import QuantBackend, QuantContext, finish, library_errors, plain_weight, quiet_quantized_load
+from .keep import folder_model_type, kept_modules
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +51,19 @@ def _keep_standard_4bit_layout(model: "PreTrainedModel") -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _skip_modules(spec: QuantSpec, ctx: QuantContext) -> list[str] | None:
+    """``llm_int8_skip_modules`` for ``keep=``: ``lm_head`` (the default it replaces) and each kept sublayer.
+
+    transformers matches these as regular expressions from the start of a module name, so each kept name is
+    escaped and ends in an escaped dot, so ``model.layers.1.mlp`` never matches layer 11.
+    """
+    units = keep_units(spec)
+    if not units:
+        return None
+    names = kept_modules(folder_model_type(ctx.reference_dir), units)
+    return ["lm_head", *(re.escape(name) + r"\." for name in names)]
+
+
 class BitsAndBytesBackend(QuantBackend):
     """bitsandbytes through transformers' ``BitsAndBytesConfig``."""
 
@@ -59,8 +74,10 @@ class BitsAndBytesBackend(QuantBackend):
         """Load the reference folder with bitsandbytes quantizing each linear layer on the way in."""
         from transformers import BitsAndBytesConfig
 
+        skip = _skip_modules(spec, ctx)
         if spec.name == "bnb8":
-            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(spec.get("threshold")))
+            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(spec.get("threshold")),
+                                        llm_int8_skip_modules=skip)
             ctx.notes["bnb"] = "LLM.int8(): activations cast to float16 and quantized to int8 per row in each matmul"
         else:
             config = BitsAndBytesConfig(
@@ -68,6 +85,7 @@ class BitsAndBytesBackend(QuantBackend):
                 bnb_4bit_quant_type="fp4" if spec.name == "bnb4-fp4" else "nf4",
                 bnb_4bit_use_double_quant=bool(spec.get("double_quant")),
                 bnb_4bit_compute_dtype=ctx.dtype,
+                llm_int8_skip_modules=skip,
             )
         return self._load(str(ctx.reference_dir), ctx, config)
 

@@ -1,7 +1,8 @@
 """torchao weight-only quantization: ``torchao-int8`` (CPU and CUDA) and ``torchao-int4`` (CUDA only).
 
 ``quantize_`` swaps the weight of every linear layer but ``lm_head`` for a torchao tensor subclass
-in place, on a fresh float copy of the reference: int8 symmetric per output row, or int4 in groups
+in place, on a fresh float copy of the reference (``keep=``: its ``filter_fn`` skips the kept sublayers):
+int8 symmetric per output row, or int4 in groups
 of ``group_size`` with the tinygemm layout (``tile_packed_to_4d``), whose CUDA kernel needs
 bfloat16 and has no derivative (``aten::_weight_int4pack_mm``), so on torchao-int4 the backward
 probe reports failure (seen on an H100). Quantization takes seconds and needs no
@@ -14,8 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import QxaiUsageError
-from ..specs import QuantSpec
+from ..specs import QuantSpec, keep_units
 from .base import QuantBackend, QuantContext, finish, library_errors, load_float_copy, plain_weight
+from .keep import is_kept, kept_modules
 
 if TYPE_CHECKING:
     import torch
@@ -45,10 +47,10 @@ class TorchAOBackend(QuantBackend):
         else:
             config = Int8WeightOnlyConfig()
         model = load_float_copy(ctx)
+        kept = kept_modules(model.config.model_type, keep_units(spec))
         with library_errors("torchao", f"quantize with {spec}"):
-            quantize_(
-                model, config, filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear) and fqn != "lm_head"
-            )
+            quantize_(model, config, filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear)
+                      and fqn != "lm_head" and not is_kept(fqn, kept))
         return finish(model)
 
     def dequantized_weight(self, module: "torch.nn.Module") -> "torch.Tensor | None":

@@ -160,7 +160,8 @@ def check_vs_reference(
     result = _result(metric, "vs_reference", tolerance)
     result.item_ids = list(item_ids)
     result.reference_items, result.quantized_items = jsonable(ref), jsonable(quant)
-    result.lost = {"reference": int(np.isnan(ref).sum()), "quantized": int(np.isnan(quant).sum())}
+    units = ~(np.isnan(ref) & np.isnan(quant))  # NaN on both sides: not one of the metric's units (e.g. another task)
+    result.lost = {"reference": int(np.isnan(ref[units]).sum()), "quantized": int(np.isnan(quant[units]).sum())}
     a, b = paired_valid(ref, quant)
     result.n = int(a.size)
     if a.size < MIN_PAIRED:

@@ -237,6 +237,8 @@ def detectable(test: MarginTest, margin: float, alpha: float, power: float = POW
     """
     from scipy.stats import norm
 
+    if _identical(test):  # the bound of identical differences: a share 1 - alpha**(1/n) of the room
+        return margin + (1 - alpha ** (1 / test.n)) * _room(test)
     return margin + float(norm.isf(alpha) + norm.ppf(power)) * _spread(test) / math.sqrt(test.n)
 
 
@@ -249,8 +251,24 @@ def items_needed(test: MarginTest, distance: float, alpha: float, power: float =
 
     if distance <= 0 or not math.isfinite(distance):
         return None
-    needed = ((float(norm.isf(alpha) + norm.ppf(power)) * _spread(test)) / distance) ** 2
+    if _identical(test):  # identical differences decide once 1 - alpha**(1/n) of the room is within the distance
+        room = _room(test)
+        if not math.isfinite(room):
+            return None
+        needed = math.log(alpha) / math.log1p(-distance / room) if distance < room else 1.0
+    else:
+        needed = ((float(norm.isf(alpha) + norm.ppf(power)) * _spread(test)) / distance) ** 2
     return max(test.n + 1, math.ceil(needed))
+
+
+def _identical(test: MarginTest) -> bool:
+    return isinstance(test, BootstrapT) and test.sd == 0
+
+
+def _room(test: MarginTest) -> float:
+    """How far from the estimate the metric's span reaches (the larger side)."""
+    assert isinstance(test, BootstrapT)
+    return max(test.estimate - test.span[0], test.span[1] - test.estimate)
 
 
 def _spread(test: MarginTest) -> float:

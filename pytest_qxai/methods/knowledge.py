@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..blame.registry import BlameSupport, register_blame
 from ..datasets import Fact, Relation, dataset_fingerprint, load_relations, seeded_order, select_facts
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
@@ -128,15 +129,20 @@ def token_scores(logprobs: np.ndarray, token_ids: Sequence[int]) -> tuple[np.nda
     return picked.astype(np.float64), ranks.astype(np.float64)
 
 
+def measure_recall(runtime: "Runtime", items: Sequence[RecallItem]) -> dict[str, np.ndarray]:
+    """Per-item recall values of the model behind ``runtime``, computed now (no cache)."""
+    prompts = [it.prompt for it in items]
+    tokens = first_token_ids(runtime.tokenizer, prompts, [it.fact.object for it in items])
+    correct, first = greedy_answers(runtime, prompts, [it.fact.names for it in items])
+    logprob, rank = token_scores(first, tokens)
+    return {CORRECT.name: correct, OBJECT_LOGPROB.name: logprob, OBJECT_LOG_RANK.name: np.log10(rank)}
+
+
 def recall_values(pair: "ModelPair", side: "ModelSide", items: Sequence[RecallItem]) -> dict[str, np.ndarray]:
     """Per-item recall values of one model (cached by the side's identity, the items and the prompt format)."""
-    prompts = [it.prompt for it in items]
 
     def compute() -> dict[str, np.ndarray]:
-        tokens = first_token_ids(side.runtime.tokenizer, prompts, [it.fact.object for it in items])
-        correct, first = greedy_answers(side.runtime, prompts, [it.fact.names for it in items])
-        logprob, rank = token_scores(first, tokens)
-        return {CORRECT.name: correct, OBJECT_LOGPROB.name: logprob, OBJECT_LOG_RANK.name: np.log10(rank)}
+        return measure_recall(side.runtime, items)
 
     params = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in items]), "prompt": PROMPT,
               "max_tokens": MAX_ANSWER_TOKENS}
@@ -164,3 +170,12 @@ def run_knowledge(pair: "ModelPair") -> SuiteResult:
             "object_log_rank": "log10 of the 1-based rank of the object's first token (0 = top-1, 1 = rank 10)",
         },
     )
+
+
+def remeasure_knowledge(pair: "ModelPair", item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Recall values of the quantized model as it is now on the suite's items ``item_ids`` (for blame)."""
+    by_id = {it.id: it for it in recall_items(pair, suite_size(SUITE, pair.config.profile, pair.config.samples))}
+    return measure_recall(pair.quantized.runtime, [by_id[i] for i in item_ids])
+
+
+register_blame(BlameSupport(SUITE, tuple(m.name for m in KNOWLEDGE_METRICS), remeasure_knowledge, run_knowledge))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ..blame.registry import BlameSupport, register_blame
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint, load_ecqa, load_esnli
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
@@ -303,3 +304,33 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
             "agreement": "per-item shares of Cohen's kappa with the reference's labels; reference side = 1",
         },
     )
+
+
+def remeasure_task(pair: "ModelPair", item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Accuracy and agreement of the quantized model as it is now on the suite's items ``item_ids`` (for blame).
+
+    Ids are the suite's (``esnli:…``, ``ecqa:…``); a metric of the other dataset is NaN, as in the suite.
+    """
+    n = task_size(pair)
+    out = {m.name: np.full(len(item_ids), np.nan) for m in TASK_METRICS}
+    datasets = (
+        ("esnli", esnli_items(pair, n), nli_predictions(pair, pair.reference, n), ESNLI_ACCURACY, ESNLI_AGREEMENT,
+         lambda items: nli_logprobs(pair.quantized.runtime, [(it.premise, it.hypothesis) for it in items]),
+         lambda item: NLI_LABELS.index(item.label)),
+        ("ecqa", ecqa_items(pair, n), mcq_predictions(pair, pair.reference, n), ECQA_ACCURACY, ECQA_AGREEMENT,
+         lambda items: mcq_logprobs(pair.quantized.runtime, items), lambda item: item.options.index(item.answer)),
+    )
+    for prefix, items, reference, accuracy, agreeing, score, gold in datasets:
+        by_id = {item.id: item for item in items}
+        rows = [(k, by_id[i.split(":", 1)[1]]) for k, i in enumerate(item_ids) if i.split(":", 1)[0] == prefix]
+        if not rows:
+            continue
+        predicted = np.argmax(score([item for _, item in rows]), axis=1)
+        theirs = dict(zip(reference.item_ids, reference.predicted))
+        where = [k for k, _ in rows]
+        out[accuracy.name][where] = [float(p == gold(item)) for p, (_, item) in zip(predicted, rows)]
+        out[agreeing.name][where] = [float(p == theirs[item.id]) for p, (_, item) in zip(predicted, rows)]
+    return out
+
+
+register_blame(BlameSupport(SUITE, tuple(m.name for m in TASK_METRICS), remeasure_task, run_task_accuracy))

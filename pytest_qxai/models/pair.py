@@ -144,12 +144,21 @@ def validate(cfg: QxaiConfig) -> ModelSource:
 _PAIRS: dict[str, ModelPair] = {}
 
 
+def _pair_key(cfg: QxaiConfig) -> str:
+    return stable_hash([cfg.model, cfg.revision, str(cfg.quant), cfg.quantized, cfg.device, cfg.dtype, cfg.seed])
+
+
 def get_pair(cfg: QxaiConfig) -> ModelPair:
     """The process-wide pair for this configuration, loaded on first use."""
-    key = stable_hash([cfg.model, cfg.revision, str(cfg.quant), cfg.quantized, cfg.device, cfg.dtype, cfg.seed])
+    key = _pair_key(cfg)
     if key not in _PAIRS:
         _PAIRS[key] = _load_pair(cfg)
     return _PAIRS[key]
+
+
+def release_pair(cfg: QxaiConfig) -> None:
+    """Forget the pair of ``cfg`` (e.g. a spec loaded only to verify it), so its memory can be freed."""
+    _PAIRS.pop(_pair_key(cfg), None)
 
 
 def _load_pair(cfg: QxaiConfig) -> ModelPair:
@@ -173,6 +182,10 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     reference = load_reference(
         location, device=device, dtype=dtype, revision=None, trust_remote_code=cfg.trust_remote_code
     )
+    if cfg.quantized is None:
+        from ..backends.keep import check_keep_layers
+
+        check_keep_layers(cfg.quant, int(reference.config.num_hidden_layers))
     residency = plan_residency(cfg, device, dtype, reference)
     if residency.turns:
         reference.to("cpu")  # the GPU is the quantizer's while it works

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..gate.check import CheckResult
 from ..gate.tolerance import parse_tolerance
+from .blame import blame_html
 from .json_report import results_of
 from .text import COLUMNS, KIND_LABELS, NUMERIC, POWER_NOTE, cells, ordered
 
@@ -61,10 +62,10 @@ def render_html(report: dict[str, Any]) -> str:
         from matplotlib.figure import Figure  # noqa: F401 - probe only
     except ImportError:
         parts.append("<p>Plots need matplotlib: <code>pip install pytest-qxai[ml]</code>.</p>")
-        plots: list[str] = []
+        plots: list[str] = blame_html(report, None)
     else:
         parts.append(_forest_plot(results))
-        plots = _suite_plots(results) + _profile_plots(results)
+        plots = _suite_plots(results) + _profile_plots(results) + blame_html(report, _png)
     parts += [_table(results), f"<p><i>{_e(POWER_NOTE)}.</i></p>", *plots]
     if report.get("notes"):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notes"]) + "</ul>")

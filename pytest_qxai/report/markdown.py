@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .blame import blame_markdown
 from .json_report import results_of
 from .text import KIND_LABELS, POWER_NOTE, cells, ordered, verdict_label
 
@@ -45,6 +46,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["", "<details open><summary>Why</summary>", "", *reasons, "", "</details>"]
     if report.get("notes"):
         lines += ["", *(f"- {_cell(note)}" for note in report["notes"])]
+    lines += blame_markdown(report)
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,98 @@
+"""``keep=``: the spec grammar round-trips, and each library leaves exactly the kept sublayers unquantized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_qxai.errors import QxaiUsageError
+from pytest_qxai.specs import COMPONENTS, KEEP_BACKENDS, SCHEMES, canonical_keep, format_keep, keep_units, parse_keep, \
+    parse_spec
+
+UNITS = st.frozensets(st.tuples(st.integers(0, 120), st.sampled_from(COMPONENTS)), min_size=1, max_size=40)
+
+
+@given(UNITS)
+def test_keep_sets_round_trip_through_their_canonical_text(units: frozenset[tuple[int, str]]) -> None:
+    text = format_keep(units)
+    assert parse_keep(text) == units
+    assert canonical_keep(text) == text
+
+
+@given(UNITS, st.sampled_from(["bnb4", "hqq2", "quanto-int2", "torchao-int8"]))
+def test_specs_with_keep_round_trip(units: frozenset[tuple[int, str]], scheme: str) -> None:
+    spec = parse_spec(f"{scheme}:keep={format_keep(units)}")
+    assert keep_units(spec) == units
+    assert parse_spec(str(spec)) == spec
+
+
+def test_keep_grammar_examples() -> None:
+    spec = parse_spec("bnb4:keep=mlp.17,mlp.18,3-4,double_quant=true")
+    assert str(spec) == "bnb4:double_quant=true,keep=3-4,mlp.17-18"
+    assert keep_units(spec) == {(3, "attn"), (3, "mlp"), (4, "attn"), (4, "mlp"), (17, "mlp"), (18, "mlp")}
+    assert canonical_keep("attn.2, mlp.2 ,5") == "2,5"
+
+
+def test_keep_is_not_part_of_resolved_parameters_until_given() -> None:
+    assert "keep" not in parse_spec("hqq4").resolved
+    assert parse_spec("hqq4:keep=1").resolved["keep"] == "1"
+
+
+def test_only_backends_that_can_skip_modules_accept_keep() -> None:
+    assert {s.backend for s in SCHEMES.values() if "keep" in s.params} == set(KEEP_BACKENDS)
+    with pytest.raises(QxaiUsageError, match="unknown parameter 'keep'"):
+        parse_spec("gptq4:keep=1")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("hqq4:keep=abc", "--quant hqq4: keep=abc: 'abc' is not LAYER, FIRST-LAST, attn.LAYER or mlp.FIRST-LAST"),
+    ("hqq4:keep=5-3", "'5-3' is an empty range"),
+    ("hqq4:keep=ffn.3", "'ffn.3' is not LAYER"),
+    ("hqq4:keep=1,,2", "malformed parameter ''"),
+])
+def test_bad_keep_values_are_one_line(text: str, message: str) -> None:
+    with pytest.raises(QxaiUsageError) as info:
+        parse_spec(text)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["bnb4:keep=1", "bnb8:keep=mlp.0", "hqq4:keep=attn.1,mlp.0", "quanto-int8:keep=0",
+                                  "torchao-int8:keep=mlp.1"])
+def test_kept_sublayers_stay_full_precision(text: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    torch = pytest.importorskip("torch")
+    from pytest_qxai.backends.base import QuantContext
+    from pytest_qxai.backends.keep import is_kept, kept_modules
+    from pytest_qxai.models.loading import load_tokenizer
+    from tests.tiny import backend_or_skip, build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.getbasetemp() / "keep-tiny")
+    spec, backend = backend_or_skip(text)
+    ctx = QuantContext(reference_dir=folder, device="cpu", dtype=torch.float32,
+                       tokenizer=load_tokenizer(folder, revision=None, trust_remote_code=False), calibration=[],
+                       seed=0, trust_remote_code=False, cache_dir=None)
+    model = backend.quantize(spec, ctx)
+    kept = kept_modules("llama", keep_units(spec))
+    linears = {name: module for name, module in model.named_modules()
+               if name.startswith("model.layers.") and name.rsplit(".", 1)[-1].endswith("proj")}
+    plain = {name for name, module in linears.items() if _is_plain(module, torch)}
+    assert plain == {name for name in linears if is_kept(name, kept)}
+    assert plain  # the kept sublayers exist
+
+
+def _is_plain(module: Any, torch: Any) -> bool:
+    """An unquantized linear layer: a plain ``nn.Linear`` whose weight is an ordinary float tensor."""
+    return type(module) is torch.nn.Linear and type(module.weight.data) is torch.Tensor \
+        and module.weight.dtype == torch.float32
+
+
+def test_keep_naming_a_missing_layer_is_a_usage_error() -> None:
+    from pytest_qxai.backends.keep import check_keep_layers
+
+    check_keep_layers(parse_spec("hqq4:keep=29"), 30)
+    with pytest.raises(QxaiUsageError, match=r"keep names layer 30, but the model has 30 decoder layers \(0-29\)"):
+        check_keep_layers(parse_spec("hqq4:keep=17-19,30-31"), 30)
+
