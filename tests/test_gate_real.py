@@ -12,6 +12,7 @@ default (the code path is the same; only the search data is smaller), to keep th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ def test_the_two_sides_are_two_models(qxai_pair):
     shared = {p.data_ptr() for p in reference.parameters()} & {p.data_ptr() for p in quantized.parameters()}
     assert not shared, f"{len(shared)} weight tensors are shared between the two sides"
 '''
+REPRESENTATIVE = ("none", "bnb4", "hqq2", "quanto-int2", "torchao-int8", "gguf-q4_0", "ct-w4a16")
+"""One scheme per backend, the two 2-bit ones among them: what CI runs (about 40 s of CPU per scheme on two
+cores). ``QXAI_ALL_SPECS=1`` runs every scheme (GPTQ alone took 417 s to quantize there)."""
 SPEC_TEXT = {"gptq4": "gptq4:calibration=4", "gptq8": "gptq8:calibration=4", "awq4": "awq4:calibration=2"}
 FAILS = {"none": False, "hqq2": True, "quanto-int2": True}
 """Whether the run fails, where that is known in advance: the null check never does, 2-bit weights lose the facts."""
@@ -51,6 +55,8 @@ def test_every_spec_runs_a_suite_end_to_end(pytester: pytest.Pytester, scheme: s
     """Every scheme runs all three knowledge checks on two distinct models; none fails nothing, 2-bit fails."""
     if not SCHEMES[scheme].cpu:
         pytest.skip(f"{scheme} needs a CUDA GPU; this test runs on the CPU")
+    if scheme not in REPRESENTATIVE and not os.environ.get("QXAI_ALL_SPECS"):
+        pytest.skip(f"{scheme}: its backend runs here as one of {', '.join(REPRESENTATIVE)}; QXAI_ALL_SPECS=1 runs it")
     backend_or_skip(scheme)
     result, report = run_knowledge(pytester, SPEC_TEXT.get(scheme, scheme))
     summary = report.get("summary", {})
