@@ -190,7 +190,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Workers hand their checks to the controller; the controller writes baselines and reports."""
     config = session.config
     qxai = config.stash.get(SESSION_KEY, None)
-    if qxai is None:
+    if qxai is None or config.option.collectonly:  # nothing ran: no verdict, no files
         return
     if _is_xdist_worker(config):
         config.workeroutput["qxai"] = qxai.to_workeroutput()  # type: ignore[attr-defined]
@@ -233,7 +233,7 @@ def _unknown_tolerance_names(config: pytest.Config, qxai: QxaiSession) -> list[s
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """Print the check table (failures first) and the one-line verdict."""
     qxai = config.stash.get(SESSION_KEY, None)
-    if qxai is None:
+    if qxai is None or config.option.collectonly:
         return
     lines = qxai.terminal_lines()
     if not lines:

@@ -145,6 +145,13 @@ def test_a_run_that_checked_nothing_is_an_error(gate: pytest.Pytester, plugin_ar
     assert json.loads((gate.path / "r.json").read_text())["summary"]["errors"] == [NOTHING_CHECKED]
 
 
+def test_collect_only_gives_no_verdict_and_writes_nothing(gate: pytest.Pytester) -> None:
+    gate.makepyfile(test_noisy=INCONCLUSIVE)
+    result = run_gate(gate, *LEAN, "--collect-only", "--qxai-report-json=r.json")
+    assert result.ret == pytest.ExitCode.OK and "qxai gate" not in result.stdout.str()
+    assert not (gate.path / "r.json").exists()
+
+
 def test_a_run_without_gate_tests_is_left_alone(pytester: pytest.Pytester) -> None:
     """With the plugin installed, a test suite that never uses the gate gets no gate section and keeps exit 0."""
     pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
