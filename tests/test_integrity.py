@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -92,7 +94,7 @@ def silent(smollm: Any) -> Any:  # noqa: F811
         def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n") -> list[str]:
             return [""] * len(prompts)
 
-    return SilentRuntime(smollm.model, smollm.tokenizer)
+    return SilentRuntime(copy.deepcopy(smollm.model), smollm.tokenizer)  # a model of its own, as a quantized side has
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +104,15 @@ def real_results(
     """Each generating suite on 6 items: the null pair (the model twice) and a pair with a silent quantized side."""
     from pytest_qxai.methods import counterfactual, nle
     from pytest_qxai.models.pair import ModelPair, ModelSide
+    from pytest_qxai.runtime import Runtime
     from pytest_qxai.storage import DiskCache
 
     config = _config(tmp_path_factory.mktemp("integrity"), samples=6)
     cache = DiskCache(tmp_path_factory.mktemp("cache"))  # the reference side runs once for both pairs
     reference = ModelSide("reference", smollm.model, smollm, "smollm2", backward=(True, "ok"))
-    sides = {"null": ModelSide("quantized", smollm.model, smollm, "smollm2", backward=(True, "ok")),
-             "silent": ModelSide("quantized", smollm.model, silent, "smollm2-silent", backward=(True, "ok"))}
+    twin = Runtime(copy.deepcopy(smollm.model), smollm.tokenizer, batch_size=smollm.batch_size)  # two models
+    sides = {"null": ModelSide("quantized", twin.model, twin, "smollm2", backward=(True, "ok")),
+             "silent": ModelSide("quantized", silent.model, silent, "smollm2-silent", backward=(True, "ok"))}
     runs = {"nle": nle.run_nle, "counterfactual": counterfactual.run_counterfactual}
     return {name: {case: run(ModelPair(reference, side, smollm.tokenizer, config, source=None,  # type: ignore[arg-type]
                                        backend=None, cache=cache))  # type: ignore[arg-type]
