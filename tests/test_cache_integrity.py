@@ -82,6 +82,7 @@ class UserRun:
             f"--qxai-model={self.model}", "--quant=none", "--qxai-device=cpu", f"--qxai-cache-dir={self.cache}",
             "--qxai-update-baselines", f"--qxai-baseline-dir={self.pytester.path / f'baselines-{self.runs}'}",
             "-p", "no:cacheprovider", "-p", "no:randomly", "-rP", "-W", "always::pytest_qxai.storage.CacheWarning",
+            "--qxai-skip-sanity",  # a tiny random model is no usable language model: the sanity check refuses it
             *args)
 
     @property
@@ -273,7 +274,7 @@ def test_a_second_process_waits_for_the_lock_with_progress_lines(user_run: UserR
     os.environ["QXAI_TEST_CALLS"] = str(user_run.calls)
     command = [sys.executable, "-m", "pytest", f"--qxai-model={user_run.model}", "--quant=none",
                "--qxai-device=cpu", f"--qxai-cache-dir={user_run.cache}", "-p", "no:cacheprovider", "-s",
-               "--qxai-update-baselines"]
+               "--qxai-update-baselines", "--qxai-skip-sanity"]  # the tiny random model fails the sanity check
     run = {"cwd": user_run.pytester.path, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     first = subprocess.Popen(command, **run)  # type: ignore[call-overload]
     second = None
@@ -407,7 +408,8 @@ def test_a_renamed_model_keeps_its_baseline_and_another_model_is_refused(
 
         pair._PAIRS.clear()  # as a new process would
         return pytester.runpytest(f"--qxai-model={model}", "--quant=none", "--qxai-device=cpu",
-                                  f"--qxai-cache-dir={pytester.path / 'cache'}", "-p", "no:cacheprovider", *args)
+                                  f"--qxai-cache-dir={pytester.path / 'cache'}", "-p", "no:cacheprovider",
+                                  "--qxai-skip-sanity", *args)  # tiny random models fail the sanity check
 
     assert run("--qxai-update-baselines").ret == 0
     recorded = json.loads((pytester.path / "baselines" / "release" / "none.json").read_text())
