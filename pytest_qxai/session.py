@@ -104,6 +104,11 @@ class QxaiSession:
         return BaselineStore(self.config.baseline_dir, self.model_id, self.config.baseline_name,
                              self.metadata.get("model_hash"))
 
+    @property
+    def quant_label(self) -> str:
+        """What the quantized side is: the ``--quant`` spec, or a ``--qxai-quantized`` checkpoint's own scheme."""
+        return str(self.metadata.get("quant") or self.config.quant)
+
     def run_metadata(self, *, stable: bool = False) -> dict[str, Any]:
         """The run's settings from the options, then ``metadata`` on top.
 
@@ -256,9 +261,9 @@ class QxaiSession:
         other_profile = stored_meta.get("profile")
         for r in results:
             said = []
-            if other_quant and other_quant != str(self.config.quant):
+            if other_quant and other_quant != self.quant_label:
                 r.notes["baseline_quant"] = other_quant
-                said.append(f" (baseline recorded with {other_quant}, this run {self.config.quant})")
+                said.append(f" (baseline recorded with {other_quant}, this run {self.quant_label})")
             if other_profile and other_profile != self.config.profile:
                 r.notes["baseline_profile"] = other_profile
                 said.append(f" (baseline recorded at profile {other_profile}, this run at {self.config.profile}: "
@@ -372,7 +377,7 @@ class QxaiSession:
         self._write_baselines(complete)
         if complete and not self.errors:
             self._bound_cache()
-        report = build_report(self.results, model=self.model_id, quant=str(self.config.quant),
+        report = build_report(self.results, model=self.model_id, quant=self.quant_label,
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
                               notes=self.notes(), errors=self.errors,
                               multiple_testing=self.config.multiple_testing)
@@ -450,7 +455,7 @@ class QxaiSession:
         if not self.active:
             return []
         summary = self.summary()
-        lines = [f"model {self.model_id}, quant {self.config.quant}, baseline "
+        lines = [f"model {self.model_id}, quant {self.quant_label}, baseline "
                  f"{display_path(self.store.path)}"]
         lines += table_lines(self.results) + self.notes() + self.messages + self.blame_lines() + verdict_lines(summary)
         if summary["verdict"] == "inconclusive":

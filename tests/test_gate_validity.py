@@ -104,6 +104,8 @@ CHANCE: dict[str, Sides] = {
     "task_accuracy.ecqa_agreement": _labels(5),
     "task_accuracy.esnli_accuracy": _at(0.7, 1 / 3, 0, binary=True),
     "task_accuracy.ecqa_accuracy": _at(0.6, 1 / 5, 0, binary=True),
+    "task_accuracy.label_agreement": _labels(2),  # the fewest classes a classification file can have
+    "task_accuracy.label_accuracy": _at(0.8, 1 / 2, 0, binary=True),
     "knowledge.recall_accuracy": _at(0.4, 0.0, 0, binary=True),
     "knowledge.object_logprob": _at(-2.0, -11.0, 2.0),  # uniform over a 49k-token vocabulary: -10.8 nats
     "knowledge.object_log_rank": _at(0.5, 4.4, 0.5),  # median rank of a random token: 24k

@@ -54,14 +54,14 @@ ERRORED = """
 import pytest
 from pytest_qxai.metrics import Metric
 
-M = Metric("knowledge", "accuracy", "share correct", "binary", tolerance="abs:0.05")
+M = Metric("facts", "accuracy", "share correct", "binary", tolerance="abs:0.05")
 
 @pytest.fixture(scope="module")
 def result():
     raise RuntimeError("Cannot set version_counter for inference tensor")
 
 @pytest.mark.parametrize("k", range(2))
-def test_knowledge(result, qxai_check, k):
+def test_facts(result, qxai_check, k):
     qxai_check(M, [1.0] * 10, [1.0] * 10)
 """
 
@@ -105,32 +105,32 @@ def test_inconclusive_passes_unless_strict(gate: pytest.Pytester, args: tuple[st
 
 def test_an_errored_suite_makes_the_run_error(gate: pytest.Pytester, plugin_args: tuple[str, ...]) -> None:
     """A suite whose fixture raised is named once; the run is ERROR in the terminal and the report, exit 1."""
-    gate.makepyfile(test_knowledge=ERRORED, test_noisy=INCONCLUSIVE)
+    gate.makepyfile(test_facts=ERRORED, test_noisy=INCONCLUSIVE)
     result = run_gate(gate, *LEAN, *plugin_args, "--qxai-update-baselines", "--qxai-report-json=r.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=1, errors=2)
-    error = ("suite knowledge did not run to the end: test_knowledge.py::test_knowledge[[]*[]] errored in setup: "
+    error = ("suite facts did not run to the end: test_facts.py::test_facts[[]*[]] errored in setup: "
              "RuntimeError: Cannot set version_counter for inference tensor")
     result.stdout.fnmatch_lines([f"ERROR {error}", "qxai gate: ERROR (0 fail, 1 inconclusive, *; 1 error(s))"])
     summary = json.loads((gate.path / "r.json").read_text())["summary"]
     assert summary["verdict"] == "error" and len(summary["errors"]) == 1
-    assert summary["errors"][0].startswith("suite knowledge did not run to the end: test_knowledge.py::")
+    assert summary["errors"][0].startswith("suite facts did not run to the end: test_facts.py::")
 
 
 def test_an_errored_suite_keeps_its_stored_baseline(gate: pytest.Pytester) -> None:
     """Even asked to prune, a run in which a suite did not run to the end deletes none of its stored records."""
-    gate.makepyfile(test_knowledge=ERRORED.replace('raise RuntimeError("Cannot set version_counter for inference '
-                                                   'tensor")', "return None"), test_noisy=INCONCLUSIVE)
+    gate.makepyfile(test_facts=ERRORED.replace('raise RuntimeError("Cannot set version_counter for inference '
+                                               'tensor")', "return None"), test_noisy=INCONCLUSIVE)
     assert run_gate(gate, *LEAN, "--qxai-update-baselines").ret == pytest.ExitCode.OK
     recorded = baseline_files(gate.path / "baselines")
-    assert set(json.loads(next(iter(recorded.values())))["checks"]) == {"knowledge.accuracy", "demo.noisy"}
-    gate.makepyfile(test_knowledge=ERRORED)
+    assert set(json.loads(next(iter(recorded.values())))["checks"]) == {"facts.accuracy", "demo.noisy"}
+    gate.makepyfile(test_facts=ERRORED)
     result = run_gate(gate, *LEAN, "--qxai-update-baselines", "--qxai-prune-baselines")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["qxai: the run had errors (suite knowledge did not run to the end: *), so nothing "
+    result.stdout.fnmatch_lines(["qxai: the run had errors (suite facts did not run to the end: *), so nothing "
                                  "was pruned from the baseline"])
     assert set(json.loads(next(iter(baseline_files(gate.path / "baselines").values())))["checks"]) == {
-        "knowledge.accuracy", "demo.noisy"}
+        "facts.accuracy", "demo.noisy"}
 
 
 def test_a_run_that_checked_nothing_is_an_error(gate: pytest.Pytester, plugin_args: tuple[str, ...]) -> None:

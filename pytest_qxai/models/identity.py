@@ -11,6 +11,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
+import os
 import platform
 import shutil
 import warnings
@@ -170,5 +171,5 @@ def reject_folder(folder: Path, why: str) -> None:
 
 
 def slot_name(folder: Path, cache_root: Path) -> str:
-    """A cached folder's place in the cache, which its manifest is bound to."""
-    return str(folder.resolve().relative_to(cache_root.resolve()))
+    """A cached folder's place in the cache, which its manifest is bound to (symlinked cache folders keep theirs)."""
+    return str(Path(os.path.abspath(folder)).relative_to(os.path.abspath(cache_root)))
