@@ -142,8 +142,6 @@ def _verdicts(result: SuiteResult, root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="first run on the real model in the session that added it: one of these "
-                   "cases failed and was not yet diagnosed (closing note of that session)")
 @pytest.mark.parametrize("suite", SUITES)
 def test_real_reference_values_do_not_depend_on_the_quantized_model(
     real_results: dict[str, dict[str, SuiteResult]], suite: str, tmp_path: Path
@@ -158,29 +156,38 @@ def test_real_reference_values_do_not_depend_on_the_quantized_model(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="first run on the real model in the session that added it: one of these "
-                   "cases failed and was not yet diagnosed (closing note of that session)")
 @pytest.mark.parametrize("suite", SUITES)
-def test_real_silent_quantized_side_loses_no_unit_and_fails_its_degenerate_rate(
-    real_results: dict[str, dict[str, SuiteResult]], suite: str, tmp_path: Path
+def test_real_silent_quantized_side_loses_no_unit_and_is_never_passed(
+    real_results: dict[str, dict[str, SuiteResult]], suite: str, tmp_path: Path, smollm: Any  # noqa: F811
 ) -> None:
+    """A model that says nothing scores the worst value on every unit, none is dropped, and no check of its text
+    passes. At 6 items a check can only fail where the reference was sound on most of them (the reference model
+    itself writes degenerate counterfactuals for half of the e-SNLI items): there the honest verdict is
+    inconclusive; the run still fails on the checks that have the power."""
+    from pytest_qxai.metrics import get_metric
+
     result = real_results[suite]["silent"]
     for name, values in result.quantized.items():
         assert not (np.isnan(values) & ~np.isnan(result.reference[name])).any(), name  # nothing dropped
     verdicts = _verdicts(result, tmp_path)
-    expected_failures = {
+    text_metrics = {
         "nle": ["degenerate_rate", "fluency", "judge_coherence", "judge_trust", "ecqa_fluency",
                 "ecqa_degenerate_rate"],
         "counterfactual": ["degenerate_rate", "minimality", "similarity", "fluency", "two_step_degenerate_rate",
                            "ecqa_minimality", "ecqa_degenerate_rate"],
     }[suite]
-    assert [name for name in expected_failures if verdicts[name] != "fail"] == []
+    for name in text_metrics:
+        values = result.quantized[name][~np.isnan(result.quantized[name])]
+        worst = (1.0 if name.endswith("degenerate_rate") else O.uniform_log_perplexity(smollm)
+                 if name.endswith("fluency") else O.worst_value(get_metric(f"{suite}.{name}")))
+        if not name.startswith("judge_"):  # the judge scores an empty text itself
+            np.testing.assert_array_equal(values, worst, err_msg=name)
+    assert {name: verdicts[name] for name in text_metrics if verdicts[name] not in ("fail", "inconclusive")} == {}
+    assert [name for name in text_metrics if verdicts[name] == "fail"], verdicts
     assert all(lost["quantized"] >= lost["reference"] for lost in result.lost.values())
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="first run on the real model in the session that added it: one of these "
-                   "cases failed and was not yet diagnosed (closing note of that session)")
 def test_real_insertion_units_are_pinned_and_a_silent_explainer_is_unfaithful_on_every_flip(
     smollm: Any, silent: Any  # noqa: F811
 ) -> None:
