@@ -29,7 +29,7 @@ TEXT = (
 
 def make_config(model: str | None, spec: str, device: str, dtype: str, cache: Path) -> Any:
     """A :class:`QxaiConfig` for a script (the same fields pytest would resolve)."""
-    from pytest_qxai.options import QxaiConfig
+    from pytest_qxai.config import QxaiConfig
     from pytest_qxai.specs import parse_spec
 
     quant = parse_spec(spec)

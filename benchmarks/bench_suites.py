@@ -29,6 +29,7 @@ from typing import Any, Generator
 import pytest
 
 from pytest_qxai.plugin import suite_name
+from recorder import CacheShape, CallRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +83,8 @@ class BenchPlugin:
     """Record every model call for the bare-loop replay (off for models whose inputs are too large to keep)."""
     suites: dict[str, SuiteFigures] = field(default_factory=dict)
     pair: Any = None
+    recorders: dict[str, CallRecorder] = field(default_factory=dict)
+    """Each side's recorder, attached to its runtime as an observer, by side (``reference``, ``quantized``)."""
     _current: str | None = None
     _started: float = 0.0
     _stats0: tuple[float, int, int] = (0.0, 0, 0)
@@ -99,8 +102,9 @@ class BenchPlugin:
         outcome = yield
         if fixturedef.argname == "qxai_pair" and self.pair is None:
             self.pair = outcome.get_result()
-            for side in self.pair.sides:
-                side.runtime.recorder = [] if self.record else None
+            for side in self.pair.sides if self.record else ():
+                self.recorders[side.role] = CallRecorder()
+                side.runtime.observers.append(self.recorders[side.role])
             self._stats0 = self._totals()  # loading is not suite time
 
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -134,16 +138,14 @@ class BenchPlugin:
         self._current = None
 
 
-def replay(pair: Any) -> float:
+def replay(pair: Any, recorders: dict[str, CallRecorder]) -> float:
     """Run every recorded model call again, bare, and return the seconds it took."""
     import torch
-
-    from pytest_qxai.runtime import CacheShape
 
     total = 0.0
     for side in pair.sides:
         model, tokenizer = side.runtime.model, side.runtime.tokenizer
-        for kind, kwargs in side.runtime.recorder or []:
+        for kind, kwargs in recorders[side.role].calls if side.role in recorders else []:
             inputs = {k: v.build(side.runtime.device) if isinstance(v, CacheShape)
                       else v.to(side.runtime.device) if hasattr(v, "to") else v for k, v in kwargs.items()}
             start = time.perf_counter()
@@ -187,7 +189,7 @@ def run_once(args: argparse.Namespace, quant: str, cache_dir: Path) -> dict[str,
         quantize = float(plugin.pair.metadata.get("quantize_seconds") or 0.0)
         # The first suite's setup loads and quantizes the pair; the bare loop starts from loaded models.
         suites_wall = sum(s.wall_s for s in plugin.suites.values()) - load - quantize
-        bare = None if args.no_bare else replay(plugin.pair)
+        bare = None if args.no_bare else replay(plugin.pair, plugin.recorders)
         meta = plugin.pair.metadata
         result |= {"suites_wall_s": suites_wall, "bare_loop_s": bare,
                    "plugin_over_bare": suites_wall / bare if bare else None,

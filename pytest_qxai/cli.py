@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 from .baselines import SCHEMA as BASELINE_SCHEMA
 from .baselines import Baseline, record_of, result_of
 from .cache_admin import DEFAULT_MAX_SIZE, MAX_SIZE_ENV, human, info_lines, max_size, parse_size, prune
+from .config import default_cache_dir
 from .errors import BaselineError, QxaiError, QxaiUsageError
 from .gate.check import NOTHING_CHECKED, CheckResult, check_vs_baseline, summarize
 from .gate.multiplicity import adjust
@@ -185,8 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = summarize(results, run_errors(old, new), "holm")
             lines = table_lines(results) + notes + verdict_lines(summary)
         elif args.command == "cache":
-            from .options import default_cache_dir  # imports pytest: only for this command
-
             return _cache_command(args.action, args.dir or default_cache_dir(), args.max_size, args.older_than)
         elif args.command == "show":
             run = load_run(args.file)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from .errors import ModelMismatchError, QxaiError, QxaiUsageError
-from .options import QxaiConfig, add_options, explicitly_requested
+from .config import QxaiConfig, explicitly_requested
+from .options import add_options
 from .session import QxaiSession, suite_of
 
 if TYPE_CHECKING:

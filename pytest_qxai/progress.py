@@ -29,7 +29,7 @@ _SINK = ProgressSink()
 
 def configure(enabled: bool, suspend: Callable[[], ContextManager[Any]] | None = None) -> None:
     """Set this process's sink (called by the plugin at configure time)."""
-    from .options import is_ci
+    from .config import is_ci
 
     _SINK.enabled = enabled and not is_ci() and sys.stderr.isatty()
     _SINK.suspend = suspend or contextlib.nullcontext

@@ -33,6 +33,8 @@ FINAL_NORMS = ("norm", "ln_f", "final_layernorm")
 
 T = TypeVar("T")
 R = TypeVar("R")
+CallObserver = Callable[[str, dict[str, Any]], None]
+"""Sees one model call before it runs: its kind (``forward``, ``gradient``, ``generate``) and keyword inputs."""
 
 
 @dataclass
@@ -51,44 +53,6 @@ class CallStats:
         self.calls += 1
         self.seconds += seconds
         self.by_kind[kind] = self.by_kind.get(kind, 0.0) + seconds
-
-
-@dataclass(frozen=True)
-class CacheShape:
-    """A recorded KV cache, kept as its layers' tensor shapes: the benchmark's replay rebuilds one of zeros.
-
-    Attention costs the same whatever the cached values are, so the replay does the same work, while the
-    recording holds no key/value tensors (keeping the caches themselves took 24 GB on the standard profile).
-    """
-
-    shapes: tuple[tuple[int, ...], ...]
-    dtype: str
-
-    @classmethod
-    def of(cls, cache: Any) -> "CacheShape":
-        """The shapes of a transformers cache's initialised layers (keys and values share a shape)."""
-        keys = [layer.keys for layer in cache.layers if getattr(layer, "keys", None) is not None]
-        return cls(tuple(tuple(k.shape) for k in keys), str(keys[0].dtype).removeprefix("torch.") if keys else "")
-
-    def build(self, device: "torch.device") -> Any:
-        """A ``DynamicCache`` of zeros with these shapes on ``device``."""
-        import torch
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        for index, shape in enumerate(self.shapes):
-            zeros = torch.zeros(shape, dtype=getattr(torch, self.dtype), device=device)
-            cache.update(zeros, zeros.clone(), index)
-        return cache
-
-
-def _recorded(value: Any) -> Any:
-    """What the recorder keeps of a model call's argument: tensors on the CPU, caches by their shapes."""
-    if hasattr(value, "detach"):
-        return value.detach().cpu()
-    if hasattr(value, "layers") and hasattr(value, "batch_repeat_interleave"):
-        return CacheShape.of(value)
-    return value
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -130,32 +94,32 @@ class Runtime:
         """Generate with a static KV cache (default on GPU for models of :data:`STATIC_MIN_PARAMETERS` or more):
         transformers then compiles the decode step where the backend allows it. Prompts are left-padded to a
         multiple of :data:`STATIC_BUCKET` tokens so the cache shape, and the compiled graph, repeat across batches."""
-        self.recorder: list[tuple[str, dict[str, Any]]] | None = None
-        """When a list, every model call's inputs are appended to it (the benchmark replays them bare)."""
+        self.observers: list[CallObserver] = []
+        """Called with every model call's kind and inputs before it runs (e.g. the benchmark's recorder)."""
 
-    def _record(self, kind: str, kwargs: dict[str, Any]) -> None:
-        if self.recorder is not None:
-            self.recorder.append((kind, {k: _recorded(v) for k, v in kwargs.items() if k != "tokenizer"}))
+    def _notify(self, kind: str, kwargs: dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer(kind, kwargs)
 
     def forward(self, **kwargs: Any) -> Any:
-        """One forward pass of the model, recorded for the benchmark when asked.
+        """One forward pass of the model, shown to the observers first.
 
-        A pass whose ``inputs_embeds`` require a gradient (captum's integrated gradients) is recorded as
-        ``gradient``, so the benchmark's bare loop replays its backward pass too.
+        A pass whose ``inputs_embeds`` require a gradient (captum's integrated gradients) is of kind
+        ``gradient``, so an observer that replays calls (the benchmark) redoes its backward pass too.
         """
         import torch
 
         embeds = kwargs.get("inputs_embeds")
         gradient = embeds is not None and embeds.requires_grad and torch.is_grad_enabled()
-        self._record("gradient" if gradient else "forward", kwargs)
+        self._notify("gradient" if gradient else "forward", kwargs)
         self.make_resident()
         return self.model(**kwargs)
 
     def _generate(self, **kwargs: Any) -> Any:
-        """One ``generate`` call of the model (recorded for the benchmark when asked)."""
+        """One ``generate`` call of the model, shown to the observers first."""
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
-        self._record("generate", kwargs)
+        self._notify("generate", kwargs)
         self.make_resident()
         return self.model.generate(**kwargs)
 

@@ -31,7 +31,7 @@ from .gate.multiplicity import adjust, test_time_family
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import Tolerance, ToleranceOverrides
 from .metrics import Metric, SuiteResult, as_array, get_metric
-from .options import QxaiConfig
+from .config import QxaiConfig
 from .report import build_report, write_reports
 from .report.text import KIND_LABELS, delta_cell, number, p_cell, table_lines, verdict_label, verdict_lines
 

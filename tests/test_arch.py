@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from pytest_qxai.errors import ArchitectureError  # noqa: E402
-from pytest_qxai.methods.arch import ARCHITECTURES, TESTED_FAMILIES, model_parts  # noqa: E402
+from pytest_qxai.methods.arch import model_parts  # noqa: E402
+from pytest_qxai.models.families import ARCHITECTURES, TESTED_FAMILIES  # noqa: E402
 
 VOCAB, HIDDEN, INTER, LAYERS = 97, 32, 48, 2
 

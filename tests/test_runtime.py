@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_qxai.models.loading import load_reference, load_tokenizer  # noqa: E402
-from pytest_qxai.runtime import CacheShape, Runtime, final_norm, probe_backward  # noqa: E402
+from pytest_qxai.runtime import Runtime, final_norm, probe_backward  # noqa: E402
 from tiny import build_tiny_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from recorder import CacheShape, CallRecorder  # noqa: E402
 
 PROMPTS = ["The capital of France is", "A cat sat", "Two plus two equals four, and three times three"]
 
@@ -146,21 +150,22 @@ def test_folder_hash_changes_with_weights(tmp_path: Path) -> None:
 
 
 def test_recorded_calls_name_gradient_passes_so_the_bare_loop_replays_their_backward(runtime: Runtime) -> None:
-    """The benchmark replays what the recorder holds: captum's gradient passes must be told from forwards."""
+    """The benchmark replays what its recorder observes: captum's gradient passes must be told from forwards."""
     ids = torch.tensor([runtime.encode(["A cat sat"])[0]])
     embeds = runtime.model.get_input_embeddings()(ids).detach()
-    runtime.recorder = []
+    recorder = CallRecorder()
+    runtime.observers.append(recorder)
     try:
         with torch.no_grad():
             runtime.forward(inputs_embeds=embeds, logits_to_keep=1)
         with torch.enable_grad():
             runtime.forward(inputs_embeds=embeds.clone().requires_grad_(True), logits_to_keep=1)
         runtime.score(["A cat"], [" sat"])
-        kinds = [kind for kind, _ in runtime.recorder]
+        kinds = [kind for kind, _ in recorder.calls]
         assert kinds == ["forward", "gradient", "forward"]
-        assert not runtime.recorder[1][1]["inputs_embeds"].requires_grad  # stored detached, on the CPU
+        assert not recorder.calls[1][1]["inputs_embeds"].requires_grad  # stored detached, on the CPU
     finally:
-        runtime.recorder = None
+        runtime.observers.remove(recorder)
 
 
 def test_recorded_prefix_caches_are_kept_as_their_shapes_at_call_time(runtime: Runtime) -> None:
@@ -168,12 +173,13 @@ def test_recorded_prefix_caches_are_kept_as_their_shapes_at_call_time(runtime: R
     prefix = runtime.encode(["The capital of France is"])[0]
     seqs = [runtime.encode([" Paris today"], add_special_tokens=False)[0],
             runtime.encode([" a large city"], add_special_tokens=False)[0]]
-    runtime.recorder = []
+    recorder = CallRecorder()
+    runtime.observers.append(recorder)
     try:
         runtime.prefixed_tail_logprobs(prefix, seqs, [1, 1])
-        caches = [kwargs["past_key_values"] for _, kwargs in runtime.recorder]
+        caches = [kwargs["past_key_values"] for _, kwargs in recorder.calls]
     finally:
-        runtime.recorder = None
+        runtime.observers.remove(recorder)
     assert all(isinstance(cache, CacheShape) for cache in caches)
     assert caches[0].shapes == ()  # the prefix pass starts from an empty cache
     layers = runtime.model.config.num_hidden_layers

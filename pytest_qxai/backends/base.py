@@ -172,9 +172,9 @@ def quiet_quantized_load() -> Iterator[None]:
     """Silence transformers' progress bars, and its warning that a passed config only sets loading attributes."""
     import warnings
 
-    from ..models.loading import _quiet_transformers
+    from ..models.loading import quiet_transformers
 
-    with _quiet_transformers(), warnings.catch_warnings():
+    with quiet_transformers(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
         yield
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import ModelMismatchError, QxaiUsageError
-from ..methods.arch import ARCHITECTURES
+from ..models.families import ARCHITECTURES
 from ..specs import KeepUnits, QuantSpec, keep_units
 
 

@@ -2,7 +2,7 @@
 
 Both models are already loaded: the reference's attention or MLP module object is assigned into the
 quantized model's decoder layer (no copy when both live on one device), and the quantized module is put back
-when the block exits, even on error. The module paths come from :mod:`pytest_qxai.methods.arch`.
+when the block exits, even on error. The module paths come from :mod:`pytest_qxai.models.families`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import contextlib
 import copy
 from typing import TYPE_CHECKING, Iterator
 
-from ..methods.arch import ARCHITECTURES, model_parts
+from ..methods.arch import model_parts
+from ..models.families import ARCHITECTURES
 from ..specs import KeepUnits
 
 if TYPE_CHECKING:

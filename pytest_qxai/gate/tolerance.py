@@ -6,7 +6,7 @@ direction does) and ``,alpha=0.01`` (significance level, default 0.05).
 
 Precedence, per metric: ``--qxai-tolerance`` on the command line > ``qxai_tolerance`` in the ini file >
 the model's band file (:mod:`pytest_qxai.gate.bands`) > the metric's own default band. The command line replaces the ini list as a whole (see
-:func:`pytest_qxai.options.raw_value`), so :attr:`QxaiConfig.tolerances` holds the user's overrides.
+:func:`pytest_qxai.config.raw_value`), so :attr:`QxaiConfig.tolerances` holds the user's overrides.
 Within them a suite-qualified key (``nle.cc_shap=...``) beats a bare metric name (``cc_shap=...``), and a
 later entry beats an earlier one with the same key.
 """

@@ -35,27 +35,6 @@ POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
 
 
 @dataclass(frozen=True)
-class ArchSpec:
-    """Module names of one family's decoder, for code that names modules before a model is loaded (``keep=``)
-    or swaps whole sublayers (blame); the probes themselves find the parts from the structure."""
-
-    layers: str
-    attn: str
-    mlp: str
-
-
-_LLAMA_LIKE = ArchSpec("model.layers", "self_attn", "mlp")
-ARCHITECTURES: dict[str, ArchSpec] = {
-    **dict.fromkeys(("gemma", "gemma2", "gemma3_text", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3",
-                     "smollm3"), _LLAMA_LIKE),
-    "gpt2": ArchSpec("transformer.h", "attn", "mlp"),
-}
-"""``config.model_type`` → module names; tests check each entry against the structure :func:`model_parts` finds."""
-TESTED_FAMILIES = tuple(sorted(ARCHITECTURES))
-"""``model_type``s the probes are tested on (tiny random models of each); others are resolved the same way."""
-
-
-@dataclass(frozen=True)
 class LayerParts:
     """One decoder layer: the block, the modules whose outputs it adds to the residual stream, the down projection."""
 

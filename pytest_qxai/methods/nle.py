@@ -47,13 +47,13 @@ tested on their own items).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..models.judge import judge
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
@@ -262,37 +262,6 @@ def quality(items: Sequence[NLIItem], labels: Sequence[int], explanations: Seque
         JUDGE_COHERENCE.name: judge_ratings(judge, items, labels, explanations, "coherence"),
         JUDGE_TRUST.name: judge_ratings(judge, items, labels, explanations, "trust"),
     }
-
-
-# --- the judge --------------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=2)
-def _load_judge(spec: str, device: str, dtype: str, cache_dir: str | None, trust_remote_code: bool,
-                batch_size: int | None) -> tuple["Runtime", str]:
-    """Load ``--qxai-judge`` once per process: its runtime and content identity."""
-    from pathlib import Path
-
-    import torch
-
-    from ..models.loading import load_reference, load_tokenizer, materialize, scratch_dir
-    from ..models.source import resolve_source
-    from ..runtime import Runtime
-
-    source = resolve_source(spec)
-    location, content_id = materialize(source, Path(cache_dir) if cache_dir else None, scratch_dir("qxai-judge-"))
-    tokenizer = load_tokenizer(location, revision=source.revision, trust_remote_code=trust_remote_code)
-    model = load_reference(location, device=device, dtype=getattr(torch, dtype), revision=source.revision,
-                           trust_remote_code=trust_remote_code)
-    return Runtime(model, tokenizer, batch_size=batch_size, label="judge"), f"{source.label} ({content_id})"
-
-
-def judge(pair: "ModelPair") -> tuple["Runtime", str]:
-    """The judge's runtime and a description that identifies it (the reference model unless ``--qxai-judge``)."""
-    cfg = pair.config
-    if cfg.judge is None:
-        return pair.reference.runtime, f"reference model {pair.metadata.get('model', '')} ({pair.reference.identity})"
-    return _load_judge(cfg.judge, str(pair.reference.runtime.device), str(pair.reference.model.dtype).split(".")[-1],
-                       str(cfg.cache_dir) if cfg.cache_dir else None, cfg.trust_remote_code, cfg.batch_size)
 
 
 def _side_quality(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], params: dict[str, str],

@@ -101,7 +101,7 @@ def share_cpu_threads() -> int:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and info logs during a load."""
     from transformers.utils import logging as hf_logging
 
@@ -126,7 +126,7 @@ def convert_gguf(source: ModelSource, target: Path, cache_root: Path | None = No
 
     assert source.gguf_file is not None
     log.info("converting %s to an HF folder (once; cached)", source.gguf_file)
-    with _quiet_transformers():
+    with quiet_transformers():
         loaded = AutoModelForCausalLM.from_pretrained(
             source.location, gguf_file=source.gguf_file, dtype=torch.float32
         )
@@ -219,7 +219,7 @@ def load_tokenizer(location: Path | str, *, revision: str | None, trust_remote_c
     from transformers import AutoTokenizer
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(
                 str(location), revision=revision, trust_remote_code=trust_remote_code
             )
@@ -247,7 +247,7 @@ def load_reference(
     from transformers import AutoModelForCausalLM
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
                 str(location),
                 revision=revision,

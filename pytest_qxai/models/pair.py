@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ..backends.base import QuantBackend, QuantContext, get_backend, require_library, scheme_for_backend
 from ..errors import QxaiError, QxaiUsageError
-from ..options import QxaiConfig
+from ..config import QxaiConfig
 from ..storage import DiskCache, stable_hash
 from .identity import code_hash, value_versions
 from .residency import Residency, estimated_quantized_bytes, models_fit
@@ -68,6 +68,8 @@ class ModelPair:
     backend: QuantBackend
     cache: DiskCache
     metadata: dict[str, Any] = field(default_factory=dict)
+    judges: dict[Any, tuple["Runtime", str]] = field(default_factory=dict, repr=False)
+    """Judge models loaded for this pair (:mod:`pytest_qxai.models.judge`), by their settings."""
 
     def __post_init__(self) -> None:
         """Refuse one model object on both sides: hooks, caches or in-place edits of one side would reach the other."""
