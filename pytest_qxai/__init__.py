@@ -3,8 +3,64 @@
 The plugin compares a quantized model with its full-precision reference on the same items
 (self-explanations, faithfulness, attributions, knowledge and multi-hop probes) and gates each
 metric with paired statistics, tolerance bands and stored baselines.
+
+The names below are the stable extension API (docs/extending.md). Each is imported on first use, so
+``import pytest_qxai`` stays cheap; none of them imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "QxaiConfig": "pytest_qxai.config",
+    "Metric": "pytest_qxai.metrics",
+    "SuiteResult": "pytest_qxai.metrics",
+    "register_metric": "pytest_qxai.metrics",
+    "not_applicable": "pytest_qxai.metrics",
+    "CheckResult": "pytest_qxai.gate.check",
+    "Runtime": "pytest_qxai.protocols",
+    "ModelPair": "pytest_qxai.models.pair",
+    "ModelSide": "pytest_qxai.models.pair",
+    "QuantBackend": "pytest_qxai.backends.base",
+    "QuantContext": "pytest_qxai.backends.base",
+    "register_backend": "pytest_qxai.backends.base",
+    "load_float_copy": "pytest_qxai.backends.base",
+    "plain_weight": "pytest_qxai.backends.base",
+    "finish": "pytest_qxai.backends.base",
+    "Scheme": "pytest_qxai.specs",
+    "Param": "pytest_qxai.specs",
+    "QuantSpec": "pytest_qxai.specs",
+    "QxaiError": "pytest_qxai.errors",
+    "QxaiUsageError": "pytest_qxai.errors",
+}
+"""Public name → the module that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .backends.base import QuantBackend, QuantContext, finish, load_float_copy, plain_weight, register_backend
+    from .config import QxaiConfig
+    from .errors import QxaiError, QxaiUsageError
+    from .gate.check import CheckResult
+    from .metrics import Metric, SuiteResult, not_applicable, register_metric
+    from .models.pair import ModelPair, ModelSide
+    from .protocols import Runtime
+    from .specs import Param, QuantSpec, Scheme
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pytest_qxai' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names next to the module's own."""
+    return sorted({*globals(), *_EXPORTS})

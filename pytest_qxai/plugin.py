@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from .backends.base import register_entry_point_backends
 from .errors import ModelMismatchError, QxaiError, QxaiUsageError
 from .config import QxaiConfig, explicitly_requested
 from .options import add_options
@@ -24,6 +25,13 @@ PAIR_FIXTURES = ("qxai_pair",)
 GATE_FIXTURE = "qxai_check"
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Register the ``pytest_qxai_*`` hooks that conftest files and plugins implement (:mod:`.hookspecs`)."""
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Register the ``qxai`` option group and its ini twins."""
     add_options(parser)
@@ -31,15 +39,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Resolve the options; validate them now when the user asked for qxai explicitly."""
+    """Resolve the options; validate them now when the user asked for qxai explicitly.
+
+    Installed backends (entry points) register first in such a run, so ``--quant`` may name their schemes; other
+    runs (``--help``, tests without a model) never import them.
+    """
+    requested = explicitly_requested(config)
     try:
+        if requested:
+            register_entry_point_backends()
         qxai_config = QxaiConfig.from_pytest(config)
         session = QxaiSession(qxai_config)
     except QxaiError as exc:
         raise pytest.UsageError(str(exc)) from None
+    session.amend_report = lambda report: config.hook.pytest_qxai_report(report=report, config=config)
+    config.hook.pytest_qxai_metadata(metadata=session.metadata, config=config)
     config.stash[SESSION_KEY] = session
     config.stash[VALIDATED_KEY] = False
-    session.requested = explicitly_requested(config)
+    session.requested = requested
     if not _is_xdist_worker(config):
         config.pluginmanager.register(ReportObserver(session), "qxai-observer")
         if session.requested:

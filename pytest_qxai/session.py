@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
 import numpy as np
 import pytest
@@ -75,6 +75,8 @@ class QxaiSession:
     overrides: ToleranceOverrides = field(init=False)
     started: float = field(default_factory=time.time)
     model_bands: ModelBands | None = None
+    amend_report: Callable[[dict[str, Any]], None] | None = None
+    """Called with the report document before it is written (the ``pytest_qxai_report`` hook)."""
     _worker_suites: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
     _errored_suites: set[str] = field(default_factory=set, init=False, repr=False)
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
@@ -384,6 +386,8 @@ class QxaiSession:
         if self.config.blame is not None:
             self._blame_unmatched()
             report["blame"] = [b.to_dict() for b in self.blames]
+        if self.amend_report is not None:
+            self.amend_report(report)
         try:
             written = write_reports(report, json_path=self.config.report_json, md_path=self.config.report_md,
                                     html_path=self.config.report_html)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
-from ..errors import BackendMissingError, QxaiError
+from ..errors import BackendMissingError, QxaiError, QxaiUsageError
 from ..specs import SCHEMES, QuantSpec, Scheme
 from ..storage import CacheWarning, locked
 
@@ -53,6 +53,8 @@ class QuantBackend(ABC):
     name: ClassVar[str]
     distributions: ClassVar[tuple[str, ...]] = ()
     """pip distribution names whose versions enter the cache key and the baseline metadata."""
+    schemes: ClassVar[tuple[Scheme, ...]] = ()
+    """The ``--quant`` schemes a registered backend adds (the built-in ones are in :data:`~pytest_qxai.specs.SCHEMES`)."""
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this adapter relies on (for cache keys and baselines)."""
@@ -229,7 +231,7 @@ def checkpoint_slot(ctx: QuantContext) -> Iterator[CheckpointSlot]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-_ADAPTERS: dict[str, str] = {
+_ADAPTERS: dict[str, str | type[QuantBackend]] = {
     "none": "pytest_qxai.backends.none:NoneBackend",
     "bnb": "pytest_qxai.backends.bnb:BitsAndBytesBackend",
     "gptq": "pytest_qxai.backends.gptq:GPTQModelBackend",
@@ -239,10 +241,51 @@ _ADAPTERS: dict[str, str] = {
     "gguf": "pytest_qxai.backends.gguf:GGUFBackend",
     "ctensors": "pytest_qxai.backends.ctensors:CompressedTensorsBackend",
 }
+"""Backend name → its adapter class, or where to import it from (the built-ins load lazily)."""
+BUILTIN_BACKENDS = frozenset(_ADAPTERS)
+ENTRY_POINT_GROUP = "pytest_qxai.backends"
+"""Installed packages register backends here: ``NAME = "module:Class"`` (docs/extending.md)."""
 
 
 def get_backend(name: str) -> QuantBackend:
-    """Instantiate the adapter registered under ``name`` (imports its module lazily)."""
-    module_name, _, cls_name = _ADAPTERS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls()  # type: ignore[no-any-return]
+    """Instantiate the adapter registered under ``name`` (imports a built-in's module lazily)."""
+    adapter = _ADAPTERS[name]
+    if isinstance(adapter, str):
+        module_name, _, cls_name = adapter.partition(":")
+        adapter = getattr(importlib.import_module(module_name), cls_name)
+    return adapter()  # type: ignore[operator,no-any-return]
+
+
+def register_backend(cls: type[QuantBackend]) -> type[QuantBackend]:
+    """Make ``cls`` the adapter of backend ``cls.name`` and its ``cls.schemes`` valid ``--quant`` values.
+
+    Usable as a class decorator; registering a backend again replaces it. Built-in backends and schemes keep theirs.
+    """
+    name = getattr(cls, "name", None)
+    if not (isinstance(cls, type) and issubclass(cls, QuantBackend)) or not isinstance(name, str):
+        raise QxaiUsageError(f"backend {cls!r}: a backend is a QuantBackend subclass with a `name`")
+    if name in BUILTIN_BACKENDS:
+        raise QxaiUsageError(f"backend {name!r}: a built-in backend has this name; choose another")
+    for scheme in cls.schemes:
+        owner = SCHEMES[scheme.name].backend if scheme.name in SCHEMES else name
+        if scheme.backend != name or owner != name:
+            raise QxaiUsageError(f"backend {name!r}: scheme {scheme.name!r} belongs to backend "
+                                 f"{owner if owner != name else scheme.backend!r}")
+    for scheme in cls.schemes:
+        SCHEMES[scheme.name] = scheme
+    _ADAPTERS[name] = cls
+    return cls
+
+
+def register_entry_point_backends() -> None:
+    """Register the backends installed packages declare in the ``pytest_qxai.backends`` entry-point group."""
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = entry.load()
+        except Exception as exc:  # noqa: BLE001 - a broken third-party package becomes one readable line
+            raise QxaiUsageError(f"backend entry point {entry.name} = {entry.value} does not load: "
+                                 f"{type(exc).__name__}: {exc}") from None
+        if getattr(cls, "name", None) != entry.name:
+            raise QxaiUsageError(f"backend entry point {entry.name} = {entry.value}: the class's `name` is "
+                                 f"{getattr(cls, 'name', None)!r}, not {entry.name!r}")
+        register_backend(cls)
