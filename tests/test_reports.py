@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.json import JSONSnapshotExtension
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from pytest_qxai.gate.check import NOTHING_CHECKED, VERDICTS, CheckResult, summarize
 from pytest_qxai.metrics import Metric
@@ -22,6 +25,15 @@ from pytest_qxai.session import QxaiSession
 
 ACC = Metric("nli", "accuracy", "share correct", "binary", tolerance="abs:0.03")
 SIM = Metric("nle", "similarity", "cosine", "continuous", tolerance="abs:0.05")
+
+
+class MarkdownSnapshot(SingleFileSnapshotExtension):
+    """A report's Markdown as a golden ``.md`` file next to the tests (``__snapshots__/``), readable in a diff."""
+
+    _write_mode = WriteMode.TEXT
+    file_extension = "md"
+
+
 CHECK_KEYS = {"suite", "metric", "kind", "reference", "quantized", "baseline", "delta", "ci", "p_value", "n",
               "tolerance", "verdict", "reason", "profiles", "p_adjusted", "mdd", "n_needed", "lost"}
 
@@ -58,15 +70,22 @@ def test_session_writes_all_three_reports(make_config: Callable[..., QxaiConfig]
     assert any(line.startswith("qxai report: ") for line in session.terminal_lines())
 
 
-def test_markdown_lists_failures_first_with_reasons(make_config: Callable[..., QxaiConfig]) -> None:
-    session = ran_session(make_config(update_baselines="all"))
-    text = render_markdown(build_report(session.results, model="m", quant="bnb4", baseline_name="bnb4"))
-    rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| verdict |") and "**FAIL**" in rows[1] and "| nli.accuracy |" in rows[1]
-    assert rows[0].endswith("| p | p adj | n | band | mdd | n needed |")
-    assert "_mdd: the smallest degradation this run detects with 80 % power" in text
-    assert "- **FAIL** nli.accuracy (vs ref): accuracy degraded" in text
-    assert "no backward pass through this kernel" in text
+def test_markdown_lists_failures_first_with_reasons(make_config: Callable[..., QxaiConfig],
+                                                    snapshot: SnapshotAssertion) -> None:
+    """The whole pull-request comment: failures first with their reasons, the columns, the mdd note, skips.
+
+    A change to it is a change users see: review the diff, then accept it with ``pytest --snapshot-update``.
+    """
+    session = ran_session(make_config(update_baselines="all", baseline_dir=Path("baselines")))  # no tmp path in it
+    report = build_report(session.results, model="m", quant="bnb4", baseline_name="bnb4")
+    assert render_markdown(report) == snapshot(extension_class=MarkdownSnapshot)
+
+
+def test_json_report_document(make_config: Callable[..., QxaiConfig], snapshot: SnapshotAssertion) -> None:
+    """The machine-readable report, field by field (``schema`` names its version)."""
+    session = ran_session(make_config(update_baselines="all", baseline_dir=Path("baselines")))
+    report = build_report(session.results, model="m", quant="bnb4", baseline_name="bnb4")
+    assert report == snapshot(extension_class=JSONSnapshotExtension)
 
 
 def test_html_is_self_contained_with_plots(make_config: Callable[..., QxaiConfig]) -> None:
