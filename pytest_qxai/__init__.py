@@ -41,15 +41,15 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from .backends.base import QuantBackend, QuantContext, finish, load_float_copy, plain_weight, register_backend
-    from .config import QxaiConfig
-    from .errors import QxaiError, QxaiUsageError
-    from .gate.check import CheckResult
-    from .metrics import Metric, SuiteResult, not_applicable, register_metric
-    from .models.pair import ModelPair, ModelSide
-    from .protocols import Runtime
-    from .specs import Param, QuantSpec, Scheme
+if TYPE_CHECKING:  # the public names, for type checkers
+    from .backends.base import QuantBackend, QuantContext, finish, load_float_copy, plain_weight, register_backend  # noqa: F401
+    from .config import QxaiConfig  # noqa: F401
+    from .errors import QxaiError, QxaiUsageError  # noqa: F401
+    from .gate.check import CheckResult  # noqa: F401
+    from .metrics import Metric, SuiteResult, not_applicable, register_metric  # noqa: F401
+    from .models.pair import ModelPair, ModelSide  # noqa: F401
+    from .protocols import Runtime  # noqa: F401
+    from .specs import Param, QuantSpec, Scheme  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -99,13 +99,14 @@ OPTIONS: tuple[OptionDef, ...] = (
               "generation on bundled English text)", False, ini_type="bool", kwargs={"action": "store_true"}),
     OptionDef(("--qxai-data",), "qxai_data",
               "Run on these datasets only (repeatable): NAME=PATH for your JSONL file (names "
-              f"{', '.join(DATA_NAMES)} take their bundled format, any other name a classification file), or a bundled NAME alone "
-              f"(default: {', '.join(DATA_NAMES)})", ini_type="args",
+              f"{', '.join(DATA_NAMES)} take their bundled format, any other name a classification file), "
+              f"or a bundled NAME alone (default: {', '.join(DATA_NAMES)})", ini_type="args",
               kwargs={"action": "append", "metavar": "NAME=PATH"}),
     OptionDef(("--qxai-baseline-dir",), "qxai_baseline_dir", "Folder of stored baselines (default: ./baselines)",
               kwargs={"metavar": "DIR"}),
     OptionDef(("--qxai-baseline-name",), "qxai_baseline_name",
-              "Baseline to compare with and record into (default: the quant spec, plus -PROFILE unless standard)", kwargs={"metavar": "NAME"}),
+              "Baseline to compare with and record into (default: the quant spec, plus -PROFILE unless standard)",
+              kwargs={"metavar": "NAME"}),
     OptionDef(("--qxai-update-baselines",), "qxai_update_baselines",
               "Record baselines: 'all' (default when given bare) refreshes what ran, 'missing' adds only absent ones",
               kwargs={"nargs": "?", "const": "all", "choices": UPDATE_MODES}),

@@ -54,7 +54,7 @@ class QuantBackend(ABC):
     distributions: ClassVar[tuple[str, ...]] = ()
     """pip distribution names whose versions enter the cache key and the baseline metadata."""
     schemes: ClassVar[tuple[Scheme, ...]] = ()
-    """The ``--quant`` schemes a registered backend adds (the built-in ones are in :data:`~pytest_qxai.specs.SCHEMES`)."""
+    """The ``--quant`` schemes a registered backend adds (built-in ones are in :data:`~pytest_qxai.specs.SCHEMES`)."""
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this adapter relies on (for cache keys and baselines)."""
