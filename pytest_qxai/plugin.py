@@ -14,7 +14,7 @@ from .backends.base import register_entry_point_backends
 from .errors import ModelMismatchError, QxaiError, QxaiUsageError
 from .config import QxaiConfig, explicitly_requested
 from .options import add_options
-from .session import QxaiSession, suite_of
+from .session import CheckFixture, QxaiSession, suite_of
 
 if TYPE_CHECKING:
     from .models.pair import ModelPair
@@ -357,12 +357,12 @@ def refuse(config: pytest.Config, message: str) -> NoReturn:
 
 
 @pytest.fixture
-def qxai_check(request: pytest.FixtureRequest) -> Any:
+def qxai_check(request: pytest.FixtureRequest) -> CheckFixture:
     """Gate your own metric against the reference and the stored baseline (fails the test on a regression).
 
     Example::
 
-        from pytest_qxai.metrics import Metric, register_metric
+        from pytest_qxai import Metric, register_metric
         ACC = register_metric(Metric("mysuite", "accuracy", "share correct", "binary", tolerance="abs:0.03"))
 
         def test_accuracy(qxai_check):
