@@ -21,6 +21,8 @@ _EXPORTS = {
     "SuiteResult": "pytest_qxai.metrics",
     "register_metric": "pytest_qxai.metrics",
     "not_applicable": "pytest_qxai.metrics",
+    "Suite": "pytest_qxai.suite",
+    "register_suite": "pytest_qxai.suite",
     "CheckResult": "pytest_qxai.gate.check",
     "Runtime": "pytest_qxai.protocols",
     "ModelPair": "pytest_qxai.models.pair",
@@ -50,15 +52,14 @@ if TYPE_CHECKING:  # the public names, for type checkers
     from .models.pair import ModelPair, ModelSide  # noqa: F401
     from .protocols import Runtime  # noqa: F401
     from .specs import Param, QuantSpec, Scheme  # noqa: F401
+    from .suite import Suite, register_suite  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first use."""
+    """Import a public name from its module on use (not kept here: the module stays the one source of truth)."""
     if name not in _EXPORTS:
         raise AttributeError(f"module 'pytest_qxai' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
 
 
 def __dir__() -> list[str]:

@@ -17,6 +17,7 @@ from .options import add_options
 from .session import CheckFixture, QxaiSession, suite_of
 
 if TYPE_CHECKING:
+    from .metrics import SuiteResult
     from .models.pair import ModelPair
 
 SESSION_KEY = pytest.StashKey[QxaiSession]()
@@ -354,6 +355,20 @@ def refuse(config: pytest.Config, message: str) -> NoReturn:
     if not _is_xdist_worker(config):
         pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
     pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def qxai_suite_result(request: pytest.FixtureRequest, qxai_pair: "ModelPair") -> "SuiteResult":
+    """The result of the registered suite this module is named after (``test_<suite>.py``), run once per module.
+
+    The tests :func:`pytest_qxai.testing.suite_test` makes use it; a module of your own may too::
+
+        def test_my_view(qxai_suite_result):
+            assert qxai_suite_result.item_ids
+    """
+    from .suite import get_suite
+
+    return get_suite(suite_of(request.path)).result(qxai_pair)
 
 
 @pytest.fixture

@@ -19,9 +19,38 @@ passes and leaves the file byte-for-byte as it was.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pytest
+
+from .errors import QxaiUsageError
+
+if TYPE_CHECKING:
+    from .metrics import Metric, SuiteResult
+    from .session import CheckFixture
+    from .suite import Suite
+
+
+def suite_test(suite: "Suite") -> Callable[..., None]:
+    """The test function of a registered suite: one test per metric, each gated by ``qxai_check``.
+
+    Assign it in a module named after the suite, ``test_<name>.py``, which is how the plugin names a module's
+    suite (progress, xdist scheduling, errors); the ``qxai_suite_result`` fixture runs the suite once per module::
+
+        from pytest_qxai.testing import suite_test
+        test_sentiment_flip = suite_test(SENTIMENT_FLIP)
+    """
+
+    @pytest.mark.parametrize("metric", suite.metrics, ids=str)
+    def test(qxai_suite_result: "SuiteResult", metric: "Metric", qxai_check: "CheckFixture") -> None:
+        if qxai_suite_result.suite != suite.name:
+            raise QxaiUsageError(f"suite {suite.name!r} runs in a module named after another suite "
+                                 f"({qxai_suite_result.suite!r}): name it test_{suite.name}.py")
+        qxai_check.suite(qxai_suite_result, [metric])
+
+    test.__name__ = test.__qualname__ = f"test_{suite.name}"
+    test.__doc__ = suite.description
+    return test
 
 
 def run_gate(pytester: pytest.Pytester, *args: str, ci: bool = False) -> pytest.RunResult:

@@ -79,40 +79,12 @@ def _install(site: Path, entry: str) -> None:
     (site / "qxai_rounding.py").write_text(textwrap.dedent(BACKEND))
 
 
-def _run(pytester: pytest.Pytester, site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(pytester: pytest.Pytester, site: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest in a fresh process (outside CI), with ``site`` on the path: a model run, an installed backend."""
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site or ""), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:xdist", *args],
                           cwd=pytester.path, env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_an_installed_backend_runs_through_the_public_api_with_hooks_and_a_baseline_round_trip(
-    pytester: pytest.Pytester, tmp_path: Path
-) -> None:
-    pytest.importorskip("torch")
-    from tiny import build_tiny_model
-
-    model = build_tiny_model(tmp_path)
-    site = tmp_path / "site"
-    _install(site, "rounding = qxai_rounding:RoundingBackend")
-    pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_rounding=SUITE)
-    args = (f"--qxai-model={model}", "--quant=round:bits=6", "--qxai-device=cpu", f"--qxai-cache-dir={tmp_path / 'c'}",
-            "--qxai-skip-sanity", "--qxai-report-json=report.json")  # a tiny random model fails the sanity check
-    recorded = _run(pytester, site, *args, "--qxai-update-baselines")
-    assert recorded.returncode == 0, recorded.stdout[-3000:] + recorded.stderr[-3000:]
-    [baseline] = (pytester.path / "baselines").rglob("*.json")
-    assert baseline.name == "round_bits_6.json"  # named after the user's scheme like a built-in one
-    stored = baseline.read_bytes()
-    gated = _run(pytester, site, *args)
-    assert gated.returncode == 0, gated.stdout[-3000:]
-    assert baseline.read_bytes() == stored
-    assert "1 passed" in gated.stdout
-    report = json.loads((pytester.path / "report.json").read_text())
-    assert report["quant"] == "round:bits=6"
-    assert report["metadata"]["release"] == "r1" and report["release_checked"] == "r1"
-    assert {(c["suite"], c["metric"], c["kind"]) for c in report["checks"]} >= {
-        ("rounding", "top1_agreement", "vs_reference"), ("rounding", "top1_agreement", "vs_baseline")}
 
 
 def test_a_broken_backend_entry_point_is_one_usage_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
@@ -161,3 +133,79 @@ def test_the_top_level_names_import_without_torch() -> None:
             "[getattr(pytest_qxai, n) for n in pytest_qxai.__all__]\n"
             "assert 'torch' not in sys.modules and 'pytest' not in sys.modules, sorted(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "test_stability.py"
+
+
+def test_the_documented_own_suite_is_the_tested_file() -> None:
+    """docs/extending.md shows docs/examples/test_stability.py whole, so the worked example is the one tested."""
+    guide = (EXAMPLE.parents[1] / "extending.md").read_text()
+    assert f"```python\n{EXAMPLE.read_text()}```" in guide
+
+
+def test_a_user_backend_and_a_user_suite_run_through_the_public_api_with_profiles_hooks_and_baselines(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """An installed backend (entry point), the documented suite, a check of one's own and both hooks, in one project:
+    item counts follow the profile, a recorded baseline gates the next run and stays byte for byte."""
+    pytest.importorskip("torch")
+    from tiny import build_tiny_model
+
+    site = tmp_path / "site"
+    _install(site, "rounding = qxai_rounding:RoundingBackend")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_rounding=SUITE, test_stability=EXAMPLE.read_text())
+    args = (f"--qxai-model={build_tiny_model(tmp_path)}", "--quant=round:bits=6", "--qxai-device=cpu",
+            f"--qxai-cache-dir={tmp_path / 'c'}", "--qxai-skip-sanity", "--qxai-report-json=r.json")
+
+    def report(*more: str) -> dict:
+        result = _run(pytester, site, *args, *more)
+        assert result.returncode == 0 and "3 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+        return json.loads((pytester.path / "r.json").read_text())  # type: ignore[no-any-return]
+
+    def checked(document: dict) -> set[tuple[str, str, int]]:
+        return {(c["metric"], c["kind"], c["n"]) for c in document["checks"] if c["suite"] == "stability"}
+
+    def expected(items: int, stored: int) -> set[tuple[str, str, int]]:
+        """Both metrics on ``items`` items against the reference; ``stored`` against the baseline (0: recording)."""
+        return {(m, kind, n) for m in ("same_next_token", "confidence")
+                for kind, n in (("vs_reference", items), ("vs_baseline", stored))}
+
+    assert checked(report("--qxai-profile=standard", "--qxai-update-baselines")) == expected(8, 0)
+    assert checked(report("--qxai-profile=smoke", "--qxai-update-baselines")) == expected(4, 0)
+    baseline = pytester.path / "baselines" / "tiny-llama" / "round_bits_6-smoke.json"  # named like a built-in's
+    stored = baseline.read_bytes()
+    gated = report("--qxai-profile=smoke")
+    assert checked(gated) == expected(4, 4)
+    assert baseline.read_bytes() == stored
+    assert gated["quant"] == "round:bits=6"
+    assert {(c["suite"], c["kind"]) for c in gated["checks"]} >= {("rounding", "vs_reference"),
+                                                                  ("rounding", "vs_baseline")}
+    assert gated["metadata"]["release"] == "r1" and gated["release_checked"] == "r1"
+
+
+def test_a_failed_precondition_makes_every_metric_not_applicable_without_running_the_suite() -> None:
+    from types import SimpleNamespace
+
+    from pytest_qxai import Metric, Suite
+
+    def run(pair: object) -> None:
+        raise AssertionError("the suite ran")
+
+    metric = Metric("tiny_vocab", "m", "", "binary")
+    suite = Suite("tiny_vocab", "", (metric,), run, {"smoke": 2, "standard": 2, "full": 2},  # type: ignore[arg-type]
+                  preconditions=(lambda pair: None, lambda pair: f"a vocabulary of {len(pair.tokenizer)} tokens"))
+    result = suite.result(SimpleNamespace(tokenizer=[0] * 40))  # type: ignore[arg-type]
+    assert result.skipped == {"m": "not applicable: a vocabulary of 40 tokens"} and result.item_ids == []
+
+
+def test_a_suite_declares_every_profile_and_only_its_own_metrics() -> None:
+    from pytest_qxai import Metric, QxaiUsageError, Suite, register_suite
+
+    own, other = Metric("mine", "m", "", "binary"), Metric("theirs", "m", "", "binary")
+    with pytest.raises(QxaiUsageError, match=r"suite 'mine': give at least 2 items for each profile"):
+        register_suite(Suite("mine", "", (own,), print, {"smoke": 2, "standard": 2}))  # type: ignore[arg-type]
+    with pytest.raises(QxaiUsageError, match=r"suite 'mine': its metrics must belong to it \(theirs.m\)"):
+        register_suite(Suite("mine", "", (own, other), print,  # type: ignore[arg-type]
+                             {"smoke": 2, "standard": 2, "full": 2}))
