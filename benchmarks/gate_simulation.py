@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from pytest_qxai.gate.stats import margin_test
-from pytest_qxai.profiles import SIZES
+from pytest_qxai.config import PROFILES
+from pytest_qxai.methods import standard_suites
 
 ALPHA = 0.05
 BINARY_BAND = 0.03
@@ -130,16 +131,16 @@ def _table(reps: int) -> None:
     print("\nFamily-wise false-fail rate, 47 checks at their bands, n = 100:",
           {m: familywise(max(100, reps // 10), method=m) for m in ("holm", "none")})
     print("\nPower at D = 2b, one check (and under Bonferroni over 94 planned decisions)\n")
-    profiles = list(SIZES)
+    profiles = list(PROFILES)
     print("| suite | " + " | ".join(profiles) + " |\n|---|" + "---|" * len(profiles))
-    for suite in SIZES["standard"]:
+    for suite, budget in [(s, b) for s in standard_suites() for b in (None, *s.budgets)]:
         cells = []
         for profile in profiles:
-            n = SIZES[profile][suite]
+            n = suite.size(profile, budget=budget)
             scenario = Scenario("binary", discordance=0.1)
             p = outcomes(scenario, n, 2 * scenario.band, reps // 4)[0]
             cells.append(f"n={n}: {np.mean(p < ALPHA):.2f} ({np.mean(p < ALPHA / 94):.2f})")
-        print(f"| {suite} | " + " | ".join(cells) + " |")
+        print(f"| {budget or suite.name} | " + " | ".join(cells) + " |")
 
 
 def compare_methods(reps: int) -> None:

@@ -185,18 +185,21 @@ def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profil
     """Items that use the model pair (``uses_pair``: their ids) by suite, costliest first, then the other items.
 
     Under xdist this is the order in which whole suites go to idle workers: starting the longest first keeps
-    the last one from running alone at the end. A module of unknown cost (a suite of your own) is placed as
-    if it cost the mean of the standard suites. The order within a module, and among other items, is kept.
+    the last one from running alone at the end. A module whose suite states no cost (or that holds no registered
+    suite) is placed as if it cost the mean of the standard suites. The order within a module, and among other
+    items, is kept.
     """
-    from .profiles import ITEM_COST, suite_cost
+    from .methods import standard_suites
+    from .suite import registered_suites
 
-    known = [suite_cost(suite, profile, samples) or 0.0 for suite in ITEM_COST]
+    known = [suite.cost(profile, samples) or 0.0 for suite in standard_suites()]
     default = sum(known) / len(known)
+    costs = {suite.name: suite.cost(profile, samples) for suite in registered_suites()}
 
     def cost(item: pytest.Item) -> float:
         if id(item) not in uses_pair:
             return float("-inf")
-        estimate = suite_cost(suite_name(item), profile, samples)
+        estimate = costs.get(suite_name(item))
         return default if estimate is None else estimate
 
     return sorted(items, key=cost, reverse=True)

@@ -1,15 +1,6 @@
 """Feature attributions on e-SNLI: ERASER comprehensiveness/sufficiency and FP–quantized attribution agreement."""
 
-import pytest
-
 from pytest_qxai.methods import attribution
+from pytest_qxai.testing import suite_test
 
-
-@pytest.fixture(scope="module")
-def result(qxai_pair):
-    return attribution.run_attribution(qxai_pair)
-
-
-@pytest.mark.parametrize("metric", attribution.ATTRIBUTION_METRICS, ids=str)
-def test_attribution(result, metric, qxai_check):
-    qxai_check.suite(result, [metric])
+test_attribution = suite_test(attribution.ATTRIBUTION_SUITE)

@@ -1,15 +1,6 @@
 """Factual recall on LRE relations: greedy accuracy, log-probability and rank of the object."""
 
-import pytest
-
 from pytest_qxai.methods import knowledge
+from pytest_qxai.testing import suite_test
 
-
-@pytest.fixture(scope="module")
-def result(qxai_pair):
-    return knowledge.run_knowledge(qxai_pair)
-
-
-@pytest.mark.parametrize("metric", knowledge.KNOWLEDGE_METRICS, ids=str)
-def test_knowledge(result, metric, qxai_check):
-    qxai_check.suite(result, [metric])
+test_knowledge = suite_test(knowledge.KNOWLEDGE_SUITE)

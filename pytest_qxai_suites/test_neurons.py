@@ -1,15 +1,6 @@
 """Neuron-level knowledge attribution (Yu & Ananiadou 2024): top-300 neuron overlap and sublayer profiles."""
 
-import pytest
-
 from pytest_qxai.methods import neurons
+from pytest_qxai.testing import suite_test
 
-
-@pytest.fixture(scope="module")
-def result(qxai_pair):
-    return neurons.run_neurons(qxai_pair)
-
-
-@pytest.mark.parametrize("metric", neurons.NEURONS_METRICS, ids=str)
-def test_neurons(result, metric, qxai_check):
-    qxai_check.suite(result, [metric])
+test_neurons = suite_test(neurons.NEURONS_SUITE)

@@ -1,15 +1,6 @@
 """Quality of each model's post-hoc explanation of its own e-SNLI label, and FP–quantized explanation agreement."""
 
-import pytest
-
 from pytest_qxai.methods import nle
+from pytest_qxai.testing import suite_test
 
-
-@pytest.fixture(scope="module")
-def result(qxai_pair):
-    return nle.run_nle(qxai_pair)
-
-
-@pytest.mark.parametrize("metric", nle.NLE_METRICS, ids=str)
-def test_nle(result, metric, qxai_check):
-    qxai_check.suite(result, [metric])
+test_nle = suite_test(nle.NLE_SUITE)

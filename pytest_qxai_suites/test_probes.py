@@ -1,15 +1,6 @@
 """Linear NLI probes on the residual stream (transfer and retrained) and FP-quantized representation similarity."""
 
-import pytest
-
 from pytest_qxai.methods import probes
+from pytest_qxai.testing import suite_test
 
-
-@pytest.fixture(scope="module")
-def result(qxai_pair):
-    return probes.run_probes(qxai_pair)
-
-
-@pytest.mark.parametrize("metric", probes.PROBES_METRICS, ids=str)
-def test_probes(result, metric, qxai_check):
-    qxai_check.suite(result, [metric])
+test_probes = suite_test(probes.PROBES_SUITE)

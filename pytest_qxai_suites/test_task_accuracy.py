@@ -1,15 +1,6 @@
 """Task accuracy on e-SNLI and ECQA and FP–quantized label agreement, the prerequisite of every explanation metric."""
 
-import pytest
-
 from pytest_qxai.methods import task
+from pytest_qxai.testing import suite_test
 
-
-@pytest.fixture(scope="module")
-def result(qxai_pair):
-    return task.run_task_accuracy(qxai_pair)
-
-
-@pytest.mark.parametrize("metric", task.TASK_METRICS, ids=str)
-def test_task_accuracy(result, metric, qxai_check):
-    qxai_check.suite(result, [metric])
+test_task_accuracy = suite_test(task.TASK_ACCURACY_SUITE)

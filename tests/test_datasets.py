@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from pytest_qxai import datasets as ds
 from pytest_qxai.errors import DatasetError, QxaiUsageError
-from pytest_qxai.profiles import SIZES, SUITES, suite_size
+from pytest_qxai.config import PROFILES
+from pytest_qxai.methods import standard_suites
+from pytest_qxai.profiles import suite_size
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -180,8 +182,8 @@ def test_selection_is_deterministic_and_nested(name: str) -> None:
 
 def test_profiles_are_nested_for_every_suite() -> None:
     items = ds.load_esnli(None, 3)
-    for suite in SUITES:
-        sizes = [suite_size(suite, profile) for profile in ("smoke", "standard", "full")]
+    for suite, budget in [(s.name, b) for s in standard_suites() for b in (None, *s.budgets)]:
+        sizes = [suite_size(suite, profile, budget=budget) for profile in PROFILES]
         selections = [ds.load_esnli(n, 3) for n in sizes]
         assert selections[0] == selections[1][: sizes[0]] and selections[1] == selections[2][: sizes[1]]
         assert selections[2] == items[: sizes[2]]
@@ -406,21 +408,22 @@ def test_arbitrary_records_raise_only_dataset_errors(records: list[dict[str, Any
 
 # --- profiles ----------------------------------------------------------------------------------------------
 
-def test_profile_table() -> None:
-    from pytest_qxai.options import PROFILES
-
-    assert tuple(SIZES) == PROFILES
-    for profile in PROFILES:
-        assert set(SIZES[profile]) == set(SUITES)
-    for suite in SUITES:
-        smoke, standard, full = (SIZES[p][suite] for p in PROFILES)
+def test_every_standard_suite_states_growing_item_counts_per_profile() -> None:
+    suites = standard_suites()
+    assert {s.name for s in suites} == {"task_accuracy", "nle", "nle_faithfulness", "counterfactual", "attribution",
+                                        "knowledge", "neurons", "multihop", "probes"}
+    for counts in [c for s in suites for c in (s.sizes, *s.budgets.values())]:
+        smoke, standard, full = (counts[p] for p in PROFILES)
         assert 0 < smoke < standard < full
-    assert SIZES["smoke"]["cc_shap"] == 6 and SIZES["standard"]["task_accuracy"] == 300
-    assert max(SIZES["full"][s] for s in ("task_accuracy", "nle", "nle_faithfulness", "counterfactual",
-                                           "attribution", "cc_shap")) <= len(ds.load_esnli(None, 0))
+    assert suite_size("nle_faithfulness", "smoke", budget="cc_shap") == 6
+    assert suite_size("task_accuracy", "standard") == 300
+    on_esnli = [s for s in suites if s.name in ("task_accuracy", "nle", "nle_faithfulness", "counterfactual",
+                                                "attribution")]
+    assert max(c["full"] for s in on_esnli for c in (s.sizes, *s.budgets.values())) <= len(ds.load_esnli(None, 0))
 
 
 def test_suite_size() -> None:
+    standard_suites()
     assert suite_size("nle", "standard") == 120
     assert suite_size("nle", "smoke", samples_override=5) == 5
     with pytest.raises(QxaiUsageError, match="unknown profile"):
@@ -430,5 +433,6 @@ def test_suite_size() -> None:
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, pytest_qxai.datasets, pytest_qxai.profiles; assert 'torch' not in sys.modules"
+    code = ("import sys, pytest_qxai.datasets, pytest_qxai.profiles, pytest_qxai.methods as m; m.standard_suites(); "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -14,7 +14,8 @@ from pytest_qxai.gate.bands import _known_metrics
 from pytest_qxai.gate.check import check_vs_reference
 from pytest_qxai.gate.tolerance import parse_tolerance
 from pytest_qxai.metrics import Metric, registered_metrics
-from pytest_qxai.profiles import SIZES
+from pytest_qxai.methods import standard_suites
+from pytest_qxai.profiles import suite_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from gate_simulation import ALPHA, BINARY, CONTINUOUS, Scenario, familywise, mc_limit, outcomes  # noqa: E402
@@ -55,7 +56,7 @@ def test_holm_keeps_the_family_wise_false_fail_rate_of_a_47_check_run() -> None:
 
 def test_a_degradation_of_twice_the_band_is_usually_caught_at_the_standard_profile() -> None:
     scenario = Scenario("binary", discordance=0.1)
-    p_fail, _ = outcomes(scenario, SIZES["standard"]["knowledge"], 2 * scenario.band, 400, seed=7)
+    p_fail, _ = outcomes(scenario, suite_size("knowledge", "standard"), 2 * scenario.band, 400, seed=7)
     assert np.mean(p_fail < ALPHA) > 0.4
 
 
@@ -173,8 +174,8 @@ CHANCE: dict[str, Sides] = {
 
 def test_every_registered_metric_has_a_chance_scenario() -> None:
     _known_metrics()
-    assert {m.key for m in registered_metrics() if m.suite in SIZES["standard"] or m.suite == "nle_faithfulness"} \
-        <= set(CHANCE)
+    standard = {suite.name for suite in standard_suites()}
+    assert {m.key for m in registered_metrics() if m.suite in standard} <= set(CHANCE)
 
 
 LOW_POWER = {"counterfactual.ecqa_validity": "48 items at the standard profile, reference validity 0.5 vs chance 0.2: "
@@ -187,9 +188,7 @@ LOW_POWER = {"counterfactual.ecqa_validity": "48 items at the standard profile, 
 def test_a_quantized_side_at_chance_fails_its_default_band_at_the_standard_profile(key: str) -> None:
     _known_metrics()
     metric: Metric = next(m for m in registered_metrics() if m.key == key)
-    suite = {"nle_faithfulness": "nle_faithfulness" if metric.name != "cc_shap" else "cc_shap"}.get(
-        metric.suite, metric.suite)
-    n = SIZES["standard"][suite]
+    n = suite_size(metric.suite, "standard", budget="cc_shap" if metric.name == "cc_shap" else None)
     reference, quantized = CHANCE[key](np.random.default_rng(0), n)
     result = check_vs_reference(metric, parse_tolerance(metric.tolerance), reference, quantized,
                                 [str(i) for i in range(n)], n_resamples=999)

@@ -52,6 +52,7 @@ from ..datasets import dataset_fingerprint
 from ..errors import QxaiError
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import stable_hash
 from . import task
 from .task import LabelTask, option_scores
@@ -465,3 +466,11 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
     names = ", ".join("e-SNLI" if t.kind == "nli" else t.name for t in tasks)
     require_competence(result, names, correct, chance, dependent)
     return result
+
+
+ATTRIBUTION_SUITE = register_suite(Suite(
+    SUITE,
+    "Feature attributions on e-SNLI: ERASER comprehensiveness/sufficiency and FP–quantized attribution agreement.",
+    tuple(ATTRIBUTION_METRICS), run_attribution,
+    sizes={"smoke": 8, "standard": 32, "full": 300}, item_cost=11.0,
+))

@@ -41,6 +41,7 @@ import numpy as np
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import stable_hash
 from . import task
 from .nle import log_perplexity
@@ -373,3 +374,12 @@ def run_counterfactual(pair: "ModelPair") -> SuiteResult:
     require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
                        [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]])
     return result
+
+
+COUNTERFACTUAL_SUITE = register_suite(Suite(
+    SUITE,
+    "Self-generated counterfactual edits on e-SNLI: label flips (self and FP-judged), minimality, similarity, "
+    "fluency.",
+    tuple(COUNTERFACTUAL_METRICS), run_counterfactual,
+    sizes={"smoke": 16, "standard": 48, "full": 300}, item_cost=4.5,
+))

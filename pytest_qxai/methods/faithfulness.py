@@ -56,6 +56,7 @@ import numpy as np
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import stable_hash
 from .nle import (ECQA_NLE_TEMPLATE, NLE_TEMPLATE, explain, explain_ecqa, explanation_params, explanation_prompt,
                   is_empty, side_explanations)
@@ -402,7 +403,7 @@ def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
     if reason:
         return not_applicable(SUITE, NLE_FAITHFULNESS_METRICS, reason)
     n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
-    n_shap = min(suite_size("cc_shap", pair.config.profile, pair.config.samples), n_edit)
+    n_shap = min(suite_size(SUITE, pair.config.profile, pair.config.samples, budget="cc_shap"), n_edit)
     items, questions = esnli_items(pair, n_edit), ecqa_items(pair, n_edit)
     results = {side.role: _side(pair, side, items, n_shap) for side in pair.sides}
     ecqa = {side.role: _ecqa_side(pair, side, questions) for side in pair.sides}
@@ -449,3 +450,12 @@ def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
     require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n_edit).correct, 1 / 5,
                        [ECQA_FLIP, ECQA_UNFAITHFUL])
     return result
+
+
+NLE_FAITHFULNESS_SUITE = register_suite(Suite(
+    SUITE,
+    "Faithfulness of the explanations: the counterfactual-edit test (unfaithfulness, flip rate) and CC-SHAP.",
+    tuple(NLE_FAITHFULNESS_METRICS), run_nle_faithfulness,
+    sizes={"smoke": 16, "standard": 120, "full": 400}, item_cost=15.0,
+    budgets={"cc_shap": {"smoke": 6, "standard": 24, "full": 80}},
+))

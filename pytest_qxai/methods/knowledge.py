@@ -20,6 +20,7 @@ from ..datasets import (Fact, Relation, dataset_fingerprint, load_relations, no_
                         select_facts)
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import stable_hash
 
 if TYPE_CHECKING:
@@ -183,3 +184,11 @@ def remeasure_knowledge(pair: "ModelPair", item_ids: Sequence[str]) -> dict[str,
 
 
 register_blame(BlameSupport(SUITE, tuple(m.name for m in KNOWLEDGE_METRICS), remeasure_knowledge, run_knowledge))
+
+
+KNOWLEDGE_SUITE = register_suite(Suite(
+    SUITE,
+    "Factual recall on LRE relations: greedy accuracy, log-probability and rank of the object.",
+    tuple(KNOWLEDGE_METRICS), run_knowledge,
+    sizes={"smoke": 24, "standard": 300, "full": 1000}, item_cost=0.3,
+))

@@ -34,6 +34,7 @@ import numpy as np
 from ..datasets import DATA_DIR, Fact, dataset_fingerprint, load_relations, no_relations, seeded_order
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import stable_hash
 from .arch import ModelParts, model_parts
 from .knowledge import first_token_ids, greedy_answers
@@ -339,3 +340,11 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
 def _fingerprint(items: Sequence[TwoHopItem]) -> str:
     """Hash of the items' prompts and facts (the item dataclasses hold everything that enters a result)."""
     return dataset_fingerprint(list(items))
+
+
+MULTIHOP_SUITE = register_suite(Suite(
+    SUITE,
+    "Latent multi-hop reasoning (Yang et al. 2024): first-hop EntRec tests, CnstScore, second hop, accuracies.",
+    tuple(MULTIHOP_METRICS), run_multihop,
+    sizes={"smoke": 24, "standard": 150, "full": 500}, item_cost=1.0,
+))

@@ -23,6 +23,7 @@ import numpy as np
 from ..datasets import dataset_fingerprint, no_relations
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import cache_type, stable_hash
 from .arch import ModelParts, model_parts
 from .knowledge import PROMPT, RecallItem, first_token_ids, recall_items, recall_values
@@ -329,3 +330,11 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
     return SuiteResult(SUITE, ids, {k: v for k, v in ref_vals.items() if k not in skipped},
                        {k: v for k, v in quant_vals.items() if k not in skipped}, fingerprint,
                        profiles=profiles, skipped=skipped, notes=notes)
+
+
+NEURONS_SUITE = register_suite(Suite(
+    SUITE,
+    "Neuron-level knowledge attribution (Yu & Ananiadou 2024): top-300 neuron overlap and sublayer profiles.",
+    tuple(NEURONS_METRICS), run_neurons,
+    sizes={"smoke": 16, "standard": 60, "full": 200}, item_cost=1.4,
+))

@@ -55,6 +55,7 @@ from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..models.judge import judge
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import stable_hash
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
 from .task import (MCQ_TEMPLATE, ecqa_items, esnli_items, lacks, mcq_predictions, nli_predictions, option_scores,
@@ -398,3 +399,12 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
     require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
                        [ECQA_METRICS[m] for m in TASK_DEPENDENT])
     return result
+
+
+NLE_SUITE = register_suite(Suite(
+    SUITE,
+    "Quality of each model's post-hoc explanation of its own e-SNLI label, and FP–quantized explanation "
+    "agreement.",
+    tuple(NLE_METRICS), run_nle,
+    sizes={"smoke": 16, "standard": 120, "full": 400}, item_cost=2.0,
+))

@@ -24,6 +24,7 @@ import numpy as np
 from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint, load_esnli
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import stable_hash
 from .task import NLI_TEMPLATE, lacks, nli_prompt, template_id
 
@@ -178,3 +179,12 @@ def run_probes(pair: "ModelPair") -> SuiteResult:
             "chance": f"{counts.max() / len(labels):.3f} (majority label share)",
         },
     )
+
+
+PROBES_SUITE = register_suite(Suite(
+    SUITE,
+    "Linear NLI probes on the residual stream (transfer and retrained) and FP-quantized representation "
+    "similarity.",
+    tuple(PROBES_METRICS), run_probes,
+    sizes={"smoke": 24, "standard": 300, "full": 1000}, item_cost=0.5,
+))

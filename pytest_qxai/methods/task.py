@@ -43,6 +43,7 @@ from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, 
                         load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
+from ..suite import Suite, register_suite
 from ..storage import cache_type, stable_hash
 
 if TYPE_CHECKING:
@@ -467,3 +468,12 @@ def _block(name: str, predictions: Sequence[Predictions], accuracy: Metric,
         accuracy.name: [reference.correct, quantized.correct],
         agreement_metric.name: list(agreement(reference.predicted, quantized.predicted)),
     }
+
+
+TASK_ACCURACY_SUITE = register_suite(Suite(
+    SUITE,
+    "Task accuracy on e-SNLI and ECQA and FP–quantized label agreement, the prerequisite of every explanation "
+    "metric.",
+    tuple(TASK_METRICS), run_task_accuracy,
+    sizes={"smoke": 24, "standard": 300, "full": 1200}, item_cost=0.75,
+))
