@@ -90,19 +90,15 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 
 def _configure_xdist(config: pytest.Config) -> None:
-    """When a run asks for a model, keep each test module (a suite) whole on one xdist worker.
+    """When a run asks for a model, leave the order of whole suites to the workers (``--no-loadscope-reorder``).
 
-    ``-n`` alone means ``--dist load``, which would spread a suite's tests over workers and make each one load
-    the models and compute the suite. ``loadfile`` keeps modules whole (``loadgroup`` markers cannot: from
-    pytest 9.2 xdist no longer sees them, pytest-dev/pytest-xdist#1386). Workers sort the suites costliest
-    first (:func:`costliest_suites_first`), so xdist's reordering by number of tests is switched off. Runs
-    that choose no model, spec or device (your unit tests, with this plugin installed) are left as they are.
+    Workers sort the suites costliest first (:func:`costliest_suites_first`), so xdist's reordering of modules
+    by number of tests is switched off; :meth:`XdistHooks.pytest_xdist_make_scheduler` keeps each module whole.
+    Runs that choose no model, spec or device (your unit tests, with this plugin installed) are left as they are.
     """
     if _is_xdist_worker(config) or not explicitly_requested(config):
         return
-    if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "numprocesses", None):
-        config.option.dist = "loadfile"
-    if getattr(config.option, "dist", "no") in ("loadfile", "loadscope", "loadgroup"):
+    if getattr(config.option, "dist", "no") in ("load", "loadfile", "loadscope", "loadgroup"):
         config.option.loadscopereorder = False
 
 
@@ -266,10 +262,24 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 class XdistHooks:
-    """Registered only when pytest-xdist is active: merge worker checks into the controller's session."""
+    """Registered only when pytest-xdist is active: schedule whole suites, merge worker checks into the session."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """``-n`` alone (``--dist load``) in a run with a model: keep each test module (a suite) whole on one worker.
+
+        ``load`` would spread a suite's tests over workers and make each one load the models and compute the
+        suite. ``loadfile`` keeps modules whole (``loadgroup`` markers cannot: from pytest 9.2 xdist no longer
+        sees them, pytest-dev/pytest-xdist#1386). Other ``--dist`` modes are xdist's as given.
+        """
+        if config.getvalue("dist") != "load" or not config.stash[SESSION_KEY].requested:
+            return None
+        from xdist.scheduler import LoadFileScheduling
+
+        return LoadFileScheduling(config, log)
 
     @pytest.hookimpl
     def pytest_testnodedown(self, node: Any, error: Any) -> None:

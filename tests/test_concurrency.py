@@ -204,11 +204,15 @@ def test_metric(result, k):
 def suite_modules(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Four suite modules over a stand-in pair (the scheduling is under test, not the models), and a plain one.
 
-    The controller prints its distribution mode in the header; each test logs its worker and module.
+    The controller prints its distribution mode in the header and its scheduler in the summary; each test logs
+    its worker and module.
     """
     pytester.makeconftest(
         "import pytest\n\n@pytest.fixture(scope='session')\ndef qxai_pair():\n    return None\n\n"
-        "def pytest_report_header(config):\n    return f'dist={config.option.dist}'\n"
+        "def pytest_report_header(config):\n    return f'dist={config.option.dist}'\n\n"
+        "def pytest_terminal_summary(terminalreporter, config):\n"
+        "    dsession = config.pluginmanager.getplugin('dsession')\n"
+        "    terminalreporter.write_line(f'scheduler={type(dsession.sched).__name__}' if dsession else 'scheduler=none')\n"
     )
     names = ["test_counterfactual", "test_custom", "test_knowledge", "test_nle_faithfulness"]
     pytester.makepyfile(**{name: SUITE_MODULE for name in names}, test_plain="def test_plain():\n    pass\n")
@@ -222,7 +226,7 @@ def test_xdist_hands_out_whole_suites_costliest_first(pytester: pytest.Pytester,
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
     result.stdout.fnmatch_lines(["*qxai gate: ERROR*"])
     result.assert_outcomes(passed=13)
-    result.stdout.fnmatch_lines(["dist=loadfile"])
+    result.stdout.fnmatch_lines(["scheduler=LoadFileScheduling"])  # from -n alone, through xdist's scheduler hook
     runs = [line.split() for line in suite_modules.read_text().splitlines()]
     workers_of = {module: {w for w, m in runs if m == module} for _, module in runs}
     assert len(workers_of) == 4 and all(len(w) == 1 for w in workers_of.values()), workers_of  # one worker each
@@ -236,4 +240,4 @@ def test_xdist_hands_out_whole_suites_costliest_first(pytester: pytest.Pytester,
 def test_xdist_runs_without_a_model_are_left_alone(pytester: pytest.Pytester, suite_modules: Path) -> None:
     result = run_gate(pytester, *LEAN, "-n", "2", "-p", "xdist")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.stdout.fnmatch_lines(["dist=load"])
+    result.stdout.fnmatch_lines(["dist=load", "*scheduler=LoadScheduling"])
