@@ -52,8 +52,8 @@ from ..datasets import dataset_fingerprint
 from ..errors import QxaiError
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import stable_hash
+from ..suite import Suite, register_suite
 from . import task
 from .task import LabelTask, option_scores
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, worst_value
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from ..models.pair import ModelPair, ModelSide
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 Method = Literal["occlusion", "integrated_gradients"]
 

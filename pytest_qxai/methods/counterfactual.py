@@ -41,8 +41,8 @@ import numpy as np
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import stable_hash
+from ..suite import Suite, register_suite
 from . import task
 from .nle import log_perplexity
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
@@ -50,7 +50,7 @@ from .text import pairwise_cosine, token_edit_distance, words
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 SUITE = "counterfactual"
 

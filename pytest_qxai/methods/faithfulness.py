@@ -56,8 +56,8 @@ import numpy as np
 from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import stable_hash
+from ..suite import Suite, register_suite
 from .nle import (ECQA_NLE_TEMPLATE, NLE_TEMPLATE, explain, explain_ecqa, explanation_params, explanation_prompt,
                   is_empty, side_explanations)
 from .outcomes import degenerate_metric, require_competence, scored
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from ..models.pair import ModelPair, ModelSide
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 SUITE = "nle_faithfulness"
 EXAMPLES_IN_NOTES = 3

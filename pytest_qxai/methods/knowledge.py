@@ -20,14 +20,14 @@ from ..datasets import (Fact, Relation, dataset_fingerprint, load_relations, no_
                         select_facts)
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import stable_hash
+from ..suite import Suite, register_suite
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from ..models.pair import ModelPair, ModelSide
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 SUITE = "knowledge"
 

@@ -34,8 +34,8 @@ import numpy as np
 from ..datasets import DATA_DIR, Fact, dataset_fingerprint, load_relations, no_relations, seeded_order
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import stable_hash
+from ..suite import Suite, register_suite
 from .arch import ModelParts, model_parts
 from .knowledge import first_token_ids, greedy_answers
 

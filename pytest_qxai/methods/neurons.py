@@ -23,8 +23,8 @@ import numpy as np
 from ..datasets import dataset_fingerprint, no_relations
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import cache_type, stable_hash
+from ..suite import Suite, register_suite
 from .arch import ModelParts, model_parts
 from .knowledge import PROMPT, RecallItem, first_token_ids, recall_items, recall_values
 

@@ -55,8 +55,8 @@ from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..models.judge import judge
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import stable_hash
+from ..suite import Suite, register_suite
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
 from .task import (MCQ_TEMPLATE, ecqa_items, esnli_items, lacks, mcq_predictions, nli_predictions, option_scores,
                    template_id)
@@ -64,7 +64,7 @@ from .text import ENCODER_NAME, embed, perplexity, rouge_l
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 SUITE = "nle"
 EXAMPLES_IN_NOTES = 3

@@ -20,7 +20,7 @@ import numpy as np
 from ..metrics import Metric, SuiteResult, register_metric
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 COMPETENCE_ALPHA = 0.05
 """One-sided level of the binomial test that the reference is above chance on a suite's gated items."""

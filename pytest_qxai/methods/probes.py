@@ -24,8 +24,8 @@ import numpy as np
 from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint, load_esnli
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import stable_hash
+from ..suite import Suite, register_suite
 from .task import NLI_TEMPLATE, lacks, nli_prompt, template_id
 
 if TYPE_CHECKING:

@@ -43,14 +43,14 @@ from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, 
                         load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
-from ..suite import Suite, register_suite
 from ..storage import cache_type, stable_hash
+from ..suite import Suite, register_suite
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from ..models.pair import ModelPair, ModelSide
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 SUITE = "task_accuracy"
 VOCAB_CHUNK = 256

