@@ -352,7 +352,8 @@ def decide(result: CheckResult) -> None:
     spent = alpha * sequential.get("pass_share", 1.0)  # a sequential look's interval is at its share of alpha
     level = 1 - spent if tolerance.two_sided else 1 - 2 * spent
     change = f"{'+' if (result.delta or 0) >= 0 else ''}{_fmt(result.delta or 0.0)}"
-    interval = f"{level:.0%} CI of delta [{_fmt(result.ci[0])}, {_fmt(result.ci[1])}]"
+    percent = f"{100 * level:.6g}%" if sequential else f"{level:.0%}"  # a look's level can be 99.96 %
+    interval = f"{percent} CI of delta [{_fmt(result.ci[0])}, {_fmt(result.ci[1])}]"
     band = f"band {tolerance} (+/-{_fmt(b)})"
     stat = (f"{'two-sided' if tolerance.two_sided else 'one-sided'} p={result.p_value:.3g}, "
             f"adjusted p={result.p_adjusted:.3g}, alpha={_fmt(alpha)}, n={result.n}")

@@ -62,20 +62,18 @@ def decided(result: CheckResult) -> bool:
 def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, look: int, family: int) -> CheckResult:
     """This look's check, its p-value made the repeated one over looks so far (``min_j p_j / w_j``), decided
     again, with what it used and why it stopped (``notes["sequential"]``, also said in the reason)."""
-    testable = current.p_value is not None and current.ci is not None
-    if testable:
-        if previous is not None and previous.p_value is not None and previous.p_value < current.p_value:
-            current.p_value = previous.p_value
-        current.p_adjusted = min(1.0, current.p_value * family)
-        decide(current)
-    settled = decided(current) and current.verdict != "skipped"
+    if current.p_value is None or current.ci is None:  # no test (a missing or stale baseline, too few items)
+        return current
+    if previous is not None and previous.p_value is not None and previous.p_value < current.p_value:
+        current.p_value = previous.p_value
+    current.p_adjusted = min(1.0, current.p_value * family)
+    decide(current)
     final = look == len(plan_.looks) - 1
     current.notes["sequential"] = current.notes.get("sequential", {}) | {
         "items": plan_.looks[look], "budget": plan_.budget, "look": look + 1, "looks": len(plan_.looks),
-        "stopped": (STOPS.get(current.verdict, "") if settled else "") or ("budget spent" if final else ""),
+        "stopped": STOPS.get(current.verdict, "") or ("budget spent" if final else ""),
     }
-    if testable:
-        decide(current)  # again, so that the reason says why the check stopped
+    decide(current)  # again, so that the reason says why the check stopped
     return current
 
 

@@ -149,14 +149,22 @@ class BootstrapT(MarginTest):
         if self.sd == 0:
             return self._p_identical(self.estimate - c, self.estimate - self.span[0])
         t = (self.estimate - c) / self.se
-        return max(float((1 + np.count_nonzero(self.t_star >= t)) / (self.t_star.size + 1)), self._student(t))
+        return self._combined(int(np.count_nonzero(self.t_star >= t)), self._student(t))
 
     def p_below(self, c: float) -> float:
         """Bootstrap-t p-value of H0 theta >= c."""
         if self.sd == 0:
             return self._p_identical(c - self.estimate, self.span[1] - self.estimate)
         t = (self.estimate - c) / self.se
-        return max(float((1 + np.count_nonzero(self.t_star <= t)) / (self.t_star.size + 1)), self._student(-t))
+        return self._combined(int(np.count_nonzero(self.t_star <= t)), self._student(-t))
+
+    def _combined(self, beyond: int, student: float) -> float:
+        """The larger of the bootstrap-t p-value (``beyond`` resampled t* as extreme as t) and Student's.
+
+        Beyond every resampled t* the bootstrap says only p < 1 / (B + 1); Student's t decides there, the rule
+        :meth:`bound` follows, so a sequential look spending less than 1 / (B + 1) can still stop a clear case.
+        """
+        return student if beyond == 0 else max((1 + beyond) / (self.t_star.size + 1), student)
 
     def _student(self, t: float) -> float:
         """Student's t upper-tail p-value with n - 1 degrees of freedom."""
