@@ -33,8 +33,7 @@ def test_looks_are_nested_prefixes_ending_at_the_budget_and_spend_exactly_alpha(
     assert spent(1.0, alpha) == pytest.approx(alpha)
 
 
-@pytest.mark.parametrize("scenario, reps", [(Scenario("binary", discordance=0.1), 600),
-                                            (Scenario("binary", discordance=0.3), 600),
+@pytest.mark.parametrize("scenario, reps", [(Scenario("binary", discordance=0.3), 1000),
                                             (Scenario("continuous", shape="normal"), 300)],
                          ids=lambda x: getattr(x, "label", ""))
 def test_error_rates_hold_under_the_stopping_rule(scenario: Scenario, reps: int) -> None:
@@ -44,6 +43,14 @@ def test_error_rates_hold_under_the_stopping_rule(scenario: Scenario, reps: int)
     beyond, _ = sequential_outcomes(scenario, BUDGET, 1.1 * scenario.band, reps, seed=2)
     assert np.mean([v == "fail" for v in at_band]) <= mc_limit(ALPHA, reps)
     assert np.mean([v in ("pass", "improved") for v in beyond]) <= mc_limit(ALPHA, reps)
+
+
+def test_the_fixed_n_rule_at_every_look_would_break_the_guarantee() -> None:
+    """The negative control: the same looks, each tested at the full alpha, fail too often at D = b (so the
+    simulation above can see a broken stopping rule)."""
+    scenario = Scenario("binary", discordance=0.3)
+    naive, _ = sequential_outcomes(scenario, BUDGET, scenario.band, 400, seed=1, naive=True)
+    assert np.mean([v == "fail" for v in naive]) > mc_limit(ALPHA, 400)
 
 
 def test_a_check_far_from_its_band_stops_well_before_the_budget() -> None:

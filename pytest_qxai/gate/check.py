@@ -131,6 +131,8 @@ def jsonable(value: Any) -> Any:
     """Plain JSON types: numpy scalars to Python, tuples to lists, non-finite floats to None."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim == 1:  # per-item values: the common, large case
+        return [v if math.isfinite(v) else None for v in value.tolist()]
     if isinstance(value, (list, tuple, np.ndarray)):
         return [jsonable(v) for v in value]
     if isinstance(value, (bool, np.bool_)):

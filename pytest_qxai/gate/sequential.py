@@ -49,6 +49,15 @@ def plan(budget: int, looks: int = LOOKS, first: int = 2) -> Plan:
     return Plan(budget, tuple(sorted({max(first, math.ceil(budget * j / looks)) for j in range(1, looks + 1)})))
 
 
+def batches(n: int, budget: int | None) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the items between looks, for a method that caches them one batch at a time so that a
+    look does not recompute the earlier ones; one batch of all ``n`` items without a budget."""
+    if budget is None:
+        return [(0, n)]
+    stops = [look for look in plan(budget).looks if look < n] + [n]
+    return list(zip([0, *stops[:-1]], stops))
+
+
 def decided(result: CheckResult) -> bool:
     """Whether a check is settled at this look: fail, pass or improved shown, or not a test that more items
     could change (a stale or missing baseline). A check skipped for lack of valid items may get them later."""
