@@ -41,7 +41,7 @@ def sequential_outcomes(scenario: Scenario, budget: int, degradation: float, rep
                                        n_resamples=resamples, family=family,
                                        fractions=None if naive else fractions)]
 
-        (check,), _ = run_looks(looks, evaluate, family)
+        (check,) = run_looks(looks, evaluate, family)
         verdicts.append(check.verdict)
         used[rep] = check.notes["sequential"]["items"]
     return verdicts, used

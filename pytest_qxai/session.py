@@ -214,17 +214,15 @@ class QxaiSession:
             return run(pair)
         from .gate.sequential import plan, run_looks
 
-        looks: list[SuiteResult] = []
+        last: list[SuiteResult] = []  # the latest look's result
 
         def evaluate(n: int, fractions: Fractions) -> list[CheckResult]:
-            looks.append(run(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=n))))
-            return [check for metric in suite_metrics(looks[-1])
-                    for check in self._suite_checks(looks[-1], metric, fractions)]
+            last[:] = [run(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=n)))]
+            return [check for metric in suite_metrics(last[0]) for check in self._suite_checks(last[0], metric, fractions)]
 
-        checks, _ = run_looks(plan(self.config.budget), evaluate, self.family)
-        for check in checks:
-            self._stopped.setdefault(check.key, []).append(check)
-        return looks[-1]
+        checks = run_looks(plan(self.config.budget), evaluate, self.family)
+        self._stopped.update({key: [c for c in checks if c.key == key] for key in dict.fromkeys(c.key for c in checks)})
+        return last[0]
 
     def skip(self, metric: Metric | str, reason: str, nodeid: str = "") -> CheckResult:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
@@ -252,7 +250,11 @@ class QxaiSession:
             from .models.pair import get_pair
 
             try:
-                self.blames.append(blame_check(get_pair(self.config), r, self.tolerance(resolve_metric(r.key)),
+                pair = get_pair(self.config)
+                if "items" in r.notes.get("sequential", {}):  # the items the check used, as run_suite ran them
+                    pair = dataclasses.replace(pair, config=dataclasses.replace(
+                        pair.config, samples=r.notes["sequential"]["items"]))
+                self.blames.append(blame_check(pair, r, self.tolerance(resolve_metric(r.key)),
                                                target=self.config.blame_target, verify=self.config.blame_verify,
                                                n_resamples=self.n_resamples))
             except (QxaiError, RuntimeError, ValueError) as exc:  # a library failing on one restoration

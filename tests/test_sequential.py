@@ -95,8 +95,8 @@ import numpy as np
 import pytest
 from pytest_qxai.metrics import Metric, SuiteResult, register_metric
 
-ACC = register_metric(Metric("demo", "accuracy", "share correct", "binary", bounds=(0.0, 1.0), tolerance="abs:0.05"))
-SCORE = register_metric(Metric("demo", "score", "a score", "continuous", tolerance="abs:0.05"))
+ACC = register_metric(Metric("seqdemo", "accuracy", "share correct", "binary", bounds=(0.0, 1.0), tolerance="abs:0.05"))
+SCORE = register_metric(Metric("seqdemo", "score", "a score", "continuous", tolerance="abs:0.05"))
 GAP = float(os.environ["QXAI_DEMO_GAP"])
 
 def run_demo(pair):
@@ -108,7 +108,7 @@ def run_demo(pair):
     flipped = np.where(rng.random(1000) < GAP * 10, 0.0, acc)
     score = rng.normal(0.5, 0.2, 1000)
     noise = rng.normal(0.0, 0.02, 1000)
-    return SuiteResult("demo", [f"i{i}" for i in range(n)], {"accuracy": acc[:n], "score": score[:n]},
+    return SuiteResult("seqdemo", [f"i{i}" for i in range(n)], {"accuracy": acc[:n], "score": score[:n]},
                        {"accuracy": flipped[:n], "score": score[:n] - 2 * GAP + noise[:n]}, {"data": "demo-v1"})
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def result(qxai_run_suite):
     return qxai_run_suite(run_demo)
 
 @pytest.mark.parametrize("metric", [ACC, SCORE], ids=str)
-def test_demo(result, metric, qxai_check):
+def test_seqdemo(result, metric, qxai_check):
     qxai_check.suite(result, [metric])
 """
 
@@ -127,7 +127,7 @@ LEAN = ("-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:cacheprovider",
 def demo(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A stand-in suite (no model) whose quantized side is degraded by ``$QXAI_DEMO_GAP``; returns the call log."""
     pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_demo=SUITE)
+    pytester.makepyfile(test_seqdemo=SUITE)
     monkeypatch.setenv("QXAI_DEMO_LOG", str(tmp_path / "calls.txt"))
     return tmp_path / "calls.txt"
 
@@ -149,7 +149,7 @@ def test_budget_stops_a_degraded_suite_early_and_a_rerun_stops_at_the_same_place
     result = run_gate(pytester, *args)
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
     notes = sequential_notes(pytester.path / "r.json")
-    accuracy = notes["demo.accuracy vs_reference"]
+    accuracy = notes["seqdemo.accuracy vs_reference"]
     assert accuracy["stopped"] == "fail shown" and int(accuracy["items"]) < 400, notes  # type: ignore[call-overload]
     looks = sorted({int(n) for n in demo.read_text().split()})  # under xdist each worker may run the module
     assert looks == [80, 160, 240, 320, 400][: len(looks)] and len(looks) < 5, looks  # nested looks, stopped early

@@ -88,17 +88,15 @@ def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, loo
 
 def run_looks(
     plan_: Plan, evaluate: Callable[[int, Fractions], Sequence[CheckResult]], family: int,
-) -> tuple[list[CheckResult], int]:
+) -> list[CheckResult]:
     """Evaluate the checks at each look until all are decided or the budget is spent.
 
     ``evaluate(n, fractions)`` returns the checks on the first ``n`` items, tested at that look's share of alpha.
-    Returns each check as it was when it stopped (in the order first seen), and the items used (the last look).
+    Returns each check as it was when it stopped (``notes["sequential"]`` says where), in the order first seen.
     """
     frozen: dict[tuple[str, str], CheckResult] = {}
     latest: dict[tuple[str, str], CheckResult] = {}
-    used = 0
     for look, n in enumerate(plan_.looks):
-        used = n
         for check in evaluate(n, plan_.fractions(look)):
             key = (check.key, check.kind)
             if key not in frozen:
@@ -107,4 +105,4 @@ def run_looks(
                     frozen[key] = latest[key]
         if len(frozen) == len(latest):
             break
-    return [frozen.get(key, last) for key, last in latest.items()], used
+    return [frozen.get(key, last) for key, last in latest.items()]
