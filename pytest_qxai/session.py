@@ -491,13 +491,22 @@ class QxaiSession:
             self.messages.append(f"qxai baseline {display_path(summary.path)}: {changes or 'metadata updated'}")
 
     def notes(self) -> list[str]:
-        """Remarks for the summary and reports: unused tolerance overrides, ignored flags."""
+        """Remarks for the summary and reports: unused tolerance overrides, ignored flags, items each suite used
+        under ``--qxai-budget``."""
         notes = []
         unused = self.overrides.unused({r.key for r in self.results})
         if unused and self.results:
             notes.append(f"--qxai-tolerance for {', '.join(unused)} matched no check that ran")
         if self.config.prune_baselines and not self.config.update_baselines:
             notes.append("--qxai-prune-baselines does nothing without --qxai-update-baselines")
+        used: dict[str, list[dict[str, Any]]] = {}
+        for r in self.results:
+            if "items" in r.notes.get("sequential", {}):
+                used.setdefault(r.suite, []).append(r.notes["sequential"])
+        for suite, looks in used.items():  # the suite ran until its last check stopped
+            spent = any(look["stopped"] == "budget spent" for look in looks)
+            notes.append(f"--qxai-budget: {suite} used {max(look['items'] for look in looks)} of "
+                         f"{looks[0]['budget']} items ({'budget spent' if spent else 'every check decided'})")
         return notes
 
     def terminal_lines(self) -> list[str]:

@@ -169,7 +169,8 @@ def test_budget_passes_an_unchanged_suite_and_stops_when_every_check_is_decided(
     assert {n["stopped"] for n in notes.values()} == {"non-inferiority shown"}, notes
     looks = [int(n) for n in demo.read_text().split()]
     assert looks[-1] == max(int(n["items"]) for n in notes.values()) < 1000, (looks, notes)  # type: ignore[call-overload]
-    result.stdout.fnmatch_lines(["*[[]*/1000: non-inferiority shown[]]*", "*n [[]items/budget: why[]]*"])
+    result.stdout.fnmatch_lines(["*[[]*/1000: non-inferiority shown[]]*", "*n [[]items/budget: why[]]*",
+                                 "--qxai-budget: seqdemo used * of 1000 items (every check decided)"])
 
 
 def test_without_a_budget_the_suite_runs_once_at_its_fixed_count(
