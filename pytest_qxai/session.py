@@ -187,9 +187,10 @@ class QxaiSession:
         for this metric (``notes["lost"]``, and added to the check's ``lost``: a degenerate unit scored at its
         worst value is still a unit the model lost).
         """
-        if metric.name in result.skipped:
-            return [self.skip(metric, result.skipped[metric.name], nodeid)]
         stopped = self._stopped.get(metric.key)
+        decided_earlier = stopped is not None and stopped[0].verdict != "skipped"  # its vs_reference check
+        if metric.name in result.skipped and not decided_earlier:
+            return [self.skip(metric, result.skipped[metric.name], nodeid)]
         return self._record(stopped if stopped is not None else self._suite_checks(result, metric), nodeid)
 
     def _suite_checks(self, result: SuiteResult, metric: Metric,
@@ -218,7 +219,10 @@ class QxaiSession:
 
         def evaluate(n: int, fractions: Fractions) -> list[CheckResult]:
             last[:] = [run(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=n)))]
-            return [check for metric in suite_metrics(last[0]) for check in self._suite_checks(last[0], metric, fractions)]
+            skipped = [CheckResult(last[0].suite, name, "vs_reference", "skipped", reason)  # more items may change it
+                       for name, reason in last[0].skipped.items() if last[0].item_ids]
+            return skipped + [check for metric in suite_metrics(last[0])
+                              for check in self._suite_checks(last[0], metric, fractions)]
 
         checks = run_looks(plan(self.config.budget), evaluate, self.family)
         self._stopped.update({key: [c for c in checks if c.key == key] for key in dict.fromkeys(c.key for c in checks)})

@@ -108,8 +108,10 @@ def run_demo(pair):
     flipped = np.where(rng.random(1000) < GAP * 10, 0.0, acc)
     score = rng.normal(0.5, 0.2, 1000)
     noise = rng.normal(0.0, 0.02, 1000)
+    late = n < int(os.environ.get("QXAI_DEMO_LATE", "0"))  # the score is not applicable on fewer items
     return SuiteResult("seqdemo", [f"i{i}" for i in range(n)], {"accuracy": acc[:n], "score": score[:n]},
-                       {"accuracy": flipped[:n], "score": score[:n] - 2 * GAP + noise[:n]}, {"data": "demo-v1"})
+                       {"accuracy": flipped[:n], "score": score[:n] - 2 * GAP + noise[:n]}, {"data": "demo-v1"},
+                       skipped={"score": "not applicable: too few items to tell"} if late else {})
 
 @pytest.fixture(scope="module")
 def result(qxai_run_suite):
@@ -171,6 +173,20 @@ def test_budget_passes_an_unchanged_suite_and_stops_when_every_check_is_decided(
     assert looks[-1] == max(int(n["items"]) for n in notes.values()) < 1000, (looks, notes)  # type: ignore[call-overload]
     result.stdout.fnmatch_lines(["*[[]*/1000: non-inferiority shown[]]*", "*n [[]items/budget: why[]]*",
                                  "--qxai-budget: seqdemo used * of 1000 items (every check decided)"])
+
+
+def test_a_metric_not_applicable_on_the_first_items_keeps_the_suite_looking(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A skip decided on few items (a reference not yet above chance, say) is no decision: the suite goes on."""
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    monkeypatch.setenv("QXAI_DEMO_LATE", "500")  # accuracy alone is decided at 400
+    result = run_gate(pytester, *LEAN, "--qxai-budget=1000", "--qxai-update-baselines", "--qxai-report-json=r.json")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    notes = sequential_notes(pytester.path / "r.json")
+    assert notes["seqdemo.score vs_reference"]["stopped"] == "non-inferiority shown", notes
+    assert int(notes["seqdemo.score vs_reference"]["items"]) >= 600  # type: ignore[call-overload]
+    assert int(notes["seqdemo.accuracy vs_reference"]["items"]) == 400  # type: ignore[call-overload]
 
 
 def test_without_a_budget_the_suite_runs_once_at_its_fixed_count(

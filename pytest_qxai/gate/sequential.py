@@ -60,11 +60,13 @@ def batches(n: int, budget: int | None) -> list[tuple[int, int]]:
 
 def decided(result: CheckResult) -> bool:
     """Whether a check is settled at this look: fail, pass or improved shown, or not a test that more items
-    could change (a stale or missing baseline). A check skipped for lack of valid items may get them later."""
+    could change (a stale or missing baseline). A metric skipped on the items seen so far (too few valid items,
+    or not applicable on them, e.g. a reference not yet shown above chance) may become testable later."""
     if result.kind == "reference_drift":  # a note on the baseline comparison, not a decision of its own
         return True
     if result.verdict == "skipped":
-        return not result.reason.startswith("no test: only")
+        # a baseline being recorded: no test either way; too few items matched in it: more may match
+        return result.kind == "vs_baseline" and not result.reason.startswith("no test: only")
     return result.verdict != "inconclusive"
 
 
