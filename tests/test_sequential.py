@@ -3,9 +3,11 @@ items a clear case saves, and the option through pytest on a stand-in suite (doc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,6 +71,39 @@ def test_a_bonferroni_share_raises_the_bar_of_every_look() -> None:
     alone, _ = sequential_outcomes(scenario, BUDGET, 2 * scenario.band, 200, seed=5)
     shared, _ = sequential_outcomes(scenario, BUDGET, 2 * scenario.band, 200, seed=5, family=20)
     assert np.mean([v == "fail" for v in shared]) < np.mean([v == "fail" for v in alone])
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from test_arch import tiny_runtime_at
+
+    return tiny_runtime_at(tmp_path_factory.mktemp("tiny"))
+
+
+def test_knowledge_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a budget the knowledge suite caches one look's batch at a time: the second look of a budget of 10
+    measures only its 2 new items per model, and its values are those of the 4 items measured at once."""
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import knowledge
+    from pytest_qxai.storage import DiskCache
+
+    measured: list[int] = []
+    measure = knowledge.measure_recall
+    monkeypatch.setattr(knowledge, "measure_recall", lambda runtime, items: measured.append(len(items)) or
+                        measure(runtime, items))
+    pair = tiny_pair(tiny_runtime, make_config(budget=10, samples=2))
+    pair.cache = DiskCache(tmp_path / "cache")
+    knowledge.run_knowledge(pair)
+    assert measured == [2, 2]
+    looked = knowledge.run_knowledge(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
+    assert measured == [2, 2, 2, 2]
+    at_once = knowledge.run_knowledge(tiny_pair(tiny_runtime, make_config(samples=4)))
+    assert looked.item_ids == at_once.item_ids
+    for name in at_once.reference:
+        np.testing.assert_allclose(looked.reference[name], at_once.reference[name], rtol=0, atol=1e-5)
 
 
 CONFTEST = """
