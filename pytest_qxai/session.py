@@ -123,8 +123,9 @@ class QxaiSession:
         quant = self.config.quant
         base = {"quant": str(quant), "quant_params": quant.resolved, "seed": self.config.seed,
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
-                "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing,
-                "budget": self.config.budget}
+                "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
+        if self.config.budget is not None:  # sequential mode only: fixed-count runs record what they always did
+            base["budget"] = self.config.budget
         merged = base | self.metadata
         if stable:  # timings vary; sanity figures and cache activity describe the run, not a check: not in baselines
             merged = {k: v for k, v in merged.items()

@@ -204,6 +204,7 @@ def test_budget_passes_an_unchanged_suite_and_stops_when_every_check_is_decided(
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     notes = sequential_notes(pytester.path / "r.json")
     assert {n["stopped"] for n in notes.values()} == {"non-inferiority shown"}, notes
+    assert json.loads((pytester.path / "r.json").read_text())["metadata"]["budget"] == 1000
     looks = [int(n) for n in demo.read_text().split()]
     assert looks[-1] == max(int(n["items"]) for n in notes.values()) < 1000, (looks, notes)  # type: ignore[call-overload]
     result.stdout.fnmatch_lines(["*[[]*/1000: non-inferiority shown[]]*", "*n [[]items/budget: why[]]*",
