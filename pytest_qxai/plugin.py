@@ -6,7 +6,8 @@ imported when a test first asks for ``qxai_pair`` (or when an option that needs 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NoReturn
+import functools
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import pytest
 
@@ -164,7 +165,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                  if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES)}
     if uses_pair and _is_xdist_worker(config):
         qxai_config = config.stash[SESSION_KEY].config
-        items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile, qxai_config.samples)
+        items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile,
+                                          qxai_config.samples or qxai_config.budget)
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
 
@@ -356,6 +358,20 @@ def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
     return pair
 
 
+@pytest.fixture(scope="session")
+def qxai_run_suite(pytestconfig: pytest.Config, qxai_pair: "ModelPair") -> Callable[[Callable[..., Any]], Any]:
+    """Run a suite function on the model pair: at the profile's item count, or under ``--qxai-budget`` in
+    sequential looks until its checks are decided (docs/sequential.md).
+
+    Example::
+
+        @pytest.fixture(scope="module")
+        def result(qxai_run_suite):
+            return qxai_run_suite(knowledge.run_knowledge)
+    """
+    return functools.partial(pytestconfig.stash[SESSION_KEY].run_suite, qxai_pair)
+
+
 def refuse(config: pytest.Config, message: str) -> NoReturn:
     """Stop the run with a usage error (exit 4): at once, or on an xdist worker through the controller's exit status.
 
@@ -371,8 +387,9 @@ def refuse(config: pytest.Config, message: str) -> NoReturn:
 
 
 @pytest.fixture(scope="module")
-def qxai_suite_result(request: pytest.FixtureRequest, qxai_pair: "ModelPair") -> "SuiteResult":
-    """The result of the registered suite this module is named after (``test_<suite>.py``), run once per module.
+def qxai_suite_result(request: pytest.FixtureRequest, qxai_run_suite: Callable[..., Any]) -> "SuiteResult":
+    """The result of the registered suite this module is named after (``test_<suite>.py``), run once per module
+    through ``qxai_run_suite`` (so ``--qxai-budget`` runs it in sequential looks).
 
     The tests :func:`pytest_qxai.testing.suite_test` makes use it; a module of your own may too::
 
@@ -381,7 +398,7 @@ def qxai_suite_result(request: pytest.FixtureRequest, qxai_pair: "ModelPair") ->
     """
     from .suite import get_suite
 
-    return get_suite(suite_of(request.path)).result(qxai_pair)
+    return qxai_run_suite(get_suite(suite_of(request.path)).result)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
