@@ -144,19 +144,25 @@ def test_the_documented_own_suite_is_the_tested_file() -> None:
     assert f"```python\n{EXAMPLE.read_text()}```" in guide
 
 
-def test_a_user_backend_and_a_user_suite_run_through_the_public_api_with_profiles_hooks_and_baselines(
-    pytester: pytest.Pytester, tmp_path: Path
-) -> None:
-    """An installed backend (entry point), the documented suite, a check of one's own and both hooks, in one project:
-    item counts follow the profile, a recorded baseline gates the next run and stays byte for byte."""
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model, built before ``pytester`` snapshots the imported modules (torch must not be re-imported)."""
     pytest.importorskip("torch")
     from tiny import build_tiny_model
 
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def test_a_user_backend_and_a_user_suite_run_through_the_public_api_with_profiles_hooks_and_baselines(
+    tiny_model: Path, pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """An installed backend (entry point), the documented suite, a check of one's own and both hooks, in one project:
+    item counts follow the profile, a recorded baseline gates the next run and stays byte for byte."""
     site = tmp_path / "site"
     _install(site, "rounding = qxai_rounding:RoundingBackend")
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_rounding=SUITE, test_stability=EXAMPLE.read_text())
-    args = (f"--qxai-model={build_tiny_model(tmp_path)}", "--quant=round:bits=6", "--qxai-device=cpu",
+    args = (f"--qxai-model={tiny_model}", "--quant=round:bits=6", "--qxai-device=cpu",
             f"--qxai-cache-dir={tmp_path / 'c'}", "--qxai-skip-sanity", "--qxai-report-json=r.json")
 
     def report(*more: str) -> dict:
