@@ -653,7 +653,7 @@ def suite_metrics(result: SuiteResult) -> list[Metric]:
 
 
 def suite_of(path: str | Path) -> str:
-    """The suite a test module holds, named after the module (``pytest_qxai_suites/test_nle.py`` -> ``nle``)."""
+    """The suite a test module holds, named after the module (``suites/test_nle.py`` -> ``nle``)."""
     return Path(path).stem.removeprefix("test_")
 
 

@@ -23,7 +23,7 @@ from tests.tiny import backend_or_skip
 
 pytestmark = pytest.mark.slow
 
-SUITE = (Path(__file__).parents[1] / "pytest_qxai_suites" / "test_knowledge.py").read_text()
+SUITE = (Path(__file__).parents[1] / "suites" / "test_knowledge.py").read_text()
 TWO_MODELS = '''
 
 def test_the_two_sides_are_two_models(qxai_pair):

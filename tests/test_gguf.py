@@ -211,7 +211,7 @@ def test_a_gguf_release_is_gated_against_its_reference(pytester: pytest.Pytester
     os.symlink(default_cache_dir() / "models", cache / "models")
     release = tmp_path / "SmolLM2-135M-Instruct-mixed-Q4_K_M.gguf"
     written = requantize(Path(source.location) / str(source.gguf_file), release, _mixed_type, "MOSTLY_Q4_K_M")
-    suite = Path(__file__).resolve().parents[1] / "pytest_qxai_suites" / "test_knowledge.py"
+    suite = Path(__file__).resolve().parents[1] / "suites" / "test_knowledge.py"
     result = pytester.runpytest_subprocess(
         str(suite), f"--qxai-quantized={release}", f"--qxai-cache-dir={cache}", "--qxai-profile=smoke",
         "--qxai-device=cpu", f"--qxai-baseline-dir={tmp_path / 'baselines'}", "--qxai-update-baselines",

@@ -154,7 +154,7 @@ def test_an_errored_suite_makes_every_report_say_error_and_name_it(
     config = make_config(report_json=tmp_path / "r.json", report_md=tmp_path / "r.md", report_html=tmp_path / "r.html",
                          update_baselines="all")
     session = ran_session(config)
-    nodeid = "pytest_qxai_suites/test_knowledge.py::test_knowledge[accuracy]"
+    nodeid = "suites/test_knowledge.py::test_knowledge[accuracy]"
     for _ in range(2):  # every test of the suite errors in setup; the suite is named once
         session.observe(failed_setup(nodeid, "knowledge", "RuntimeError: <inference> | tensor"))
     session.finish()
