@@ -96,3 +96,29 @@ def test_keep_naming_a_missing_layer_is_a_usage_error() -> None:
     with pytest.raises(QxaiUsageError, match=r"keep names layer 30, but the model has 30 decoder layers \(0-29\)"):
         check_keep_layers(parse_spec("hqq4:keep=17-19,30-31"), 30)
 
+
+
+@pytest.mark.parametrize("text", ["bnb4:keep=0-1", "bnb8:keep=0-1", "hqq2:keep=0-1", "quanto-int2:keep=0-1",
+                                  "torchao-int8:keep=0-1"])
+def test_keeping_every_layer_gives_the_reference_logits(text: str, tmp_path: Path) -> None:
+    """All decoder layers kept: nothing else may change, so the logits are the reference's bit for bit, also after
+    the checkpoint's save and reload (hqq's patcher once quantized ``lm_head``, the tied unembedding, at 2 bits)."""
+    torch = pytest.importorskip("torch")
+    from pytest_qxai.backends.base import QuantContext
+    from pytest_qxai.models.loading import load_reference, load_tokenizer
+    from tests.tiny import TINY_TEXTS, backend_or_skip, build_tiny_model
+
+    folder = build_tiny_model(tmp_path)
+    spec, backend = backend_or_skip(text)
+    tokenizer = load_tokenizer(folder, revision=None, trust_remote_code=False)
+    inputs = tokenizer(TINY_TEXTS[:3], return_tensors="pt", padding=True)
+    reference = load_reference(folder, device="cpu", dtype=torch.float32, revision=None, trust_remote_code=False)
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        for attempt in ("quantized", "reloaded"):  # the second call loads the checkpoint the first one cached
+            ctx = QuantContext(reference_dir=folder, device="cpu", dtype=torch.float32, tokenizer=tokenizer,
+                               calibration=[], seed=0, trust_remote_code=False,
+                               cache_dir=tmp_path / "cache" / "quantized" / "entry")
+            model = backend.quantize(spec, ctx)
+            assert model.get_output_embeddings().weight.dtype == torch.float32, attempt
+            assert torch.equal(model(**inputs).logits, expected), attempt
