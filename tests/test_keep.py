@@ -120,5 +120,7 @@ def test_keeping_every_layer_gives_the_reference_logits(text: str, tmp_path: Pat
                                calibration=[], seed=0, trust_remote_code=False,
                                cache_dir=tmp_path / "cache" / "quantized" / "entry")
             model = backend.quantize(spec, ctx)
+            if spec.scheme.backend == "hqq":  # the one keep= backend with a disk cache of its own
+                assert ctx.notes["hqq_checkpoint"] == {"quantized": "saved", "reloaded": "cached"}[attempt]
             assert model.get_output_embeddings().weight.dtype == torch.float32, attempt
             assert torch.equal(model(**inputs).logits, expected), attempt
