@@ -124,3 +124,26 @@ def test_keeping_every_layer_gives_the_reference_logits(text: str, tmp_path: Pat
                 assert ctx.notes["hqq_checkpoint"] == {"quantized": "saved", "reloaded": "cached"}[attempt]
             assert model.get_output_embeddings().weight.dtype == torch.float32, attempt
             assert torch.equal(model(**inputs).logits, expected), attempt
+
+
+def test_a_keep_checkpoint_is_keyed_by_the_patcher_code(make_config: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keep= checkpoint is made by this plugin's own patcher, so a change of that code quantizes again (a
+    checkpoint cached before a fix of the patcher is not reused); a spec without keep= keeps its entry."""
+    pytest.importorskip("hqq")
+    from pytest_qxai.models import pair as pair_module
+    from tests.tiny import build_tiny_model
+
+    tiny, cache = build_tiny_model(tmp_path), tmp_path / "cache"
+
+    def entries(text: str) -> set[str]:
+        cfg = make_config(model=str(tiny), quant=parse_spec(text), cache_dir=cache, skip_sanity=True)
+        pair_module.get_pair(cfg)
+        pair_module.release_pair(cfg)
+        return {p.name for p in (cache / "quantized").iterdir() if p.is_dir()}
+
+    before = entries("hqq4:keep=0") | entries("hqq4")
+    monkeypatch.setattr(pair_module, "code_hash", lambda module: "the patcher changed")
+    after = entries("hqq4:keep=0") | entries("hqq4")
+    added = after - before
+    assert len(before) == 2 and len(added) == 1 and next(iter(added)).startswith("hqq4_keep_0-")
