@@ -77,6 +77,9 @@ OPTIONS: tuple[OptionDef, ...] = (
               kwargs={"choices": PROFILES}),
     OptionDef(("--qxai-samples",), "qxai_samples", "Override the item count of every suite",
               kwargs={"type": int, "metavar": "N"}),
+    OptionDef(("--qxai-budget",), "qxai_budget",
+              "Sequential mode: at most N items per suite, checked in 5 looks; a suite stops once all its checks "
+              "are decided (docs/sequential.md)", kwargs={"type": int, "metavar": "N"}),
     OptionDef(("--qxai-seed",), "qxai_seed", "Seed for data subsets, sampling estimators and calibration (default: 0)",
               "0", kwargs={"type": int, "metavar": "N"}),
     OptionDef(("--qxai-batch-size",), "qxai_batch_size", "Batch size for model calls (default: auto)",
@@ -239,6 +242,8 @@ class QxaiConfig:
     """``--qxai-strict``: an inconclusive check fails its test and the run."""
     multiple_testing: str = "holm"
     """How fail decisions are adjusted over the run: ``holm``, ``bh`` or ``none`` (docs/gate.md)."""
+    budget: int | None = None
+    """``--qxai-budget``: items per suite in sequential mode (docs/sequential.md); None: the profile's fixed counts."""
     blame: tuple[str, ...] | None = None
     """None: off; empty: every failing check; else the ``SUITE.METRIC`` keys to blame."""
     blame_verify: bool = False
@@ -270,6 +275,9 @@ class QxaiConfig:
         if profile not in PROFILES:
             raise QxaiUsageError(f"qxai_profile {profile!r} is not valid; use one of {', '.join(PROFILES)}")
         samples = _as_int(get["qxai_samples"], "--qxai-samples", minimum=2)
+        budget = _as_int(get["qxai_budget"], "--qxai-budget", minimum=2)
+        if budget is not None and samples is not None:
+            raise QxaiUsageError("--qxai-budget and --qxai-samples both set the items per suite; give one of them")
         seed = _as_int(get["qxai_seed"], "--qxai-seed", minimum=0)
         batch = _as_int(get["qxai_batch_size"], "--qxai-batch-size", minimum=1)
         assert seed is not None
@@ -325,6 +333,7 @@ class QxaiConfig:
             skip_sanity=_as_bool(get["qxai_skip_sanity"]),
             strict=_as_bool(get["qxai_strict"]),
             multiple_testing=multiple_testing,
+            budget=budget,
             **parse_blame(get["qxai_blame"], get["qxai_blame_verify"], get["qxai_blame_target"]),
         )
 

@@ -6,7 +6,8 @@ imported when a test first asks for ``qxai_pair`` (or when an option that needs 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NoReturn
+import functools
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import pytest
 
@@ -149,7 +150,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                  if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES)}
     if uses_pair and _is_xdist_worker(config):
         qxai_config = config.stash[SESSION_KEY].config
-        items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile, qxai_config.samples)
+        items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile,
+                                          qxai_config.samples or qxai_config.budget)
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
 
@@ -322,6 +324,20 @@ def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
         refuse(pytestconfig, refusal)
     session.metadata.update(pair.metadata)
     return pair
+
+
+@pytest.fixture(scope="session")
+def qxai_run_suite(pytestconfig: pytest.Config, qxai_pair: "ModelPair") -> Callable[[Callable[..., Any]], Any]:
+    """Run a suite function on the model pair: at the profile's item count, or under ``--qxai-budget`` in
+    sequential looks until its checks are decided (docs/sequential.md).
+
+    Example::
+
+        @pytest.fixture(scope="module")
+        def result(qxai_run_suite):
+            return qxai_run_suite(knowledge.run_knowledge)
+    """
+    return functools.partial(pytestconfig.stash[SESSION_KEY].run_suite, qxai_pair)
 
 
 def refuse(config: pytest.Config, message: str) -> NoReturn:

@@ -13,12 +13,13 @@ Baseline policy (decided per check, written once at the end by the controller):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
 import numpy as np
 import pytest
@@ -28,15 +29,17 @@ from .errors import BaselineError, QxaiError, QxaiUsageError
 from .gate.bands import ModelBands, load_bands
 from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable, summarize
 from .gate.multiplicity import adjust, test_time_family
+from .gate.spending import Fractions
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import Tolerance, ToleranceOverrides
-from .metrics import Metric, SuiteResult, as_array, get_metric
+from .metrics import Metric, SuiteResult, as_array, get_metric, registered_metrics
 from .options import QxaiConfig
 from .report import build_report, write_reports
 from .report.text import KIND_LABELS, delta_cell, number, p_cell, table_lines, verdict_label, verdict_lines
 
 if TYPE_CHECKING:
     from .blame.run import Blame
+    from .models.pair import ModelPair
 
 Profiles = Mapping[str, Mapping[str, Sequence[float | None]]]
 Values = Sequence[float] | np.ndarray
@@ -78,6 +81,8 @@ class QxaiSession:
     _worker_suites: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
     _errored_suites: set[str] = field(default_factory=set, init=False, repr=False)
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
+    _stopped: dict[str, list[CheckResult]] = field(default_factory=dict, init=False, repr=False)
+    """Under ``--qxai-budget``: each metric's checks as they stopped (by ``suite.metric``), for the suite's tests."""
 
     def __post_init__(self) -> None:
         """Parse the tolerance overrides now, so bad ones stop the run before any model loads."""
@@ -119,6 +124,8 @@ class QxaiSession:
         base = {"quant": str(quant), "quant_params": quant.resolved, "seed": self.config.seed,
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
                 "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
+        if self.config.budget is not None:  # sequential mode only: fixed-count runs record what they always did
+            base["budget"] = self.config.budget
         merged = base | self.metadata
         if stable:  # timings vary; sanity figures and cache activity describe the run, not a check: not in baselines
             merged = {k: v for k, v in merged.items()
@@ -131,6 +138,24 @@ class QxaiSession:
         profiles: Profiles | None = None, notes: Mapping[str, Any] | None = None, nodeid: str = "",
     ) -> list[CheckResult]:
         """Gate one metric: vs the reference, and vs the stored baseline when there is (or should be) one."""
+        results = self._evaluate(metric, reference, quantized, item_ids=item_ids, fingerprint=fingerprint,
+                                 profiles=profiles, notes=notes)
+        return self._record(results, nodeid)
+
+    def _record(self, results: list[CheckResult], nodeid: str) -> list[CheckResult]:
+        """Add checks of the test ``nodeid`` to the run."""
+        for r in results:
+            r.nodeid = nodeid
+        self.results.extend(results)
+        return results
+
+    def _evaluate(
+        self, metric: Metric | str, reference: Values, quantized: Values, *,
+        item_ids: Sequence[str] | None = None, fingerprint: Mapping[str, str] | None = None,
+        profiles: Profiles | None = None, notes: Mapping[str, Any] | None = None,
+        fractions: Fractions | None = None,
+    ) -> list[CheckResult]:
+        """The checks of :meth:`check`, not recorded; ``fractions``: at a sequential look (docs/sequential.md)."""
         metric = resolve_metric(metric)
         ref, quant = as_array(reference), as_array(quantized)
         ids = [str(i) for i in (item_ids if item_ids is not None else range(ref.size))]
@@ -144,15 +169,11 @@ class QxaiSession:
             raise QxaiUsageError(f"{metric.key} is binary: per-item values must be 0, 1 or NaN")
         tolerance = self.tolerance(metric)
         current = check_vs_reference(metric, tolerance, ref, quant, ids, seed=self.config.seed,
-                                     n_resamples=self.n_resamples, family=self.family)
+                                     n_resamples=self.n_resamples, family=self.family, fractions=fractions)
         current.fingerprint = {str(k): str(v) for k, v in (fingerprint or {}).items()}
         current.profiles = jsonable(dict(profiles or {}))
-        current.notes = jsonable(dict(notes or {}))
-        results = [current, *self._vs_baseline(current, tolerance)]
-        for r in results:
-            r.nodeid = nodeid
-        self.results.extend(results)
-        return results
+        current.notes = jsonable(dict(notes or {})) | current.notes
+        return [current, *self._vs_baseline(current, tolerance, fractions)]
 
     @property
     def family(self) -> int:
@@ -162,22 +183,51 @@ class QxaiSession:
     def check_suite(self, result: SuiteResult, metric: Metric, nodeid: str = "") -> list[CheckResult]:
         """Gate one metric of a suite's per-item results (or record why the suite skipped it).
 
-        Profiles named ``metric.name`` or ``metric.name/<plot>`` travel with the check, and so do the
-        suite's counts of degenerate units per side for this metric (``notes["lost"]``, and added to the
-        check's ``lost``: a degenerate unit scored at its worst value is still a unit the model lost).
+        Under ``--qxai-budget`` the checks are those :meth:`run_suite` stopped at. Profiles named ``metric.name``
+        or ``metric.name/<plot>`` travel with the check, and so do the suite's counts of degenerate units per side
+        for this metric (``notes["lost"]``, and added to the check's ``lost``: a degenerate unit scored at its
+        worst value is still a unit the model lost).
         """
-        if metric.name in result.skipped:
+        stopped = self._stopped.get(metric.key)
+        decided_earlier = stopped is not None and stopped[0].verdict != "skipped"  # its vs_reference check
+        if metric.name in result.skipped and not decided_earlier:
             return [self.skip(metric, result.skipped[metric.name], nodeid)]
+        return self._record(stopped if stopped is not None else self._suite_checks(result, metric), nodeid)
+
+    def _suite_checks(self, result: SuiteResult, metric: Metric,
+                      fractions: Fractions | None = None) -> list[CheckResult]:
+        """The checks of one metric of a suite result, not recorded (see :meth:`check_suite`)."""
         reference, quantized = result.values(metric.name)
         profiles = {k: v for k, v in result.profiles.items() if k == metric.name or k.startswith(metric.name + "/")}
         degenerate = result.lost.get(metric.name, {})
         notes = {**result.notes, "lost": {"reference": 0, "quantized": 0} | degenerate}
-        checks = self.check(metric, reference, quantized, item_ids=result.item_ids, fingerprint=result.fingerprint,
-                            profiles=profiles, notes=notes, nodeid=nodeid)
+        checks = self._evaluate(metric, reference, quantized, item_ids=result.item_ids,
+                                fingerprint=result.fingerprint, profiles=profiles, notes=notes, fractions=fractions)
         for check in (c for c in checks if c.kind == "vs_reference"):  # units lost (NaN) + units scored degenerate
             check.lost = {side: check.lost.get(side, 0) + degenerate.get(side, 0)
                           for side in ("reference", "quantized")}
         return checks
+
+    def run_suite(self, pair: "ModelPair", run: Callable[["ModelPair"], SuiteResult]) -> SuiteResult:
+        """A suite's result: ``run(pair)`` at the profile's item count; under ``--qxai-budget``, at growing nested
+        prefixes of its seeded item order (sequential looks, docs/sequential.md) until every check of the suite
+        is decided or the budget is spent. The checks as they stopped are what :meth:`check_suite` records."""
+        if self.config.budget is None:
+            return run(pair)
+        from .gate.sequential import plan, run_looks
+
+        last: list[SuiteResult] = []  # the latest look's result
+
+        def evaluate(n: int, fractions: Fractions) -> list[CheckResult]:
+            last[:] = [run(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=n)))]
+            skipped = [CheckResult(last[0].suite, name, "vs_reference", "skipped", reason)  # more items may change it
+                       for name, reason in last[0].skipped.items() if last[0].item_ids]
+            return skipped + [check for metric in suite_metrics(last[0])
+                              for check in self._suite_checks(last[0], metric, fractions)]
+
+        checks = run_looks(plan(self.config.budget), evaluate, self.family)
+        self._stopped.update({key: [c for c in checks if c.key == key] for key in dict.fromkeys(c.key for c in checks)})
+        return last[0]
 
     def skip(self, metric: Metric | str, reason: str, nodeid: str = "") -> CheckResult:
         """Record that a metric could not run here (e.g. no backward pass through a quantized kernel)."""
@@ -205,7 +255,11 @@ class QxaiSession:
             from .models.pair import get_pair
 
             try:
-                self.blames.append(blame_check(get_pair(self.config), r, self.tolerance(resolve_metric(r.key)),
+                pair = get_pair(self.config)
+                if "items" in r.notes.get("sequential", {}):  # the items the check used, as run_suite ran them
+                    pair = dataclasses.replace(pair, config=dataclasses.replace(
+                        pair.config, samples=r.notes["sequential"]["items"]))
+                self.blames.append(blame_check(pair, r, self.tolerance(resolve_metric(r.key)),
                                                target=self.config.blame_target, verify=self.config.blame_verify,
                                                n_resamples=self.n_resamples))
             except (QxaiError, RuntimeError, ValueError) as exc:  # a library failing on one restoration
@@ -230,7 +284,8 @@ class QxaiSession:
                 self.blames.append(skipped(key, f"--qxai-blame {key} names no check that ran",
                                            self.config.blame_target))
 
-    def _vs_baseline(self, current: CheckResult, tolerance: Tolerance) -> list[CheckResult]:
+    def _vs_baseline(self, current: CheckResult, tolerance: Tolerance,
+                     fractions: Fractions | None = None) -> list[CheckResult]:
         """The baseline comparisons for a vs_reference result, under the policy in the module docstring."""
         if current.verdict == "skipped":
             return []
@@ -256,7 +311,8 @@ class QxaiSession:
         stored_meta = baseline.metadata_for(current.key)
         results = check_vs_baseline(current, baseline.checks[current.key], tolerance, baseline_file=shown,
                                     current_metadata=self.run_metadata(stable=True), stored_metadata=stored_meta,
-                                    seed=self.config.seed, n_resamples=self.n_resamples, family=self.family)
+                                    seed=self.config.seed, n_resamples=self.n_resamples, family=self.family,
+                                    fractions=fractions)
         other_quant = stored_meta.get("quant")
         other_profile = stored_meta.get("profile")
         for r in results:
@@ -440,13 +496,22 @@ class QxaiSession:
             self.messages.append(f"qxai baseline {display_path(summary.path)}: {changes or 'metadata updated'}")
 
     def notes(self) -> list[str]:
-        """Remarks for the summary and reports: unused tolerance overrides, ignored flags."""
+        """Remarks for the summary and reports: unused tolerance overrides, ignored flags, items each suite used
+        under ``--qxai-budget``."""
         notes = []
         unused = self.overrides.unused({r.key for r in self.results})
         if unused and self.results:
             notes.append(f"--qxai-tolerance for {', '.join(unused)} matched no check that ran")
         if self.config.prune_baselines and not self.config.update_baselines:
             notes.append("--qxai-prune-baselines does nothing without --qxai-update-baselines")
+        used: dict[str, list[dict[str, Any]]] = {}
+        for r in self.results:
+            if "items" in r.notes.get("sequential", {}):
+                used.setdefault(r.suite, []).append(r.notes["sequential"])
+        for suite, looks in used.items():  # the suite ran until its last check stopped
+            spent = any(look["stopped"] == "budget spent" for look in looks)
+            notes.append(f"--qxai-budget: {suite} used {max(look['items'] for look in looks)} of "
+                         f"{looks[0]['budget']} items ({'budget spent' if spent else 'every check decided'})")
         return notes
 
     def terminal_lines(self) -> list[str]:
@@ -574,6 +639,13 @@ def resolve_metric(metric: Metric | str) -> Metric:
     except KeyError as exc:
         raise QxaiUsageError(f"{exc.args[0]}; register it with pytest_qxai.metrics.register_metric(Metric(...))"
                              ) from None
+
+
+def suite_metrics(result: SuiteResult) -> list[Metric]:
+    """The registered metrics a suite result has per-item values for (those it skipped are decided already)."""
+    known = {m.key: m for m in registered_metrics()}
+    keys = [f"{result.suite}.{name}" for name in result.reference if name not in result.skipped]
+    return [known[key] for key in keys if key in known]
 
 
 def suite_of(path: str | Path) -> str:

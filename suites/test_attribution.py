@@ -6,8 +6,8 @@ from pytest_qxai.methods import attribution
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return attribution.run_attribution(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(attribution.run_attribution)
 
 
 @pytest.mark.parametrize("metric", attribution.ATTRIBUTION_METRICS, ids=str)

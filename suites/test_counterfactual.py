@@ -6,8 +6,8 @@ from pytest_qxai.methods import counterfactual
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return counterfactual.run_counterfactual(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(counterfactual.run_counterfactual)
 
 
 @pytest.mark.parametrize("metric", counterfactual.COUNTERFACTUAL_METRICS, ids=str)

@@ -6,8 +6,8 @@ from pytest_qxai.methods import knowledge
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return knowledge.run_knowledge(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(knowledge.run_knowledge)
 
 
 @pytest.mark.parametrize("metric", knowledge.KNOWLEDGE_METRICS, ids=str)

@@ -6,8 +6,8 @@ from pytest_qxai.methods import multihop
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return multihop.run_multihop(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(multihop.run_multihop)
 
 
 @pytest.mark.parametrize("metric", multihop.MULTIHOP_METRICS, ids=str)

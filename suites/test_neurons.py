@@ -6,8 +6,8 @@ from pytest_qxai.methods import neurons
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return neurons.run_neurons(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(neurons.run_neurons)
 
 
 @pytest.mark.parametrize("metric", neurons.NEURONS_METRICS, ids=str)

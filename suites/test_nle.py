@@ -6,8 +6,8 @@ from pytest_qxai.methods import nle
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return nle.run_nle(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(nle.run_nle)
 
 
 @pytest.mark.parametrize("metric", nle.NLE_METRICS, ids=str)

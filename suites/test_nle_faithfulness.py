@@ -6,8 +6,8 @@ from pytest_qxai.methods import faithfulness
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return faithfulness.run_nle_faithfulness(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(faithfulness.run_nle_faithfulness)
 
 
 @pytest.mark.parametrize("metric", faithfulness.NLE_FAITHFULNESS_METRICS, ids=str)

@@ -6,8 +6,8 @@ from pytest_qxai.methods import probes
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return probes.run_probes(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(probes.run_probes)
 
 
 @pytest.mark.parametrize("metric", probes.PROBES_METRICS, ids=str)

@@ -6,8 +6,8 @@ from pytest_qxai.methods import task
 
 
 @pytest.fixture(scope="module")
-def result(qxai_pair):
-    return task.run_task_accuracy(qxai_pair)
+def result(qxai_run_suite):
+    return qxai_run_suite(task.run_task_accuracy)
 
 
 @pytest.mark.parametrize("metric", task.TASK_METRICS, ids=str)

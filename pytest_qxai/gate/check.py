@@ -24,6 +24,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ..metrics import Direction, Kind, Metric, as_array, get_metric
+from .spending import Fractions, share
 from .stats import DEFAULT_RESAMPLES, MIN_PAIRED, MarginTest, detectable, items_needed, margin_test, paired_valid
 from .tolerance import Tolerance, parse_tolerance
 
@@ -130,6 +131,8 @@ def jsonable(value: Any) -> Any:
     """Plain JSON types: numpy scalars to Python, tuples to lists, non-finite floats to None."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.ndim == 1:  # per-item values: the common, large case
+        return [v if math.isfinite(v) else None for v in value.tolist()]
     if isinstance(value, (list, tuple, np.ndarray)):
         return [jsonable(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
@@ -149,12 +152,13 @@ def item_values(values: Sequence[float | None]) -> np.ndarray:
 def check_vs_reference(
     metric: Metric, tolerance: Tolerance, reference: Sequence[float] | np.ndarray,
     quantized: Sequence[float] | np.ndarray, item_ids: Sequence[str], *, seed: int = 0,
-    n_resamples: int = DEFAULT_RESAMPLES, family: int = 1,
+    n_resamples: int = DEFAULT_RESAMPLES, family: int = 1, fractions: Fractions | None = None,
 ) -> CheckResult:
     """Compare the quantized model's per-item values with the reference's on the same items.
 
     ``family`` is the number of fail decisions the run plans: until all are known the fail test uses the
     Bonferroni bound ``p * family``, which any Holm or Benjamini-Hochberg adjustment at the end can only lower.
+    ``fractions`` are a sequential look's information fractions (:mod:`.sequential`).
     """
     ref, quant = as_array(reference), as_array(quantized)
     result = _result(metric, "vs_reference", tolerance)
@@ -170,14 +174,14 @@ def check_vs_reference(
     test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
                        span=_span(metric, 1, np.concatenate([a, b])))
     result.comparison = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)} ({test.method})"
-    _measure(result, test, tolerance, family)
+    _measure(result, test, tolerance, family, fractions)
     return result
 
 
 def check_vs_baseline(
     current: CheckResult, stored: dict[str, Any], tolerance: Tolerance, *, baseline_file: str,
     current_metadata: dict[str, Any], stored_metadata: dict[str, Any], seed: int = 0,
-    n_resamples: int = DEFAULT_RESAMPLES, family: int = 1,
+    n_resamples: int = DEFAULT_RESAMPLES, family: int = 1, fractions: Fractions | None = None,
 ) -> list[CheckResult]:
     """Compare this run's per-item gap (quantized − reference) with the stored one, item by item.
 
@@ -217,7 +221,7 @@ def check_vs_baseline(
         f"the quantized-reference gap moved from {_fmt(float(gap_base[valid].mean()))} in {baseline_file} "
         f"to {_fmt(float(gap_now[valid].mean()))}"
         + (f" ({unmatched} item(s) of this run are not in the baseline)" if unmatched else "") + f" ({test.method})")
-    _measure(result, test, tolerance, family)
+    _measure(result, test, tolerance, family, fractions)
     results = [result]
     drift = _reference_drift(metric, tolerance, ref_base, ref_now, current_metadata, stored_metadata,
                              baseline_file, seed, n_resamples)
@@ -300,19 +304,29 @@ def _skip_small(result: CheckResult, what: str) -> CheckResult:
     return result
 
 
-def _measure(result: CheckResult, test: MarginTest, tolerance: Tolerance, family: int) -> None:
-    """Fill delta, the decision's interval, the fail test's p-value, mdd and n_needed; then decide."""
+def _measure(result: CheckResult, test: MarginTest, tolerance: Tolerance, family: int,
+             fractions: Fractions | None = None) -> None:
+    """Fill delta, the decision's interval, the fail test's p-value, mdd and n_needed; then decide.
+
+    At a sequential look (``fractions``, docs/sequential.md) the pass test's interval is at its share of alpha and
+    the p-value is ``p / share`` of the fail test's alpha, so that the fixed-n rule applied to them is the look's.
+    """
     alpha, b = tolerance.alpha, tolerance.threshold(result.reference or 0.0)
     sign = -1.0 if result.direction == "higher" else 1.0  # D = sign * delta
     result.delta, result.n = test.estimate, test.n
+    fail_alpha = (alpha / 2 if tolerance.two_sided else alpha) / family
+    pass_share, fail_share = share(fractions, alpha), share(fractions, fail_alpha)
+    if fractions is not None:
+        result.notes["sequential"] = {"pass_share": pass_share, "fail_share": fail_share}
+    alpha *= pass_share
+    fail_alpha *= fail_share
     if tolerance.two_sided:
         result.ci = test.interval(alpha / 2)
-        result.p_value = min(1.0, 2 * min(test.p_above(b), test.p_below(-b)))
-        fail_alpha = alpha / 2 / family
+        p = min(1.0, 2 * min(test.p_above(b), test.p_below(-b)))
     else:
         result.ci = test.interval(alpha)
-        result.p_value = test.p_below(-b) if sign < 0 else test.p_above(b)
-        fail_alpha = alpha / family
+        p = test.p_below(-b) if sign < 0 else test.p_above(b)
+    result.p_value = min(1.0, p / fail_share) if fail_share > 0 else 1.0
     result.p_adjusted = min(1.0, result.p_value * family)
     result.mdd = detectable(test, b, fail_alpha)
     degradation = abs(test.estimate) if tolerance.two_sided else sign * test.estimate
@@ -336,9 +350,12 @@ def decide(result: CheckResult) -> None:
     alpha, b = tolerance.alpha, tolerance.threshold(result.reference or 0.0)
     assert result.ci is not None and result.p_value is not None and result.p_adjusted is not None
     high = degradation_bounds(result)[1]
-    level = 1 - alpha if tolerance.two_sided else 1 - 2 * alpha
+    sequential = result.notes.get("sequential") or {}
+    spent = alpha * sequential.get("pass_share", 1.0)  # a sequential look's interval is at its share of alpha
+    level = 1 - spent if tolerance.two_sided else 1 - 2 * spent
     change = f"{'+' if (result.delta or 0) >= 0 else ''}{_fmt(result.delta or 0.0)}"
-    interval = f"{level:.0%} CI of delta [{_fmt(result.ci[0])}, {_fmt(result.ci[1])}]"
+    percent = f"{100 * level:.6g}%" if sequential else f"{level:.0%}"  # a look's level can be 99.96 %
+    interval = f"{percent} CI of delta [{_fmt(result.ci[0])}, {_fmt(result.ci[1])}]"
     band = f"band {tolerance} (+/-{_fmt(b)})"
     stat = (f"{'two-sided' if tolerance.two_sided else 'one-sided'} p={result.p_value:.3g}, "
             f"adjusted p={result.p_adjusted:.3g}, alpha={_fmt(alpha)}, n={result.n}")
@@ -358,6 +375,9 @@ def decide(result: CheckResult) -> None:
                 + (f", about {result.n_needed} items would decide it" if result.n_needed else "") + ")")
     if result.verdict != "inconclusive":
         result.n_needed = None
+    if "look" in sequential:
+        text += (f"; sequential: {sequential['items']} of {sequential['budget']} items (look {sequential['look']} "
+                 f"of {sequential['looks']}), {sequential['stopped'] or 'the suite stopped'}")
     result.reason = f"{text}; {result.comparison}" if result.comparison else text
 
 

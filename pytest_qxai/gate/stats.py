@@ -102,22 +102,22 @@ class ScoreTest(MarginTest):
 
     def p_above(self, c: float) -> float:
         """One-sided p-value of H0 theta <= c (normal approximation of the score statistic)."""
-        from scipy.stats import norm
+        from scipy.special import ndtr
 
-        return float(norm.sf(self.z(c)))
+        return float(ndtr(-self.z(c)))
 
     def p_below(self, c: float) -> float:
         """One-sided p-value of H0 theta >= c."""
-        from scipy.stats import norm
+        from scipy.special import ndtr
 
-        return float(norm.cdf(self.z(c)))
+        return float(ndtr(self.z(c)))
 
     def bound(self, alpha: float, side: Side) -> float:
         """The score bound: the margin at which the one-sided test has p = alpha (root of a monotone function)."""
         from scipy.optimize import brentq
-        from scipy.stats import norm
+        from scipy.special import ndtri
 
-        crit = float(norm.isf(alpha))
+        crit = -float(ndtri(alpha))
         edge = -1.0 if side == "lower" else 1.0
         sign = 1.0 if side == "lower" else -1.0
         f = lambda c: sign * self.z(c) - crit  # noqa: E731 - a one-line root target
@@ -149,14 +149,22 @@ class BootstrapT(MarginTest):
         if self.sd == 0:
             return self._p_identical(self.estimate - c, self.estimate - self.span[0])
         t = (self.estimate - c) / self.se
-        return max(float((1 + np.count_nonzero(self.t_star >= t)) / (self.t_star.size + 1)), self._student(t))
+        return self._combined(int(np.count_nonzero(self.t_star >= t)), self._student(t))
 
     def p_below(self, c: float) -> float:
         """Bootstrap-t p-value of H0 theta >= c."""
         if self.sd == 0:
             return self._p_identical(c - self.estimate, self.span[1] - self.estimate)
         t = (self.estimate - c) / self.se
-        return max(float((1 + np.count_nonzero(self.t_star <= t)) / (self.t_star.size + 1)), self._student(-t))
+        return self._combined(int(np.count_nonzero(self.t_star <= t)), self._student(-t))
+
+    def _combined(self, beyond: int, student: float) -> float:
+        """The larger of the bootstrap-t p-value (``beyond`` resampled t* as extreme as t) and Student's.
+
+        Beyond every resampled t* the bootstrap says only p < 1 / (B + 1); Student's t decides there, the rule
+        :meth:`bound` follows, so a sequential look spending less than 1 / (B + 1) can still stop a clear case.
+        """
+        return student if beyond == 0 else max((1 + beyond) / (self.t_star.size + 1), student)
 
     def _student(self, t: float) -> float:
         """Student's t upper-tail p-value with n - 1 degrees of freedom."""
@@ -235,11 +243,9 @@ def detectable(test: MarginTest, margin: float, alpha: float, power: float = POW
     Normal approximation, (z(1-alpha) + z(power)) * SE beyond the margin; a binary test without any discordant
     item is given the spread of one, so that no data never reads as perfect power.
     """
-    from scipy.stats import norm
-
     if _identical(test):  # the bound of identical differences: a share 1 - alpha**(1/n) of the room
         return margin + (1 - alpha ** (1 / test.n)) * _room(test)
-    return margin + float(norm.isf(alpha) + norm.ppf(power)) * _spread(test) / math.sqrt(test.n)
+    return margin + _z_sum(alpha, power) * _spread(test) / math.sqrt(test.n)
 
 
 def items_needed(test: MarginTest, distance: float, alpha: float, power: float = POWER) -> int | None:
@@ -247,8 +253,6 @@ def items_needed(test: MarginTest, distance: float, alpha: float, power: float =
 
     ``distance`` is |estimate - margin| in metric units; None when it is 0 (no sample size decides a tie).
     """
-    from scipy.stats import norm
-
     if distance <= 0 or not math.isfinite(distance):
         return None
     if _identical(test):  # identical differences decide once 1 - alpha**(1/n) of the room is within the distance
@@ -257,8 +261,15 @@ def items_needed(test: MarginTest, distance: float, alpha: float, power: float =
             return None
         needed = math.log(alpha) / math.log1p(-distance / room) if distance < room else 1.0
     else:
-        needed = ((float(norm.isf(alpha) + norm.ppf(power)) * _spread(test)) / distance) ** 2
+        needed = ((_z_sum(alpha, power) * _spread(test)) / distance) ** 2
     return max(test.n + 1, math.ceil(needed))
+
+
+def _z_sum(alpha: float, power: float) -> float:
+    """z(1 - alpha) + z(power), by scipy's normal quantile function (``scipy.stats.norm`` without its overhead)."""
+    from scipy.special import ndtri
+
+    return float(ndtri(power) - ndtri(alpha))
 
 
 def _identical(test: MarginTest) -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 from ..blame.registry import BlameSupport, register_blame
 from ..datasets import (Fact, Relation, dataset_fingerprint, load_relations, no_relations, seeded_order,
                         select_facts)
+from ..gate.sequential import batches
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
@@ -140,14 +141,22 @@ def measure_recall(runtime: "Runtime", items: Sequence[RecallItem]) -> dict[str,
 
 
 def recall_values(pair: "ModelPair", side: "ModelSide", items: Sequence[RecallItem]) -> dict[str, np.ndarray]:
-    """Per-item recall values of one model (cached by the side's identity, the items and the prompt format)."""
+    """Per-item recall values of one model (cached by the side's identity, the items and the prompt format).
 
-    def compute() -> dict[str, np.ndarray]:
-        return measure_recall(side.runtime, items)
+    Under ``--qxai-budget`` the items are cached one look's batch at a time, so a later look reuses the earlier
+    ones (the looks are nested prefixes of one seeded order).
+    """
+    parts = []
+    for start, stop in batches(len(items), pair.config.budget):
+        part = items[start:stop]
+        params = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in part]), "prompt": PROMPT,
+                  "max_tokens": MAX_ANSWER_TOKENS}
 
-    params = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in items]), "prompt": PROMPT,
-              "max_tokens": MAX_ANSWER_TOKENS}
-    return pair.cached(side, "knowledge.recall", params, compute)
+        def compute(part: Sequence[RecallItem] = part) -> dict[str, np.ndarray]:
+            return measure_recall(side.runtime, part)
+
+        parts.append(pair.cached(side, "knowledge.recall", params, compute))
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def run_knowledge(pair: "ModelPair") -> SuiteResult:

@@ -7,7 +7,7 @@ from typing import Any
 
 from .blame import blame_markdown
 from .json_report import results_of
-from .text import KIND_LABELS, POWER_NOTE, cells, ordered, verdict_label
+from .text import KIND_LABELS, POWER_NOTE, SEQUENTIAL_NOTE, cells, ordered, verdict_label
 
 _ICONS = {"fail": "❌", "inconclusive": "⚠️", "pass": "✅", "error": "🛑"}
 _COLUMNS = ("verdict", "check", "kind", "reference", "quantized", "Δ [CI]", "baseline", "p", "p adj", "n", "band",
@@ -42,6 +42,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             escaped[0] = f"**{escaped[0]}**" if r.verdict != "pass" else escaped[0]
             lines.append("| " + " | ".join(escaped) + " |")
         lines += ["", f"_{POWER_NOTE}._"]
+        if any("look" in (r.notes.get("sequential") or {}) for r in results):
+            lines += ["", f"_{_cell(SEQUENTIAL_NOTE)}._"]
         reasons = [f"- **{_cell(verdict_label(r.verdict))}** {_cell(r.key)} "
                    f"({_cell(KIND_LABELS.get(r.kind, r.kind))}): {_cell(r.reason)}"
                    for r in results if r.verdict != "pass"]

@@ -60,10 +60,23 @@ def cells(result: CheckResult) -> dict[str, str]:
         "verdict": verdict_label(result.verdict), "suite": result.suite, "metric": result.metric,
         "kind": KIND_LABELS[result.kind], "reference": number(result.reference),
         "quantized": number(result.quantized), "delta [CI]": delta_cell(result), "baseline": number(result.baseline),
-        "p": p_cell(result.p_value), "p adj": p_cell(result.p_adjusted), "n": str(result.n),
+        "p": p_cell(result.p_value), "p adj": p_cell(result.p_adjusted), "n": n_cell(result),
         "band": result.tolerance, "mdd": number(result.mdd),
         "n needed": "-" if result.n_needed is None else str(result.n_needed),
     }
+
+
+SEQUENTIAL_NOTE = ("n [items/budget: why]: under --qxai-budget, the items the check used of the suite's budget and "
+                   "why it stopped; its p is the repeated p-value over looks (docs/sequential.md)")
+"""The legend of the n column when a check ran in sequential mode."""
+
+
+def n_cell(result: CheckResult) -> str:
+    """Valid paired items; in sequential mode also the items used of the budget and why the check stopped."""
+    seq = result.notes.get("sequential")
+    if not seq or "look" not in seq:
+        return str(result.n)
+    return f"{result.n} [{seq['items']}/{seq['budget']}: {seq['stopped'] or 'suite stopped'}]"
 
 
 def overall_line(summary: dict[str, Any]) -> str:
@@ -95,4 +108,5 @@ def table_lines(results: Sequence[CheckResult]) -> list[str]:
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
     lines += [f"{verdict_label(r.verdict)} {r.key} ({KIND_LABELS[r.kind]}): {r.reason}"
               for r in rows if r.verdict != "pass"]
-    return lines + ([POWER_NOTE] if rows else [])
+    sequential = any("look" in (r.notes.get("sequential") or {}) for r in rows)
+    return lines + ([POWER_NOTE] if rows else []) + ([SEQUENTIAL_NOTE] if sequential else [])

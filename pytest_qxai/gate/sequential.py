@@ -1,0 +1,110 @@
+"""Sequential item budgets (``--qxai-budget``): a suite is checked at planned looks and each check stops as soon
+as it is decided.
+
+Group-sequential testing with Lan-DeMets alpha spending, O'Brien-Fleming type (:mod:`.spending`), over looks
+at equal fractions of the budget. At look j a check's fail test spends the increment of the spending function
+of its own alpha (the Bonferroni share ``alpha / family``) and its pass test the increment of the band's alpha;
+the look rejects when its fixed-n p-value is below that increment. The guarantee is the union bound over looks:
+whatever the stopping rule, a check whose true D is within its band fails with probability at most
+``sum_j (alpha(t_j) - alpha(t_{j-1})) = alpha``, and likewise for a false pass; it holds whenever each look's
+test is valid on its own, with no assumption on how the looks are correlated (the gate's tests are a score test
+and a bootstrap-t, not the normal statistics exact boundaries assume). The check's p-value is the repeated one,
+``min_j p_j / w_j`` with ``w_j`` the fail test's share, valid under optional stopping, so the run's Holm or BH
+adjustment composes with it unchanged. docs/sequential.md measures both guarantees and what the bound costs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .check import CheckResult, decide
+from .spending import Fractions
+
+LOOKS = 5
+"""Planned looks per suite, at equal fractions of the budget (a batch of budget / 5 items between looks)."""
+
+STOPS = {"fail": "fail shown", "pass": "non-inferiority shown", "improved": "improvement shown"}
+"""Why a check stopped, by verdict, when it was decided; otherwise it ran to the budget."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The items at each look of a budget (nested prefixes of the suite's seeded item order)."""
+
+    budget: int
+    looks: tuple[int, ...]
+
+    def fractions(self, look: int) -> Fractions:
+        """Information fractions ``(t_previous, t)`` of look ``look`` (0-based)."""
+        before = self.looks[look - 1] / self.budget if look else 0.0
+        return before, self.looks[look] / self.budget
+
+
+def plan(budget: int, looks: int = LOOKS, first: int = 2) -> Plan:
+    """``looks`` equal steps up to ``budget`` items, each look at least ``first`` items (a paired test's minimum)."""
+    if budget < first:
+        raise ValueError(f"a budget of {budget} items is below the {first} items a paired test needs")
+    return Plan(budget, tuple(sorted({max(first, math.ceil(budget * j / looks)) for j in range(1, looks + 1)})))
+
+
+def batches(n: int, budget: int | None) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the items between looks, for a method that caches them one batch at a time so that a
+    look does not recompute the earlier ones; one batch of all ``n`` items without a budget."""
+    if budget is None:
+        return [(0, n)]
+    stops = [look for look in plan(budget).looks if look < n] + [n]
+    return list(zip([0, *stops[:-1]], stops))
+
+
+def decided(result: CheckResult) -> bool:
+    """Whether a check is settled at this look: fail, pass or improved shown, or not a test that more items
+    could change (a stale or missing baseline). A metric skipped on the items seen so far (too few valid items,
+    or not applicable on them, e.g. a reference not yet shown above chance) may become testable later."""
+    if result.kind == "reference_drift":  # a note on the baseline comparison, not a decision of its own
+        return True
+    if result.verdict == "skipped":
+        # a baseline being recorded: no test either way; too few items matched in it: more may match
+        return result.kind == "vs_baseline" and not result.reason.startswith("no test: only")
+    return result.verdict != "inconclusive"
+
+
+def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, look: int, family: int) -> CheckResult:
+    """This look's check, its p-value made the repeated one over looks so far (``min_j p_j / w_j``), decided
+    again, with what it used and why it stopped (``notes["sequential"]``, also said in the reason)."""
+    if current.p_value is None or current.ci is None:  # no test (a missing or stale baseline, too few items)
+        return current
+    if previous is not None and previous.p_value is not None and previous.p_value < current.p_value:
+        current.p_value = previous.p_value
+    current.p_adjusted = min(1.0, current.p_value * family)
+    decide(current)
+    final = look == len(plan_.looks) - 1
+    current.notes["sequential"] = current.notes.get("sequential", {}) | {
+        "items": plan_.looks[look], "budget": plan_.budget, "look": look + 1, "looks": len(plan_.looks),
+        "stopped": STOPS.get(current.verdict, "") or ("budget spent" if final else ""),
+    }
+    decide(current)  # again, so that the reason says why the check stopped
+    return current
+
+
+def run_looks(
+    plan_: Plan, evaluate: Callable[[int, Fractions], Sequence[CheckResult]], family: int,
+) -> list[CheckResult]:
+    """Evaluate the checks at each look until all are decided or the budget is spent.
+
+    ``evaluate(n, fractions)`` returns the checks on the first ``n`` items, tested at that look's share of alpha.
+    Returns each check as it was when it stopped (``notes["sequential"]`` says where), in the order first seen.
+    """
+    frozen: dict[tuple[str, str], CheckResult] = {}
+    latest: dict[tuple[str, str], CheckResult] = {}
+    for look, n in enumerate(plan_.looks):
+        for check in evaluate(n, plan_.fractions(look)):
+            key = (check.key, check.kind)
+            if key not in frozen:
+                latest[key] = combine(latest.get(key), check, plan_, look, family)
+                if decided(latest[key]):
+                    frozen[key] = latest[key]
+        if len(frozen) == len(latest):
+            break
+    return [frozen.get(key, last) for key, last in latest.items()]

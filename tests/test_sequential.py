@@ -1,0 +1,258 @@
+"""Sequential item budgets (``--qxai-budget``): error rates under optional stopping (seeded Monte-Carlo), the
+items a clear case saves, and the option through pytest on a stand-in suite (docs/sequential.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.stats  # noqa: F401 - imported once here: pytester drops modules first imported inside a run
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_qxai.gate.sequential import plan
+from pytest_qxai.gate.spending import share, spent
+from pytest_qxai.testing import run_gate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gate_simulation import ALPHA, Scenario, mc_limit  # noqa: E402
+from sequential_simulation import sequential_outcomes  # noqa: E402
+
+BUDGET = 200
+
+
+@given(st.integers(2, 5000), st.floats(1e-6, 0.5))
+def test_looks_are_nested_prefixes_ending_at_the_budget_and_spend_exactly_alpha(budget: int, alpha: float) -> None:
+    looks = plan(budget)
+    assert list(looks.looks) == sorted(set(looks.looks)) and looks.looks[-1] == budget and looks.looks[0] >= 2
+    shares = [share(looks.fractions(j), alpha) for j in range(len(looks.looks))]
+    assert all(s >= 0 for s in shares) and sum(shares) == pytest.approx(1.0)
+    assert spent(1.0, alpha) == pytest.approx(alpha)
+
+
+@pytest.mark.parametrize("scenario, reps", [(Scenario("binary", discordance=0.3), 1000),
+                                            (Scenario("continuous", shape="normal"), 300)],
+                         ids=lambda x: getattr(x, "label", ""))
+def test_error_rates_hold_under_the_stopping_rule(scenario: Scenario, reps: int) -> None:
+    """At D = b a check stopped by the rule fails at most alpha of the time; at D = 1.1 b it passes at most alpha
+    of the time (looks on nested prefixes of one draw per run, as a suite makes them)."""
+    at_band, _ = sequential_outcomes(scenario, BUDGET, scenario.band, reps, seed=1)
+    beyond, _ = sequential_outcomes(scenario, BUDGET, 1.1 * scenario.band, reps, seed=2)
+    assert np.mean([v == "fail" for v in at_band]) <= mc_limit(ALPHA, reps)
+    assert np.mean([v in ("pass", "improved") for v in beyond]) <= mc_limit(ALPHA, reps)
+
+
+def test_the_fixed_n_rule_at_every_look_would_break_the_guarantee() -> None:
+    """The negative control: the same looks, each tested at the full alpha, fail too often at D = b (so the
+    simulation above can see a broken stopping rule)."""
+    scenario = Scenario("binary", discordance=0.3)
+    naive, _ = sequential_outcomes(scenario, BUDGET, scenario.band, 400, seed=1, naive=True)
+    assert np.mean([v == "fail" for v in naive]) > mc_limit(ALPHA, 400)
+
+
+def test_a_check_far_from_its_band_stops_well_before_the_budget() -> None:
+    """A degradation of 5 bands fails, and an unchanged metric passes, each with most of the budget unspent."""
+    scenario = Scenario("binary", discordance=0.3)
+    verdicts, used = sequential_outcomes(scenario, 600, 5 * scenario.band, 100, seed=3)
+    assert np.mean([v == "fail" for v in verdicts]) > 0.95 and used.mean() < 0.5 * 600
+    continuous = Scenario("continuous")
+    verdicts, used = sequential_outcomes(continuous, 600, -continuous.band / 2, 100, seed=4)
+    assert np.mean([v in ("pass", "improved") for v in verdicts]) > 0.95 and used.mean() < 0.7 * 600
+
+
+def test_a_bonferroni_share_raises_the_bar_of_every_look() -> None:
+    """With the run's planned family of 20 decisions a degradation at 2 bands fails less often than alone."""
+    scenario = Scenario("binary", discordance=0.3)
+    alone, _ = sequential_outcomes(scenario, BUDGET, 2 * scenario.band, 200, seed=5)
+    shared, _ = sequential_outcomes(scenario, BUDGET, 2 * scenario.band, 200, seed=5, family=20)
+    assert np.mean([v == "fail" for v in shared]) < np.mean([v == "fail" for v in alone])
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from test_arch import tiny_runtime_at
+
+    return tiny_runtime_at(tmp_path_factory.mktemp("tiny"))
+
+
+def test_knowledge_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a budget the knowledge suite caches one look's batch at a time: the second look of a budget of 10
+    measures only its 2 new items per model, and its values are those of the 4 items measured at once."""
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import knowledge
+    from pytest_qxai.storage import DiskCache
+
+    measured: list[int] = []
+    measure = knowledge.measure_recall
+    monkeypatch.setattr(knowledge, "measure_recall", lambda runtime, items: measured.append(len(items)) or
+                        measure(runtime, items))
+    pair = tiny_pair(tiny_runtime, make_config(budget=10, samples=2))
+    pair.cache = DiskCache(tmp_path / "cache")
+    knowledge.run_knowledge(pair)
+    assert measured == [2, 2]
+    looked = knowledge.run_knowledge(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
+    assert measured == [2, 2, 2, 2]
+    at_once = knowledge.run_knowledge(tiny_pair(tiny_runtime, make_config(samples=4)))
+    assert looked.item_ids == at_once.item_ids
+    for name in at_once.reference:
+        np.testing.assert_allclose(looked.reference[name], at_once.reference[name], rtol=0, atol=1e-5)
+
+
+CONFTEST = """
+import dataclasses
+import pytest
+from pytest_qxai.plugin import SESSION_KEY
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    config.stash[SESSION_KEY].n_resamples = 499
+
+@dataclasses.dataclass
+class StandIn:
+    config: object
+
+@pytest.fixture(scope="session")
+def qxai_pair(pytestconfig):
+    return StandIn(pytestconfig.stash[SESSION_KEY].config)
+"""
+
+SUITE = """
+import os
+import numpy as np
+import pytest
+from pytest_qxai.metrics import Metric, SuiteResult, register_metric
+
+ACC = register_metric(Metric("seqdemo", "accuracy", "share correct", "binary", bounds=(0.0, 1.0), tolerance="abs:0.05"))
+SCORE = register_metric(Metric("seqdemo", "score", "a score", "continuous", tolerance="abs:0.05"))
+GAP = float(os.environ["QXAI_DEMO_GAP"])
+
+def run_demo(pair):
+    n = pair.config.samples or 60
+    with open(os.environ["QXAI_DEMO_LOG"], "a") as log:
+        log.write(f"{n}\\n")
+    rng = np.random.default_rng(0)  # one seeded order: a smaller n is a prefix of a larger one
+    acc = (rng.random(1000) < 0.7).astype(float)
+    flipped = np.where(rng.random(1000) < GAP * 10, 0.0, acc)
+    score = rng.normal(0.5, 0.2, 1000)
+    noise = rng.normal(0.0, 0.02, 1000)
+    late = n < int(os.environ.get("QXAI_DEMO_LATE", "0"))  # the score is not applicable on fewer items
+    return SuiteResult("seqdemo", [f"i{i}" for i in range(n)], {"accuracy": acc[:n], "score": score[:n]},
+                       {"accuracy": flipped[:n], "score": score[:n] - 2 * GAP + noise[:n]}, {"data": "demo-v1"},
+                       skipped={"score": "not applicable: too few items to tell"} if late else {})
+
+@pytest.fixture(scope="module")
+def result(qxai_run_suite):
+    return qxai_run_suite(run_demo)
+
+@pytest.mark.parametrize("metric", [ACC, SCORE], ids=str)
+def test_seqdemo(result, metric, qxai_check):
+    qxai_check.suite(result, [metric])
+"""
+
+LEAN = ("-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:cacheprovider", "-p", "no:randomly")
+
+
+@pytest.fixture
+def demo(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A stand-in suite (no model) whose quantized side is degraded by ``$QXAI_DEMO_GAP``; returns the call log."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_seqdemo=SUITE)
+    monkeypatch.setenv("QXAI_DEMO_LOG", str(tmp_path / "calls.txt"))
+    return tmp_path / "calls.txt"
+
+
+def sequential_notes(path: Path) -> dict[str, dict[str, object]]:
+    """``suite.metric kind`` -> the check's ``notes["sequential"]`` from a JSON report."""
+    report = json.loads(path.read_text())
+    return {f"{r['suite']}.{r['metric']} {r['kind']}": r["notes"]["sequential"] for r in report["checks"]
+            if r["kind"] == "vs_reference"}
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2", "-p", "xdist")], ids=["serial", "xdist"])
+def test_budget_stops_a_degraded_suite_early_and_a_rerun_stops_at_the_same_place(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch, workers: tuple[str, ...],
+) -> None:
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0.05")  # 50 % of correct items lost, scores down by two bands
+    args = (*LEAN, *workers, "--qxai-budget=400", "--qxai-update-baselines", "--qxai-report-json=r.json",
+            "--qxai-report-md=r.md")
+    result = run_gate(pytester, *args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    notes = sequential_notes(pytester.path / "r.json")
+    accuracy = notes["seqdemo.accuracy vs_reference"]
+    assert accuracy["stopped"] == "fail shown" and int(accuracy["items"]) < 400, notes  # type: ignore[call-overload]
+    looks = sorted({int(n) for n in demo.read_text().split()})  # under xdist each worker may run the module
+    assert looks == [80, 160, 240, 320, 400][: len(looks)] and len(looks) < 5, looks  # nested looks, stopped early
+    result.stdout.fnmatch_lines(["*accuracy*FAIL*sequential: * of 400 items (look * of 5), fail shown*"])
+    assert r"/400: fail shown\]" in (pytester.path / "r.md").read_text()  # Markdown escapes the bracket
+    run_gate(pytester, *args)
+    assert sequential_notes(pytester.path / "r.json") == notes
+
+
+def test_budget_passes_an_unchanged_suite_and_stops_when_every_check_is_decided(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    result = run_gate(pytester, *LEAN, "--qxai-budget=1000", "--qxai-update-baselines", "--qxai-report-json=r.json")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    notes = sequential_notes(pytester.path / "r.json")
+    assert {n["stopped"] for n in notes.values()} == {"non-inferiority shown"}, notes
+    assert json.loads((pytester.path / "r.json").read_text())["metadata"]["budget"] == 1000
+    looks = [int(n) for n in demo.read_text().split()]
+    assert looks[-1] == max(int(n["items"]) for n in notes.values()) < 1000, (looks, notes)  # type: ignore[call-overload]
+    result.stdout.fnmatch_lines(["*[[]*/1000: non-inferiority shown[]]*", "*n [[]items/budget: why[]]*",
+                                 "--qxai-budget: seqdemo used * of 1000 items (every check decided)"])
+
+
+def test_a_metric_not_applicable_on_the_first_items_keeps_the_suite_looking(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A skip decided on few items (a reference not yet above chance, say) is no decision: the suite goes on."""
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    monkeypatch.setenv("QXAI_DEMO_LATE", "500")  # accuracy alone is decided at 400
+    result = run_gate(pytester, *LEAN, "--qxai-budget=1000", "--qxai-update-baselines", "--qxai-report-json=r.json")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    notes = sequential_notes(pytester.path / "r.json")
+    assert notes["seqdemo.score vs_reference"]["stopped"] == "non-inferiority shown", notes
+    assert int(notes["seqdemo.score vs_reference"]["items"]) >= 600  # type: ignore[call-overload]
+    assert int(notes["seqdemo.accuracy vs_reference"]["items"]) == 400  # type: ignore[call-overload]
+
+
+def test_without_a_budget_the_suite_runs_once_at_its_fixed_count(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    result = run_gate(pytester, *LEAN, "--qxai-update-baselines")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert demo.read_text().split() == ["60"]
+    assert "items/budget" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--qxai-budget=1",), "--qxai-budget must be at least 2, got 1"),
+    (("--qxai-budget=x",), "argument --qxai-budget: invalid int value: 'x'"),
+    (("--qxai-budget=50", "--qxai-samples=20"), "--qxai-budget and --qxai-samples both set the items per suite"),
+])
+def test_a_bad_budget_is_one_line_and_a_usage_error(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], message: str,
+) -> None:
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    result = run_gate(pytester, *LEAN, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str() + result.stdout.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert not demo.exists()
+
+
+def test_the_ini_twin_sets_the_budget(pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0.05")
+    pytester.makeini("[pytest]\nqxai_budget = 100\n")
+    run_gate(pytester, *LEAN, "--qxai-update-baselines")
+    assert demo.read_text().split()[0] == "20"  # the first look of a budget of 100
