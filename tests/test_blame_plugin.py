@@ -121,3 +121,28 @@ def test_reports_show_the_blame() -> None:
     assert "#### Layer blame" in markdown and "| `17-19` | 3 | 10 | 67% [33%, 100%] |" in markdown
     page = render_html(report)
     assert "<h2>Layer blame</h2>" in page and page.count("data:image/png;base64") == 1
+
+
+def test_damage_spread_over_the_layers_is_reported_as_no_localized_cause() -> None:
+    """The blame object, the terminal line, the JSON form and the Markdown/HTML reports say "no localized cause"
+    and propose no spec when only a restoration of more than a quarter of the layers reaches the target."""
+    from pytest_qxai.blame.run import Blame, _summary
+    from pytest_qxai.blame.search import search
+    from pytest_qxai.gate.check import CheckResult
+    from test_blame_search import all_or_nothing, one_per_layer
+
+    check = CheckResult("knowledge", "recall_accuracy", "vs_reference", "fail", "")
+    blame = _summary(check, search(30, all_or_nothing(30), one_per_layer, target=0.5), 0.5, 11, 30)
+    assert blame.status == "blamed" and blame.proposal is None and blame.spread_layers == 30
+    assert blame.reason == ("no localized cause: the damage is spread over 30 layers (the fewest whose restoration "
+                            "recovers 50% of the regression: keep=0-29, 100%; a proposal keeps at most 7 of 30 "
+                            "layers, 25%)")
+    stored = Blame.from_dict(json.loads(json.dumps(blame.to_dict() | {"cost": {"measurements": 21, "seconds": 9}})))
+    assert stored.spread_layers == 30 and stored.proposal is None
+    line = blame_lines([stored.to_dict()])[0]
+    assert line.startswith("blame knowledge.recall_accuracy: 11 regressed items, 21 restorations measured in 9 s; "
+                           "no localized cause: the damage is spread over 30 layers")
+    report = {"model": "m", "quant": "hqq2", "baseline_name": "b", "checks": [], "notes": [], "metadata": {},
+              "summary": {"checks": 0, "counts": {}, "verdict": "fail"}, "blame": [stored.to_dict()]}
+    assert "no localized cause: the damage is spread over 30 layers" in render_markdown(report)
+    assert "no localized cause: the damage is spread over 30 layers" in render_html(report)

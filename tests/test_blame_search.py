@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_qxai.blame.search import BEAM, GREEDY_STEPS, MAX_MEASUREMENTS, Recovery, recovery, search, whole_layers
+from pytest_qxai.blame.search import BEAM, GREEDY_STEPS, MAX_MEASUREMENTS, Recovery, max_kept_layers, recovery, search, \
+    whole_layers
 from pytest_qxai.specs import COMPONENTS, KeepUnits
 
 ITEMS = 40
@@ -68,8 +69,45 @@ def test_mlp_only_damage_proposes_mlp_sublayers() -> None:
 def test_no_restoration_reaching_the_target_proposes_nothing() -> None:
     damage = {(layer, part): 1.0 for layer in range(16) for part in COMPONENTS}
     found = search(16, synthetic(damage)[0], one_per_layer, target=0.9, limit=5)
-    assert found.proposal is None or found.proposal.units == whole_layers(range(16))
+    assert found.proposal is None  # only all 16 layers reach 90 %: spread, not a proposal
+    assert found.spread is not None and found.spread.units == whole_layers(range(16))
     assert len(found.probes) <= 5 and found.exhausted
+
+
+def all_or_nothing(n_layers: int):
+    """The pattern measured on SmolLM2 at hqq2: only restoring every layer recovers anything (errors compound)."""
+    every = whole_layers(range(n_layers))
+
+    def evaluate(units: KeepUnits) -> Recovery:
+        return recovery(np.ones(ITEMS), np.zeros(ITEMS), np.ones(ITEMS) if units == every else np.zeros(ITEMS))
+
+    return evaluate
+
+
+def test_damage_spread_over_every_layer_is_no_localized_cause() -> None:
+    found = search(30, all_or_nothing(30), one_per_layer, target=0.5)
+    assert found.proposal is None
+    assert found.spread is not None and found.spread.layers == 30 and found.spread.recovery.share == 1.0
+
+
+@pytest.mark.parametrize(("n_layers", "allowed"), [(1, 1), (2, 1), (7, 1), (8, 2), (30, 7), (32, 8), (64, 16)])
+def test_a_proposal_keeps_at_most_a_quarter_of_the_layers(n_layers: int, allowed: int) -> None:
+    assert max_kept_layers(n_layers) == allowed
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_layers=st.integers(2, 48), spread=st.integers(1, 48), seed=st.integers(0, 99))
+def test_proposals_are_localized_and_spread_damage_is_reported(n_layers: int, spread: int, seed: int) -> None:
+    """Damage shared equally by ``spread`` consecutive layers: a proposal never keeps more than a quarter of the
+    layers, and when none is made although a restoration reached the target, that restoration is ``spread``."""
+    spread = min(spread, n_layers)
+    damage = {(layer, part): (1.0 if layer < spread else 0.0) for layer in range(n_layers) for part in COMPONENTS}
+    found = search(n_layers, synthetic(damage, seed)[0], one_per_layer, target=0.5)
+    if found.proposal is not None:
+        assert found.proposal.layers <= max_kept_layers(n_layers) and found.spread is None
+    else:
+        assert found.spread is not None and found.spread.layers > max_kept_layers(n_layers)
+        assert found.spread.recovery.share >= 0.5
 
 
 @settings(max_examples=40, deadline=None)

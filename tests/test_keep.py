@@ -96,3 +96,54 @@ def test_keep_naming_a_missing_layer_is_a_usage_error() -> None:
     with pytest.raises(QxaiUsageError, match=r"keep names layer 30, but the model has 30 decoder layers \(0-29\)"):
         check_keep_layers(parse_spec("hqq4:keep=17-19,30-31"), 30)
 
+
+
+@pytest.mark.parametrize("text", ["bnb4:keep=0-1", "bnb8:keep=0-1", "hqq2:keep=0-1", "quanto-int2:keep=0-1",
+                                  "torchao-int8:keep=0-1"])
+def test_keeping_every_layer_gives_the_reference_logits(text: str, tmp_path: Path) -> None:
+    """All decoder layers kept: nothing else may change, so the logits are the reference's bit for bit, also after
+    the checkpoint's save and reload (hqq's patcher once quantized ``lm_head``, the tied unembedding, at 2 bits)."""
+    torch = pytest.importorskip("torch")
+    from pytest_qxai.backends.base import QuantContext
+    from pytest_qxai.models.loading import load_reference, load_tokenizer
+    from tests.tiny import TINY_TEXTS, backend_or_skip, build_tiny_model
+
+    folder = build_tiny_model(tmp_path)
+    spec, backend = backend_or_skip(text)
+    tokenizer = load_tokenizer(folder, revision=None, trust_remote_code=False)
+    inputs = tokenizer(TINY_TEXTS[:3], return_tensors="pt", padding=True)
+    reference = load_reference(folder, device="cpu", dtype=torch.float32, revision=None, trust_remote_code=False)
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        for attempt in ("quantized", "reloaded"):  # the second call loads the checkpoint the first one cached
+            ctx = QuantContext(reference_dir=folder, device="cpu", dtype=torch.float32, tokenizer=tokenizer,
+                               calibration=[], seed=0, trust_remote_code=False,
+                               cache_dir=tmp_path / "cache" / "quantized" / "entry")
+            model = backend.quantize(spec, ctx)
+            if spec.scheme.backend == "hqq":  # the one keep= backend with a disk cache of its own
+                assert ctx.notes["hqq_checkpoint"] == {"quantized": "saved", "reloaded": "cached"}[attempt]
+            assert model.get_output_embeddings().weight.dtype == torch.float32, attempt
+            assert torch.equal(model(**inputs).logits, expected), attempt
+
+
+def test_a_keep_checkpoint_is_keyed_by_the_patcher_code(make_config: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keep= checkpoint is made by this plugin's own patcher, so a change of that code quantizes again (a
+    checkpoint cached before a fix of the patcher is not reused); a spec without keep= keeps its entry."""
+    pytest.importorskip("hqq")
+    from pytest_qxai.models import pair as pair_module
+    from tests.tiny import build_tiny_model
+
+    tiny, cache = build_tiny_model(tmp_path), tmp_path / "cache"
+
+    def entries(text: str) -> set[str]:
+        cfg = make_config(model=str(tiny), quant=parse_spec(text), cache_dir=cache, skip_sanity=True)
+        pair_module.get_pair(cfg)
+        pair_module.release_pair(cfg)
+        return {p.name for p in (cache / "quantized").iterdir() if p.is_dir()}
+
+    before = entries("hqq4:keep=0") | entries("hqq4")
+    monkeypatch.setattr(pair_module, "code_hash", lambda module: "the patcher changed")
+    after = entries("hqq4:keep=0") | entries("hqq4")
+    added = after - before
+    assert len(before) == 2 and len(added) == 1 and next(iter(added)).startswith("hqq4_keep_0-")

@@ -11,8 +11,9 @@ a pickle (``torch.save``) and decodes dtypes with ``eval``; :func:`_safetensors_
 the layers' plain settings as JSON instead, so the cached checkpoint is data only.
 
 ``keep=``: hqq's patcher (``patch_model``) is run with a per-module decision: a linear layer inside a kept
-sublayer stays ``nn.Linear`` (hqq's own "no config" case), every other one becomes an ``HQQLinear``. hqq's
-save/load stores and restores such mixed models (plain weights next to ``W_q``).
+sublayer, or one without a config (``lm_head``, which is not one of hqq's linear tags), stays ``nn.Linear``
+(hqq's own "no config" case), every other one becomes an ``HQQLinear``. hqq's save/load stores and restores such
+mixed models (plain weights next to ``W_q``).
 """
 
 from __future__ import annotations
@@ -101,10 +102,10 @@ def _quantize_keeping(model: "PreTrainedModel", config: dict, kept: list[str], c
         module.device = ctx.device
         return module.to(device=ctx.device, dtype=ctx.dtype)
 
-    def linear(module: "torch.nn.Module", _config: object) -> "torch.nn.Module":
-        if is_kept(module.name, kept):
+    def linear(module: "torch.nn.Module", tag_config: dict | None) -> "torch.nn.Module":
+        if tag_config is None or is_kept(module.name, kept):  # None: not a linear tag (lm_head), as hqq's own
             return place(module)
-        out = HQQLinear(module, config, compute_dtype=ctx.dtype, device=ctx.device)
+        out = HQQLinear(module, tag_config, compute_dtype=ctx.dtype, device=ctx.device)
         out.device = ctx.device
         return out
 

@@ -19,7 +19,7 @@ from ..gate.check import CheckResult, check_vs_reference, item_values, jsonable
 from ..metrics import Metric, get_metric
 from ..specs import KEEP_BACKENDS, KeepUnits, QuantSpec, with_keep
 from .registry import BlameSupport, blame_support
-from .search import Probe, Recovery, SearchResult, recovery, search
+from .search import MAX_KEPT_SHARE, Probe, Recovery, SearchResult, max_kept_layers, recovery, search
 
 if TYPE_CHECKING:
     from ..gate.tolerance import Tolerance
@@ -52,6 +52,8 @@ class Blame:
     """The restoration the proposal adds, in ``keep=`` syntax (one of ``groups``)."""
     proposal_share: float | None = None
     proposal_ci: list[float] | None = None
+    spread_layers: int | None = None
+    """Without a proposal because the damage is spread: the fewest layers whose restoration reaches the target."""
     verification: dict[str, Any] | None = None
     cost: dict[str, Any] = field(default_factory=dict)
     nodeid: str = ""
@@ -122,7 +124,7 @@ def blame_check(pair: "ModelPair", check: CheckResult, tolerance: "Tolerance", *
     n_layers = 1 + max(layer for layer, _ in parameters)
     with unpacked(pair.quantized.model, pair.backend):
         found = search(n_layers, evaluate, lambda units: sum(parameters[u] for u in units), target)
-    blame = _summary(check, found, target, len(ids))
+    blame = _summary(check, found, target, len(ids), n_layers)
     blame.cost = {"measurements": len(found.probes), "item_evaluations": len(found.probes) * len(ids),
                   "seconds": round(time.perf_counter() - started, 2), "budget_exhausted": found.exhausted,
                   "decoder_parameters": sum(parameters.values())}
@@ -134,10 +136,17 @@ def blame_check(pair: "ModelPair", check: CheckResult, tolerance: "Tolerance", *
     return blame
 
 
-def _summary(check: CheckResult, found: SearchResult, target: float, items: int) -> Blame:
+def _summary(check: CheckResult, found: SearchResult, target: float, items: int, n_layers: int) -> Blame:
     """The blame record of a finished search."""
     blame = Blame(check.key, "blamed", "", target, items, [_group(p) for p in found.probes], nodeid=check.nodeid)
-    if found.proposal is None:
+    if found.spread is not None:
+        spread = found.spread
+        blame.spread_layers = spread.layers
+        blame.reason = (f"no localized cause: the damage is spread over {spread.layers} layers (the fewest whose "
+                        f"restoration recovers {target:.0%} of the regression: keep={spread.label}, "
+                        f"{spread.recovery.share:.0%}; a proposal keeps at most {max_kept_layers(n_layers)} of "
+                        f"{n_layers} layers, {MAX_KEPT_SHARE:.0%})")
+    elif found.proposal is None:
         best = max(found.probes, key=lambda p: p.recovery.share, default=None)
         blame.reason = (f"no restoration measured recovered {target:.0%} of the regression"
                         + (f"; the best, keep={best.label}, recovered {best.recovery.share:.0%}" if best else ""))
@@ -149,7 +158,7 @@ def _summary(check: CheckResult, found: SearchResult, target: float, items: int)
 
 
 def _group(probe: Probe) -> dict[str, Any]:
-    return {"keep": probe.label, "layers": len({layer for layer, _ in probe.units}), "parameters": probe.cost,
+    return {"keep": probe.label, "layers": probe.layers, "parameters": probe.cost,
             "share": probe.recovery.share, "ci": list(probe.recovery.ci)}
 
 

@@ -27,6 +27,10 @@ GREEDY_STEPS = 4
 """Unions of the best small groups tried when no single measured group reaches the target."""
 RESAMPLES = 2000
 CONFIDENCE = 0.95
+MAX_KEPT_SHARE = 0.25
+"""A proposal keeps at most this share of the decoder layers (at least one layer): a 4-bit spec with a quarter of
+its layers in full precision already stores about 7 bits per decoder weight, nearly an 8-bit spec's memory, so a
+restoration that needs more layers names no localized cause, and the fix is a wider scheme, not ``keep=``."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class Probe:
         """The restoration in ``keep=`` syntax, e.g. ``17-19`` or ``mlp.17``."""
         return format_keep(self.units)
 
+    @property
+    def layers(self) -> int:
+        """Decoder layers the restoration touches (a layer counts when either of its sublayers is kept)."""
+        return len({layer for layer, _ in self.units})
+
 
 @dataclass
 class SearchResult:
@@ -57,8 +66,16 @@ class SearchResult:
 
     probes: list[Probe] = field(default_factory=list)
     proposal: Probe | None = None
+    spread: Probe | None = None
+    """Without a proposal: the restoration of the fewest layers that reaches the target but keeps more than
+    :func:`max_kept_layers` (the damage is spread, no localized cause)."""
     exhausted: bool = False
     """The measurement budget ran out before the search finished."""
+
+
+def max_kept_layers(n_layers: int) -> int:
+    """Layers a proposal may keep: :data:`MAX_KEPT_SHARE` of ``n_layers``, at least one (the finest cause named)."""
+    return max(1, int(n_layers * MAX_KEPT_SHARE))
 
 
 def recovery(reference: np.ndarray, quantized: np.ndarray, restored: np.ndarray, higher_is_better: bool = True,
@@ -123,7 +140,8 @@ def search(n_layers: int, evaluate: Callable[[KeepUnits], Recovery], cost: Calla
 
     1. All layers (how much any decoder restoration can recover). 2. Halve the best ``BEAM`` groups level by level
     down to single layers. 3. If no measured group reaches ``target``, grow a union of the best groups (most
-    recovery per layer first). 4. Attention-only and MLP-only variants of the best sets.
+    recovery per layer first). 4. Attention-only and MLP-only variants of the best sets. A restoration that keeps
+    more than :func:`max_kept_layers` is never proposed: it is reported as ``spread``.
     """
     budget = _Budget(evaluate, cost, limit)
     if budget.probe(whole_layers(range(n_layers))) is None:
@@ -142,7 +160,11 @@ def search(n_layers: int, evaluate: Callable[[KeepUnits], Recovery], cost: Calla
     for best in _best_sets(budget, target):
         for part in COMPONENTS:
             budget.probe(only(best.units, part))
-    budget.result.proposal = _cheapest(budget.result.probes, target)
+    allowed = max_kept_layers(n_layers)
+    budget.result.proposal = _cheapest([p for p in budget.result.probes if p.layers <= allowed], target)
+    if budget.result.proposal is None:
+        reaching = [p for p in budget.result.probes if p.recovery.share >= target]
+        budget.result.spread = min(reaching, key=lambda p: (p.layers, p.cost)) if reaching else None
     return budget.result
 
 

@@ -27,6 +27,7 @@ from ..storage import cache_type, stable_hash
 from ..suite import Suite, register_suite
 from .arch import ModelParts, model_parts
 from .knowledge import PROMPT, RecallItem, first_token_ids, recall_items, recall_values
+from .similarity import cosine
 
 if TYPE_CHECKING:
     import torch
@@ -267,12 +268,6 @@ def neuron_items(pair: "ModelPair", n: int) -> list[RecallItem]:
     return [it for it, ok in zip(pool, correct) if ok == 1.0][:n]
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two vectors (0 when one is all zeros)."""
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b) / norm if norm > 0 else 0.0
-
-
 def run_neurons(pair: "ModelPair") -> SuiteResult:
     """Neuron and sublayer attribution of both models on facts the reference recalls."""
     reason = no_relations(pair.config.data)
@@ -307,8 +302,8 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
         TOP_OVERLAP.name: np.array([len(set(r.top) & set(q.top)) / TOP_K for r, q in zip(reference, quantized)]),
         TOP_RETAINED.name: np.array([float(np.mean(q.probe_imp >= r.tau)) for r, q in zip(reference, quantized)]),
         ABOVE_TAU.name: np.array([q.above / TOP_K for q in quantized]),
-        SUBLAYER_COSINE.name: np.array([cosine(np.concatenate([r.attn, r.ffn]), np.concatenate([q.attn, q.ffn]))
-                                        for r, q in zip(reference, quantized)]),
+        SUBLAYER_COSINE.name: cosine(np.array([np.concatenate([r.attn, r.ffn]) for r in reference]),
+                                     np.array([np.concatenate([q.attn, q.ffn]) for q in quantized])),
         WORST_LAYER.name: np.abs(by_layer["quantized"] - by_layer["reference"]).max(axis=1),
     }
     profiles = {

@@ -26,6 +26,7 @@ from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
+from .similarity import cosine
 from .task import NLI_TEMPLATE, lacks, nli_prompt, template_id
 
 if TYPE_CHECKING:
@@ -75,10 +76,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 def layer_cosines(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
     """``[n, L]`` cosine of FP and quantized states ``[n, L, d]`` per item and layer, each centred on its own mean."""
-    a = reference - reference.mean(axis=0, keepdims=True)
-    b = quantized - quantized.mean(axis=0, keepdims=True)
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return np.where(norms > 0, (a * b).sum(-1) / np.where(norms > 0, norms, 1.0), 0.0)  # type: ignore[no-any-return]
+    return cosine(reference - reference.mean(axis=0, keepdims=True), quantized - quantized.mean(axis=0, keepdims=True))
 
 
 def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:

@@ -251,8 +251,11 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
             ctx.calibration = load_calibration(int(cfg.quant.get("calibration")), int(cfg.quant.get("seed")))
             calib_id = stable_hash(ctx.calibration)
-        quant_id = stable_hash([content_id, str(cfg.quant), cfg.quant.resolved, calib_id, value_versions(),
-                                backend.versions(), machine])
+        recipe = [content_id, str(cfg.quant), cfg.quant.resolved, calib_id, value_versions(), backend.versions(),
+                  machine]
+        if "keep" in cfg.quant.resolved:  # this plugin's own patcher decides what a keep= checkpoint holds
+            recipe.append(code_hash(type(backend).__module__))
+        quant_id = stable_hash(recipe)
         if cache_root is not None:
             ctx.cache_dir = cache_root / "quantized" / f"{cfg.quant.slug}-{quant_id}"
         quantized = backend.quantize(cfg.quant, ctx)
