@@ -71,7 +71,7 @@ def test_ecqa_units_go_into_the_question_and_skip_words_of_the_options() -> None
     units = F.insertions(item, seed=0)
     assert units and {u.field for u in units} == {"question"}
     assert not {u.word for u in units} & {"tired", "quiet"}
-    assert all(u.ask(item).options == item.options and u.word in u.ask(item).question.lower() for u in units)
+    assert all(u.edit(item).options == item.options and u.word in u.edit(item).question.lower() for u in units)
 
 
 def test_a_word_the_item_already_holds_is_never_inserted() -> None:
@@ -152,7 +152,7 @@ def test_segments_rebuild_the_prompt_word_by_word(tiny_runtime: Any) -> None:  #
     parts = F.segments(tiny_runtime, render)
     premise = tiny_runtime.encode([" " + w for w in ITEM.premise.split()], add_special_tokens=False)
     hypothesis = tiny_runtime.encode([" " + w for w in ITEM.hypothesis.split()], add_special_tokens=False)
-    ids = parts.prefix + sum(premise, []) + parts.middle + sum(hypothesis, []) + parts.suffix
+    ids = parts.prefix + parts.around([sum(premise, []), sum(hypothesis, [])], [])
     assert tiny_runtime.tokenizer.decode(ids, skip_special_tokens=True) == render(ITEM.premise, ITEM.hypothesis)
 
 
@@ -184,7 +184,7 @@ def test_shapley_values_of_the_answer_add_up_to_the_full_minus_the_masked_score(
         words = [tiny_runtime.encode([" " + w], add_special_tokens=False)[0] for w in ITEM.premise.split()], \
             [tiny_runtime.encode([" " + w], add_special_tokens=False)[0] for w in ITEM.hypothesis.split()]
         p, h = ([t if keep else mask for ids in group for t in ids] for group in words)
-        seq = p + parts.middle + h + parts.suffix + answer_tail
+        seq = parts.around([p, h], answer_tail)
         return float(tiny_runtime.prefixed_tail_logprobs(parts.prefix, [seq], [len(answer_tail)])[0].sum())
 
     assert phi[0].sum() == pytest.approx(score(True) - score(False), abs=1e-3)
