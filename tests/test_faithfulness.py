@@ -15,6 +15,7 @@ from pytest_qxai.methods import nle as N
 from pytest_qxai.methods import task as T
 from pytest_qxai.methods.text import words
 from test_attribution import smollm, tiny_pair, tiny_runtime  # noqa: F401 - shared model fixtures
+from tiny import NO_CLASSIFICATION
 
 ITEM = NLIItem("x", "A man is playing a guitar.", "The old man plays music.", "entailment", ("guitar is music",))
 vectors = st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=12)
@@ -198,7 +199,10 @@ def test_empty_explanation_has_no_attribution(tiny_runtime: Any) -> None:  # noq
 def test_suite_on_identical_models_gives_identical_values(tiny_runtime: Any, make_config: Any) -> None:  # noqa: F811
     pair = tiny_pair(tiny_runtime, make_config)
     result = F.run_nle_faithfulness(pair)
-    assert set(result.reference) == {m.name for m in F.NLE_FAITHFULNESS_METRICS}
+    label = [m.name for m in F.LABEL_METRICS.values()]
+    assert set(result.reference) == {m.name for m in F.NLE_FAITHFULNESS_METRICS} - set(label)
+    assert {k: v for k, v in result.skipped.items() if k.startswith("label_")} == dict.fromkeys(
+        label, NO_CLASSIFICATION)
     assert len(result.item_ids) == 6 and result.item_ids[3].startswith("ecqa:")  # 3 e-SNLI, then 3 ECQA items
     for metric in result.reference:
         np.testing.assert_array_equal(result.reference[metric], result.quantized[metric])

@@ -148,7 +148,7 @@ ESNLI_METRICS = list(COUNTERFACTUAL_METRICS)
 
 
 def _one_step_on(prefix: str, data: str, edited: str) -> dict[str, Metric]:
-    """Register each one-step e-SNLI metric for other data (``prefix``), editing ``edited`` instead of the hypothesis."""
+    """Register each one-step e-SNLI metric for other data (``prefix``), edits of ``edited`` for the hypothesis's."""
     return {metric.name: register_metric(dataclasses.replace(
         metric, name=prefix + metric.name, description=metric.description.replace("(one-step)", f"({data}, one-step)")
         .replace("hypothesis", edited)))
@@ -295,9 +295,11 @@ def _ecqa_answers(runtime: "Runtime", items: Sequence[MCQItem], questions: Seque
     return np.argmax(task.mcq_logprobs(runtime, edited), axis=1)
 
 
-def _one_step_side(pair: "ModelPair", side: "ModelSide", key: str, params: dict[str, Any], prompts: Sequence[str],
-                   originals: Sequence[str], targets: np.ndarray, predict: Callable[["Runtime", list[str]], np.ndarray],
-                   metrics: dict[str, Metric], fluency_worst: float) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+def _one_step_side(
+    pair: "ModelPair", side: "ModelSide", key: str, params: dict[str, Any], prompts: Sequence[str],
+    originals: Sequence[str], targets: np.ndarray, predict: Callable[["Runtime", list[str]], np.ndarray],
+    metrics: dict[str, Metric], fluency_worst: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """One side's one-step edits of ``originals``: the metrics (degenerate edits at their worst), the flags, the edits.
 
     ``predict`` gives a model's label on the edited inputs; the reference judges every side's edits (cached).
@@ -332,7 +334,8 @@ def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
     for side in pair.sides:
         answers = task.mcq_predictions(pair, side, len(questions)).predicted
         values[side.role], flags[side.role], edits = _one_step_side(
-            pair, side, "counterfactual/ecqa", params, [ecqa_edit_prompt(it, int(a)) for it, a in zip(questions, answers)],
+            pair, side, "counterfactual/ecqa", params,
+            [ecqa_edit_prompt(it, int(a)) for it, a in zip(questions, answers)],
             [it.question for it in questions], np.array([ecqa_target(it, int(a)) for it, a in zip(questions, answers)]),
             lambda runtime, texts: _ecqa_answers(runtime, questions, texts), ECQA_METRICS, fluency_worst)
         notes["degenerate_edits"][f"{side.role}/ecqa"] = f"{int(flags[side.role].sum())}/{len(questions)}"
@@ -349,7 +352,7 @@ def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
 
 
 def _label_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
-    """The ``label_`` metrics: one-step edits of each classification text toward the next label, with the precondition."""
+    """The ``label_`` metrics: one-step edits of each classification text toward the next label; the precondition."""
     tasks = task.classification_tasks(pair)
     if not tasks:
         return not_applicable(SUITE, list(LABEL_METRICS.values()), task.absent(pair, "classification"))

@@ -58,12 +58,12 @@ from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicab
 from ..profiles import suite_size
 from ..storage import stable_hash
 from .nle import (CLASS_NLE_TEMPLATE, ECQA_NLE_TEMPLATE, NLE_TEMPLATE, class_explanation_prompt, explain,
-                  explain_ecqa, explain_labels, explanation_params, explanation_prompt, is_empty, label_explanation_params,
-                  label_explanations, side_explanations)
+                  explain_ecqa, explain_labels, explanation_params, explanation_prompt, is_empty,
+                  label_explanation_params, label_explanations, side_explanations)
 from .outcomes import degenerate_metric, require_competence, scored
 from .task import (NLI_TASK, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
                    mcq_logprobs, mcq_predictions, nli_predictions, pooled_chance, predict_labels, predict_nli,
-                   prefixed_ids)
+                   prefixed_ids, template_id)
 from .text import words
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ FIELDS: dict[type, tuple[str, ...]] = {NLIItem: ("premise", "hypothesis"), MCQIt
 
 @dataclass(frozen=True)
 class Insertion:
-    """One word inserted before the word at ``position`` of an item's text field (premise, hypothesis, question, text)."""
+    """One word inserted before the word at ``position`` of an item's text field (:data:`FIELDS`)."""
 
     field: str
     position: int

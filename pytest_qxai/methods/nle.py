@@ -1,4 +1,4 @@
-"""Natural-language explanations (NLEs) on e-SNLI, ECQA and your classification files: quality of each model's post-hoc explanation of its own label.
+"""Natural-language explanations (NLEs): quality of each model's post-hoc explanation of its own label.
 
 Generation (post-hoc, versioned template): three fixed e-SNLI **dev** demonstrations with their first human
 explanation, then "Premise: … Hypothesis: … Relationship: <the model's own predicted label>

@@ -175,7 +175,8 @@ def _probe_part(pair: "ModelPair", tasks: Sequence[LabelTask], items: Sequence[S
     skipped = {}
     reasons = [p["reason"] for p in parts if p["correct"] is None]
     if len(reasons) == len(parts):
-        skipped = dict.fromkeys([metrics[TRANSFER].name, metrics[RETRAINED].name], "not applicable: " + "; ".join(reasons))
+        skipped = dict.fromkeys([metrics[TRANSFER].name, metrics[RETRAINED].name],
+                                "not applicable: " + "; ".join(reasons))
     else:
         correct = {name: np.concatenate([p["correct"][name] if p["correct"] else np.full((len(g), depth), np.nan)
                                          for p, g in zip(parts, items)])
