@@ -96,6 +96,7 @@ def test_a_run_uses_the_named_datasets_only(pytester: pytest.Pytester) -> None:
                           "classification records (line 1): one format per file"),
     ("one=one.jsonl", "--qxai-data one: {root}/one.jsonl:1: every item has the label 'good': a classification "
                       "needs at least two labels (add items of another label, or a label_set)"),
+    ("meh=meh.jsonl", "--qxai-data meh: {root}/meh.jsonl:2: label 'meh' is not in the label set (good, bad)"),
     ("reviews", "--qxai-data 'reviews': write NAME=PATH (e.g. sentiment=reviews.jsonl), or a bundled name alone "
                 "(esnli, ecqa, lre)"),
 ])
@@ -103,6 +104,8 @@ def test_bad_data_stops_the_run_before_any_model_loads(pytester: pytest.Pytester
     write(pytester.path, [{"id": 1, "text": "a", "label": "good"},
                           {"id": 2, "premise": "p", "hypothesis": "h", "label": "entailment"}], "mixed.jsonl")
     write(pytester.path, [{"id": 1, "text": "a", "label": "good"}], "one.jsonl")
+    write(pytester.path, [{"id": 1, "text": "a", "label": "good", "label_set": ["good", "bad"]},
+                          {"id": 2, "text": "b", "label": "meh"}], "meh.jsonl")
     pytester.makepyfile(test_x="def test_x(): pass")
     run = pytester.runpytest_inprocess(f"--qxai-data={argument}", "--qxai-device=cpu", "-p", "no:cacheprovider")
     assert run.ret == pytest.ExitCode.USAGE_ERROR
