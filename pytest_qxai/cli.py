@@ -144,9 +144,12 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
     if len(methods) > 1:
         raise QxaiUsageError(f"the shards used different multiple-testing methods ({', '.join(map(str, methods))}); "
                              "run them with the same --qxai-multiple-testing")
-    return build_report([r for _, r in merged.values()], model=first["model"], quant=first["quant"],
-                        baseline_name=first["baseline_name"], metadata=metadata, notes=notes, errors=errors,
-                        multiple_testing=methods.pop())
+    method = methods.pop()
+    results = [r for _, r in merged.values()]
+    if method is not None:  # the shards' families were their own checks only (None: a report of no pytest run)
+        notes += adjust(results, method).merge_lines()
+    return build_report(results, model=first["model"], quant=first["quant"], baseline_name=first["baseline_name"],
+                        metadata=metadata, notes=notes, errors=errors, multiple_testing=method)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,6 +106,27 @@ def test_merge_shards_into_one_verdict(tmp_path: Path, make_config: Callable[...
     capsys.readouterr()
 
 
+def test_merge_applies_holm_over_all_shards(tmp_path: Path, make_config: Callable[..., QxaiConfig],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Each shard corrects only for its own checks; the merged run corrects over every shard's fail decisions,
+    so two shard failures at p = 0.03 and 0.04 are not confirmed by Holm over both (0.06, 0.06)."""
+    config = make_config(update_baselines="all")
+    shards = [write_run(tmp_path / f"s{i}.json", config, -0.2, (SIM,)) for i in range(2)]
+    for shard, p, suite in zip(shards, (0.03, 0.04), ("nle", "ecqa")):
+        report = json.loads(shard.read_text())
+        report["checks"] = [c for c in report["checks"] if c["kind"] == "vs_reference"]
+        report["checks"][0].update(p_value=p, p_adjusted=p, verdict="fail", suite=suite)
+        report["summary"]["multiple_testing"] = "holm"
+        shard.write_text(json.dumps(report))
+    out = tmp_path / "merged.json"
+    assert main(["merge", str(out), *map(str, shards)]) == 0
+    merged = json.loads(out.read_text())
+    assert {c["suite"]: round(c["p_adjusted"], 6) for c in merged["checks"]} == {"nle": 0.06, "ecqa": 0.06}
+    assert {c["verdict"] for c in merged["checks"]} == {"inconclusive"}
+    assert "does not confirm these shard failures" in " ".join(merged["notes"])
+    capsys.readouterr()
+
+
 def test_merge_refuses_conflicts_and_mixed_runs(tmp_path: Path, make_config: Callable[..., QxaiConfig],
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     config = make_config(update_baselines="all")

@@ -52,6 +52,18 @@ class Adjustment:
                          + ", ".join(f"{r.key} {r.kind}" for r in self.withdrawn))
         return lines
 
+    def merge_lines(self) -> list[str]:
+        """Summary lines for shards merged into one run: the family is now every shard's fail decisions."""
+        lines = []
+        if self.added:
+            lines.append(f"qxai merge: {self.method} over all shards' {self.family} fail decisions fails "
+                         f"{len(self.added)} more check(s): " + ", ".join(f"{r.key} {r.kind}" for r in self.added))
+        if self.withdrawn:
+            lines.append(f"qxai merge: {self.method} over all shards' {self.family} fail decisions does not confirm "
+                         "these shard failures (each shard corrected for its own checks only): "
+                         + ", ".join(f"{r.key} {r.kind}" for r in self.withdrawn))
+        return lines
+
 
 def adjust(results: Sequence[CheckResult], method: str) -> Adjustment:
     """Set every fail decision's final ``p_adjusted`` by ``method`` and decide it again."""
