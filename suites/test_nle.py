@@ -1,4 +1,4 @@
-"""Quality of each model's post-hoc explanation of its own e-SNLI label, and FP–quantized explanation agreement."""
+"""Quality of each model's post-hoc explanation of its own label (e-SNLI, ECQA, your files) and FP–quantized agreement."""
 
 import pytest
 
