@@ -1,4 +1,4 @@
-"""Quality of each model's post-hoc explanation of its own label (e-SNLI, ECQA, your files) and FP–quantized agreement."""
+"""Quality of each model's post-hoc explanation of its own label (e-SNLI, ECQA, your files), FP–quantized agreement."""
 
 import pytest
 
