@@ -1,4 +1,7 @@
-"""Self-generated counterfactual examples on e-SNLI: does the model's own minimal edit reach the requested label?
+"""Self-generated counterfactual examples: does the model's own minimal edit reach the requested label?
+
+On e-SNLI (plain metrics, both variants), ECQA and the run's classification files (``ecqa_`` and ``label_``, one
+step each; described below for e-SNLI, the others alike).
 
 Each model sees the item and *its own* predicted label (the task suite's prediction, shared through the
 cache) and is asked for a minimal edit of the hypothesis that would make the relationship a target label:
@@ -26,6 +29,11 @@ ECQA (``ecqa_`` metrics, one step): the model sees an ECQA question, its own clo
 target, the next option after its answer in the item's option order, and edits the question (hand-written
 demonstrations, not from ECQA). The edit is answered by the task suite's cloze scoring over the same options;
 the six metrics are defined and scored as their e-SNLI counterparts, against the question.
+
+Classification files (``label_`` metrics, one step, zero-shot: no demonstration fits every task): "Change as few
+words of the text as possible so that its label becomes the target label." with the text, the model's own label
+and the target, the next label in the file's label order (cyclic); the edit is labelled by the task suite's
+classification prompt, and the six metrics are scored as e-SNLI's, against the text.
 
 Precondition: ``self_flip`` and ``validity`` ask whether the model can move its own task label; the e-SNLI and
 the ECQA ones are ``not applicable`` when the reference is not significantly above chance on that task's items.

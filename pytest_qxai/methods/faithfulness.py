@@ -1,4 +1,8 @@
-"""Faithfulness of natural-language explanations on e-SNLI: the counterfactual-edit test and CC-SHAP.
+"""Faithfulness of natural-language explanations: the counterfactual-edit test and CC-SHAP.
+
+On e-SNLI (plain metrics), ECQA (``ecqa_``, insertion test only) and the run's classification files (``label_``:
+words inserted into the text, new labels explained with the NLE suite's classification prompt, CC-SHAP over the
+text's words; the same units, scoring and precondition as e-SNLI's).
 
 Counterfactual-edit test (Atanasova et al., ACL 2023), as their reference implementation does it: a random
 adjective is inserted before a noun, or a random adverb before a verb, at positions found by a part-of-speech

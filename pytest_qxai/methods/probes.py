@@ -1,4 +1,7 @@
-"""Linear probes and representation similarity between the FP and quantized residual streams, per e-SNLI item.
+"""Linear probes and representation similarity between the FP and quantized residual streams, per labelled item.
+
+e-SNLI items fill the plain metrics; the run's classification files fill the ``label_`` ones (each file probed for
+its own labels, with its own cross-validation and centring; the task suite's classification prompt).
 
 Each item's residual stream after every decoder layer is read at the last token of the NLI prompt (the position
 that predicts the label). Per layer, a logistic-regression probe (scikit-learn, standardised features, fixed
