@@ -55,10 +55,13 @@ def register_metric(metric: Metric) -> Metric:
     return metric
 
 
-def derived_metric(metric: Metric, prefix: str, data: str) -> Metric:
-    """Register ``metric`` measured on other data: named ``prefix + name``, the data named in its description."""
-    return register_metric(dataclasses.replace(metric, name=prefix + metric.name,
-                                               description=f"{metric.description} ({data})"))
+def derived_metric(metric: Metric, prefix: str, data: str, wording: tuple[str, str] = ("", "")) -> Metric:
+    """Register ``metric`` measured on other data: named ``prefix + name``, the data named in its description.
+
+    ``wording`` replaces what the description says of the original data (old, new), e.g. ("NLI probe", "probe").
+    """
+    description = metric.description.replace(*wording) if wording[0] else metric.description
+    return register_metric(dataclasses.replace(metric, name=prefix + metric.name, description=f"{description} ({data})"))
 
 
 def get_metric(key: str) -> Metric:

@@ -120,8 +120,9 @@ ECQA_UNFAITHFUL = register_metric(Metric(
     "continuous", direction="lower", bounds=(0.0, 1.0), tolerance="abs:0.05",
 ))
 TASK_DEPENDENT: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE]
-LABEL_METRICS: dict[Metric, Metric] = {metric: derived_metric(metric, "label_", "your classification data")
-                                       for metric in (*TASK_DEPENDENT, DEGENERATE)}
+LABEL_METRICS: dict[Metric, Metric] = {
+    metric: derived_metric(metric, "label_", "your classification data", ("model's e-SNLI prediction", "model's label"))
+    for metric in (*TASK_DEPENDENT, DEGENERATE)}
 """Each e-SNLI metric → its counterpart on the run's classification files (insertions into the text)."""
 NLE_FAITHFULNESS_METRICS: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE, ECQA_FLIP, ECQA_UNFAITHFUL,
                                           *LABEL_METRICS.values()]

@@ -61,8 +61,9 @@ WORST_LAYER = register_metric(Metric(
 """The per-layer profile as a gated metric: one layer whose states drift cannot hide in the average over layers.
 The band is the average's: no layer may drift further than the average is allowed to."""
 ESNLI_METRICS = [TRANSFER, RETRAINED, COSINE, WORST_LAYER]
-LABEL_METRICS: dict[Metric, Metric] = {metric: derived_metric(metric, "label_", "your classification data")
-                                       for metric in ESNLI_METRICS}
+LABEL_METRICS: dict[Metric, Metric] = {
+    metric: derived_metric(metric, "label_", "your classification data", ("NLI probe", "label probe"))
+    for metric in ESNLI_METRICS}
 """Each e-SNLI metric → its counterpart on the run's classification files (probes of each file's own labels)."""
 PROBES_METRICS = [*ESNLI_METRICS, *LABEL_METRICS.values()]
 
