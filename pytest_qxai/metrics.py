@@ -61,7 +61,8 @@ def derived_metric(metric: Metric, prefix: str, data: str, wording: tuple[str, s
     ``wording`` replaces what the description says of the original data (old, new), e.g. ("NLI probe", "probe").
     """
     description = metric.description.replace(*wording) if wording[0] else metric.description
-    return register_metric(dataclasses.replace(metric, name=prefix + metric.name, description=f"{description} ({data})"))
+    return register_metric(dataclasses.replace(metric, name=prefix + metric.name,
+                                               description=f"{description} ({data})"))
 
 
 def get_metric(key: str) -> Metric:
