@@ -223,3 +223,30 @@ def test_gold_explanations_of_some_files_are_compared_and_e_snli_keeps_its_own_m
         "at least 2 of two labels needed); 2 tickets items give too few per label for cross-validated probes "
         "(smallest label count 1, at least 2 of two labels needed)")
     assert not np.isnan(found.quantized["label_representation_cosine"][2:]).any()
+
+
+def test_a_run_on_a_classification_file_gates_label_checks_and_says_why_not_for_the_rest(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """End to end (probes suite, tiny model): ``label_`` checks gate, the e-SNLI ones are SKIPPED with one reason."""
+    from tiny import build_tiny_model
+
+    from pytest_qxai.models import pair
+
+    model = build_tiny_model(tmp_path)
+    suite = Path(__file__).resolve().parents[1] / "suites" / "test_probes.py"
+    pair._PAIRS.clear()
+    result = pytester.runpytest(
+        str(suite), f"--qxai-model={model}", "--quant=none", "--qxai-device=cpu", "--qxai-skip-sanity",
+        f"--qxai-cache-dir={tmp_path / 'cache'}", f"--qxai-data=sentiment={EXAMPLE}", "--qxai-samples=8",
+        f"--qxai-baseline-dir={tmp_path / 'baselines'}", "--qxai-update-baselines",
+        f"--qxai-report-json={tmp_path / 'r.json'}", "-p", "no:cacheprovider", "-p", "no:randomly", "-rs")
+    pair._PAIRS.clear()
+    # 8 items cannot show equivalence within the bands: a check may be inconclusive, never a usage error
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*SKIPPED*not applicable: no e-SNLI data in this run (sentiment)"])
+    checks = {c["metric"]: c for c in json.loads((tmp_path / "r.json").read_text())["checks"]
+              if c["suite"] == "probes" and c["kind"] == "vs_reference"}
+    assert {m for m, c in checks.items() if c["verdict"] != "skipped"} == {
+        "label_probe_transfer_accuracy", "label_probe_retrained_accuracy", "label_representation_cosine",
+        "label_worst_layer_cosine"}
+    assert all(c["n"] == 8 for m, c in checks.items() if m.startswith("label_"))
