@@ -387,3 +387,16 @@ def test_library_failures_become_one_line_errors() -> None:
     assert isinstance(caught.value.__cause__, ValueError)
     with pytest.raises(MemoryError), library_errors("somelib", "load"):
         raise MemoryError
+
+
+def test_a_group_size_that_does_not_divide_a_layer_names_one_that_does() -> None:
+    """SmolLM2-135M's 576-wide layers refuse the default 128-groups, and the message says 64 fits."""
+    from pytest_qxai.backends.base import check_widths
+    from pytest_qxai.errors import QxaiError
+    from pytest_qxai.specs import parse_spec
+
+    layers = {"q_proj": torch.nn.Linear(576, 576), "down_proj": torch.nn.Linear(1536, 576)}
+    with pytest.raises(QxaiError, match=r"576 input features, not a multiple of group_size=128 "
+                                        r"\(group_size=64 divides every layer: --quant ct-w4a16:group_size=64\)"):
+        check_widths(layers, parse_spec("ct-w4a16"), 128, "group_size=128")
+    check_widths(layers, parse_spec("ct-w4a16:group_size=64"), 64, "group_size=64")

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -149,7 +150,18 @@ def check_widths(layers: dict[str, "torch.nn.Linear"], spec: QuantSpec, multiple
     for name, module in layers.items():
         if module.in_features % multiple:
             raise QxaiError(f"--quant {spec}: {name} has {module.in_features} input features, not a multiple "
-                            f"of {unit}")
+                            f"of {unit}{_group_hint(layers, spec, multiple)}")
+
+
+def _group_hint(layers: dict[str, "torch.nn.Linear"], spec: QuantSpec, multiple: int) -> str:
+    """Where the spec has a ``group_size``: the largest smaller power of two that divides every layer's width."""
+    if "group_size" not in spec.scheme.params:
+        return ""
+    width = math.gcd(*(module.in_features for module in layers.values()))
+    size = multiple
+    while size > 1 and width % size:
+        size //= 2
+    return f" (group_size={size} divides every layer: --quant {spec.scheme.name}:group_size={size})" if size > 1 else ""
 
 
 @contextlib.contextmanager
