@@ -7,6 +7,7 @@ with :func:`register_metric` and check them with the ``qxai_check`` fixture.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -52,6 +53,16 @@ def register_metric(metric: Metric) -> Metric:
         raise ValueError(f"metric {metric.key} is already registered with a different definition")
     _REGISTRY[metric.key] = metric
     return metric
+
+
+def derived_metric(metric: Metric, prefix: str, data: str, wording: tuple[str, str] = ("", "")) -> Metric:
+    """Register ``metric`` measured on other data: named ``prefix + name``, the data named in its description.
+
+    ``wording`` replaces what the description says of the original data (old, new), e.g. ("NLI probe", "probe").
+    """
+    description = metric.description.replace(*wording) if wording[0] else metric.description
+    return register_metric(dataclasses.replace(metric, name=prefix + metric.name,
+                                               description=f"{description} ({data})"))
 
 
 def get_metric(key: str) -> Metric:
@@ -103,6 +114,29 @@ class SuiteResult:
 def not_applicable(suite: str, metrics: Sequence[Metric], reason: str) -> SuiteResult:
     """A suite result with no items: every metric skipped for ``reason`` (the run has no data the suite needs)."""
     return SuiteResult(suite, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in metrics], reason))
+
+
+def combine(suite: str, parts: Sequence[SuiteResult]) -> SuiteResult:
+    """One suite result from parts on disjoint items and disjoint metrics (one part per kind of data).
+
+    Each metric is NaN on the other parts' items (not a unit there); skipped metrics, lost counts, profiles,
+    fingerprints and notes are merged, notes that are dictionaries key by key (``notes["precondition"]`` keeps
+    every part's tests).
+    """
+    out = SuiteResult(suite, [i for part in parts for i in part.item_ids], {}, {}, {})
+    for role in ("reference", "quantized"):
+        names = list(dict.fromkeys(name for part in parts for name in getattr(part, role)))
+        getattr(out, role).update({name: np.concatenate(
+            [getattr(part, role).get(name, np.full(len(part.item_ids), np.nan)) for part in parts]) for name in names})
+    for part in parts:
+        out.fingerprint.update(part.fingerprint)
+        out.profiles.update(part.profiles)
+        out.skipped.update(part.skipped)
+        out.lost.update(part.lost)
+        for key, value in part.notes.items():
+            before = out.notes.get(key)
+            out.notes[key] = {**before, **value} if isinstance(before, dict) and isinstance(value, dict) else value
+    return out
 
 
 def as_array(values: Sequence[float] | np.ndarray) -> np.ndarray:

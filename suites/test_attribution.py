@@ -1,4 +1,4 @@
-"""Feature attributions on e-SNLI: ERASER comprehensiveness/sufficiency and FP–quantized attribution agreement."""
+"""Feature attributions on labelled texts (e-SNLI, your classification files): ERASER faithfulness and agreement."""
 
 from pytest_qxai.methods import attribution
 from pytest_qxai.testing import suite_test

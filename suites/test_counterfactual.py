@@ -1,4 +1,4 @@
-"""Self-generated counterfactual edits on e-SNLI: label flips (self and FP-judged), minimality, similarity, fluency."""
+"""Self-generated counterfactual edits (e-SNLI, ECQA, your classification files): label flips, minimality, fluency."""
 
 from pytest_qxai.methods import counterfactual
 from pytest_qxai.testing import suite_test

@@ -1,4 +1,4 @@
-"""Quality of each model's post-hoc explanation of its own e-SNLI label, and FP–quantized explanation agreement."""
+"""Quality of each model's post-hoc explanation of its own label (e-SNLI, ECQA, your files), FP–quantized agreement."""
 
 from pytest_qxai.methods import nle
 from pytest_qxai.testing import suite_test

@@ -1,4 +1,4 @@
-"""Linear NLI probes on the residual stream (transfer and retrained) and FP-quantized representation similarity."""
+"""Linear label probes on the residual stream (e-SNLI, your files) and FP-quantized representation similarity."""
 
 from pytest_qxai.methods import probes
 from pytest_qxai.testing import suite_test

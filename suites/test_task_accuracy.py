@@ -1,4 +1,4 @@
-"""Task accuracy on e-SNLI and ECQA and FP–quantized label agreement, the prerequisite of every explanation metric."""
+"""Task accuracy (e-SNLI, ECQA, your classification files) and FP–quantized label agreement, the prerequisite."""
 
 from pytest_qxai.methods import task
 from pytest_qxai.testing import suite_test

@@ -14,6 +14,7 @@ from pytest_qxai.methods import counterfactual as C
 from pytest_qxai.methods import task
 from pytest_qxai.methods.text import token_edit_distance
 from test_attribution import smollm, tiny_pair, tiny_runtime  # noqa: F401 - shared model fixtures
+from tiny import NO_CLASSIFICATION
 
 ITEM = NLIItem("x", "A dog runs in the park.", "An animal moves.", "entailment", ("dogs are animals",))
 
@@ -135,7 +136,9 @@ def test_identical_models_give_identical_per_item_values(
     monkeypatch.setattr(C, "MAX_WORDS_TOKENS", 2)
     monkeypatch.setitem(C.TEMPLATES, "demos", C.TEMPLATES["demos"][:1])
     result = C.run_counterfactual(tiny_pair(tiny_runtime, make_config))
-    assert [m.name for m in C.COUNTERFACTUAL_METRICS] == list(result.reference)
+    assert [m.name for m in C.COUNTERFACTUAL_METRICS if m not in C.LABEL_METRICS.values()] == list(result.reference)
+    assert {k: v for k, v in result.skipped.items() if k.startswith("label_")} == dict.fromkeys(
+        [m.name for m in C.LABEL_METRICS.values()], NO_CLASSIFICATION)
     for name, values in result.reference.items():
         assert np.array_equal(values, result.quantized[name], equal_nan=True)
     assert np.all(result.reference["validity"][:3] <= result.reference["self_flip"][:3])  # validity adds the bound

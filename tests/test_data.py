@@ -96,6 +96,7 @@ def test_a_run_uses_the_named_datasets_only(pytester: pytest.Pytester) -> None:
                           "classification records (line 1): one format per file"),
     ("one=one.jsonl", "--qxai-data one: {root}/one.jsonl:1: every item has the label 'good': a classification "
                       "needs at least two labels (add items of another label, or a label_set)"),
+    ("meh=meh.jsonl", "--qxai-data meh: {root}/meh.jsonl:2: label 'meh' is not in the label set (good, bad)"),
     ("reviews", "--qxai-data 'reviews': write NAME=PATH (e.g. sentiment=reviews.jsonl), or a bundled name alone "
                 "(esnli, ecqa, lre)"),
 ])
@@ -103,6 +104,8 @@ def test_bad_data_stops_the_run_before_any_model_loads(pytester: pytest.Pytester
     write(pytester.path, [{"id": 1, "text": "a", "label": "good"},
                           {"id": 2, "premise": "p", "hypothesis": "h", "label": "entailment"}], "mixed.jsonl")
     write(pytester.path, [{"id": 1, "text": "a", "label": "good"}], "one.jsonl")
+    write(pytester.path, [{"id": 1, "text": "a", "label": "good", "label_set": ["good", "bad"]},
+                          {"id": 2, "text": "b", "label": "meh"}], "meh.jsonl")
     pytester.makepyfile(test_x="def test_x(): pass")
     run = pytester.runpytest_inprocess(f"--qxai-data={argument}", "--qxai-device=cpu", "-p", "no:cacheprovider")
     assert run.ret == pytest.ExitCode.USAGE_ERROR
@@ -144,17 +147,31 @@ def test_every_suite_runs_on_the_worked_example_or_says_why_not(
     for metric in attribution.OCCLUSION_METRICS:
         if metric.name not in explained.skipped:
             np.testing.assert_allclose(*explained.values(metric.name), atol=1e-6, err_msg=metric.name)
-    nli_only = ("not applicable: this run's datasets (sentiment) have no {what} items; this suite's prompts are "
-                "written for {names} items; classification data runs in task accuracy and attribution")
-    for run, metrics, what, names in (
-            (nle.run_nle, nle.NLE_METRICS, "esnli or ecqa", "esnli and ecqa"),
-            (faithfulness.run_nle_faithfulness, faithfulness.NLE_FAITHFULNESS_METRICS, "esnli or ecqa",
-             "esnli and ecqa"),
-            (counterfactual.run_counterfactual, counterfactual.COUNTERFACTUAL_METRICS, "esnli or ecqa",
-             "esnli and ecqa"),
-            (probes.run_probes, probes.PROBES_METRICS, "esnli", "esnli")):
-        assert run(pair).skipped == dict.fromkeys([m.name for m in metrics],
-                                                  nli_only.format(what=what, names=names)), run
+    at_chance = "not applicable: reference at chance on sentiment"  # 4 items: even 4 correct has p = 1/16 > 0.05
+    absent = {"": "not applicable: no e-SNLI data in this run (sentiment)",
+              "ecqa_": "not applicable: no multiple-choice (ECQA) data in this run (sentiment)"}
+    results = {}
+    for run, suite_metrics, label_metrics, dependent in (
+            (nle.run_nle, nle.NLE_METRICS, nle.LABEL_METRICS, []),
+            (faithfulness.run_nle_faithfulness, faithfulness.NLE_FAITHFULNESS_METRICS, faithfulness.LABEL_METRICS,
+             faithfulness.TASK_DEPENDENT),
+            (counterfactual.run_counterfactual, counterfactual.COUNTERFACTUAL_METRICS, counterfactual.LABEL_METRICS,
+             ["self_flip", "validity"]),
+            (probes.run_probes, probes.PROBES_METRICS, probes.LABEL_METRICS, [])):
+        result = results[run.__name__] = run(pair)
+        assert result.item_ids == ids, run
+        ours = {m.name for m in label_metrics.values()}
+        for metric in suite_metrics:  # the e-SNLI and ECQA metrics say why not, in one line each
+            if metric.name not in ours:
+                prefix = "ecqa_" if metric.name.startswith("ecqa_") else ""
+                assert result.skipped[metric.name] == absent[prefix], (run, metric.name)
+        gated = ours - set(result.skipped)
+        assert gated and set(result.reference) <= ours, run
+        for name in gated:  # identical models: identical per-item values on every unit
+            np.testing.assert_allclose(*result.values(name), atol=1e-5, err_msg=f"{run} {name}")
+        for metric in dependent:  # metrics that explain a label: only with a reference above chance
+            assert result.skipped[label_metrics[metric].name].startswith(at_chance), (run, metric)
+    assert results["run_nle"].skipped["label_gold_similarity"] == "not applicable: no gold explanations in sentiment"
     reason = ("not applicable: this run's datasets (sentiment) have no relations (subject-object facts); the suite "
               "needs LRE relations (--qxai-data lre for the bundled ones, or lre=PATH)")
     for run, metrics in ((knowledge.run_knowledge, knowledge.KNOWLEDGE_METRICS),
@@ -176,3 +193,60 @@ def test_several_labelled_datasets_share_a_suite_with_prefixed_ids(
     result = attribution.run_attribution(pair)
     assert [i.split(":")[0] for i in result.item_ids] == ["sentiment"] * 2 + ["tickets"] * 2
     assert result.notes["datasets"] == ["sentiment", "tickets"]
+
+
+def test_gold_explanations_of_some_files_are_compared_and_e_snli_keeps_its_own_metrics(
+        tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Classification files share the ``label_`` metrics; gold metrics are units only where a file has gold."""
+    from test_arch import tiny_pair
+    from tiny import shorten_suites
+
+    from pytest_qxai.methods import nle, probes
+
+    shorten_suites(monkeypatch)
+    tickets = write(tmp_path, [{"id": i, "text": t, "label": lab, "explanations": ["The device is faulty."]}
+                               for i, (t, lab) in enumerate([("The printer is broken.", "hardware"),
+                                                             ("I forgot my password.", "account")])])
+    pair = tiny_pair(tiny_runtime, make_config(samples=2, data={"esnli": None, "sentiment": EXAMPLE,
+                                                                "tickets": tickets}))
+    result = nle.run_nle(pair)
+    assert [i.split(":")[0] for i in result.item_ids[2:]] == ["sentiment"] * 2 + ["tickets"] * 2
+    gold = result.reference["label_gold_similarity"], result.quantized["label_gold_similarity"]
+    for side in gold:  # NaN (not a unit) on the file without gold, a value on the one with it
+        assert np.isnan(side[:4]).all() and not np.isnan(side[4:]).any()
+    assert np.isnan(result.reference["gold_similarity"][2:]).all() and not np.isnan(
+        result.reference["gold_similarity"][:2]).any()  # e-SNLI's own metric: its items only
+    assert set(result.notes["precondition"]) == {"e-SNLI", "sentiment, tickets"}
+    found = probes.run_probes(pair)  # one item per label in each file: no cross-validated probe, one line why
+    assert found.skipped["label_probe_transfer_accuracy"] == (
+        "not applicable: 2 sentiment items give too few per label for cross-validated probes (smallest label count 1, "
+        "at least 2 of two labels needed); 2 tickets items give too few per label for cross-validated probes "
+        "(smallest label count 1, at least 2 of two labels needed)")
+    assert not np.isnan(found.quantized["label_representation_cosine"][2:]).any()
+
+
+def test_a_run_on_a_classification_file_gates_label_checks_and_says_why_not_for_the_rest(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """End to end (probes suite, tiny model): ``label_`` checks gate, the e-SNLI ones are SKIPPED with one reason."""
+    from tiny import build_tiny_model
+
+    from pytest_qxai.models import pair
+
+    model = build_tiny_model(tmp_path)
+    suite = Path(__file__).resolve().parents[1] / "suites" / "test_probes.py"
+    pair._PAIRS.clear()
+    result = pytester.runpytest(
+        str(suite), f"--qxai-model={model}", "--quant=none", "--qxai-device=cpu", "--qxai-skip-sanity",
+        f"--qxai-cache-dir={tmp_path / 'cache'}", f"--qxai-data=sentiment={EXAMPLE}", "--qxai-samples=8",
+        f"--qxai-baseline-dir={tmp_path / 'baselines'}", "--qxai-update-baselines",
+        f"--qxai-report-json={tmp_path / 'r.json'}", "-p", "no:cacheprovider", "-p", "no:randomly", "-rs")
+    pair._PAIRS.clear()
+    # 8 items cannot show equivalence within the bands: a check may be inconclusive, never a usage error
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*SKIPPED*not applicable: no e-SNLI data in this run (sentiment)"])
+    checks = {c["metric"]: c for c in json.loads((tmp_path / "r.json").read_text())["checks"]
+              if c["suite"] == "probes" and c["kind"] == "vs_reference"}
+    assert {m for m, c in checks.items() if c["verdict"] != "skipped"} == {
+        "label_probe_transfer_accuracy", "label_probe_retrained_accuracy", "label_representation_cosine",
+        "label_worst_layer_cosine"}
+    assert all(c["n"] == 8 for m, c in checks.items() if m.startswith("label_"))

@@ -15,6 +15,7 @@ from pytest_qxai.methods import nle as N
 from pytest_qxai.methods import task as T
 from pytest_qxai.methods.text import words
 from test_attribution import smollm, tiny_pair, tiny_runtime  # noqa: F401 - shared model fixtures
+from tiny import NO_CLASSIFICATION
 
 ITEM = NLIItem("x", "A man is playing a guitar.", "The old man plays music.", "entailment", ("guitar is music",))
 vectors = st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=12)
@@ -71,7 +72,7 @@ def test_ecqa_units_go_into_the_question_and_skip_words_of_the_options() -> None
     units = F.insertions(item, seed=0)
     assert units and {u.field for u in units} == {"question"}
     assert not {u.word for u in units} & {"tired", "quiet"}
-    assert all(u.ask(item).options == item.options and u.word in u.ask(item).question.lower() for u in units)
+    assert all(u.edit(item).options == item.options and u.word in u.edit(item).question.lower() for u in units)
 
 
 def test_a_word_the_item_already_holds_is_never_inserted() -> None:
@@ -152,7 +153,7 @@ def test_segments_rebuild_the_prompt_word_by_word(tiny_runtime: Any) -> None:  #
     parts = F.segments(tiny_runtime, render)
     premise = tiny_runtime.encode([" " + w for w in ITEM.premise.split()], add_special_tokens=False)
     hypothesis = tiny_runtime.encode([" " + w for w in ITEM.hypothesis.split()], add_special_tokens=False)
-    ids = parts.prefix + sum(premise, []) + parts.middle + sum(hypothesis, []) + parts.suffix
+    ids = parts.prefix + parts.around([sum(premise, []), sum(hypothesis, [])], [])
     assert tiny_runtime.tokenizer.decode(ids, skip_special_tokens=True) == render(ITEM.premise, ITEM.hypothesis)
 
 
@@ -184,7 +185,7 @@ def test_shapley_values_of_the_answer_add_up_to_the_full_minus_the_masked_score(
         words = [tiny_runtime.encode([" " + w], add_special_tokens=False)[0] for w in ITEM.premise.split()], \
             [tiny_runtime.encode([" " + w], add_special_tokens=False)[0] for w in ITEM.hypothesis.split()]
         p, h = ([t if keep else mask for ids in group for t in ids] for group in words)
-        seq = p + parts.middle + h + parts.suffix + answer_tail
+        seq = parts.around([p, h], answer_tail)
         return float(tiny_runtime.prefixed_tail_logprobs(parts.prefix, [seq], [len(answer_tail)])[0].sum())
 
     assert phi[0].sum() == pytest.approx(score(True) - score(False), abs=1e-3)
@@ -198,7 +199,10 @@ def test_empty_explanation_has_no_attribution(tiny_runtime: Any) -> None:  # noq
 def test_suite_on_identical_models_gives_identical_values(tiny_runtime: Any, make_config: Any) -> None:  # noqa: F811
     pair = tiny_pair(tiny_runtime, make_config)
     result = F.run_nle_faithfulness(pair)
-    assert set(result.reference) == {m.name for m in F.NLE_FAITHFULNESS_METRICS}
+    label = [m.name for m in F.LABEL_METRICS.values()]
+    assert set(result.reference) == {m.name for m in F.NLE_FAITHFULNESS_METRICS} - set(label)
+    assert {k: v for k, v in result.skipped.items() if k.startswith("label_")} == dict.fromkeys(
+        label, NO_CLASSIFICATION)
     assert len(result.item_ids) == 6 and result.item_ids[3].startswith("ecqa:")  # 3 e-SNLI, then 3 ECQA items
     for metric in result.reference:
         np.testing.assert_array_equal(result.reference[metric], result.quantized[metric])

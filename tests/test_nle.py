@@ -14,6 +14,7 @@ from pytest_qxai.datasets import NLIItem, load_esnli
 from pytest_qxai.methods import nle as N
 from pytest_qxai.methods import task as T
 from test_attribution import smollm, tiny_pair, tiny_runtime  # noqa: F401 - shared model fixtures
+from tiny import NO_CLASSIFICATION
 
 ITEM = NLIItem("x", "A dog runs in the park.", "An animal moves.", "entailment", ("A dog is an animal.",))
 
@@ -95,7 +96,9 @@ def test_suite_on_identical_models_gives_identical_values_and_full_agreement(
 ) -> None:
     pair = tiny_pair(tiny_runtime, make_config)
     result = N.run_nle(pair)
-    assert set(result.reference) == {m.name for m in N.NLE_METRICS}
+    assert set(result.reference) == {m.name for m in [*N.ESNLI_METRICS, *N.ECQA_METRICS.values()]}
+    assert {k: v for k, v in result.skipped.items() if k.startswith("label_")} == dict.fromkeys(
+        [m.name for m in N.LABEL_METRICS.values()], NO_CLASSIFICATION)
     assert result.item_ids[3:] == [f"ecqa:{it.id}" for it in T.ecqa_items(pair, 3)]  # 3 e-SNLI, then 3 ECQA items
     agreement = result.quantized["fp_agreement"][:3], result.quantized["ecqa_fp_agreement"][3:]
     assert [a.tolist() for a in agreement] == [[1.0] * 3] * 2

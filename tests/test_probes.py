@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tiny import assert_sides_match
+from tiny import NO_CLASSIFICATION, assert_sides_match
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -96,7 +96,8 @@ def test_suite_on_identical_models(tiny_runtime: Any, make_config: Any) -> None:
     from test_arch import tiny_pair
 
     result = P.run_probes(tiny_pair(tiny_runtime, make_config(samples=15)))
-    assert_sides_match(result, P.PROBES_METRICS, 15, atol=0.0)  # bit for bit: the null run's sides are equal
+    assert_sides_match(result, P.ESNLI_METRICS, 15, atol=0.0)  # bit for bit: the null run's sides are equal
+    assert result.skipped == dict.fromkeys([m.name for m in P.LABEL_METRICS.values()], NO_CLASSIFICATION)
     np.testing.assert_allclose(result.profiles["representation_cosine/cka_by_layer"]["quantized"], 1.0, atol=1e-6)
 
 
@@ -104,7 +105,8 @@ def test_too_few_items_per_label_skip_the_probes_but_not_the_similarity(tiny_run
     from test_arch import tiny_pair
 
     result = P.run_probes(tiny_pair(tiny_runtime, make_config(samples=3)))
-    assert set(result.skipped) == {"probe_transfer_accuracy", "probe_retrained_accuracy"}
+    assert set(result.skipped) - {m.name for m in P.LABEL_METRICS.values()} == {"probe_transfer_accuracy",
+                                                                             "probe_retrained_accuracy"}
     assert "too few per NLI label" in result.skipped["probe_transfer_accuracy"]
     np.testing.assert_allclose(result.quantized["representation_cosine"], 1.0, atol=1e-6)
 

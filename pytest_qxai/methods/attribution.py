@@ -462,7 +462,7 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
     )
     dependent = [m for m in TASK_DEPENDENT if m.name not in result.skipped]
     correct = np.concatenate([p.correct for p in predictions["reference"]])
-    chance = float(np.mean([1 / len(t.labels) for t, group in zip(tasks, items) for _ in group]))
+    chance = task.pooled_chance(tasks, items)
     names = ", ".join("e-SNLI" if t.kind == "nli" else t.name for t in tasks)
     require_competence(result, names, correct, chance, dependent)
     return result

@@ -1,4 +1,7 @@
-"""Self-generated counterfactual examples on e-SNLI: does the model's own minimal edit reach the requested label?
+"""Self-generated counterfactual examples: does the model's own minimal edit reach the requested label?
+
+On e-SNLI (plain metrics, both variants), ECQA and the run's classification files (``ecqa_`` and ``label_``, one
+step each; described below for e-SNLI, the others alike).
 
 Each model sees the item and *its own* predicted label (the task suite's prediction, shared through the
 cache) and is asked for a minimal edit of the hypothesis that would make the relationship a target label:
@@ -27,6 +30,11 @@ target, the next option after its answer in the item's option order, and edits t
 demonstrations, not from ECQA). The edit is answered by the task suite's cloze scoring over the same options;
 the six metrics are defined and scored as their e-SNLI counterparts, against the question.
 
+Classification files (``label_`` metrics, one step, zero-shot: no demonstration fits every task): "Change as few
+words of the text as possible so that its label becomes the target label." with the text, the model's own label
+and the target, the next label in the file's label order (cyclic); the edit is labelled by the task suite's
+classification prompt, and the six metrics are scored as e-SNLI's, against the text.
+
 Precondition: ``self_flip`` and ``validity`` ask whether the model can move its own task label; the e-SNLI and
 the ECQA ones are ``not applicable`` when the reference is not significantly above chance on that task's items.
 """
@@ -34,12 +42,12 @@ the ECQA ones are ``not applicable`` when the reference is not significantly abo
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
-from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..datasets import NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint
+from ..metrics import Metric, SuiteResult, combine, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
@@ -107,6 +115,15 @@ ECQA_TEMPLATES: dict[str, Any] = {
 }
 
 
+CLASS_TEMPLATES: dict[str, Any] = {
+    "version": "counterfactual-class-v1",
+    "instruction": "Change as few words of the text as possible so that its label becomes the target label.\n\n",
+    "item": "Text: {text}\nLabel: {label}\nTarget: {target}\n",
+    "edit": "Edited text:",
+}
+"""The zero-shot edit prompt for a classification file (no demonstration fits every task)."""
+
+
 def _metric(name: str, description: str, kind: str, **kwargs: Any) -> dict[str, Metric]:
     """Register one metric for every variant (``two_step_`` prefix for the two-step one)."""
     return {
@@ -136,15 +153,23 @@ COUNTERFACTUAL_METRICS: list[Metric] = [
     for group in (SELF_FLIP, VALIDITY, MINIMALITY, SIMILARITY, FLUENCY, DEGENERATE)
 ]
 TASK_DEPENDENT: list[Metric] = [group[variant] for variant in VARIANTS for group in (SELF_FLIP, VALIDITY)]
-ECQA_METRICS: dict[str, Metric] = {
-    metric.name: register_metric(dataclasses.replace(
-        metric, name="ecqa_" + metric.name, description=metric.description.replace("(one-step)", "(ECQA, one-step)")
-        .replace("hypothesis", "question")))
-    for metric in (SELF_FLIP["one_step"], VALIDITY["one_step"], MINIMALITY["one_step"], SIMILARITY["one_step"],
-                   FLUENCY["one_step"], DEGENERATE["one_step"])
-}
+ESNLI_METRICS = list(COUNTERFACTUAL_METRICS)
+
+
+def _one_step_on(prefix: str, data: str, edited: str) -> dict[str, Metric]:
+    """Register each one-step e-SNLI metric for other data (``prefix``), edits of ``edited`` for the hypothesis's."""
+    return {metric.name: register_metric(dataclasses.replace(
+        metric, name=prefix + metric.name, description=metric.description.replace("(one-step)", f"({data}, one-step)")
+        .replace("hypothesis", edited)))
+        for metric in (SELF_FLIP["one_step"], VALIDITY["one_step"], MINIMALITY["one_step"], SIMILARITY["one_step"],
+                       FLUENCY["one_step"], DEGENERATE["one_step"])}
+
+
+ECQA_METRICS = _one_step_on("ecqa_", "ECQA", "question")
 """Each one-step e-SNLI metric's name → its ECQA counterpart."""
-COUNTERFACTUAL_METRICS += list(ECQA_METRICS.values())
+LABEL_METRICS = _one_step_on("label_", "your classification data", "text")
+"""Each one-step e-SNLI metric's name → its counterpart on the run's classification files."""
+COUNTERFACTUAL_METRICS += [*ECQA_METRICS.values(), *LABEL_METRICS.values()]
 
 
 # --- templates --------------------------------------------------------------------------------------------
@@ -267,58 +292,131 @@ def ecqa_edit_prompt(item: MCQItem, answer: int) -> str:
     return t["instruction"] + demos + query + t["edit"]
 
 
+def class_edit_prompt(item: ClassItem, label: str, target: str) -> str:
+    """The zero-shot prompt asking for an edit of a classification item's text that makes ``target`` its label."""
+    return CLASS_TEMPLATES["instruction"] + CLASS_TEMPLATES["item"].format(text=item.text, label=label,
+                                                                           target=target) + CLASS_TEMPLATES["edit"]
+
+
 def _ecqa_answers(runtime: "Runtime", items: Sequence[MCQItem], questions: Sequence[str]) -> np.ndarray:
     """The task suite's cloze answer with each question replaced by its edit (same options)."""
     edited = [dataclasses.replace(item, question=q) for item, q in zip(items, questions)]
     return np.argmax(task.mcq_logprobs(runtime, edited), axis=1)
 
 
-def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem], fluency_worst: float
-               ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """One side's ECQA edits: the ``ecqa_`` metrics (degenerate edits at their worst), the flags and the edits."""
-    answers = task.mcq_predictions(pair, side, len(items)).predicted
-    params = {"data": dataset_fingerprint(items), "templates": stable_hash(ECQA_TEMPLATES),
-              "task": task.template_id(pair.tokenizer), "max_tokens": MAX_EDIT_TOKENS,
-              "judge": pair.reference.identity, "scoring": SCORING_VERSION}
+def _one_step_side(
+    pair: "ModelPair", side: "ModelSide", key: str, params: dict[str, Any], prompts: Sequence[str],
+    originals: Sequence[str], targets: np.ndarray, predict: Callable[["Runtime", list[str]], np.ndarray],
+    metrics: dict[str, Metric], fluency_worst: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """One side's one-step edits of ``originals``: the metrics (degenerate edits at their worst), the flags, the edits.
 
+    ``predict`` gives a model's label on the edited inputs; the reference judges every side's edits (cached).
+    """
     def compute() -> dict[str, Any]:
-        edits = side.runtime.generate([ecqa_edit_prompt(it, int(a)) for it, a in zip(items, answers)],
-                                      MAX_EDIT_TOKENS)
-        own = _ecqa_answers(side.runtime, items, edits)
-        judged = own if side is pair.reference else _ecqa_answers(pair.reference.runtime, items, edits)
+        edits = side.runtime.generate(list(prompts), MAX_EDIT_TOKENS)
+        own = predict(side.runtime, edits)
+        judged = own if side is pair.reference else predict(pair.reference.runtime, edits)
         return {"edits": edits, "own": own, "judged": judged,
-                **text_scores([it.question for it in items], edits, pair.reference.runtime)}
+                **text_scores(originals, edits, pair.reference.runtime)}
 
-    out = pair.cached(side, "counterfactual/ecqa", params, compute)
-    flags = np.array([is_degenerate(it.question, e) for it, e in zip(items, out["edits"])], dtype=bool)
+    out = pair.cached(side, key, params, compute)
+    flags = np.array([is_degenerate(o, e) for o, e in zip(originals, out["edits"])], dtype=bool)
     texts = degenerate_scores({k: out[k] for k in ("minimality", "similarity", "fluency")}, flags, fluency_worst)
-    targets = np.array([ecqa_target(it, int(a)) for it, a in zip(items, answers)])
     values = {"self_flip": reaches(targets, out["own"], ~flags),
               "validity": reaches(targets, out["judged"], ~flags & (texts["minimality"] <= MINIMALITY_BOUND)),
               **texts, "degenerate_rate": flags.astype(np.float64)}
-    return {ECQA_METRICS[name].name: v for name, v in values.items()}, flags, out["edits"]
+    return {metrics[name].name: v for name, v in values.items()}, flags, out["edits"]
 
 
-def run_counterfactual(pair: "ModelPair") -> SuiteResult:
-    """Counterfactual edits of both models: target reached, validity, minimality, similarity, fluency, degeneracy."""
-    reason = task.lacks(pair, ("esnli", "ecqa"))
-    if reason:
-        return not_applicable(SUITE, COUNTERFACTUAL_METRICS, reason)
-    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
+def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
+    """The ``ecqa_`` metrics: one-step edits of the question toward the next option, with their precondition."""
+    questions = task.ecqa_items(pair, n)
+    if not questions:
+        return not_applicable(SUITE, list(ECQA_METRICS.values()), task.absent(pair, "ecqa"))
+    params = {"data": dataset_fingerprint(questions), "templates": stable_hash(ECQA_TEMPLATES),
+              "task": task.template_id(pair.tokenizer), "max_tokens": MAX_EDIT_TOKENS,
+              "judge": pair.reference.identity, "scoring": SCORING_VERSION}
+    values: dict[str, dict[str, np.ndarray]] = {}
+    flags: dict[str, np.ndarray] = {}
+    notes: dict[str, Any] = {"degenerate_edits": {}, "examples": {}}
+    for side in pair.sides:
+        answers = task.mcq_predictions(pair, side, len(questions)).predicted
+        values[side.role], flags[side.role], edits = _one_step_side(
+            pair, side, "counterfactual/ecqa", params,
+            [ecqa_edit_prompt(it, int(a)) for it, a in zip(questions, answers)],
+            [it.question for it in questions], np.array([ecqa_target(it, int(a)) for it, a in zip(questions, answers)]),
+            lambda runtime, texts: _ecqa_answers(runtime, questions, texts), ECQA_METRICS, fluency_worst)
+        notes["degenerate_edits"][f"{side.role}/ecqa"] = f"{int(flags[side.role].sum())}/{len(questions)}"
+        notes["examples"][f"{side.role}/ecqa"] = [{"id": it.id, "question": it.question, "edit": e}
+                                                  for it, e in zip(questions[:EXAMPLES_IN_NOTES], edits)]
+    result = SuiteResult(SUITE, [f"ecqa:{it.id}" for it in questions], values["reference"], values["quantized"],
+                         fingerprint={"scoring": SCORING_VERSION,
+                                      "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_TEMPLATES])},
+                         notes=notes, lost=lost_counts(flags, [ECQA_METRICS[name] for name in (
+                             "self_flip", "validity", "minimality", "similarity", "fluency")]))
+    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
+                       [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]])
+    return result
+
+
+def _label_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
+    """The ``label_`` metrics: one-step edits of each classification text toward the next label; the precondition."""
+    tasks = task.classification_tasks(pair)
+    if not tasks:
+        return not_applicable(SUITE, list(LABEL_METRICS.values()), task.absent(pair, "classification"))
+    items = [t.items(n, pair.config.seed) for t in tasks]
+    values: dict[str, dict[str, list[np.ndarray]]] = {"reference": {}, "quantized": {}}
+    flags: dict[str, list[np.ndarray]] = {"reference": [], "quantized": []}
+    notes: dict[str, Any] = {"degenerate_edits": {}, "examples": {}}
+    for t, group in zip(tasks, items):
+        params = {"data": dataset_fingerprint(group), "templates": stable_hash(CLASS_TEMPLATES),
+                  "task": t.template_id(pair.tokenizer), "max_tokens": MAX_EDIT_TOKENS,
+                  "judge": pair.reference.identity, "scoring": SCORING_VERSION}
+        for side in pair.sides:
+            labels = task.label_predictions(pair, side, t, len(group)).predicted
+            targets = (labels + 1) % len(t.labels)
+            found, flagged, edits = _one_step_side(
+                pair, side, "counterfactual/label", params,
+                [class_edit_prompt(it, t.labels[y], t.labels[z]) for it, y, z in zip(group, labels, targets)],
+                [it.text for it in group], targets,
+                lambda runtime, texts, t=t, group=group: task.predict_labels(
+                    runtime, t, [dataclasses.replace(it, text=e) for it, e in zip(group, texts)]),
+                LABEL_METRICS, fluency_worst)
+            for name, per_item in found.items():
+                values[side.role].setdefault(name, []).append(per_item)
+            flags[side.role].append(flagged)
+            notes["degenerate_edits"][f"{side.role}/{t.name}"] = f"{int(flagged.sum())}/{len(group)}"
+            notes["examples"][f"{side.role}/{t.name}"] = [{"id": it.id, "text": it.text, "edit": e}
+                                                          for it, e in zip(group[:EXAMPLES_IN_NOTES], edits)]
+    notes["label_target"] = "next label after the model's own prediction, in the file's label order (cyclic)"
+    result = SuiteResult(
+        SUITE, task.prefixed_ids(tasks, items),
+        *({name: np.concatenate(parts) for name, parts in values[role].items()} for role in ("reference", "quantized")),
+        fingerprint={"scoring": SCORING_VERSION, "label": stable_hash(
+            [[t.name, dataset_fingerprint(group), t.template_id(pair.tokenizer)] for t, group in zip(tasks, items)]
+            + [CLASS_TEMPLATES, MAX_EDIT_TOKENS])},
+        notes=notes, lost=lost_counts({role: np.concatenate(f) for role, f in flags.items()}, [
+            LABEL_METRICS[name] for name in ("self_flip", "validity", "minimality", "similarity", "fluency")]))
+    correct = np.concatenate([task.label_predictions(pair, pair.reference, t, len(g)).correct
+                              for t, g in zip(tasks, items)])
+    require_competence(result, ", ".join(t.name for t in tasks), correct, task.pooled_chance(tasks, items),
+                       [LABEL_METRICS["self_flip"], LABEL_METRICS["validity"]])
+    return result
+
+
+def _esnli_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
+    """The e-SNLI metrics: both variants' edits of the hypothesis toward the next label, with their precondition."""
     items = task.esnli_items(pair, n)
+    if not items:
+        return not_applicable(SUITE, ESNLI_METRICS, task.absent(pair, "esnli"))
     data_hash = dataset_fingerprint(items)
     params = {"data": data_hash, "templates": stable_hash(TEMPLATES), "task": task.template_id(pair.tokenizer),
               "max_tokens": [MAX_EDIT_TOKENS, MAX_WORDS_TOKENS]}
-    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
     values: dict[str, dict[str, np.ndarray]] = {}
     degenerate: dict[str, dict[str, np.ndarray]] = {variant: {} for variant in VARIANTS}
     notes: dict[str, Any] = {
-        "judge": "the reference model, with the task suite's prompt", "fluency_scorer": "the reference model",
-        "template_version": f"{TEMPLATES['version']}, {task.NLI_TEMPLATE['version']}, {SCORING_VERSION}",
         "target": "next label after the model's own prediction: " + " -> ".join((*NLI_LABELS, NLI_LABELS[0])),
-        "minimality_bound": MINIMALITY_BOUND,
-        "degenerate": "edit empty or the hypothesis's words; scored minimality 1, similarity -1, fluency "
-                      f"{fluency_worst:.3f} (log vocabulary size), never a flip nor valid",
         "degenerate_edits": {}, "examples": {},
     }
     for side in pair.sides:
@@ -345,34 +443,39 @@ def run_counterfactual(pair: "ModelPair") -> SuiteResult:
             notes["examples"][f"{side.role}/{variant}"] = [
                 {"id": it.id, "hypothesis": it.hypothesis, "edit": e} for it, e in zip(items[:EXAMPLES_IN_NOTES], edits)
             ]
-    questions = task.ecqa_items(pair, n)
-    ecqa_flags: dict[str, np.ndarray] = {}
-    for side in pair.sides:
-        ecqa, ecqa_flags[side.role], edits = _ecqa_side(pair, side, questions, fluency_worst)
-        values[side.role] = {k: np.concatenate([v, np.full(len(questions), np.nan)])
-                             for k, v in values[side.role].items()}
-        values[side.role] |= {k: np.concatenate([np.full(n, np.nan), v]) for k, v in ecqa.items()}
-        notes["degenerate_edits"][f"{side.role}/ecqa"] = f"{int(ecqa_flags[side.role].sum())}/{len(questions)}"
-        notes["examples"][f"{side.role}/ecqa"] = [{"id": it.id, "question": it.question, "edit": e}
-                                                  for it, e in zip(questions[:EXAMPLES_IN_NOTES], edits)]
     result = SuiteResult(
-        SUITE, [item.id for item in items] + [f"ecqa:{it.id}" for it in questions], values["reference"],
-        values["quantized"],
+        SUITE, [item.id for item in items], values["reference"], values["quantized"],
         fingerprint={"data": data_hash, "templates": TEMPLATES["version"],
                      "task_template": task.template_id(pair.tokenizer), "params": stable_hash(params),
-                     "scoring": SCORING_VERSION,
-                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_TEMPLATES])},
+                     "scoring": SCORING_VERSION},
         notes=notes,
     )
     for variant, prefix in VARIANTS.items():
         result.lost.update(lost_counts(degenerate[variant], [prefix + name for name in (
             "self_flip", "validity", "minimality", "similarity", "fluency")]))
-    result.lost.update(lost_counts(ecqa_flags, [ECQA_METRICS[name] for name in (
-        "self_flip", "validity", "minimality", "similarity", "fluency")]))
     reference = task.nli_predictions(pair, pair.reference, n)
     require_competence(result, "e-SNLI", reference.correct, 1 / len(NLI_LABELS), TASK_DEPENDENT)
-    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
-                       [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]])
+    return result
+
+
+def run_counterfactual(pair: "ModelPair") -> SuiteResult:
+    """Counterfactual edits of both models: target reached, validity, minimality, similarity, fluency, degeneracy.
+
+    e-SNLI (both variants), ECQA (``ecqa_``) and the run's classification files (``label_``) each fill their own
+    metrics; a kind the run has no data of is reported as not applicable.
+    """
+    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
+    result = combine(SUITE, [_esnli_part(pair, n, fluency_worst), _ecqa_part(pair, n, fluency_worst),
+                             _label_part(pair, n, fluency_worst)])
+    if result.item_ids:
+        result.notes |= {
+            "judge": "the reference model, with the task suite's prompt", "fluency_scorer": "the reference model",
+            "template_version": f"{TEMPLATES['version']}, {task.NLI_TEMPLATE['version']}, {SCORING_VERSION}",
+            "minimality_bound": MINIMALITY_BOUND,
+            "degenerate": "edit empty or the edited text's words; scored minimality 1, similarity -1, fluency "
+                          f"{fluency_worst:.3f} (log vocabulary size), never a flip nor valid",
+        }
     return result
 
 

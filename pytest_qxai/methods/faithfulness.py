@@ -1,4 +1,8 @@
-"""Faithfulness of natural-language explanations on e-SNLI: the counterfactual-edit test and CC-SHAP.
+"""Faithfulness of natural-language explanations: the counterfactual-edit test and CC-SHAP.
+
+On e-SNLI (plain metrics), ECQA (``ecqa_``, insertion test only) and the run's classification files (``label_``:
+words inserted into the text, new labels explained with the NLE suite's classification prompt, CC-SHAP over the
+text's words; the same units, scoring and precondition as e-SNLI's).
 
 Counterfactual-edit test (Atanasova et al., ACL 2023), as their reference implementation does it: a random
 adjective is inserted before a noun, or a random adverb before a verb, at positions found by a part-of-speech
@@ -53,16 +57,18 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
-from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..datasets import NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint
+from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
-from .nle import (ECQA_NLE_TEMPLATE, NLE_TEMPLATE, explain, explain_ecqa, explanation_params, explanation_prompt,
-                  is_empty, side_explanations)
+from .nle import (CLASS_NLE_TEMPLATE, ECQA_NLE_TEMPLATE, NLE_TEMPLATE, class_explanation_prompt, explain,
+                  explain_ecqa, explain_labels, explanation_params, explanation_prompt, is_empty,
+                  label_explanation_params, label_explanations, side_explanations)
 from .outcomes import degenerate_metric, require_competence, scored
-from .task import (NLI_TEMPLATE, ecqa_items, esnli_items, lacks, mcq_logprobs, mcq_predictions, nli_predictions,
-                   nli_prompt, predict_nli, template_id)
+from .task import (NLI_TASK, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
+                   mcq_logprobs, mcq_predictions, nli_predictions, pooled_chance, predict_labels, predict_nli,
+                   prefixed_ids, template_id)
 from .text import words
 
 if TYPE_CHECKING:
@@ -88,7 +94,7 @@ AUXILIARIES = frozenset({"am", "is", "are", "was", "were", "be", "been", "being"
                          "does", "did", "'s", "'re", "'m"})
 """Verbs that spaCy tags AUX, not VERB: the reference implementation inserts no adverb before them."""
 CC_SHAP: dict[str, Any] = {"version": "cc-shap-v1", "permutations": 3, "estimator": "captum ShapleyValueSampling"}
-_SENTINELS = ("\u27e6PREMISE\u27e7", "\u27e6HYPOTHESIS\u27e7")
+_SENTINEL = "\u27e6TEXT{}\u27e7"
 
 FLIP = register_metric(Metric(
     SUITE, "flip", "Share of the item's insertions (4 positions x 2 words) that change the model's e-SNLI prediction",
@@ -114,15 +120,23 @@ ECQA_UNFAITHFUL = register_metric(Metric(
     "the explanation of the new answer",
     "continuous", direction="lower", bounds=(0.0, 1.0), tolerance="abs:0.05",
 ))
-NLE_FAITHFULNESS_METRICS: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE, ECQA_FLIP, ECQA_UNFAITHFUL]
 TASK_DEPENDENT: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE]
+LABEL_METRICS: dict[Metric, Metric] = {
+    metric: derived_metric(metric, "label_", "your classification data", ("model's e-SNLI prediction", "model's label"))
+    for metric in (*TASK_DEPENDENT, DEGENERATE)}
+"""Each e-SNLI metric → its counterpart on the run's classification files (insertions into the text)."""
+NLE_FAITHFULNESS_METRICS: list[Metric] = [FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE, ECQA_FLIP, ECQA_UNFAITHFUL,
+                                          *LABEL_METRICS.values()]
+FIELDS: dict[type, tuple[str, ...]] = {NLIItem: ("premise", "hypothesis"), MCQItem: ("question",),
+                                       ClassItem: ("text",)}
+"""The text fields of each kind of item that take insertions."""
 
 
 # --- counterfactual edits ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Insertion:
-    """One word inserted before the word at ``position`` of an item's text field (premise, hypothesis, question)."""
+    """One word inserted before the word at ``position`` of an item's text field (:data:`FIELDS`)."""
 
     field: str
     position: int
@@ -138,12 +152,12 @@ class Insertion:
 
     def apply(self, item: NLIItem) -> tuple[str, str]:
         """The NLI item's (premise, hypothesis) with the word inserted."""
-        edited = self.insert(getattr(item, self.field))
-        return (edited, item.hypothesis) if self.field == "premise" else (item.premise, edited)
+        edited = self.edit(item)
+        return edited.premise, edited.hypothesis
 
-    def ask(self, item: MCQItem) -> MCQItem:
-        """The ECQA item with the word inserted into its question."""
-        return dataclasses.replace(item, question=self.insert(item.question))
+    def edit(self, item: Any) -> Any:
+        """A copy of the item (e-SNLI, ECQA, classification) with the word inserted into its field."""
+        return dataclasses.replace(item, **{self.field: self.insert(getattr(item, self.field))})
 
 
 def pos_tags(tokens: Sequence[str]) -> list[str]:
@@ -169,13 +183,14 @@ def insertion_slots(text: str) -> list[tuple[int, str]]:
     return slots
 
 
-def insertions(item: NLIItem | MCQItem, seed: int) -> list[Insertion]:
+def insertions(item: NLIItem | MCQItem | ClassItem, seed: int) -> list[Insertion]:
     """The item's units: seeded positions, each with seeded distinct words (the same on both sides).
 
-    NLI items take insertions in premise and hypothesis, ECQA items in the question.
+    NLI items take insertions in premise and hypothesis, ECQA items in the question, classification items in the
+    text (:data:`FIELDS`).
     """
     rng = np.random.default_rng(int(stable_hash([seed, item.id, INSERTIONS["version"]]), 16))
-    fields = ("question",) if isinstance(item, MCQItem) else ("premise", "hypothesis")
+    fields = FIELDS[type(item)]
     slots = [(field, pos, pool) for field in fields for pos, pool in insertion_slots(getattr(item, field))]
     present = set(words(" ".join(getattr(item, field) for field in fields)))
     if isinstance(item, MCQItem):
@@ -220,11 +235,21 @@ def ecqa_counterfactual_test(runtime: "Runtime", items: Sequence[MCQItem], answe
                              seed: int) -> dict[str, Any]:
     """Every ECQA unit's flip and unfaithful-flip outcome for one model (insertions into the question)."""
     return insertion_test(
-        items, answers, seed, edit=lambda item, unit: unit.ask(item),
+        items, answers, seed, edit=lambda item, unit: unit.edit(item),
         predict=lambda edited: np.argmax(mcq_logprobs(runtime, edited), axis=1),
         explain=lambda edited, labels_: explain_ecqa(runtime, [it.question for it in edited],
                                                      [it.options[y] for it, y in zip(edited, labels_)]),
         show=lambda edited, label: (edited.question, edited.options[label]))
+
+
+def label_counterfactual_test(runtime: "Runtime", task: LabelTask, items: Sequence[ClassItem], labels: np.ndarray,
+                              seed: int) -> dict[str, Any]:
+    """Every unit's flip and unfaithful-flip outcome on a classification file for one model (insertions in the text)."""
+    return insertion_test(
+        items, labels, seed, edit=lambda item, unit: unit.edit(item),
+        predict=lambda edited: predict_labels(runtime, task, edited),
+        explain=lambda edited, labels_: explain_labels(runtime, task, edited, labels_),
+        show=lambda edited, label: (edited.text, task.labels[label]))
 
 
 def insertion_test(items: Sequence[Any], labels: np.ndarray, seed: int, edit: Callable[[Any, Insertion], Any],
@@ -275,21 +300,32 @@ def cc_shap(phi_answer: np.ndarray, phi_explanation: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Segments:
-    """Token ids of a prompt around its premise and hypothesis words."""
+    """Token ids of a prompt around its texts: ``pieces[0]`` before the first text, ``pieces[i]`` after text i."""
 
-    prefix: list[int]
-    middle: list[int]
-    suffix: list[int]
+    pieces: tuple[list[int], ...]
+
+    @property
+    def prefix(self) -> list[int]:
+        """The tokens before the first text (with the tokenizer's special tokens)."""
+        return self.pieces[0]
+
+    def around(self, texts: Sequence[list[int]], tail: list[int]) -> list[int]:
+        """The prompt's tokens after the prefix, with these texts' tokens in place, then ``tail``."""
+        return [t for text, piece in zip(texts, self.pieces[1:]) for t in text + piece] + tail
 
 
-def segments(runtime: "Runtime", render: Callable[[str, str], str]) -> Segments:
-    """Split a rendered prompt at the premise and hypothesis (their words are tokenized one by one, space first)."""
-    text = render(*_SENTINELS)
-    head, rest = text.split(_SENTINELS[0])
-    middle, tail = rest.split(_SENTINELS[1])
+def segments(runtime: "Runtime", render: Callable[..., str], fields: int = 2) -> Segments:
+    """Split a rendered prompt at its texts (premise and hypothesis, or one text), whose words are tokenized one
+    by one, space first."""
+    rest = render(*[_SENTINEL.format(i) for i in range(fields)])
+    between = []
+    for i in range(fields):
+        head, rest = rest.split(_SENTINEL.format(i))
+        between.append(head.rstrip(" "))
     encode = runtime.encode
-    return Segments(encode([head.rstrip(" ")])[0], encode([middle.rstrip(" ")], add_special_tokens=False)[0],
-                    encode([tail], add_special_tokens=False)[0])
+    pieces = [encode([between[0]])[0], *(encode([text], add_special_tokens=False)[0] for text in between[1:]),
+              encode([rest], add_special_tokens=False)[0]]
+    return Segments(tuple(pieces))
 
 
 def mask_token_id(tokenizer: "PreTrainedTokenizerBase") -> int:
@@ -299,29 +335,37 @@ def mask_token_id(tokenizer: "PreTrainedTokenizerBase") -> int:
     return int(tokenizer.encode("...", add_special_tokens=False)[-1])
 
 
-def word_attributions(runtime: "Runtime", item: NLIItem, label: int, explanation: str,
-                      seed: int) -> np.ndarray | None:
+def own_explanation_prompt(task: LabelTask, fields: Sequence[str], label: int) -> str:
+    """The NLE suite's prompt explaining the label at index ``label`` for an item's texts (e-SNLI or classification)."""
+    if task.kind == "nli":
+        return explanation_prompt(*fields, NLI_LABELS[label])
+    return class_explanation_prompt(fields[0], task.labels[label])
+
+
+def word_attributions(runtime: "Runtime", item: NLIItem | ClassItem, label: int, explanation: str,
+                      seed: int, task: LabelTask = NLI_TASK) -> np.ndarray | None:
     """Shapley values of the item's words, ``[1 + explanation tokens, words]`` (row 0: the answer)."""
     import torch
     from captum.attr import ShapleyValueSampling
 
     if not explanation.strip():
         return None
-    premise, hypothesis = item.premise.split(), item.hypothesis.split()
-    word_ids = runtime.encode([" " + w for w in premise + hypothesis], add_special_tokens=False)
-    answer_tail = runtime.encode([NLI_TEMPLATE["options"][label]], add_special_tokens=False)[0]
+    fields = [text.split() for text in task.fields(item)]
+    word_ids = runtime.encode([" " + w for words_ in fields for w in words_], add_special_tokens=False)
+    answer_tail = runtime.encode([task.options[label]], add_special_tokens=False)[0]
     explanation_tail = runtime.encode([" " + explanation.strip()], add_special_tokens=False)[0]
-    answer = segments(runtime, lambda p, h: nli_prompt(runtime.tokenizer, p, h))
-    expl = segments(runtime, lambda p, h: explanation_prompt(p, h, NLI_LABELS[label]))
-    split = sum(len(ids) for ids in word_ids[: len(premise)])
+    answer = segments(runtime, lambda *texts: task.prompt(runtime.tokenizer, texts), len(fields))
+    expl = segments(runtime, lambda *texts: own_explanation_prompt(task, texts, label), len(fields))
+    firsts_of_field = np.cumsum([0] + [len(words_) for words_ in fields])
+    bounds = [sum(len(ids) for ids in word_ids[:w]) for w in firsts_of_field]
     flat = [t for ids in word_ids for t in ids]
     groups = [g for g, ids in enumerate(word_ids) for _ in ids]
     firsts = [groups.index(g) for g in range(len(word_ids))]
 
     def forward(inputs: "torch.Tensor") -> "torch.Tensor":
-        rows = inputs.tolist()
-        answers = [r[:split] + answer.middle + r[split:] + answer.suffix + answer_tail for r in rows]
-        explanations = [r[:split] + expl.middle + r[split:] + expl.suffix + explanation_tail for r in rows]
+        rows = [[row[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])] for row in inputs.tolist()]
+        answers = [answer.around(row, answer_tail) for row in rows]
+        explanations = [expl.around(row, explanation_tail) for row in rows]
         scores = np.stack(runtime.prefixed_tail_logprobs(answer.prefix, answers, [len(answer_tail)] * len(rows)))
         tokens = np.stack(runtime.prefixed_tail_logprobs(expl.prefix, explanations,
                                                          [len(explanation_tail)] * len(rows)))
@@ -336,18 +380,26 @@ def word_attributions(runtime: "Runtime", item: NLIItem, label: int, explanation
     return attributions[0][:, firsts].double().numpy()
 
 
-def cc_shap_scores(runtime: "Runtime", items: Sequence[NLIItem], labels: np.ndarray,
-                   explanations: Sequence[str], seed: int) -> np.ndarray:
+def cc_shap_scores(runtime: "Runtime", items: Sequence[NLIItem | ClassItem], labels: np.ndarray,
+                   explanations: Sequence[str], seed: int, task: LabelTask = NLI_TASK) -> np.ndarray:
     """Per-item CC-SHAP of one model, as measured (NaN where the explanation is empty or nothing is attributed)."""
     out = np.full(len(items), np.nan)
     for i, (item, label, explanation) in enumerate(zip(items, labels, explanations)):
-        phi = word_attributions(runtime, item, int(label), explanation, seed)
+        phi = word_attributions(runtime, item, int(label), explanation, seed, task)
         if phi is not None:
             out[i] = cc_shap(phi[0], phi[1:])
     return out
 
 
 # --- the suite --------------------------------------------------------------------------------------------
+
+def _summary(edits: dict[str, Any]) -> dict[str, Any]:
+    """One side's insertion-test counts and the paper's unfaithfulness ratio, for the notes."""
+    return {"units": int(sum(edits["units"])), "flipped_units": int(edits["flipped"].sum()),
+            "unfaithful_flips": int(edits["unfaithful"].sum()),
+            "unfaithfulness_over_flips": unfaithfulness(edits["flipped"], edits["unfaithful"]),
+            "empty_explanations_of_flips": int(edits["empty"].sum())}
+
 
 def _side(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], n_shap: int) -> dict[str, Any]:
     """One side's per-item shares, CC-SHAP (degenerate units at −1) and degeneracy flags (each part cached)."""
@@ -370,10 +422,7 @@ def _side(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], n_shap
         CC_SHAP_SCORE.name: padded,
         DEGENERATE.name: is_empty(own).astype(np.float64),
         "lost": {UNFAITHFUL.name: int(edits["empty"].sum()), CC_SHAP_SCORE.name: int(shap_degenerate.sum())},
-        "summary": {"units": int(sum(edits["units"])), "flipped_units": int(edits["flipped"].sum()),
-                    "unfaithful_flips": int(edits["unfaithful"].sum()),
-                    "unfaithfulness_over_flips": unfaithfulness(edits["flipped"], edits["unfaithful"]),
-                    "empty_explanations_of_flips": int(edits["empty"].sum())},
+        "summary": _summary(edits),
         "examples": edits["examples"],
     }
 
@@ -390,65 +439,143 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -
         ECQA_FLIP.name: item_shares(edits["units"], edits["flipped"]),
         ECQA_UNFAITHFUL.name: item_shares(edits["units"], edits["unfaithful"]),
         "lost": int(edits["empty"].sum()),
-        "summary": {"units": int(sum(edits["units"])), "flipped_units": int(edits["flipped"].sum()),
-                    "unfaithful_flips": int(edits["unfaithful"].sum()),
-                    "unfaithfulness_over_flips": unfaithfulness(edits["flipped"], edits["unfaithful"])},
+        "summary": _summary(edits),
         "examples": edits["examples"],
     }
 
 
-def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
-    """Counterfactual-edit flip and unfaithfulness shares, CC-SHAP and empty explanations on the same items."""
-    reason = lacks(pair, ("esnli", "ecqa"))
-    if reason:
-        return not_applicable(SUITE, NLE_FAITHFULNESS_METRICS, reason)
-    n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
-    n_shap = min(suite_size(SUITE, pair.config.profile, pair.config.samples, budget="cc_shap"), n_edit)
-    items, questions = esnli_items(pair, n_edit), ecqa_items(pair, n_edit)
+def _esnli_part(pair: "ModelPair", n_edit: int, n_shap: int) -> SuiteResult:
+    """The e-SNLI metrics: insertion test, CC-SHAP and empty explanations, with their precondition."""
+    items = esnli_items(pair, n_edit)
+    if not items:
+        return not_applicable(SUITE, [FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE], absent(pair, "esnli"))
     results = {side.role: _side(pair, side, items, n_shap) for side in pair.sides}
-    ecqa = {side.role: _ecqa_side(pair, side, questions) for side in pair.sides}
-    blank = {"esnli": np.full(len(questions), np.nan), "ecqa": np.full(len(items), np.nan)}
-    values = {role: {m.name: np.concatenate([results[role][m.name], blank["esnli"]])
-                     for m in (FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE)}
-              | {m.name: np.concatenate([blank["ecqa"], ecqa[role][m.name]]) for m in (ECQA_FLIP, ECQA_UNFAITHFUL)}
-              for role in results}
     result = SuiteResult(
         suite=SUITE,
-        item_ids=[item.id for item in items] + [f"ecqa:{it.id}" for it in questions],
-        reference=values["reference"],
-        quantized=values["quantized"],
+        item_ids=[item.id for item in items],
+        reference={m.name: results["reference"][m.name] for m in (FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE)},
+        quantized={m.name: results["quantized"][m.name] for m in (FLIP, UNFAITHFUL, CC_SHAP_SCORE, DEGENERATE)},
         fingerprint={"data": dataset_fingerprint(items), "templates": stable_hash(explanation_params(pair, items)),
-                     "insertions": stable_hash(INSERTIONS), "cc_shap": stable_hash(CC_SHAP),
-                     "units_per_item": str(INSERTIONS["positions"] * INSERTIONS["words_per_position"]),
-                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_NLE_TEMPLATE])},
-        notes={
-            "templates": f"{INSERTIONS['version']}, {CC_SHAP['version']}, {NLE_TEMPLATE['version']}",
-            "insertion_candidates": f"{len(INSERTIONS['adjectives'])} adjectives, {len(INSERTIONS['adverbs'])} "
-                                    f"adverbs, hash {stable_hash(INSERTIONS)}",
-            "units": f"(item, insertion) pairs, up to {INSERTIONS['positions']} positions x "
-                     f"{INSERTIONS['words_per_position']} words per item, evaluated on both sides; every flipped "
-                     "unit is explained",
-            "position_tagger": f"{INSERTIONS['tagger']}: adjective before NN/NNS, adverb before a non-auxiliary VB*",
-            "per_side": {role: r["summary"] for role, r in results.items()},
-            "ecqa_per_side": {role: r["summary"] for role, r in ecqa.items()},
-            "ecqa": "insertions into the question; the cloze answer (task suite) is predicted on every unit and each "
-                    "changed answer explained with the NLE suite's ECQA template",
-            "unfaithful_denominator": "the item's insertion units (fixed before either model runs)",
-            "degenerate": "empty explanation: mentions no inserted word (an unfaithful flip); CC-SHAP -1 for an "
-                          "empty explanation or an all-zero attribution",
-            "cc_shap": f"{CC_SHAP['estimator']}, {CC_SHAP['permutations']} permutations per item, word features, "
-                       f"mask token replaces left-out words, {n_shap} items",
-            "examples": {role: r["examples"] for role, r in results.items()},
-            "ecqa_examples": {role: r["examples"] for role, r in ecqa.items()},
-        },
-        lost={name: {role: r["lost"][name] for role, r in results.items()} for name in (UNFAITHFUL.name,
-                                                                                      CC_SHAP_SCORE.name)}
-        | {ECQA_UNFAITHFUL.name: {role: r["lost"] for role, r in ecqa.items()}},
+                     "cc_shap": stable_hash(CC_SHAP)},
+        notes={"per_side": {role: r["summary"] for role, r in results.items()},
+               "cc_shap": f"{CC_SHAP['estimator']}, {CC_SHAP['permutations']} permutations per item, word features, "
+                          f"mask token replaces left-out words, {n_shap} items",
+               "examples": {role: r["examples"] for role, r in results.items()}},
+        lost={name: {role: r["lost"][name] for role, r in results.items()}
+              for name in (UNFAITHFUL.name, CC_SHAP_SCORE.name)},
     )
-    reference = nli_predictions(pair, pair.reference, n_edit)
-    require_competence(result, "e-SNLI", reference.correct, 1 / len(NLI_LABELS), TASK_DEPENDENT)
+    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, n_edit).correct, 1 / len(NLI_LABELS),
+                       TASK_DEPENDENT)
+    return result
+
+
+def _ecqa_part(pair: "ModelPair", n_edit: int) -> SuiteResult:
+    """The ``ecqa_`` insertion test (words in the question), with its precondition."""
+    questions = ecqa_items(pair, n_edit)
+    if not questions:
+        return not_applicable(SUITE, [ECQA_FLIP, ECQA_UNFAITHFUL], absent(pair, "ecqa"))
+    ecqa = {side.role: _ecqa_side(pair, side, questions) for side in pair.sides}
+    result = SuiteResult(
+        SUITE, [f"ecqa:{it.id}" for it in questions],
+        {m.name: ecqa["reference"][m.name] for m in (ECQA_FLIP, ECQA_UNFAITHFUL)},
+        {m.name: ecqa["quantized"][m.name] for m in (ECQA_FLIP, ECQA_UNFAITHFUL)},
+        fingerprint={"ecqa": stable_hash([dataset_fingerprint(questions), ECQA_NLE_TEMPLATE])},
+        notes={"ecqa_per_side": {role: r["summary"] for role, r in ecqa.items()},
+               "ecqa": "insertions into the question; the cloze answer (task suite) is predicted on every unit and "
+                       "each changed answer explained with the NLE suite's ECQA template",
+               "ecqa_examples": {role: r["examples"] for role, r in ecqa.items()}},
+        lost={ECQA_UNFAITHFUL.name: {role: r["lost"] for role, r in ecqa.items()}},
+    )
     require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n_edit).correct, 1 / 5,
                        [ECQA_FLIP, ECQA_UNFAITHFUL])
+    return result
+
+
+def _label_side(pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Sequence[ClassItem],
+                n_shap: int) -> dict[str, Any]:
+    """One side's insertion test and CC-SHAP on one classification file (each part cached), as :func:`_side`."""
+    seed = pair.config.seed
+    labels = label_predictions(pair, side, task, len(items)).predicted
+    base = label_explanation_params(pair, task, items)
+    edits = pair.cached(side, "nle_faithfulness/label_units",
+                        {**base, "insertions": stable_hash(INSERTIONS), "seed": seed},
+                        lambda: label_counterfactual_test(side.runtime, task, items, labels, seed))
+    shap_items = list(items[:n_shap])
+    own = label_explanations(pair, side, task, len(items))
+    scores = pair.cached(side, "nle_faithfulness/label_cc_shap",
+                         {**label_explanation_params(pair, task, shap_items), "cc_shap": CC_SHAP, "seed": seed},
+                         lambda: cc_shap_scores(side.runtime, shap_items, labels[:n_shap], own[:n_shap], seed, task))
+    return {"edits": edits, "cc_shap": scores, "empty": is_empty(own), "n": len(items)}
+
+
+def _label_part(pair: "ModelPair", n_edit: int, n_shap: int) -> SuiteResult:
+    """The ``label_`` metrics on the run's classification files (insertions into the text), with their precondition."""
+    tasks = classification_tasks(pair)
+    if not tasks:
+        return not_applicable(SUITE, list(LABEL_METRICS.values()), absent(pair, "classification"))
+    items = [t.items(n_edit, pair.config.seed) for t in tasks]
+    values: dict[str, dict[str, np.ndarray]] = {}
+    lost: dict[str, dict[str, int]] = {LABEL_METRICS[UNFAITHFUL].name: {}, LABEL_METRICS[CC_SHAP_SCORE].name: {}}
+    summary: dict[str, Any] = {}
+    examples: dict[str, Any] = {}
+    for side in pair.sides:
+        parts = [_label_side(pair, side, t, group, n_shap) for t, group in zip(tasks, items)]
+        shap = [part["cc_shap"] for part in parts]
+        values[side.role] = {
+            LABEL_METRICS[FLIP].name: np.concatenate([item_shares(p["edits"]["units"], p["edits"]["flipped"])
+                                                      for p in parts]),
+            LABEL_METRICS[UNFAITHFUL].name: np.concatenate([item_shares(p["edits"]["units"], p["edits"]["unfaithful"])
+                                                            for p in parts]),
+            LABEL_METRICS[CC_SHAP_SCORE].name: np.concatenate([np.concatenate([
+                scored(s, np.isnan(s), -1.0), np.full(p["n"] - len(s), np.nan)]) for s, p in zip(shap, parts)]),
+            LABEL_METRICS[DEGENERATE].name: np.concatenate([p["empty"] for p in parts]).astype(np.float64),
+        }
+        lost[LABEL_METRICS[UNFAITHFUL].name][side.role] = int(sum(p["edits"]["empty"].sum() for p in parts))
+        lost[LABEL_METRICS[CC_SHAP_SCORE].name][side.role] = int(sum(np.isnan(s).sum() for s in shap))
+        summary[side.role] = {t.name: _summary(p["edits"]) for t, p in zip(tasks, parts)}
+        examples[side.role] = [e for p in parts for e in p["edits"]["examples"]][:EXAMPLES_IN_NOTES]
+    result = SuiteResult(
+        SUITE, prefixed_ids(tasks, items), values["reference"], values["quantized"],
+        fingerprint={"label": stable_hash([[t.name, label_explanation_params(pair, t, group)]
+                                           for t, group in zip(tasks, items)] + [CLASS_NLE_TEMPLATE["version"]])},
+        notes={"label_per_side": summary, "label_examples": examples,
+               "label": f"insertions into the text; the task suite's label is predicted on every unit and each changed "
+                        f"label explained with the NLE suite's classification template; CC-SHAP on the first {n_shap} "
+                        "items of each file"},
+        lost=lost,
+    )
+    correct = np.concatenate([label_predictions(pair, pair.reference, t, len(g)).correct for t, g in zip(tasks, items)])
+    require_competence(result, ", ".join(t.name for t in tasks), correct, pooled_chance(tasks, items),
+                       [LABEL_METRICS[m] for m in TASK_DEPENDENT])
+    return result
+
+
+def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
+    """Counterfactual-edit flip and unfaithfulness shares, CC-SHAP and empty explanations, per kind of data.
+
+    e-SNLI, ECQA (``ecqa_``) and the run's classification files (``label_``) each fill their own metrics; a kind
+    the run has no data of is reported as not applicable.
+    """
+    n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    n_shap = min(suite_size("cc_shap", pair.config.profile, pair.config.samples), n_edit)
+    result = combine(SUITE, [_esnli_part(pair, n_edit, n_shap), _ecqa_part(pair, n_edit),
+                             _label_part(pair, n_edit, n_shap)])
+    if not result.item_ids:
+        return result
+    result.fingerprint |= {"insertions": stable_hash(INSERTIONS),
+                           "units_per_item": str(INSERTIONS["positions"] * INSERTIONS["words_per_position"])}
+    result.notes |= {
+        "templates": f"{INSERTIONS['version']}, {CC_SHAP['version']}, {NLE_TEMPLATE['version']}",
+        "insertion_candidates": f"{len(INSERTIONS['adjectives'])} adjectives, {len(INSERTIONS['adverbs'])} "
+                                f"adverbs, hash {stable_hash(INSERTIONS)}",
+        "units": f"(item, insertion) pairs, up to {INSERTIONS['positions']} positions x "
+                 f"{INSERTIONS['words_per_position']} words per item, evaluated on both sides; every flipped "
+                 "unit is explained",
+        "position_tagger": f"{INSERTIONS['tagger']}: adjective before NN/NNS, adverb before a non-auxiliary VB*",
+        "unfaithful_denominator": "the item's insertion units (fixed before either model runs)",
+        "degenerate": "empty explanation: mentions no inserted word (an unfaithful flip); CC-SHAP -1 for an "
+                      "empty explanation or an all-zero attribution",
+    }
     return result
 
 

@@ -1,4 +1,4 @@
-"""Natural-language explanations (NLEs) on e-SNLI: quality of each model's post-hoc explanation of its own label.
+"""Natural-language explanations (NLEs): quality of each model's post-hoc explanation of its own label.
 
 Generation (post-hoc, versioned template): three fixed e-SNLI **dev** demonstrations with their first human
 explanation, then "Premise: … Hypothesis: … Relationship: <the model's own predicted label>
@@ -38,10 +38,16 @@ references are the item's positive explanations (joined) and its free-flow expla
 ``ecqa_degenerate_rate``, defined and scored as their e-SNLI counterparts (no judge). SmolLM2 is above chance
 on ECQA (0.45 vs 0.20), so the suite exercises explanation quality on a task the model can do.
 
+Your classification files (``label_`` metrics, item ids ``NAME:id``): a zero-shot post-hoc prompt ("Explain in one
+sentence why the label fits the text." then "Text: … Label: <the model's own label> Explanation:"; no
+demonstration fits every task), the same generation bounds, and the same metrics, scored alike; the judge sees
+the text, the label and the explanation. ``label_gold_similarity`` and ``label_rouge_l`` are NaN on items
+without gold explanations (not units of the metric) and not applicable when no item has any.
+
 Precondition: ``gold_similarity`` and ``rouge_l`` compare the explanation of the model's own label with
 the human explanations of the gold label; when the reference is not significantly above chance on these
-items, most explained labels are wrong and the two metrics are ``not applicable`` (e-SNLI and ECQA each
-tested on their own items).
+items, most explained labels are wrong and the two metrics are ``not applicable`` (e-SNLI, ECQA and the
+classification files each tested on their own items; several files together, against their mean chance level).
 """
 
 from __future__ import annotations
@@ -51,15 +57,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, MCQItem, NLIItem, dataset_fingerprint
-from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..datasets import NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint
+from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
 from ..models.judge import judge
 from ..profiles import suite_size
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
-from .task import (MCQ_TEMPLATE, ecqa_items, esnli_items, lacks, mcq_predictions, nli_predictions, option_scores,
-                   template_id)
+from .task import (MCQ_TEMPLATE, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
+                   mcq_predictions, nli_predictions, option_scores, pooled_chance, prefixed_ids, template_id)
 from .text import ENCODER_NAME, embed, perplexity, rouge_l
 
 if TYPE_CHECKING:
@@ -99,6 +105,14 @@ ECQA_NLE_TEMPLATE: dict[str, Any] = {
     ))),
 }
 
+CLASS_NLE_TEMPLATE: dict[str, Any] = {
+    "version": "nle-class-v1",
+    "instruction": "Explain in one sentence why the label fits the text.\n\n",
+    "block": "Text: {text}\nLabel: {label}\nExplanation:",
+    "judge_item": "Text: {text}\nLabel: {label}\nExplanation: {explanation}\n",
+}
+"""Explanation and judge prompts for a classification dataset (zero-shot: no demonstration fits every task)."""
+
 JUDGE_TEMPLATE: dict[str, Any] = {
     "version": "judge-v1",
     "item": "Premise: {premise}\nHypothesis: {hypothesis}\nRelationship: {label}\nExplanation: {explanation}\n",
@@ -135,15 +149,17 @@ FP_AGREEMENT = register_metric(Metric(
 ))
 DEGENERATE = degenerate_metric(SUITE, "empty explanation")
 ECQA_METRICS: dict[Metric, Metric] = {
-    metric: register_metric(Metric(SUITE, "ecqa_" + metric.name, metric.description + " (ECQA)", metric.kind,
-                                   metric.direction, metric.bounds, metric.unit, metric.tolerance))
-    for metric in (GOLD_SIMILARITY, ROUGE_L, FLUENCY, FP_AGREEMENT)
-} | {DEGENERATE: degenerate_metric(SUITE, "empty explanation (ECQA)", "ecqa_degenerate_rate")}
+    metric: derived_metric(metric, "ecqa_", "ECQA") for metric in (GOLD_SIMILARITY, ROUGE_L, FLUENCY, FP_AGREEMENT,
+                                                                    DEGENERATE)}
 """Each e-SNLI metric → its ECQA counterpart."""
-NLE_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST, FP_AGREEMENT,
-                             DEGENERATE, *ECQA_METRICS.values()]
 QUALITY_METRICS: list[Metric] = [GOLD_SIMILARITY, ROUGE_L, FLUENCY, JUDGE_COHERENCE, JUDGE_TRUST]
 TASK_DEPENDENT: list[Metric] = [GOLD_SIMILARITY, ROUGE_L]
+LABEL_METRICS: dict[Metric, Metric] = {
+    metric: derived_metric(metric, "label_", "your classification data")
+    for metric in (*QUALITY_METRICS, FP_AGREEMENT, DEGENERATE)}
+"""Each e-SNLI metric → its counterpart on the run's classification files."""
+ESNLI_METRICS: list[Metric] = [*QUALITY_METRICS, FP_AGREEMENT, DEGENERATE]
+NLE_METRICS: list[Metric] = [*ESNLI_METRICS, *ECQA_METRICS.values(), *LABEL_METRICS.values()]
 
 
 # --- generation -------------------------------------------------------------------------------------------
@@ -185,6 +201,34 @@ def side_explanations(pair: "ModelPair", side: "ModelSide", n: int) -> list[str]
     return pair.cached(side, "nle/explanations", explanation_params(pair, items), compute)[:n]
 
 
+def class_explanation_prompt(text: str, label: str) -> str:
+    """The zero-shot post-hoc explanation prompt for a classification item and the label to explain."""
+    return CLASS_NLE_TEMPLATE["instruction"] + CLASS_NLE_TEMPLATE["block"].format(text=text, label=label)
+
+
+def explain_labels(runtime: "Runtime", task: LabelTask, items: Sequence[ClassItem], labels: Sequence[int]) -> list[str]:
+    """Greedy explanations of ``labels`` (indices into the task's labels) for classification items."""
+    prompts = [class_explanation_prompt(item.text, task.labels[int(label)]) for item, label in zip(items, labels)]
+    return runtime.generate(prompts, NLE_TEMPLATE["max_new_tokens"], stop="\n") if prompts else []
+
+
+def label_explanation_params(pair: "ModelPair", task: LabelTask, items: Sequence[ClassItem]) -> dict[str, str]:
+    """What a side's explanations on a classification file depend on besides the model."""
+    return {"data": dataset_fingerprint(items), "task": task.template_id(pair.tokenizer),
+            "nle": stable_hash([NLE_TEMPLATE["max_new_tokens"], CLASS_NLE_TEMPLATE])}
+
+
+def label_explanations(pair: "ModelPair", side: "ModelSide", task: LabelTask, n: int) -> list[str]:
+    """A side's explanations of its own labels on a classification file's first ``n`` items (cached, nested)."""
+    items = task.items(max(n, nle_size(pair)), pair.config.seed)
+    labels = label_predictions(pair, side, task, len(items)).predicted
+
+    def compute() -> list[str]:
+        return explain_labels(side.runtime, task, items, labels)
+
+    return pair.cached(side, "nle/label_explanations", label_explanation_params(pair, task, items), compute)[:n]
+
+
 # --- quality ----------------------------------------------------------------------------------------------
 
 def expected_rating(logprobs: np.ndarray) -> np.ndarray:
@@ -195,32 +239,36 @@ def expected_rating(logprobs: np.ndarray) -> np.ndarray:
     return softmax(logprobs, axis=1) @ np.arange(1, logprobs.shape[1] + 1, dtype=np.float64)
 
 
-def judge_prompts(items: Sequence[NLIItem], labels: Sequence[int], explanations: Sequence[str],
-                  question: str) -> list[str]:
-    """The judge's rating prompts for one question (``coherence`` or ``trust``)."""
+def judge_prompts(items: Sequence[NLIItem | ClassItem], labels: Sequence[int], explanations: Sequence[str],
+                  question: str, label_names: Sequence[str] = NLI_LABELS) -> list[str]:
+    """The judge's rating prompts for one question (``coherence`` or ``trust``), for e-SNLI or classification items."""
     return [
-        JUDGE_TEMPLATE["item"].format(premise=item.premise, hypothesis=item.hypothesis,
-                                      label=NLI_LABELS[int(label)], explanation=explanation)
+        (CLASS_NLE_TEMPLATE["judge_item"].format(text=item.text, label=label_names[int(label)], explanation=explanation)
+         if isinstance(item, ClassItem) else
+         JUDGE_TEMPLATE["item"].format(premise=item.premise, hypothesis=item.hypothesis,
+                                       label=label_names[int(label)], explanation=explanation))
         + JUDGE_TEMPLATE[question]
         for item, label, explanation in zip(items, labels, explanations)
     ]
 
 
-def judge_ratings(judge: "Runtime", items: Sequence[NLIItem], labels: Sequence[int],
-                  explanations: Sequence[str], question: str) -> np.ndarray:
+def judge_ratings(judge: "Runtime", items: Sequence[NLIItem | ClassItem], labels: Sequence[int],
+                  explanations: Sequence[str], question: str, label_names: Sequence[str] = NLI_LABELS) -> np.ndarray:
     """The judge's expected rating of each explanation for ``question``."""
-    prompts = judge_prompts(items, labels, explanations, question)
+    prompts = judge_prompts(items, labels, explanations, question, label_names)
     return expected_rating(option_scores(judge, prompts, JUDGE_TEMPLATE["ratings"]))
 
 
 def gold_similarity(explanations: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
-    """Cosine of each explanation with its closest reference explanation (0 for an empty explanation)."""
+    """Cosine of each explanation with its closest reference explanation (0 when empty; NaN without references)."""
     flat = [ref for refs in references for ref in refs]
     vectors = embed(list(explanations) + flat)
     own, refs = vectors[: len(explanations)], vectors[len(explanations) :]
     out, start = np.zeros(len(explanations)), 0
     for i, (text, group) in enumerate(zip(explanations, references)):
-        if text.strip():
+        if not group:
+            out[i] = np.nan
+        elif text.strip():
             out[i] = float(np.max(refs[start : start + len(group)] @ own[i]))
         start += len(group)
     return out
@@ -253,15 +301,16 @@ def explanation_agreement(reference: Sequence[str], quantized: Sequence[str]) ->
     return np.where([a.strip() == b.strip() for a, b in zip(reference, quantized)], 1.0, corrected)
 
 
-def quality(items: Sequence[NLIItem], labels: Sequence[int], explanations: Sequence[str],
-            scorer: "Runtime", judge: "Runtime") -> dict[str, np.ndarray]:
-    """Every per-item quality metric of one side's explanations."""
+def quality(items: Sequence[NLIItem | ClassItem], labels: Sequence[int], explanations: Sequence[str],
+            scorer: "Runtime", judge: "Runtime", label_names: Sequence[str] = NLI_LABELS) -> dict[str, np.ndarray]:
+    """Every per-item quality metric of one side's explanations (the gold metrics NaN on items without gold)."""
     return {
         GOLD_SIMILARITY.name: gold_similarity(explanations, [item.explanations for item in items]),
-        ROUGE_L.name: np.array([rouge_l(e, item.explanations) for e, item in zip(explanations, items)]),
+        ROUGE_L.name: np.array([rouge_l(e, item.explanations) if item.explanations else np.nan
+                                for e, item in zip(explanations, items)]),
         FLUENCY.name: log_perplexity(scorer, explanations),
-        JUDGE_COHERENCE.name: judge_ratings(judge, items, labels, explanations, "coherence"),
-        JUDGE_TRUST.name: judge_ratings(judge, items, labels, explanations, "trust"),
+        JUDGE_COHERENCE.name: judge_ratings(judge, items, labels, explanations, "coherence", label_names),
+        JUDGE_TRUST.name: judge_ratings(judge, items, labels, explanations, "trust", label_names),
     }
 
 
@@ -315,9 +364,11 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -
     return pair.cached(side, "nle/ecqa", params, compute)
 
 
-def _ecqa_values(pair: "ModelPair", items: Sequence[MCQItem], fluency_worst: float
-                 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], list[str]]:
-    """Per side, the ``ecqa_`` metrics (empty explanations at their worst), the empty flags and the reference texts."""
+def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
+    """The ``ecqa_`` metrics on the run's ECQA items (empty explanations at their worst), with their precondition."""
+    items = ecqa_items(pair, n)
+    if not items:
+        return not_applicable(SUITE, list(ECQA_METRICS.values()), absent(pair, "ecqa"))
     texts, values, empty = {}, {}, {}
     for side in pair.sides:
         texts[side.role], raw = _ecqa_side(pair, side, items)
@@ -329,18 +380,32 @@ def _ecqa_values(pair: "ModelPair", items: Sequence[MCQItem], fluency_worst: flo
     values["reference"][ECQA_METRICS[FP_AGREEMENT].name] = np.ones(len(items))
     values["quantized"][ECQA_METRICS[FP_AGREEMENT].name] = explanation_agreement(texts["reference"],
                                                                                  texts["quantized"])
-    return values, empty, texts["reference"]
+    result = SuiteResult(
+        SUITE, [f"ecqa:{it.id}" for it in items], values["reference"], values["quantized"],
+        fingerprint={"encoder": ENCODER_NAME, "scoring": "degenerate-worst-v1",
+                     "ecqa": stable_hash([dataset_fingerprint(items), ECQA_NLE_TEMPLATE])},
+        notes={"ecqa": f"{ECQA_NLE_TEMPLATE['version']}: 3-shot (ECQA validation, positive explanations), explains "
+                       "the model's own cloze answer; gold = the item's positives (joined) and free-flow explanation",
+               "ecqa_examples": [{"item": it.id, "question": it.question, "reference": text}
+                                 for it, text in list(zip(items, texts["reference"]))[:EXAMPLES_IN_NOTES]]},
+        lost=lost_counts(empty, [ECQA_METRICS[m] for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)]))
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
+                       [ECQA_METRICS[m] for m in TASK_DEPENDENT])
+    return result
 
 
-# --- the suite --------------------------------------------------------------------------------------------
+def scored_quality(values: dict[str, np.ndarray], empty: np.ndarray, gold: np.ndarray,
+                   fluency_worst: float) -> dict[str, np.ndarray]:
+    """Quality values with every empty explanation at the metric's worst; items without ``gold`` stay NaN on gold."""
+    return {m.name: scored(values[m.name], empty & gold if m in TASK_DEPENDENT else empty,
+                           fluency_worst if m is FLUENCY else worst_value(m)) for m in QUALITY_METRICS}
 
-def run_nle(pair: "ModelPair") -> SuiteResult:
-    """Quality metrics of both models' explanations of their own e-SNLI labels, and their agreement."""
-    reason = lacks(pair, ("esnli", "ecqa"))
-    if reason:
-        return not_applicable(SUITE, NLE_METRICS, reason)
-    n = nle_size(pair)
+
+def _esnli_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
+    """The e-SNLI metrics: quality of both models' explanations of their own labels, and their agreement."""
     items = esnli_items(pair, n)
+    if not items:
+        return not_applicable(SUITE, ESNLI_METRICS, absent(pair, "esnli"))
     judge_runtime, judge_id = judge(pair)
     params = {**explanation_params(pair, items), "judge": judge_id, "judge_template": stable_hash(JUDGE_TEMPLATE),
               "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
@@ -349,28 +414,20 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
         explanations[side.role], values[side.role] = _side_quality(pair, side, items, params, judge_runtime)
     reference, quantized = explanations["reference"], explanations["quantized"]
     empty = {role: is_empty(texts) for role, texts in explanations.items()}
-    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
     for role, per_side in values.items():
-        values[role] = {m.name: scored(per_side[m.name], empty[role],
-                                       fluency_worst if m is FLUENCY else worst_value(m)) for m in QUALITY_METRICS}
+        values[role] = scored_quality(per_side, empty[role], np.ones(len(items), dtype=bool), fluency_worst)
         values[role][DEGENERATE.name] = empty[role].astype(np.float64)
-    values["reference"][FP_AGREEMENT.name] = np.ones(n)
+    values["reference"][FP_AGREEMENT.name] = np.ones(len(items))
     values["quantized"][FP_AGREEMENT.name] = explanation_agreement(reference, quantized)
-    questions = ecqa_items(pair, n)
-    ecqa, ecqa_empty, ecqa_examples = _ecqa_values(pair, questions, fluency_worst)
-    for role in values:
-        values[role] = {name: np.concatenate([v, np.full(len(questions), np.nan)]) for name, v in values[role].items()}
-        values[role] |= {name: np.concatenate([np.full(n, np.nan), v]) for name, v in ecqa[role].items()}
     result = SuiteResult(
         suite=SUITE,
-        item_ids=[item.id for item in items] + [f"ecqa:{it.id}" for it in questions],
+        item_ids=[item.id for item in items],
         reference=values["reference"],
         quantized=values["quantized"],
         fingerprint={"data": params["data"], "templates": stable_hash([params["task"], params["nle"],
                                                                        params["judge_template"]]),
                      "judge": stable_hash(judge_id), "encoder": ENCODER_NAME, "fp_agreement": "chance-corrected",
-                     "scoring": "degenerate-worst-v1",
-                     "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_NLE_TEMPLATE])},
+                     "scoring": "degenerate-worst-v1"},
         notes={
             "templates": f"{NLE_TEMPLATE['version']}, {JUDGE_TEMPLATE['version']}",
             "generation": f"post-hoc, 3-shot (e-SNLI dev), greedy, <= {NLE_TEMPLATE['max_new_tokens']} new tokens, "
@@ -380,24 +437,90 @@ def run_nle(pair: "ModelPair") -> SuiteResult:
             "fluency": "log-perplexity (mean token NLL, nats) under the reference model",
             "encoder": ENCODER_NAME,
             "identical_explanations": int(sum(a.strip() == b.strip() for a, b in zip(reference, quantized))),
-            "degenerate": f"empty explanation; scored gold similarity -1, ROUGE-L 0, judge ratings 1, fluency "
-                          f"{fluency_worst:.3f} (log vocabulary size)",
             "examples": [
                 {"item": item.id, "hypothesis": item.hypothesis, "reference": ref, "quantized": quant}
                 for item, ref, quant in list(zip(items, reference, quantized))[:EXAMPLES_IN_NOTES]
             ],
-            "ecqa": f"{ECQA_NLE_TEMPLATE['version']}: 3-shot (ECQA validation, positive explanations), explains the "
-                    "model's own cloze answer; gold = the item's positives (joined) and free-flow explanation",
-            "ecqa_examples": [{"item": it.id, "question": it.question, "reference": text}
-                              for it, text in list(zip(questions, ecqa_examples))[:EXAMPLES_IN_NOTES]],
         },
+        lost=lost_counts(empty, QUALITY_METRICS),
     )
-    result.lost = lost_counts(empty, QUALITY_METRICS) | lost_counts(
-        ecqa_empty, [ECQA_METRICS[m] for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)])
     require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, n).correct, 1 / len(NLI_LABELS),
                        TASK_DEPENDENT)
-    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
-                       [ECQA_METRICS[m] for m in TASK_DEPENDENT])
+    return result
+
+
+def _label_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
+    """The ``label_`` metrics on the run's classification files (zero-shot explanations; gold metrics need gold)."""
+    tasks = classification_tasks(pair)
+    metrics = list(LABEL_METRICS.values())
+    if not tasks:
+        return not_applicable(SUITE, metrics, absent(pair, "classification"))
+    items = [t.items(n, pair.config.seed) for t in tasks]
+    judge_runtime, judge_id = judge(pair)
+    shared = {"judge": judge_id, "judge_template": stable_hash([JUDGE_TEMPLATE, CLASS_NLE_TEMPLATE]),
+              "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
+    texts: dict[str, list[str]] = {"reference": [], "quantized": []}
+    parts: dict[str, list[dict[str, np.ndarray]]] = {"reference": [], "quantized": []}
+    for t, group in zip(tasks, items):
+        params = {**label_explanation_params(pair, t, group), **shared}
+        for side in pair.sides:
+            labels = label_predictions(pair, side, t, len(group)).predicted
+            own = label_explanations(pair, side, t, len(group))
+            texts[side.role] += own
+            parts[side.role].append(pair.cached(side, "nle/label_quality", params, lambda: quality(
+                group, labels, own, scorer=pair.reference.runtime, judge=judge_runtime, label_names=t.labels)))
+    empty = {role: is_empty(own) for role, own in texts.items()}
+    has_gold = np.array([bool(it.explanations) for group in items for it in group])
+    values: dict[str, dict[str, np.ndarray]] = {}
+    for role, found in parts.items():
+        raw = {m.name: np.concatenate([part[m.name] for part in found]) for m in QUALITY_METRICS}
+        values[role] = {LABEL_METRICS[m].name: v for m, v in zip(QUALITY_METRICS, scored_quality(
+            raw, empty[role], has_gold, fluency_worst).values())}
+        values[role][LABEL_METRICS[DEGENERATE].name] = empty[role].astype(np.float64)
+    values["reference"][LABEL_METRICS[FP_AGREEMENT].name] = np.ones(len(texts["reference"]))
+    values["quantized"][LABEL_METRICS[FP_AGREEMENT].name] = explanation_agreement(texts["reference"],
+                                                                                  texts["quantized"])
+    without = [t.name for t, group in zip(tasks, items) if not any(it.explanations for it in group)]
+    gold = [LABEL_METRICS[m] for m in TASK_DEPENDENT]
+    result = SuiteResult(
+        SUITE, prefixed_ids(tasks, items), values["reference"], values["quantized"],
+        fingerprint={"label": stable_hash([[t.name, label_explanation_params(pair, t, group)] for t, group in
+                                           zip(tasks, items)] + [shared["judge_template"], stable_hash(judge_id),
+                                                                 ENCODER_NAME, "degenerate-worst-v1"])},
+        notes={"label": f"{CLASS_NLE_TEMPLATE['version']}: zero-shot post-hoc explanation of the model's own label "
+                        f"on {', '.join(t.name for t in tasks)}, judged as e-SNLI's",
+               "label_without_gold_explanations": without,
+               "label_examples": [{"item": i, "reference": text} for i, text in
+                                  list(zip(prefixed_ids(tasks, items), texts["reference"]))[:EXAMPLES_IN_NOTES]]},
+        lost=lost_counts(empty, [LABEL_METRICS[m] for m in QUALITY_METRICS]),
+    )
+    if len(without) == len(tasks):
+        result.skipped |= dict.fromkeys([m.name for m in gold], "not applicable: no gold explanations in "
+                                        + ", ".join(without))
+        for store in (result.reference, result.quantized, result.lost):
+            for metric in gold:
+                store.pop(metric.name)
+        gold = []
+    correct = np.concatenate([label_predictions(pair, pair.reference, t, len(g)).correct for t, g in zip(tasks, items)])
+    require_competence(result, ", ".join(t.name for t in tasks), correct, pooled_chance(tasks, items), gold)
+    return result
+
+
+# --- the suite --------------------------------------------------------------------------------------------
+
+def run_nle(pair: "ModelPair") -> SuiteResult:
+    """Quality metrics of both models' explanations of their own labels, and their agreement, per kind of data.
+
+    e-SNLI, ECQA (``ecqa_``) and the run's classification files (``label_``) each fill their own metrics; a
+    kind the run has no data of is reported as not applicable.
+    """
+    n = nle_size(pair)
+    fluency_worst = uniform_log_perplexity(pair.reference.runtime)
+    result = combine(SUITE, [_esnli_part(pair, n, fluency_worst), _ecqa_part(pair, n, fluency_worst),
+                             _label_part(pair, n, fluency_worst)])
+    if result.item_ids:
+        result.notes["degenerate"] = (f"empty explanation; scored gold similarity -1, ROUGE-L 0, judge ratings 1, "
+                                      f"fluency {fluency_worst:.3f} (log vocabulary size)")
     return result
 
 

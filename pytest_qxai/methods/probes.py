@@ -1,4 +1,7 @@
-"""Linear probes and representation similarity between the FP and quantized residual streams, per e-SNLI item.
+"""Linear probes and representation similarity between the FP and quantized residual streams, per labelled item.
+
+e-SNLI items fill the plain metrics; the run's classification files fill the ``label_`` ones (each file probed for
+its own labels, with its own cross-validation and centring; the task suite's classification prompt).
 
 Each item's residual stream after every decoder layer is read at the last token of the NLI prompt (the position
 that predicts the label). Per layer, a logistic-regression probe (scikit-learn, standardised features, fixed
@@ -17,17 +20,17 @@ in how items are represented (centring both on the FP mean put bnb8 at 0.61 on S
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..datasets import NLI_LABELS, NLIItem, dataset_fingerprint, load_esnli
-from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..datasets import dataset_fingerprint
+from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from .similarity import cosine
-from .task import NLI_TEMPLATE, lacks, nli_prompt, template_id
+from .task import NLI_TASK, NLI_TEMPLATE, LabelTask, absent, classification_tasks, esnli_items, prefixed_ids
 
 if TYPE_CHECKING:
     from ..models.pair import ModelPair, ModelSide
@@ -59,7 +62,12 @@ WORST_LAYER = register_metric(Metric(
 ))
 """The per-layer profile as a gated metric: one layer whose states drift cannot hide in the average over layers.
 The band is the average's: no layer may drift further than the average is allowed to."""
-PROBES_METRICS = [TRANSFER, RETRAINED, COSINE, WORST_LAYER]
+ESNLI_METRICS = [TRANSFER, RETRAINED, COSINE, WORST_LAYER]
+LABEL_METRICS: dict[Metric, Metric] = {
+    metric: derived_metric(metric, "label_", "your classification data", ("NLI probe", "label probe"))
+    for metric in ESNLI_METRICS}
+"""Each e-SNLI metric → its counterpart on the run's classification files (probes of each file's own labels)."""
+PROBES_METRICS = [*ESNLI_METRICS, *LABEL_METRICS.values()]
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -113,70 +121,119 @@ def probe_predictions(
     return out
 
 
-def residual_states(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem]) -> np.ndarray:
-    """Residual stream after each decoder layer at the prompt's last token, ``[n, L, d]`` (cached per side)."""
+def residual_states(pair: "ModelPair", side: "ModelSide", items: Sequence[Any],
+                    task: LabelTask = NLI_TASK) -> np.ndarray:
+    """Residual stream after each decoder layer at the task prompt's last token, ``[n, L, d]`` (cached per side)."""
 
     tokenizer = side.runtime.tokenizer
 
     def compute() -> np.ndarray:
-        hidden = side.runtime.hidden_states([nli_prompt(tokenizer, it.premise, it.hypothesis) for it in items])
+        hidden = side.runtime.hidden_states([task.prompt(tokenizer, task.fields(it)) for it in items])
         return hidden[:, 1:].astype(np.float32)
 
-    params = {"items": dataset_fingerprint(items), "prompt": template_id(tokenizer)}
+    params = {"items": dataset_fingerprint(items), "prompt": task.template_id(tokenizer)}
     return pair.cached(side, "probes.states", params, compute)
 
 
-def run_probes(pair: "ModelPair") -> SuiteResult:
-    """Probe transfer and retraining accuracy, CKA and per-item similarity of FP and quantized activations."""
-    reason = lacks(pair, ("esnli",))
-    if reason:
-        return not_applicable(SUITE, PROBES_METRICS, reason)
-    items = load_esnli(suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed,
-                       path=pair.config.data.get("esnli"))
-    labels = np.array([NLI_LABELS.index(it.label) for it in items])
-    reference, quantized = (residual_states(pair, side, items) for side in pair.sides)
-    seed, depth = pair.config.seed, reference.shape[1]
+def _dataset_probes(pair: "ModelPair", task: LabelTask, items: Sequence[Any]) -> dict[str, Any]:
+    """One dataset's per-item similarity and held-out probe correctness (``[n, L]`` per side; None: too few items)."""
+    labels = np.array([task.gold(it) for it in items])
+    reference, quantized = (residual_states(pair, side, items, task) for side in pair.sides)
     counts = np.bincount(labels)[np.bincount(labels) > 0]
     folds = min(PROBE["folds"], int(counts.min()))
-    per_layer = layer_cosines(reference, quantized)
-    ref_vals = {COSINE.name: np.ones(len(items)), WORST_LAYER.name: np.ones(len(items))}
-    quant_vals = {COSINE.name: per_layer.mean(axis=1), WORST_LAYER.name: per_layer.min(axis=1)}
-    profiles = {f"{COSINE.name}/cka_by_layer": {
-        "reference": [1.0] * depth,
-        "quantized": [linear_cka(reference[:, layer], quantized[:, layer]) for layer in range(depth)],
-    }, f"{WORST_LAYER.name}/cosine_by_layer": {"reference": [1.0] * depth, "quantized": per_layer.mean(0).tolist()}}
-    skipped = {}
+    found: dict[str, Any] = {"states": (reference, quantized), "layers": layer_cosines(reference, quantized),
+                             "folds": folds, "chance": float(counts.max() / len(labels)), "correct": None}
     if len(counts) < 2 or folds < 2:
-        reason = (f"{len(items)} items give too few per NLI label for cross-validated probes "
-                  f"(smallest label count {int(counts.min())}, at least 2 of two labels needed)")
-        skipped = {TRANSFER.name: reason, RETRAINED.name: reason}
+        found["reason"] = (f"{len(items)} {task.name} items give too few per {'NLI ' if task.kind == 'nli' else ''}"
+                           f"label for cross-validated probes (smallest label count {int(counts.min())}, at least 2 "
+                           "of two labels needed)")
+        return found
+    seed = pair.config.seed
+    on_reference, transferred = probe_predictions(reference, labels, [reference, quantized], seed, folds)
+    (retrained,) = probe_predictions(quantized, labels, [quantized], seed, folds)
+    found["correct"] = {name: (pred == labels[:, None]).astype(float) for name, pred in
+                        (("reference", on_reference), ("transfer", transferred), ("retrained", retrained))}
+    return found
+
+
+def _probe_part(pair: "ModelPair", tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]],
+                metrics: dict[Metric, Metric]) -> SuiteResult:
+    """Probes and similarity on these datasets, each on its own (its labels, its centring), reported as ``metrics``.
+
+    A dataset with too few items per label for cross-validation has no probe values (NaN on both sides); when no
+    dataset has enough, the probe metrics are not applicable. Profiles are item-weighted means over the datasets.
+    """
+    parts = [_dataset_probes(pair, t, group) for t, group in zip(tasks, items)]
+    n = sum(len(group) for group in items)
+    depth = parts[0]["layers"].shape[1]
+    per_layer = np.concatenate([p["layers"] for p in parts])
+    ref_vals = {metrics[COSINE].name: np.ones(n), metrics[WORST_LAYER].name: np.ones(n)}
+    quant_vals = {metrics[COSINE].name: per_layer.mean(axis=1), metrics[WORST_LAYER].name: per_layer.min(axis=1)}
+    weights = [len(group) / n for group in items]
+    cka = [sum(w * linear_cka(p["states"][0][:, layer], p["states"][1][:, layer]) for w, p in zip(weights, parts))
+           for layer in range(depth)]
+    profiles = {f"{metrics[COSINE].name}/cka_by_layer": {"reference": [1.0] * depth, "quantized": cka},
+                f"{metrics[WORST_LAYER].name}/cosine_by_layer": {"reference": [1.0] * depth,
+                                                                 "quantized": per_layer.mean(0).tolist()}}
+    skipped = {}
+    reasons = [p["reason"] for p in parts if p["correct"] is None]
+    if len(reasons) == len(parts):
+        skipped = dict.fromkeys([metrics[TRANSFER].name, metrics[RETRAINED].name],
+                                "not applicable: " + "; ".join(reasons))
     else:
-        on_reference, transferred = probe_predictions(reference, labels, [reference, quantized], seed, folds)
-        (retrained,) = probe_predictions(quantized, labels, [quantized], seed, folds)
-        correct = {name: (pred == labels[:, None]).astype(float) for name, pred in
-                   (("reference", on_reference), ("transfer", transferred), ("retrained", retrained))}
-        ref_vals |= {TRANSFER.name: correct["reference"].mean(1), RETRAINED.name: correct["reference"].mean(1)}
-        quant_vals |= {TRANSFER.name: correct["transfer"].mean(1), RETRAINED.name: correct["retrained"].mean(1)}
-        for metric, side in ((TRANSFER, "transfer"), (RETRAINED, "retrained")):
-            profiles[f"{metric.name}/accuracy_by_layer"] = {"reference": correct["reference"].mean(0).tolist(),
-                                                            "quantized": correct[side].mean(0).tolist()}
-    return SuiteResult(
-        suite=SUITE,
-        item_ids=[it.id for it in items],
-        reference=ref_vals,
-        quantized=quant_vals,
-        fingerprint={"items": dataset_fingerprint(items), "prompt": template_id(pair.tokenizer),
-                     "probe": stable_hash(PROBE)},
-        profiles=profiles,
-        skipped=skipped,
-        notes={
+        correct = {name: np.concatenate([p["correct"][name] if p["correct"] else np.full((len(g), depth), np.nan)
+                                         for p, g in zip(parts, items)])
+                   for name in ("reference", "transfer", "retrained")}
+        ref_vals |= {metrics[TRANSFER].name: correct["reference"].mean(1),
+                     metrics[RETRAINED].name: correct["reference"].mean(1)}
+        quant_vals |= {metrics[TRANSFER].name: correct["transfer"].mean(1),
+                       metrics[RETRAINED].name: correct["retrained"].mean(1)}
+        for metric, side in ((metrics[TRANSFER], "transfer"), (metrics[RETRAINED], "retrained")):
+            profiles[f"{metric.name}/accuracy_by_layer"] = {"reference": np.nanmean(correct["reference"], 0).tolist(),
+                                                            "quantized": np.nanmean(correct[side], 0).tolist()}
+    names = ", ".join(t.name for t in tasks)
+    return SuiteResult(SUITE, [], ref_vals, quant_vals, {}, profiles=profiles, skipped=skipped, notes={
+        "folds": {t.name: p["folds"] for t, p in zip(tasks, parts)},
+        "chance": {t.name: round(p["chance"], 3) for t, p in zip(tasks, parts)},
+        "too_few_items": reasons, "datasets": names})
+
+
+def run_probes(pair: "ModelPair") -> SuiteResult:
+    """Probe transfer and retraining accuracy, CKA and per-item similarity of FP and quantized activations.
+
+    e-SNLI (gold NLI labels) and the run's classification files (``label_`` metrics, each file's own labels)
+    each fill their own metrics; a kind the run has no data of is reported as not applicable.
+    """
+    n, seed = suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed
+    esnli = esnli_items(pair, n)
+    if esnli:
+        nli = _probe_part(pair, [NLI_TASK], [esnli], {m: m for m in ESNLI_METRICS})
+        nli.item_ids = [it.id for it in esnli]
+        nli.fingerprint = {"items": dataset_fingerprint(esnli), "prompt": NLI_TASK.template_id(pair.tokenizer),
+                           "probe": stable_hash(PROBE)}
+        nli.notes = {
             "probe": (f"per-layer logistic regression (C={PROBE['C']}, standardised) on the gold e-SNLI label, "
-                      f"{folds}-fold stratified cross-validation, seed {seed}"),
+                      f"{nli.notes['folds']['esnli']}-fold stratified cross-validation, seed {seed}"),
             "position": f"last token of the task suite's NLI prompt ({NLI_TEMPLATE['version']})",
             "item_score": "share of the model's decoder layers whose held-out probe classifies the item correctly",
-            "chance": f"{counts.max() / len(labels):.3f} (majority label share)",
-        },
-    )
+            "chance": f"{nli.notes['chance']['esnli']:.3f} (majority label share)",
+        }
+    else:
+        nli = not_applicable(SUITE, ESNLI_METRICS, absent(pair, "esnli"))
+    tasks = classification_tasks(pair)
+    if tasks:
+        items = [t.items(n, seed) for t in tasks]
+        own = _probe_part(pair, tasks, items, LABEL_METRICS)
+        own.item_ids = prefixed_ids(tasks, items)
+        own.fingerprint = {"label": stable_hash([[t.name, dataset_fingerprint(g), t.template_id(pair.tokenizer)]
+                                                 for t, g in zip(tasks, items)] + [PROBE])}
+        own.notes = {"label_probes": own.notes | {
+            "probe": "per-layer logistic regression on each file's gold labels (its own label set), stratified "
+                     "cross-validation per file, states at the last token of the task suite's classification prompt",
+            "chance": {name: f"{share:.3f} (majority label share)" for name, share in own.notes["chance"].items()}}}
+    else:
+        own = not_applicable(SUITE, list(LABEL_METRICS.values()), absent(pair, "classification"))
+    return combine(SUITE, [nli, own])
 
 
 PROBES_SUITE = register_suite(Suite(

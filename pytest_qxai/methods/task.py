@@ -169,6 +169,16 @@ class LabelTask:
         return stable_hash([CLASS_TEMPLATE, self.labels, getattr(tokenizer, "chat_template", None)])
 
 
+NLI_TASK = LabelTask("esnli", "nli", NLI_LABELS)
+"""e-SNLI as a labelled dataset (prompts and options; its items come from :func:`esnli_items`)."""
+
+
+def predict_labels(runtime: "Runtime", task: LabelTask, items: Sequence[Any]) -> np.ndarray:
+    """The task suite's predicted label index for each item (e.g. edited copies of a dataset's items)."""
+    prompts = [task.prompt(runtime.tokenizer, task.fields(item)) for item in items]
+    return np.argmax(option_scores(runtime, prompts, task.options), axis=1) if prompts else np.zeros(0, dtype=int)
+
+
 def label_tasks(pair: "ModelPair") -> list[LabelTask]:
     """The run's labelled text datasets: e-SNLI when the run uses it, then each classification file, as given."""
     tasks = []
@@ -186,14 +196,28 @@ def item_ids(tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]]) -> list
     return [f"{task.name}:{it.id}" if len(tasks) > 1 else it.id for task, group in zip(tasks, items) for it in group]
 
 
-def lacks(pair: "ModelPair", names: Sequence[str]) -> str | None:
-    """Why a suite whose prompts are written for these datasets (e-SNLI, ECQA) does not apply; None when it does."""
-    data = run_datasets(pair.config.data)
-    missing = [name for name in names if name not in data]
-    if not missing:
-        return None
-    return not_in_run(pair.config.data, " or ".join(missing) + " items", "this suite's prompts are written for "
-                      f"{' and '.join(names)} items; classification data runs in task accuracy and attribution")
+def classification_tasks(pair: "ModelPair") -> list[LabelTask]:
+    """The run's classification files, as given."""
+    return [task for task in label_tasks(pair) if task.kind == "classification"]
+
+
+def absent(pair: "ModelPair", kind: Literal["esnli", "ecqa", "classification"]) -> str:
+    """Why a suite's metrics of one kind of data do not apply: the run has none of it (one line)."""
+    datasets = ", ".join(run_datasets(pair.config.data))
+    return {"esnli": f"not applicable: no e-SNLI data in this run ({datasets})",
+            "ecqa": f"not applicable: no multiple-choice (ECQA) data in this run ({datasets})",
+            "classification": f"not applicable: no classification dataset in this run ({datasets}); give one with "
+                              "--qxai-data NAME=FILE"}[kind]
+
+
+def prefixed_ids(tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]]) -> list[str]:
+    """Item ids ``NAME:id`` across the tasks (never confused with the bundled datasets' ids in one suite)."""
+    return [f"{task.name}:{it.id}" for task, group in zip(tasks, items) for it in group]
+
+
+def pooled_chance(tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]]) -> float:
+    """Chance accuracy over the items of several labelled datasets: the mean of 1 / label count per item."""
+    return float(np.mean([1 / len(task.labels) for task, group in zip(tasks, items) for _ in group]))
 
 
 def no_label_data(pair: "ModelPair") -> str:
@@ -407,13 +431,12 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
     metric whose dataset the run does not use is reported as not applicable.
     """
     n = task_size(pair)
-    classes = [task for task in label_tasks(pair) if task.kind == "classification"]
+    classes = classification_tasks(pair)
     blocks: list[tuple[list[str], dict[str, list[np.ndarray]]]] = []
     skipped: dict[str, str] = {}
     notes: dict[str, Any] = {"templates": f"{NLI_TEMPLATE['version']}, {MCQ_TEMPLATE['version']}, "
                                           f"{CLASS_TEMPLATE['version']}", "items": {}}
     fingerprint: dict[str, str] = {}
-    datasets = ", ".join(run_datasets(pair.config.data))
     if esnli_items(pair, 1):
         nli = [nli_predictions(pair, side, n) for side in pair.sides]
         blocks.append(_block("esnli", nli, ESNLI_ACCURACY, ESNLI_AGREEMENT))
@@ -422,16 +445,14 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
                   "esnli_predicted_label_counts": {role: np.bincount(p.predicted, minlength=len(NLI_LABELS)).tolist()
                                                    for role, p in zip(("reference", "quantized"), nli)}}
     else:
-        skipped |= dict.fromkeys([ESNLI_ACCURACY.name, ESNLI_AGREEMENT.name],
-                                 f"not applicable: no e-SNLI data in this run ({datasets})")
+        skipped |= dict.fromkeys([ESNLI_ACCURACY.name, ESNLI_AGREEMENT.name], absent(pair, "esnli"))
     if ecqa_items(pair, 1):
         blocks.append(_block("ecqa", [mcq_predictions(pair, side, n) for side in pair.sides], ECQA_ACCURACY,
                              ECQA_AGREEMENT))
         fingerprint["ecqa"] = dataset_fingerprint(ecqa_items(pair, n))
         notes["ecqa"] = "3-shot cloze (ECQA validation demos); option score = summed log-probability of its text"
     else:
-        skipped |= dict.fromkeys([ECQA_ACCURACY.name, ECQA_AGREEMENT.name],
-                                 f"not applicable: no multiple-choice (ECQA) data in this run ({datasets})")
+        skipped |= dict.fromkeys([ECQA_ACCURACY.name, ECQA_AGREEMENT.name], absent(pair, "ecqa"))
     for task in classes:
         blocks.append(_block(task.name, [label_predictions(pair, side, task, n) for side in pair.sides],
                              LABEL_ACCURACY, LABEL_AGREEMENT))
@@ -439,8 +460,7 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
                                               task.template_id(pair.tokenizer)])
         notes[task.name] = f"zero-shot, labels {', '.join(task.labels)}; option score = summed log-probability"
     if not classes:
-        skipped |= dict.fromkeys([LABEL_ACCURACY.name, LABEL_AGREEMENT.name], "not applicable: no classification "
-                                 f"dataset in this run ({datasets}); give one with --qxai-data NAME=FILE")
+        skipped |= dict.fromkeys([LABEL_ACCURACY.name, LABEL_AGREEMENT.name], absent(pair, "classification"))
     if blocks:
         fingerprint |= {"templates": template_id(pair.tokenizer), "agreement": "cohen-kappa"}
     ids = [i for block_ids, _ in blocks for i in block_ids]
