@@ -170,6 +170,20 @@ CHANCE: dict[str, Sides] = {
         "nle.ecqa_degenerate_rate", "nle_faithfulness.degenerate_rate")},
 }
 """Per metric: a reference at a typical level and a quantized side at chance (what random outputs score)."""
+BINARY_LABELS = {  # a two-label classification file: a random label differs from the original half the time
+    "nle_faithfulness.label_flip": _at(0.2, 0.5, 0, binary=True),
+    "counterfactual.label_self_flip": _at(0.8, 0.5, 0, binary=True),
+    "counterfactual.label_validity": _at(0.8, 0.5, 0, binary=True),
+    "probes.label_probe_transfer_accuracy": _at(0.8, 0.5, 0.2),
+    "probes.label_probe_retrained_accuracy": _at(0.8, 0.5, 0.2),
+}
+CHANCE |= BINARY_LABELS | {  # classification files' metrics otherwise score as their e-SNLI counterparts do
+    f"{suite}.label_{name}": CHANCE[f"{suite}.{name}"] for suite, name in (
+        ("counterfactual", "degenerate_rate"), ("counterfactual", "fluency"), ("counterfactual", "minimality"),
+        ("counterfactual", "similarity"), ("nle", "degenerate_rate"), ("nle", "fluency"), ("nle", "fp_agreement"),
+        ("nle", "gold_similarity"), ("nle", "judge_coherence"), ("nle", "judge_trust"), ("nle", "rouge_l"),
+        ("nle_faithfulness", "cc_shap"), ("nle_faithfulness", "degenerate_rate"), ("nle_faithfulness", "unfaithful"),
+        ("probes", "representation_cosine"), ("probes", "worst_layer_cosine"))}
 
 
 def test_every_registered_metric_has_a_chance_scenario() -> None:

@@ -557,7 +557,7 @@ def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
     the run has no data of is reported as not applicable.
     """
     n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
-    n_shap = min(suite_size("cc_shap", pair.config.profile, pair.config.samples), n_edit)
+    n_shap = min(suite_size(SUITE, pair.config.profile, pair.config.samples, budget="cc_shap"), n_edit)
     result = combine(SUITE, [_esnli_part(pair, n_edit, n_shap), _ecqa_part(pair, n_edit),
                              _label_part(pair, n_edit, n_shap)])
     if not result.item_ids:
