@@ -184,6 +184,12 @@ CHANCE |= BINARY_LABELS | {  # classification files' metrics otherwise score as 
         ("nle", "gold_similarity"), ("nle", "judge_coherence"), ("nle", "judge_trust"), ("nle", "rouge_l"),
         ("nle_faithfulness", "cc_shap"), ("nle_faithfulness", "degenerate_rate"), ("nle_faithfulness", "unfaithful"),
         ("probes", "representation_cosine"), ("probes", "worst_layer_cosine"))}
+CHANCE |= {  # ECQA attributions (occlusion of the cloze answer) score as their e-SNLI counterparts do
+    f"attribution.ecqa_{name}": CHANCE[f"attribution.{name}"]
+    for name in ("comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap", "degenerate_rate")}
+BUDGETS = {"nle_faithfulness.cc_shap": "cc_shap", **{f"attribution.ecqa_{name}": "ecqa" for name in (
+    "comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap", "degenerate_rate")}}
+"""Metrics measured on a part of their suite with its own item count (``Suite.budgets``)."""
 
 
 def test_every_registered_metric_has_a_chance_scenario() -> None:
@@ -202,7 +208,7 @@ LOW_POWER = {"counterfactual.ecqa_validity": "48 items at the standard profile, 
 def test_a_quantized_side_at_chance_fails_its_default_band_at_the_standard_profile(key: str) -> None:
     _known_metrics()
     metric: Metric = next(m for m in registered_metrics() if m.key == key)
-    n = suite_size(metric.suite, "standard", budget="cc_shap" if metric.name == "cc_shap" else None)
+    n = suite_size(metric.suite, "standard", budget=BUDGETS.get(key))
     reference, quantized = CHANCE[key](np.random.default_rng(0), n)
     result = check_vs_reference(metric, parse_tolerance(metric.tolerance), reference, quantized,
                                 [str(i) for i in range(n)], n_resamples=999)
