@@ -520,8 +520,7 @@ def scored_metrics(results: Results, metric: dict[str, Metric]) -> tuple[
         own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
         reference[key] = scored(np.asarray(ref_values), constant["reference"], worst) if own else np.asarray(
             ref_values, dtype=np.float64)
-        quantized[key] = scored(np.asarray(quant_values), constant["quantized"] & ~both if not own
-                                else constant["quantized"], worst)
+        quantized[key] = scored(np.asarray(quant_values), constant["quantized"], worst)
         if not own:
             quantized[key][both] = 1.0
     for role, values in (("reference", reference), ("quantized", quantized)):
