@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_qxai.models.loading import load_reference, load_tokenizer  # noqa: E402
-from pytest_qxai.runtime import Runtime, final_norm, probe_backward  # noqa: E402
+from pytest_qxai.runtime import Runtime, final_norm, probe_backward, shared_prefix  # noqa: E402
 from tiny import build_tiny_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -187,3 +188,42 @@ def test_recorded_prefix_caches_are_kept_as_their_shapes_at_call_time(runtime: R
     assert sum(cache.shapes[0][0] for cache in batches) == 2
     assert all([shape[2] for shape in cache.shapes] == [len(prefix)] * layers for cache in batches)
     assert batches[0].build(runtime.device).get_seq_length() == len(prefix)
+
+
+SHARED = ["The capital of France is Paris and", "The capital of France is", "The capital of Germany"]
+"""Prompts with a token prefix in common: the runtime runs it once and reuses its key/value cache."""
+
+
+def test_next_token_logprobs_after_a_shared_prefix_match_full_forward(runtime: Runtime) -> None:
+    ids = runtime.encode(SHARED)
+    assert len(os.path.commonprefix(ids)) >= 2  # the prefix cache is really used
+    lp = runtime.next_token_logprobs(SHARED)
+    for row, seq in zip(lp, ids):
+        np.testing.assert_allclose(row, _full_logprobs(runtime, seq)[-1].numpy(), atol=1e-4)
+
+
+def test_grouped_logprobs_score_each_continuation_as_a_full_forward_does(runtime: Runtime) -> None:
+    """Stems of different lengths, groups of different sizes, continuations of one to several tokens."""
+    ids = runtime.encode(SHARED)
+    shared = shared_prefix(ids)
+    options = [[" Paris", " on the mat", " x"], [" Rome"], [" two plus two equals four", " Berlin"]]
+    conts = [runtime.encode(group, add_special_tokens=False) for group in options]
+    out = runtime.grouped_logprobs(ids[0][:shared], [seq[shared:] for seq in ids], conts)
+    assert [len(group) for group in out] == [3, 1, 2]
+    for seq, group, values in zip(ids, conts, out):
+        for cont, got in zip(group, values):
+            full = _full_logprobs(runtime, seq + cont)
+            expected = [float(full[len(seq) + j - 1, tok]) for j, tok in enumerate(cont)]
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_grouped_logprobs_refuse_empty_stems(runtime: Runtime) -> None:
+    with pytest.raises(ValueError, match="non-empty stem"):
+        runtime.grouped_logprobs([], [[]], [[[1]]])
+
+
+def test_option_logprobs_equal_pairwise_scores_with_a_shared_prefix(runtime: Runtime) -> None:
+    options = [[" Paris", " on the mat"], [" Rome", " a b c"], [" Berlin"]]
+    out = runtime.option_logprobs(SHARED, options)
+    flat = runtime.score([p for p, opts in zip(SHARED, options) for _ in opts], [o for opts in options for o in opts])
+    np.testing.assert_allclose(np.concatenate(out), flat, atol=1e-4)

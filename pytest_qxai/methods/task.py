@@ -31,7 +31,6 @@ task suite's item set (the explanation suites' items are a prefix of it) and ret
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
@@ -45,6 +44,7 @@ from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
 from ..storage import cache_type, stable_hash
 from ..suite import Suite, register_suite
+from ..runtime import shared_prefix
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -341,27 +341,19 @@ def predict_nli(runtime: "Runtime", pairs: Sequence[tuple[str, str]]) -> np.ndar
 def mcq_logprobs(runtime: "Runtime", items: Sequence[MCQItem]) -> np.ndarray:
     """``[n, options]`` summed log-probability of each option's text after the cloze prompt (−inf pads short rows).
 
-    The demonstrations are the same for every question: the token prefix all prompts share runs once and
-    every (question, option) continuation is scored after it in length-sorted batches across questions.
+    The demonstrations are the same for every question and run once; each question runs once and its answer
+    options are scored after it (:meth:`Runtime.grouped_logprobs`).
     """
     out = np.full((len(items), max((len(item.options) for item in items), default=0)), -np.inf)
     if not items:
         return out
     prompts = runtime.encode([mcq_prompt(item.question) for item in items])
-    shared = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1)
-    seqs: list[list[int]] = []
-    tails: list[int] = []
-    where: list[tuple[int, int]] = []
-    for row, (item, prompt) in enumerate(zip(items, prompts)):
-        options = runtime.encode([MCQ_TEMPLATE["option"].format(option=o) for o in item.options],
-                                 add_special_tokens=False)
-        for column, ids in enumerate(options):
-            seqs.append(prompt[shared:] + ids)
-            tails.append(len(ids))
-            where.append((row, column))
-    scores = runtime.prefixed_tail_logprobs(prompts[0][:shared], seqs, tails)
-    for (row, column), score in zip(where, scores):
-        out[row, column] = float(score.sum())
+    shared = shared_prefix(prompts)
+    options = [runtime.encode([MCQ_TEMPLATE["option"].format(option=o) for o in item.options],
+                              add_special_tokens=False) for item in items]
+    scores = runtime.grouped_logprobs(prompts[0][:shared], [p[shared:] for p in prompts], options)
+    for row, values in enumerate(scores):
+        out[row, : len(values)] = [float(v.sum()) for v in values]
     return out
 
 
