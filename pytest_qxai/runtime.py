@@ -576,25 +576,39 @@ class Runtime:
     def _greedy(
         self, prompts: Sequence[str], max_new_tokens: int, stop: str | None, scored: bool,
     ) -> list[tuple[str, np.ndarray | None]]:
-        """Batched greedy generation; with ``scored``, each prompt's first-step log-softmax too (else None)."""
+        """Batched greedy generation; with ``scored``, each prompt's first-step log-softmax too (else None).
+
+        With the dynamic cache, the token prefix all prompts share (few-shot demonstrations, a chat template's
+        system turn) is prefilled once and each batch starts from a copy of its key/value cache.
+        """
+        import copy
+
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
+        offset = 0 if self.static_cache else shared_prefix(seqs)
+        base = self._prefix_cache(seqs[0][:offset]) if seqs else None
 
         def run(batch: list[int]) -> list[tuple[str, np.ndarray | None]]:
-            ids, mask = self._pad([seqs[i] for i in batch], self._generate_multiple)
+            ids, mask = self._pad([seqs[i][offset:] for i in batch], self._generate_multiple)
+            cache: dict[str, Any] = {}
+            if base is not None:  # the prefix sits before each row's left padding, its cache already filled
+                cache = {"past_key_values": copy.deepcopy(base)}
+                cache["past_key_values"].batch_repeat_interleave(len(batch))
+                ids = torch.cat([ids.new_tensor(seqs[batch[0]][:offset]).expand(len(batch), -1), ids], dim=1)
+                mask = torch.cat([mask.new_ones(len(batch), offset), mask], dim=1)
             kwargs: dict[str, Any] = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
             if scored:
                 kwargs |= {"return_dict_in_generate": True, "output_logits": True}
             out = self._generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **cache, **kwargs,
             )
             new = (out.sequences if scored else out)[:, ids.shape[1] :]
             first: list[np.ndarray | None] = (
                 list(torch.log_softmax(out.logits[0].float(), dim=-1).cpu().numpy()) if scored else [None] * len(batch)
             )
-            self.stats.tokens_scored += int(mask.sum())
+            self.stats.tokens_scored += int(mask.sum()) - (offset if base is not None else 0) * len(batch)
             self.stats.tokens_generated += int((new != self.tokenizer.pad_token_id).sum())
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             return [(t.split(stop)[0].strip() if stop else t.strip(), row) for t, row in zip(texts, first)]

@@ -227,3 +227,26 @@ def test_option_logprobs_equal_pairwise_scores_with_a_shared_prefix(runtime: Run
     out = runtime.option_logprobs(SHARED, options)
     flat = runtime.score([p for p, opts in zip(SHARED, options) for _ in opts], [o for opts in options for o in opts])
     np.testing.assert_allclose(np.concatenate(out), flat, atol=1e-4)
+
+
+def test_generation_after_a_shared_prefix_equals_a_manual_argmax_loop(runtime: Runtime) -> None:
+    """The prefix all prompts share is prefilled once; each continuation is still the model's greedy one."""
+    generated, first = runtime.generate_scored(SHARED, max_new_tokens=6, stop=None)
+    for prompt, text, row in zip(SHARED, generated, first):
+        ids = runtime.encode([prompt])[0]
+        np.testing.assert_allclose(row, _full_logprobs(runtime, ids)[-1].numpy(), atol=1e-4)
+        new: list[int] = []
+        for _ in range(6):
+            token = int(_full_logprobs(runtime, ids + new)[-1].argmax())
+            new.append(token)
+            if token == runtime.tokenizer.eos_token_id:
+                break
+        assert text == runtime.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_generation_stops_at_the_stop_string(runtime: Runtime) -> None:
+    """Text after the stop string is cut, whatever the model would have said next."""
+    free = runtime.generate(SHARED, max_new_tokens=8, stop=None)
+    stop = next(ch for ch in free[0] if ch.strip())  # a character the greedy text is known to contain
+    cut = runtime.generate(SHARED, max_new_tokens=8, stop=stop)
+    assert cut[0] == free[0].split(stop)[0].strip()
