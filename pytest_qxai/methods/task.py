@@ -42,9 +42,9 @@ from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, 
                         load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
+from ..runtime import shared_prefix
 from ..storage import cache_type, stable_hash
 from ..suite import Suite, register_suite
-from ..runtime import shared_prefix
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
