@@ -31,8 +31,9 @@ def run_suites(tree: Path, args: argparse.Namespace, out: Path) -> dict[str, dic
     """The selected suites' pytest run in ``tree``: per suite, its items, seconds and the run's report path."""
     report = out / "report.json"
     command = [sys.executable, "-m", "pytest", str(tree / "suites"), "-k", args.k, f"--quant={args.quant}",
-               f"--qxai-profile={args.profile}", "--qxai-no-cache", f"--qxai-report-json={report}", "-q",
-               "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "suite_values"]
+               f"--qxai-profile={args.profile}", "--qxai-no-cache", f"--qxai-report-json={report}",
+               f"--qxai-baseline-dir={out / 'baselines'}", "-q",
+               "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "suite_values", *args.pytest_args]
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tree), str(ROOT / "benchmarks")]),
                         "QXAI_VALUES_OUT": str(out)}
     done = subprocess.run(command, check=False, cwd=tree, env=env, capture_output=True, text=True)
@@ -77,6 +78,8 @@ def main() -> int:
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--atol", type=float, default=1e-4, help="values closer than this count as float noise")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--pytest-arg", action="append", default=[], dest="pytest_args",
+                        help="one more pytest argument for both runs, e.g. --pytest-arg=--qxai-model=PATH")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="qxai-revs-"))
     previous = scratch / "previous"
@@ -98,10 +101,13 @@ def main() -> int:
                      "differences": problems, "verdicts_changed": changed,
                      "p_values_changed": {k: (v[1], after[k][1]) for k, v in before.items()
                                           if k in after and v[1] != after[k][1]}})
-    print(f"{'suite':<18}{'items':>6}{'old s/item':>12}{'new s/item':>12}{'new/old':>9}{'max |Δvalue|':>14}  verdicts")
+    print(f"{'suite':<18}{'items':>6}{'old s/item':>12}{'new s/item':>12}{'new/old':>9}{'tokens new/old':>16}"
+          f"{'max |Δvalue|':>14}  verdicts")
     for row in rows:
         per = [row[side]["seconds"] / max(row[side]["items"], 1) for side in ("old", "new")]
+        tokens = [row[side]["tokens_scored"] + row[side]["tokens_generated"] for side in ("old", "new")]
         print(f"{row['suite']:<18}{row['items']:>6}{per[0]:>12.2f}{per[1]:>12.2f}{per[1] / per[0]:>9.2f}"
+              f"{tokens[1] / max(tokens[0], 1):>16.2f}"
               f"{row['max_abs_difference']:>14.2g}  {'same' if not row['verdicts_changed'] else row['verdicts_changed']}")
         for problem in row["differences"]:
             print(f"    {problem}")
