@@ -111,6 +111,15 @@ class SuiteResult:
         return self.reference[metric], self.quantized[metric]
 
 
+NOT_APPLICABLE = "not applicable: "
+"""How every skip of a metric that does not apply begins (the gate makes it a SKIPPED test with the reason)."""
+
+AT_CHANCE = NOT_APPLICABLE + "reference at chance"
+"""How a skip begins whose precondition failed on the items seen (more items may show it): the only kind of
+``not applicable`` that a sequential look leaves open; every other one (no data of the kind in the run, no gold
+explanations, no backward pass) more items cannot change."""
+
+
 def not_applicable(suite: str, metrics: Sequence[Metric], reason: str) -> SuiteResult:
     """A suite result with no items: every metric skipped for ``reason`` (the run has no data the suite needs)."""
     return SuiteResult(suite, [], {}, {}, {}, skipped=dict.fromkeys([m.name for m in metrics], reason))

@@ -70,11 +70,18 @@ def test_identical_explanations_agree_exactly_and_different_ones_less() -> None:
     assert agree[0] == 1.0 and agree[1] < 0.5
 
 
-def test_default_judge_is_the_reference_model_and_is_identified_by_it() -> None:
-    reference = SimpleNamespace(runtime="ref-runtime", identity="abc123")
-    pair = SimpleNamespace(config=SimpleNamespace(judge=None), reference=reference, metadata={"model": "M"})
-    runtime, identity = N.judge(pair)  # type: ignore[arg-type]
-    assert runtime == "ref-runtime" and "abc123" in identity
+def test_default_judge_is_the_reference_model_identified_by_its_weights_not_the_machine() -> None:
+    """The judge is in the baseline's fingerprint: another CPU or torch version (another cache identity of the
+    reference) must not make a stored baseline stale."""
+    identities = set()
+    for machine_identity in ("abc123", "def456"):
+        reference = SimpleNamespace(runtime="ref-runtime", identity=machine_identity)
+        pair = SimpleNamespace(config=SimpleNamespace(judge=None), reference=reference,
+                               metadata={"model": "M", "model_hash": "c0ffee"})
+        runtime, identity = N.judge(pair)  # type: ignore[arg-type]
+        assert runtime == "ref-runtime" and "c0ffee" in identity and machine_identity not in identity
+        identities.add(identity)
+    assert len(identities) == 1
 
 
 def test_a_configured_judge_is_loaded_once_and_identified_by_its_content(

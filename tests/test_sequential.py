@@ -143,10 +143,13 @@ def run_demo(pair):
     flipped = np.where(rng.random(1000) < GAP * 10, 0.0, acc)
     score = rng.normal(0.5, 0.2, 1000)
     noise = rng.normal(0.0, 0.02, 1000)
-    late = n < int(os.environ.get("QXAI_DEMO_LATE", "0"))  # the score is not applicable on fewer items
+    late = n < int(os.environ.get("QXAI_DEMO_LATE", "0"))  # the score's precondition fails on fewer items
+    skipped = {"score": f"not applicable: reference at chance on demo (n={n})"} if late else {}
+    if os.environ.get("QXAI_DEMO_NO_DATA"):  # the score needs data this run does not have
+        skipped = {"score": "not applicable: no demo data in this run"}
     return SuiteResult("seqdemo", [f"i{i}" for i in range(n)], {"accuracy": acc[:n], "score": score[:n]},
                        {"accuracy": flipped[:n], "score": score[:n] - 2 * GAP + noise[:n]}, {"data": "demo-v1"},
-                       skipped={"score": "not applicable: too few items to tell"} if late else {})
+                       skipped=skipped)
 
 @pytest.fixture(scope="module")
 def result(qxai_run_suite):
@@ -173,7 +176,7 @@ def sequential_notes(path: Path) -> dict[str, dict[str, object]]:
     """``suite.metric kind`` -> the check's ``notes["sequential"]`` from a JSON report."""
     report = json.loads(path.read_text())
     return {f"{r['suite']}.{r['metric']} {r['kind']}": r["notes"]["sequential"] for r in report["checks"]
-            if r["kind"] == "vs_reference"}
+            if r["kind"] == "vs_reference" and r["verdict"] != "skipped"}
 
 
 @pytest.mark.parametrize("workers", [(), ("-n", "2", "-p", "xdist")], ids=["serial", "xdist"])
@@ -211,10 +214,10 @@ def test_budget_passes_an_unchanged_suite_and_stops_when_every_check_is_decided(
                                  "--qxai-budget: seqdemo used * of 1000 items (every check decided)"])
 
 
-def test_a_metric_not_applicable_on_the_first_items_keeps_the_suite_looking(
+def test_a_reference_not_yet_above_chance_keeps_the_suite_looking(
     pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A skip decided on few items (a reference not yet above chance, say) is no decision: the suite goes on."""
+    """A precondition that failed on few items (a reference not yet above chance) is no decision: the suite goes on."""
     monkeypatch.setenv("QXAI_DEMO_GAP", "0")
     monkeypatch.setenv("QXAI_DEMO_LATE", "500")  # accuracy alone is decided at 400
     result = run_gate(pytester, *LEAN, "--qxai-budget=1000", "--qxai-update-baselines", "--qxai-report-json=r.json")
@@ -223,6 +226,20 @@ def test_a_metric_not_applicable_on_the_first_items_keeps_the_suite_looking(
     assert notes["seqdemo.score vs_reference"]["stopped"] == "non-inferiority shown", notes
     assert int(notes["seqdemo.score vs_reference"]["items"]) >= 600  # type: ignore[call-overload]
     assert int(notes["seqdemo.accuracy vs_reference"]["items"]) == 400  # type: ignore[call-overload]
+
+
+def test_a_metric_without_its_data_does_not_keep_the_suite_looking(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A skip that more items cannot change (no data of the kind in the run) is settled: the suite stops with the rest."""
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    monkeypatch.setenv("QXAI_DEMO_NO_DATA", "1")
+    result = run_gate(pytester, *LEAN, "--qxai-budget=1000", "--qxai-update-baselines", "--qxai-report-json=r.json")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    notes = sequential_notes(pytester.path / "r.json")
+    assert int(notes["seqdemo.accuracy vs_reference"]["items"]) == 400  # type: ignore[call-overload]
+    assert max(int(n) for n in demo.read_text().split()) == 400  # no look after the last decision
+    result.stdout.fnmatch_lines(["skipped seqdemo.score (vs ref): not applicable: no demo data in this run"])
 
 
 def test_without_a_budget_the_suite_runs_once_at_its_fixed_count(

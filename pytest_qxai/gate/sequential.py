@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..metrics import AT_CHANCE, NOT_APPLICABLE
 from .check import CheckResult, decide
 from .spending import Fractions
 
@@ -60,13 +61,16 @@ def batches(n: int, budget: int | None) -> list[tuple[int, int]]:
 
 def decided(result: CheckResult) -> bool:
     """Whether a check is settled at this look: fail, pass or improved shown, or not a test that more items
-    could change (a stale or missing baseline). A metric skipped on the items seen so far (too few valid items,
-    or not applicable on them, e.g. a reference not yet shown above chance) may become testable later."""
+    could change (a stale or missing baseline; a metric that does not apply to the run's data). A metric skipped
+    on the items seen so far (too few valid items, or a reference not yet shown above chance) may become
+    testable later."""
     if result.kind == "reference_drift":  # a note on the baseline comparison, not a decision of its own
         return True
     if result.verdict == "skipped":
+        if result.kind == "vs_reference":
+            return result.reason.startswith(NOT_APPLICABLE) and not result.reason.startswith(AT_CHANCE)
         # a baseline being recorded: no test either way; too few items matched in it: more may match
-        return result.kind == "vs_baseline" and not result.reason.startswith("no test: only")
+        return not result.reason.startswith("no test: only")
     return result.verdict != "inconclusive"
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from ..metrics import Metric, SuiteResult, register_metric
+from ..metrics import NOT_APPLICABLE, Metric, SuiteResult, register_metric
 
 if TYPE_CHECKING:
     from ..protocols import Runtime
@@ -83,5 +83,5 @@ def require_competence(result: SuiteResult, task: str, correct: np.ndarray, chan
         "holds": ok, "test": reason, "dependent_metrics": [m.name for m in metrics]}
     if not ok:
         for metric in metrics:
-            result.skipped[metric.name] = f"not applicable: {reason}"
+            result.skipped[metric.name] = NOT_APPLICABLE + reason
     return ok

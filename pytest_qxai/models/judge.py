@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 
 
 def judge(pair: "ModelPair") -> tuple["Runtime", str]:
-    """The judge's runtime and a description that identifies it (the reference model unless ``--qxai-judge``)."""
+    """The judge's runtime and a description that identifies it (the reference model unless ``--qxai-judge``).
+
+    The description names the judge's weights by content, never the machine or library versions it runs with: it
+    is part of the stored baseline's fingerprint, and a baseline recorded on another CPU is not stale for that."""
     cfg = pair.config
     if cfg.judge is None:
-        return pair.reference.runtime, f"reference model {pair.metadata.get('model', '')} ({pair.reference.identity})"
+        return pair.reference.runtime, (f"reference model {pair.metadata.get('model', '')} "
+                                         f"({pair.metadata.get('model_hash', '')})")
     key = (cfg.judge, str(cfg.cache_dir), cfg.trust_remote_code, cfg.batch_size)
     if key not in pair.judges:
         pair.judges[key] = _load_judge(cfg, pair.reference.runtime)
