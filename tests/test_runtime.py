@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -250,3 +252,12 @@ def test_generation_stops_at_the_stop_string(runtime: Runtime) -> None:
     stop = next(ch for ch in free[0] if ch.strip())  # a character the greedy text is known to contain
     cut = runtime.generate(SHARED, max_new_tokens=8, stop=stop)
     assert cut[0] == free[0].split(stop)[0].strip()
+
+
+@given(st.lists(st.lists(st.integers(0, 3), max_size=6), max_size=5))
+def test_shared_prefix_is_common_and_leaves_each_sequence_a_token(seqs: list[list[int]]) -> None:
+    n = shared_prefix(seqs)
+    assert n >= 0 and all(s[:n] == seqs[0][:n] for s in seqs)
+    assert all(len(s) > n for s in seqs if s) and (n == 0 or all(seqs))
+    if seqs and all(len(s) > n + 1 for s in seqs):  # the longest such prefix: one more token is not shared
+        assert len({s[n] for s in seqs}) > 1
