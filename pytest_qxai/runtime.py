@@ -75,6 +75,7 @@ class Runtime:
         static_cache: bool | None = None,
         device: str | None = None,
         residency: "Residency | None" = None,
+        share_prefix: bool = True,
     ) -> None:
         import torch
 
@@ -94,6 +95,11 @@ class Runtime:
         """Generate with a static KV cache (default on GPU for models of :data:`STATIC_MIN_PARAMETERS` or more):
         transformers then compiles the decode step where the backend allows it. Prompts are left-padded to a
         multiple of :data:`STATIC_BUCKET` tokens so the cache shape, and the compiled graph, repeat across batches."""
+        self.share_prefix = share_prefix
+        """Run the token prefix a call's prompts share once, and a prompt's options after its cache (float noise
+        only on a full-precision model). Off for quantized models: LLM.int8 (bnb8) picks its outlier columns over
+        all tokens of a pass, so a token's value depends on the tokens it runs with, and the batches stay as
+        they were (docs/measurements.md, "Cost per item")."""
         self.observers: list[CallObserver] = []
         """Called with every model call's kind and inputs before it runs (e.g. the benchmark's recorder)."""
 
@@ -252,8 +258,8 @@ class Runtime:
         """
         prompt_ids = self.encode(prompts)
         option_ids = [self.encode(list(opts), add_special_tokens=False) for opts in options]
-        if any(len(p) + max(map(len, o), default=0) > self.max_length or not all(o) or not p
-               for p, o in zip(prompt_ids, option_ids)):
+        if not self.share_prefix or any(len(p) + max(map(len, o), default=0) > self.max_length or not all(o) or not p
+                                        for p, o in zip(prompt_ids, option_ids)):
             flat = self.score([p for p, opts in zip(prompts, options) for _ in opts], [o for opts in options for o in opts])
             bounds = np.cumsum([0, *map(len, options)])
             return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -271,7 +277,7 @@ class Runtime:
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
-        offset = shared_prefix(seqs)
+        offset = shared_prefix(seqs) if self.share_prefix else 0
         base = self._prefix_cache(seqs[0][:offset]) if seqs else None
 
         def run(batch: list[int]) -> list[np.ndarray]:
@@ -524,6 +530,11 @@ class Runtime:
         if len(stems) != len(continuations) or any(not s for s in stems) or any(
                 not c for group in continuations for c in group):
             raise ValueError("grouped_logprobs needs one non-empty stem per group and non-empty continuations")
+        if not self.share_prefix:  # each continuation with its whole stem, as one sequence
+            flat = self.prefixed_tail_logprobs(prefix, [list(stem) + list(c) for stem, group in zip(stems, continuations)
+                                                        for c in group], [len(c) for group in continuations for c in group])
+            bounds = np.cumsum([0, *map(len, continuations)])
+            return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         offset = len(prefix)
         base = self._prefix_cache(prefix) if stems else None
 
@@ -586,7 +597,7 @@ class Runtime:
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
-        offset = 0 if self.static_cache else shared_prefix(seqs)
+        offset = shared_prefix(seqs) if self.share_prefix and not self.static_cache else 0
         base = self._prefix_cache(seqs[0][:offset]) if seqs else None
 
         def run(batch: list[int]) -> list[tuple[str, np.ndarray | None]]:

@@ -261,3 +261,19 @@ def test_shared_prefix_is_common_and_leaves_each_sequence_a_token(seqs: list[lis
     assert all(len(s) > n for s in seqs if s) and (n == 0 or all(seqs))
     if seqs and all(len(s) > n + 1 for s in seqs):  # the longest such prefix: one more token is not shared
         assert len({s[n] for s in seqs}) > 1
+
+
+def test_without_prefix_sharing_each_prompt_runs_whole_and_scores_agree(runtime: Runtime) -> None:
+    """The quantized side's mode: no forward pass starts from a cache of the prompts' shared prefix."""
+    whole = Runtime(runtime.model, runtime.tokenizer, batch_size=2, share_prefix=False)
+    recorder = CallRecorder()
+    whole.observers.append(recorder)
+    ids = whole.encode(SHARED)
+    conts = [whole.encode(group, add_special_tokens=False) for group in ([" Paris", " on the mat"], [" Rome"], [" x"])]
+    np.testing.assert_allclose(whole.next_token_logprobs(SHARED), runtime.next_token_logprobs(SHARED), atol=1e-4)
+    assert whole.generate(SHARED, max_new_tokens=4, stop=None) == runtime.generate(SHARED, max_new_tokens=4, stop=None)
+    grouped = whole.grouped_logprobs([], ids, conts)
+    for got, expected in zip(grouped, runtime.grouped_logprobs([], ids, conts)):
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    assert all(kwargs.get("past_key_values") is None for _, kwargs in recorder.calls)
