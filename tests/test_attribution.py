@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_qxai.datasets import NLIItem
+from pytest_qxai.datasets import MCQItem, NLIItem
 from pytest_qxai.methods import attribution as A
 from pytest_qxai.methods import task
 
 ITEM = NLIItem("x", "A dog runs in the park.", "An animal moves.", "entailment", ("dogs are animals",))
 NLI = task.LabelTask("esnli", "nli", task.NLI_LABELS)
+ECQA = task.MCQ_TASK
 
 
 # --- formulas by hand -------------------------------------------------------------------------------------
@@ -289,18 +290,30 @@ def test_identical_models_agree_perfectly_and_score_alike(
     result = A.run_attribution(tiny_pair(tiny_runtime, make_config))
     assert result.notes["attribution_method"]["quantized"] == ["occlusion", "integrated_gradients"]
     assert all(reason.startswith("not applicable: ") for reason in result.skipped.values())  # tiny is at chance
-    assert set(result.reference) == {m.name for m in A.ATTRIBUTION_METRICS}
-    for name in ("rank_correlation", "topk_overlap", "ig_rank_correlation", "ig_topk_overlap"):
-        assert result.reference[name].tolist() == [1.0] * 3
-        assert np.allclose(result.quantized[name], 1.0)
-    for name in ("comprehensiveness", "ig_sufficiency"):
-        assert np.allclose(result.reference[name], result.quantized[name])
+    assert set(result.reference) == {m.name for m in (*A.ATTRIBUTION_METRICS, *A.ECQA_METRICS.values())}
+    ecqa = np.array([i.startswith("ecqa:") for i in result.item_ids])
+    assert ecqa.sum() == 3 and len(ecqa) == 6
+    for name in ("rank_correlation", "topk_overlap", "ig_rank_correlation", "ig_topk_overlap", "ecqa_rank_correlation",
+                 "ecqa_topk_overlap"):
+        rows = ecqa if name.startswith("ecqa_") else ~ecqa
+        degenerate = name.replace("rank_correlation", "degenerate_rate").replace("topk_overlap", "degenerate_rate")
+        assert result.reference[name][rows].tolist() == [1.0] * 3
+        np.testing.assert_array_equal(result.reference[degenerate], result.quantized[degenerate])
+        constant = result.quantized[degenerate][rows] == 1  # a saturated tiny model can rank no word
+        assert np.allclose(result.quantized[name][rows][~constant], 1.0) and (~constant).any()
+        assert np.isnan(result.quantized[name][~rows]).all()  # not a unit of the other part's metrics
+    for name in ("comprehensiveness", "ig_sufficiency", "ecqa_comprehensiveness", "ecqa_sufficiency"):
+        np.testing.assert_allclose(result.reference[name], result.quantized[name], rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.usefixtures("tiny_options")
 def test_without_backward_only_occlusion_runs_and_ig_metrics_say_why(tiny_runtime: Any, make_config: Any) -> None:
-    pair = tiny_pair(tiny_runtime, make_config, (False, "backward failed: NotImplementedError"))
+    from test_arch import tiny_pair as twin_pair
+
+    config = make_config(samples=3, data={"esnli": None})  # a run without ECQA: its metrics say so
+    pair = twin_pair(tiny_runtime, config, quantized_backward=(False, "backward failed: NotImplementedError"))
     result = A.run_attribution(pair)
+    assert all(result.skipped[m.name] == task.absent(pair, "ecqa") for m in A.ECQA_METRICS.values())
     assert result.notes["attribution_method"] == {"reference": ["occlusion"], "quantized": ["occlusion"]}
     assert {m.name for m in A.IG_METRICS} <= set(result.skipped)
     assert all("quantized: backward failed" in result.skipped[m.name] for m in A.IG_METRICS)
@@ -311,23 +324,87 @@ def test_without_backward_only_occlusion_runs_and_ig_metrics_say_why(tiny_runtim
 def test_both_sides_attribute_the_references_label(
     tiny_runtime: Any, make_config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = task.nli_predictions
+    def other_label_on_the_quantized_side(real: Any) -> Any:
+        def predictions(pair: Any, side: Any, n: int) -> Any:
+            found = real(pair, side, n)
+            return found if side.role == "reference" else dataclasses.replace(
+                found, logprobs=np.roll(found.logprobs, 1, axis=1))
 
-    def other_label_on_the_quantized_side(pair: Any, side: Any, n: int) -> Any:
-        predictions = real(pair, side, n)
-        if side.role == "reference":
-            return predictions
-        return dataclasses.replace(predictions, logprobs=np.roll(predictions.logprobs, 1, axis=1))
+        return predictions
 
-    monkeypatch.setattr(task, "nli_predictions", other_label_on_the_quantized_side)
+    for name in ("nli_predictions", "mcq_predictions"):
+        monkeypatch.setattr(task, name, other_label_on_the_quantized_side(getattr(task, name)))
     result = A.run_attribution(tiny_pair(tiny_runtime, make_config, (False, "no backward")))
     assert result.notes["items_where_the_quantized_model_predicts_another_label"] == 3
-    for name in ("comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap"):  # same model, same label
-        assert np.allclose(result.reference[name], result.quantized[name]), name
+    assert result.notes["ecqa_items_where_the_quantized_model_predicts_another_answer"] == 3
+    for prefix in ("", "ecqa_"):
+        ranked = result.reference[prefix + "degenerate_rate"] == 0  # a saturated tiny model can rank no word
+        assert ranked.sum() >= 2
+        for name in ("comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap"):  # same model and label
+            assert np.allclose(result.reference[prefix + name][ranked], result.quantized[prefix + name][ranked]), name
 
 
 def test_integrated_gradients_are_skipped_on_a_cpu(tiny_runtime: Any, make_config: Any) -> None:
     assert "GPU" in str(A.gradient_plan(tiny_pair(tiny_runtime, make_config)))
+
+
+# --- ECQA: the cloze prompt, each item's own options ------------------------------------------------------
+
+QUESTIONS = [MCQItem("q1", "Where would you put a plate after washing it?", ("cupboard", "floor", "oven", "car", "bed"),
+                     "cupboard", ""),
+             MCQItem("q2", "What do you use to cut paper?", ("scissors", "spoon", "pillow", "cup", "shoe"),
+                     "scissors", "")]
+
+
+def test_ecqa_erasure_deletes_question_words_and_keeps_the_cloze_well_formed() -> None:
+    words = A.item_words(ECQA, QUESTIONS[1])
+    assert words == [QUESTIONS[1].question.split()]  # the options are the explained classes, not features
+    scores = np.arange(len(words[0]), dtype=float)  # "paper?" ranks first, then "cut", ...
+    comp, suff = A.erasure_prompts(PLAIN, ECQA, words, scores)
+    assert comp[0] == task.mcq_prompt("What do you use to cut")
+    assert suff[0] == task.mcq_prompt("paper?")
+    assert all(p.endswith("\nAnswer:") and p.startswith(task.mcq_prompt("").split("Question:")[0]) for p in comp + suff)
+
+
+def _cloze_prob(runtime: Any, item: MCQItem, label: int, prompt_embeds: Any) -> float:
+    """p(label) over the item's options by hand: each option's tokens appended, summed log-probabilities."""
+    scores = []
+    for ids in runtime.encode(list(ECQA.item_options(item)), add_special_tokens=False):
+        tail = runtime.model.get_input_embeddings()(torch.tensor([ids]))
+        logits = runtime.model(inputs_embeds=torch.cat([prompt_embeds, tail], dim=1)).logits[0, -len(ids) - 1 : -1]
+        scores.append(float(torch.log_softmax(logits, -1)[torch.arange(len(ids)), ids].sum()))
+    return float(torch.softmax(torch.tensor(scores), 0)[label])
+
+
+def test_ecqa_occlusion_is_the_drop_of_the_task_suites_answer_probability(tiny_runtime: Any) -> None:
+    layouts = [A.layout(tiny_runtime.tokenizer, ECQA, A.item_words(ECQA, it)) for it in QUESTIONS]
+    labels = np.array([3, 0])
+    got = A.cloze_occlusion(tiny_runtime, [ECQA.item_options(it) for it in QUESTIONS], layouts, labels)
+    full = np.exp(task.mcq_logprobs(tiny_runtime, QUESTIONS))
+    full /= full.sum(axis=1, keepdims=True)  # the task suite's scoring of the intact prompt
+    with torch.no_grad():
+        for item, lay, label, scores, p_full in zip(QUESTIONS, layouts, labels, got, full):
+            x = _embeds(tiny_runtime, lay)
+            word_of = _words_of(tiny_runtime, lay)
+            assert _cloze_prob(tiny_runtime, item, int(label), x) == pytest.approx(p_full[label], abs=1e-5)
+            assert len(scores) == len(item.question.split())
+            for w in range(len(lay.spans)):
+                blanked = x.clone()
+                blanked[0, torch.as_tensor(word_of == w)] = 0.0
+                assert scores[w] == pytest.approx(p_full[label] - _cloze_prob(tiny_runtime, item, int(label), blanked),
+                                                  abs=1e-5)
+
+
+def test_ecqa_label_probabilities_use_each_prompts_own_options(tiny_runtime: Any) -> None:
+    """Two items whose erased questions coincide are still scored over their own options."""
+    prompts = [task.mcq_prompt("What"), task.mcq_prompt("What")]
+    options = [ECQA.item_options(it) for it in QUESTIONS]
+    got = A.label_probs(tiny_runtime, ECQA, prompts, np.array([0, 0]), options)
+    for row, item in enumerate(QUESTIONS):
+        logp = task.mcq_logprobs(tiny_runtime, [dataclasses.replace(item, question="What")])[0]
+        assert got[row] == pytest.approx(np.exp(logp[0]) / np.exp(logp).sum(), abs=1e-6)
+    with pytest.raises(ValueError, match="own options"):
+        A.label_probs(tiny_runtime, ECQA, prompts, np.array([0, 0]))
 
 
 # --- real model (slow) ------------------------------------------------------------------------------------

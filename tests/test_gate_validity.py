@@ -111,6 +111,7 @@ CHANCE: dict[str, Sides] = {
     "knowledge.object_logprob": _at(-2.0, -11.0, 2.0),  # uniform over a 49k-token vocabulary: -10.8 nats
     "knowledge.object_log_rank": _at(0.5, 4.4, 0.5),  # median rank of a random token: 24k
     "multihop.first_hop": _at(0.85, 0.5, 0, binary=True),
+    "multihop.first_hop_r1": _at(0.85, 0.5, 0, binary=True),  # the relation negative: the same coin flip at chance
     "multihop.second_hop": _at(0.7, 0.5, 0, binary=True),
     "multihop.first_hop_accuracy": _at(0.4, 0.0, 0, binary=True),
     "multihop.second_hop_accuracy": _at(0.6, 0.0, 0, binary=True),
@@ -184,6 +185,25 @@ CHANCE |= BINARY_LABELS | {  # classification files' metrics otherwise score as 
         ("nle", "gold_similarity"), ("nle", "judge_coherence"), ("nle", "judge_trust"), ("nle", "rouge_l"),
         ("nle_faithfulness", "cc_shap"), ("nle_faithfulness", "degenerate_rate"), ("nle_faithfulness", "unfaithful"),
         ("probes", "representation_cosine"), ("probes", "worst_layer_cosine"))}
+CHANCE |= {  # ECQA attributions (occlusion of the cloze answer) score as their e-SNLI counterparts do
+    f"attribution.ecqa_{name}": CHANCE[f"attribution.{name}"]
+    for name in ("comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap", "degenerate_rate")}
+BUDGETS = {"nle_faithfulness.cc_shap": "cc_shap", **{f"attribution.ecqa_{name}": "ecqa" for name in (
+    "comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap", "degenerate_rate")}}
+"""Metrics measured on a part of their suite with its own item count (``Suite.budgets``)."""
+
+
+def units(key: str, n: int) -> int:
+    """The metric's units among the suite's first ``n`` items: fewer than ``n`` for ``multihop.first_hop_r1``,
+    whose units are the items whose first hop has a relation of the same range to substitute."""
+    if key != "multihop.first_hop_r1":
+        return n
+    from types import SimpleNamespace
+
+    from pytest_qxai.methods.multihop import twohop_items
+
+    items, _, _ = twohop_items(SimpleNamespace(config=SimpleNamespace(seed=0, data={})), n)  # type: ignore[arg-type]
+    return sum(it.relation_negative is not None for it in items)
 
 
 def test_every_registered_metric_has_a_chance_scenario() -> None:
@@ -202,7 +222,7 @@ LOW_POWER = {"counterfactual.ecqa_validity": "48 items at the standard profile, 
 def test_a_quantized_side_at_chance_fails_its_default_band_at_the_standard_profile(key: str) -> None:
     _known_metrics()
     metric: Metric = next(m for m in registered_metrics() if m.key == key)
-    n = suite_size(metric.suite, "standard", budget="cc_shap" if metric.name == "cc_shap" else None)
+    n = units(key, suite_size(metric.suite, "standard", budget=BUDGETS.get(key)))
     reference, quantized = CHANCE[key](np.random.default_rng(0), n)
     result = check_vs_reference(metric, parse_tolerance(metric.tolerance), reference, quantized,
                                 [str(i) for i in range(n)], n_resamples=999)

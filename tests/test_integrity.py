@@ -205,3 +205,42 @@ def test_real_insertion_units_are_pinned_and_a_silent_explainer_is_unfaithful_on
     assert broken["empty"].sum() == broken["flipped"].sum()
     shares = [F.item_shares(r["units"], r["unfaithful"]) for r in (reference, broken)]
     assert np.all(shares[1] >= shares[0])
+
+
+@pytest.mark.slow
+def test_real_ecqa_attributions_are_pinned_and_a_model_with_blank_embeddings_fails(
+    smollm: Any, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> None:
+    """The ecqa_ attribution metrics on SmolLM2 (6 ECQA questions): the reference side is the same against a copy
+    of the model and against a model whose token embeddings are all zero (no word can matter to it: every
+    attribution vector is constant); that side scores its worst on every unit and fails ``ecqa_degenerate_rate``."""
+    import torch
+
+    from pytest_qxai.methods import attribution as A
+    from pytest_qxai.models.pair import ModelPair, ModelSide
+    from pytest_qxai.runtime import Runtime
+    from pytest_qxai.storage import DiskCache
+
+    root = tmp_path_factory.mktemp("ecqa-attribution")
+    config, cache = _config(root, samples=6), DiskCache(root / "cache")
+    reference = ModelSide("reference", smollm.model, smollm, "smollm2", backward=(True, "ok"))
+    blank = copy.deepcopy(smollm.model)
+    with torch.no_grad():
+        blank.get_input_embeddings().weight.zero_()
+    results = {}
+    for name, model in (("null", copy.deepcopy(smollm.model)), ("blank", blank)):
+        side = ModelSide("quantized", model, Runtime(model, smollm.tokenizer), name, backward=(True, "ok"))
+        results[name] = A._ecqa_part(ModelPair(reference, side, smollm.tokenizer, config, source=None,  # type: ignore[arg-type]
+                                               backend=None, cache=cache))  # type: ignore[arg-type]
+    null, broken = results["null"], results["blank"]
+    assert len(null.item_ids) == 6 and set(null.reference) == {m.name for m in A.ECQA_METRICS.values()}
+    for name, values in null.reference.items():
+        np.testing.assert_array_equal(values, broken.reference[name], err_msg=name)  # pinned: same reference
+        np.testing.assert_allclose(values, null.quantized[name], atol=1e-6, err_msg=name)  # null pair agrees
+    assert null.reference["ecqa_degenerate_rate"].sum() == 0  # SmolLM2 ranks the words of every question
+    np.testing.assert_array_equal(broken.quantized["ecqa_degenerate_rate"], 1.0)
+    np.testing.assert_array_equal(broken.quantized["ecqa_comprehensiveness"], -1.0)
+    np.testing.assert_array_equal(broken.quantized["ecqa_sufficiency"], 1.0)
+    assert broken.lost["ecqa_comprehensiveness"] == {"reference": 0, "quantized": 6}
+    assert _verdicts(broken, root)["ecqa_degenerate_rate"] == "fail"
+    assert "fail" not in _verdicts(null, root).values()

@@ -76,6 +76,44 @@ def test_items_compose_the_two_hops_and_substitute_e1_for_the_negative() -> None
         assert item.negative.text != item.two_hop.text and item.negative.text.endswith("is located is")
 
 
+PERSONS = {
+    "version": "test",
+    "first_hops": {"person_father": {"prompt": "The father of {} is named", "mention": "the father of {}",
+                                     "substitute": "person_mother"},
+                   "person_mother": {"prompt": "The mother of {} is named", "mention": "the mother of {}"}},
+    "second_hops": {"person_mother": {"prompt": "The mother of {} is named"}},
+    "compositions": [["person_father", "person_mother"], ["person_mother", "person_mother"]],
+}
+
+
+def test_the_relation_negative_replaces_r1_by_its_substitute_on_the_same_e1() -> None:
+    relations = {"person_father": [Fact("Paris Jackson", "Michael Jackson"), Fact("Zoe Kravitz", "Lenny Kravitz")],
+                 "person_mother": [Fact("Michael Jackson", "Katherine Jackson"), Fact("Lenny Kravitz", "Roxie Roker"),
+                                   Fact("Roxie Roker", "Bessie Roker"), Fact("Katherine Jackson", "Martha Scruse")]}
+    items = {it.id: it for it in M.build_items(PERSONS, relations, seed=0)}
+    paris = items["person_father>person_mother/Paris Jackson"]
+    assert paris.two_hop.text == "The mother of the father of Paris Jackson is named"
+    assert paris.relation_negative is not None
+    assert paris.relation_negative.text == "The mother of the mother of Paris Jackson is named"
+    assert paris.relation_negative.text[: paris.relation_negative.mention_end].endswith("Paris Jackson")
+    assert paris.negative.text == "The mother of the father of Zoe Kravitz is named"
+    assert items["person_mother>person_mother/Lenny Kravitz"].relation_negative is None  # no substitute declared
+
+
+def test_items_keep_the_place_of_their_first_occurrence() -> None:
+    """Dropping a repeated r2(e2) keeps the first item where it stood, so every prefix still mixes compositions."""
+    table = {**TABLE, "first_hops": {**TABLE["first_hops"], **PERSONS["first_hops"]},
+             "second_hops": {**TABLE["second_hops"], **PERSONS["second_hops"]},
+             "compositions": [*TABLE["compositions"], ["person_father", "person_mother"]]}
+    relations = {**RELATIONS, "landmark_in_country": [*RELATIONS["landmark_in_country"], Fact("the Louvre", "France"),
+                                                       Fact("the Pantheon", "Italy")],
+                 "person_father": [Fact(f"child {i}", f"father {i}") for i in range(6)],
+                 "person_mother": [Fact(f"father {i}", f"grandmother {i}") for i in range(6)]}
+    items = M.build_items(table, relations, seed=0)
+    assert {it.composition for it in items[:2]} == {"landmark_in_country>country_capital_city",
+                                                     "person_father>person_mother"}
+
+
 def test_items_sharing_their_second_hop_are_kept_once() -> None:
     relations = {**RELATIONS, "landmark_in_country": [*RELATIONS["landmark_in_country"], Fact("the Louvre", "France")]}
     items = M.build_items(TABLE, relations, seed=0)
@@ -94,6 +132,11 @@ def test_bundled_compositions_yield_items_of_every_composition() -> None:
     assert len({it.second_hop for it in items}) == len(items) > 100  # one item per distinct r2(e2)
     assert len({it.bridge_context for it in items}) > 1  # bridges of more than one entity type
     assert all(it.negative.text != it.two_hop.text for it in items)
+    persons = {it.composition for it in items if it.composition.startswith("person_")}
+    assert len(persons) == 4 and all((it.relation_negative is not None) == (it.composition in persons) for it in items)
+    for it in items:
+        if it.relation_negative is not None:  # same e1, another relation: the mention no longer names e2
+            assert it.relation_negative.text != it.two_hop.text and it.bridge.subject in it.relation_negative.text
 
 
 # --- the logit lens and the gradient test on a tiny random model (plumbing; the numbers mean nothing) ------
@@ -164,10 +207,16 @@ def test_second_hop_derivative_matches_a_finite_difference(tiny_runtime: Any) ->
 
 
 def test_suite_on_identical_models(tiny_runtime: Any, make_config: Any) -> None:
-    result = M.run_multihop(tiny_pair(tiny_runtime, make_config(samples=3)))
-    assert_sides_match(result, M.MULTIHOP_METRICS, 3)
+    result = M.run_multihop(tiny_pair(tiny_runtime, make_config(samples=12)))  # the 11th and 12th are person bridges
+    assert_sides_match(result, [m for m in M.MULTIHOP_METRICS if m is not M.FIRST_HOP_R1], 12)
+    np.testing.assert_array_equal(*result.values("first_hop_r1"))
+    assert result.skipped["first_hop_r1"].startswith(  # 2 units cannot show that the reference beats chance
+        "not applicable: reference at chance on the r1-substituted first-hop test (")
     assert len(result.profiles["first_hop/share_by_layer"]["reference"]) == 2
-    assert set(result.notes["test_layers"]) == {"first_hop", "second_hop"}
+    assert set(result.notes["test_layers"]) == {"first_hop", "first_hop_r1", "second_hop"}
+    units = np.isfinite(result.reference["first_hop_r1"])
+    assert units.tolist() == [False] * 10 + [True] * 2  # only items with a relation negative are its units
+    assert result.notes["relation_negatives"]["gated_units"] == 2
 
 
 def test_second_hop_is_skipped_without_backward_through_the_quantized_model(
@@ -178,7 +227,9 @@ def test_second_hop_is_skipped_without_backward_through_the_quantized_model(
     result = M.run_multihop(pair)
     assert result.skipped == {"second_hop": (
         "the second-hop test differentiates CnstScore through the model and the quantized model has no backward "
-        "pass here (backward failed: NotImplementedError)")}
+        "pass here (backward failed: NotImplementedError)"), "first_hop_r1": (  # the first 3 bridge through countries
+        "not applicable: no gated item's composition has a relation of the same range to substitute for r1 (the "
+        "composition table's 'substitute')")}
     assert "second_hop" not in result.quantized
 
 
@@ -202,3 +253,27 @@ def test_smollm2_recalls_the_bridge_entity_in_its_last_layers(smollm2_runtime: A
     share = (values["real"] > values["negative"]).mean(axis=0)
     assert share.max() >= 0.65
     assert int(np.argmax(share)) >= 0.8 * len(share)
+
+
+@pytest.mark.slow
+def test_smollm2_gets_relation_negatives_and_is_at_chance_on_them(smollm2_runtime: Any) -> None:
+    """On 24 person-bridge items (the father or mother of e1), SmolLM2-135M's EntRec of e2 beats the r1-substituted
+    negative ("the mother of X" for "the father of X") only about half the time at its last layer (0.3-0.6 at every
+    layer on 40 items): first_hop_r1's precondition makes it not applicable on this model instead of gating noise,
+    while the e1-substituted negatives of the same items are beaten more often at the last layers."""
+    from types import SimpleNamespace
+
+    from pytest_qxai.methods.outcomes import competence
+    from pytest_qxai.models.pair import ModelSide
+
+    pair = SimpleNamespace(config=SimpleNamespace(seed=0, data={}),
+                           cached=lambda side, namespace, params, compute: compute())
+    items, _, _ = M.twohop_items(pair, 150)  # type: ignore[arg-type]
+    items = [it for it in items if it.relation_negative is not None][:24]
+    side = ModelSide("reference", smollm2_runtime.model, smollm2_runtime, "smollm2", backward=(False, "not needed"))
+    values = M.latent_values(pair, side, items)  # type: ignore[arg-type]
+    outcomes = M.relation_test(values)
+    assert len(items) == 24 and not np.isnan(outcomes).any()
+    assert not np.array_equal(values["relation_negative"], values["real"])  # another prompt, another recall
+    assert not competence(outcomes[:, -1], 0.5, M.RELATION_TASK)[0]
+    assert (values["real"] > values["negative"])[:, -3:].mean() > outcomes[:, -3:].mean()

@@ -1,6 +1,7 @@
 """Feature-attribution faithfulness (ERASER) and FP–quantized agreement of the attributions, on labelled text.
 
-Runs on every labelled dataset of the run (e-SNLI, your classification files). Both models explain the same
+Runs on every labelled dataset of the run (e-SNLI, your classification files: the plain metrics) and on ECQA
+(``ecqa_`` metrics, see below). Both models explain the same
 label ``y``, the *reference's* predicted label (the task suite's prediction, shared through the cache), after
 the task suite's prompt: agreement compares attributions of one quantity, and no value of the reference side
 depends on the quantized model. The explained quantity is ``p(y | x)``, the softmax over the label options'
@@ -34,14 +35,23 @@ ranks no word, so every metric of that item on that side scores its worst value 
 sufficiency 1, rank correlation −1, top-k overlap 0), and ``degenerate_rate`` counts it. Where only the
 reference's vector is constant, the quantized side's rank correlation is 0 (no monotone relation exists).
 
+ECQA (``ecqa_`` metrics, occlusion only): the explained quantity is ``p(y | question)``, the softmax over the
+item's five options of their summed log-probabilities after the task suite's 3-shot cloze prompt, ``y`` the
+reference's cloze answer. The features are the question's words. The options are not features: they are the
+explained classes, scored as continuations and never shown in the prompt, so deleting a question word (ERASER)
+leaves the same well-formed cloze with a shorter question. The demonstrations before the question are the same
+for every prompt and run once (key/value cache). Integrated gradients are not run on ECQA: they are GPU-only here
+and ECQA is there to give a small model a task it can do (SmolLM2 is at chance on e-SNLI).
+
 Precondition: the explained quantity is ``p(y|x)`` of a task label, so every metric but ``degenerate_rate`` is
 ``not applicable`` when the reference is not significantly above chance on the items (over several datasets:
-against the mean of their chance levels).
+against the mean of their chance levels; ECQA on its own items against 1/5).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Sequence
@@ -50,12 +60,12 @@ import numpy as np
 
 from ..datasets import dataset_fingerprint
 from ..errors import QxaiError
-from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
 from ..profiles import suite_size
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from . import task
-from .task import LabelTask, option_scores
+from .task import MCQ_TASK, ClozeTask, LabelTask, cloze_logprobs, option_scores
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, worst_value
 
 if TYPE_CHECKING:
@@ -66,6 +76,8 @@ if TYPE_CHECKING:
     from ..protocols import Runtime
 
 Method = Literal["occlusion", "integrated_gradients"]
+Explained = LabelTask | ClozeTask
+"""A dataset whose label the suite explains: e-SNLI, a classification file, or ECQA."""
 
 SUITE = "attribution"
 VERSION = "attribution-v2"
@@ -111,6 +123,8 @@ OCCLUSION_METRICS = _metrics("occlusion", "occlusion")
 IG_METRICS = _metrics("integrated_gradients", "integrated gradients")
 ATTRIBUTION_METRICS: list[Metric] = OCCLUSION_METRICS + IG_METRICS
 TASK_DEPENDENT: list[Metric] = [m for m in ATTRIBUTION_METRICS if not m.name.endswith("degenerate_rate")]
+ECQA_METRICS: dict[Metric, Metric] = {metric: derived_metric(metric, "ecqa_", "ECQA") for metric in OCCLUSION_METRICS}
+"""Each occlusion metric → its ECQA counterpart (integrated gradients are not run on ECQA)."""
 
 
 # --- pure formulas ----------------------------------------------------------------------------------------
@@ -180,17 +194,17 @@ class Layout:
     spans: tuple[tuple[int, int], ...]
 
 
-def item_words(task: LabelTask, item: Any) -> list[list[str]]:
+def item_words(task: Explained, item: Any) -> list[list[str]]:
     """The item's features: each of its texts split on whitespace."""
     return [text.split() for text in task.fields(item)]
 
 
-def render(tokenizer: "PreTrainedTokenizerBase", task: LabelTask, fields: Sequence[Sequence[str]]) -> str:
+def render(tokenizer: "PreTrainedTokenizerBase", task: Explained, fields: Sequence[Sequence[str]]) -> str:
     """The task suite's prompt for these words of each field."""
     return task.prompt(tokenizer, [" ".join(words) for words in fields])
 
 
-def layout(tokenizer: "PreTrainedTokenizerBase", task: LabelTask, fields: Sequence[Sequence[str]]) -> Layout:
+def layout(tokenizer: "PreTrainedTokenizerBase", task: Explained, fields: Sequence[Sequence[str]]) -> Layout:
     """Render the task prompt for these words and locate each word in it (fields are found from the last back)."""
     prompt = render(tokenizer, task, fields)
     starts: list[int] = []
@@ -215,7 +229,7 @@ def _word_spans(words: Sequence[str], start: int) -> list[tuple[int, int]]:
 
 
 def erasure_prompts(
-    tokenizer: "PreTrainedTokenizerBase", task: LabelTask, fields: Sequence[Sequence[str]], scores: np.ndarray
+    tokenizer: "PreTrainedTokenizerBase", task: Explained, fields: Sequence[Sequence[str]], scores: np.ndarray
 ) -> tuple[list[str], list[str]]:
     """Prompts with the top-k% words deleted (comprehensiveness) and with only them kept (sufficiency), per k."""
     words = [(f, word) for f, group in enumerate(fields) for word in group]
@@ -230,17 +244,31 @@ def erasure_prompts(
 
 # --- model computations -----------------------------------------------------------------------------------
 
-def label_probs(runtime: "Runtime", task: LabelTask, prompts: Sequence[str], labels: np.ndarray) -> np.ndarray:
-    """``p(y | prompt)``: softmax of the task suite's option scores; each distinct prompt is scored once."""
-    unique, index = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
-    logp = option_scores(runtime, [str(p) for p in unique], task.options)[index]
+def label_probs(runtime: "Runtime", task: Explained, prompts: Sequence[str], labels: np.ndarray,
+                options: Sequence[tuple[str, ...]] | None = None) -> np.ndarray:
+    """``p(y | prompt)``: softmax of the task suite's option scores; each distinct prompt is scored once.
+
+    ``options`` are each prompt's own continuations, needed for ECQA (every item has its own answer options).
+    """
+    if options is None:
+        if isinstance(task, ClozeTask):
+            raise ValueError("ECQA prompts need their own options")
+        options = [task.options] * len(prompts)
+    keys: dict[tuple[str, tuple[str, ...]], int] = {}
+    index = np.array([keys.setdefault((p, tuple(o)), len(keys)) for p, o in zip(prompts, options)], dtype=np.int64)
+    unique = list(keys)
+    if isinstance(task, ClozeTask):
+        logp = cloze_logprobs(runtime, [p for p, _ in unique], [o for _, o in unique])
+    else:
+        logp = option_scores(runtime, [p for p, _ in unique], task.options)
+    logp = logp[index] if len(prompts) else logp
     probs = np.exp(logp - logp.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     return probs[np.arange(len(prompts)), np.asarray(labels)]
 
 
 def erasure_scores(
-    runtime: "Runtime", task: LabelTask, items: Sequence[Any], labels: np.ndarray, scores: Sequence[np.ndarray]
+    runtime: "Runtime", task: Explained, items: Sequence[Any], labels: np.ndarray, scores: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-item comprehensiveness and sufficiency (AOPC) of the word rankings ``scores``, all erasures in one batch."""
     tokenizer = runtime.tokenizer
@@ -253,8 +281,10 @@ def erasure_scores(
         sufficient += suff
     n, levels = len(items), len(K_PERCENTS)
     per_level = np.repeat(labels, levels)
+    own = [task.item_options(item) for item in items]
+    options = own + [o for o in own for _ in range(levels)] * 2
     probs = label_probs(runtime, task, full + comprehensive + sufficient,
-                        np.concatenate([labels, per_level, per_level]))
+                        np.concatenate([labels, per_level, per_level]), options)
     p_full = probs[:n]
     p_comp = probs[n : n + n * levels].reshape(n, levels)
     p_suff = probs[n + n * levels :].reshape(n, levels)
@@ -343,8 +373,81 @@ def word_attributions(
             if method == "integrated_gradients":
                 out[i] = np.bincount(words[words >= 0], weights=scores[row][words >= 0], minlength=n_words)
             else:
-                first = {int(w): t for t, w in reversed(list(enumerate(words))) if w >= 0}
-                out[i] = np.array([scores[row, first[w]] if w in first else 0.0 for w in range(n_words)])
+                out[i] = _occlusion_words(words, scores[row], n_words)
+    return out
+
+
+def _occlusion_words(word_of: np.ndarray, token_scores: np.ndarray, n_words: int) -> np.ndarray:
+    """Per-word occlusion scores from per-token ones (every token of a word carries the whole word's effect)."""
+    first = {int(w): t for t, w in reversed(list(enumerate(word_of))) if w >= 0}
+    return np.array([token_scores[first[w]] if w in first else 0.0 for w in range(n_words)])
+
+
+def cloze_occlusion(
+    runtime: "Runtime", options: Sequence[Sequence[str]], layouts: Sequence[Layout], labels: np.ndarray
+) -> list[np.ndarray]:
+    """Occlusion of ``p(y|x)`` over each prompt's own options (ECQA), one prompt at a time.
+
+    The template tokens before the first word (the demonstrations) are the same for every prompt: they run
+    once and their key/value cache serves every pass. The prompt's tokens after them run once per ablation
+    (``FeatureAblation`` batches the ablations), then every option's tokens after that cache.
+    """
+    import copy
+
+    import torch
+    from captum.attr import FeatureAblation
+    from transformers import DynamicCache
+
+    encoded = [runtime.tokenizer([lay.prompt], return_offsets_mapping=True, return_tensors="pt") for lay in layouts]
+    word_of = [_token_words(enc["offset_mapping"], enc["attention_mask"], [lay.spans])[0]
+               for enc, lay in zip(encoded, layouts)]
+    ids = [enc["input_ids"][0].tolist() for enc in encoded]
+    start = min([len(os.path.commonprefix(ids))] + [int(np.flatnonzero(w >= 0)[0]) for w in word_of if (w >= 0).any()])
+    base = DynamicCache()
+    with torch.no_grad():
+        runtime.forward(input_ids=torch.tensor([ids[0][:start]], device=runtime.device), past_key_values=base,
+                        use_cache=True, logits_to_keep=1)
+    runtime.stats.tokens_scored += start
+
+    def forward(embeds: "torch.Tensor", option_ids: "torch.Tensor", lengths: "torch.Tensor") -> "torch.Tensor":
+        rows, count, width = option_ids.shape
+        cache = copy.deepcopy(base)
+        cache.batch_repeat_interleave(rows)
+        positions = torch.arange(start, start + embeds.shape[1], device=embeds.device).expand(rows, -1)
+        head = runtime.forward(inputs_embeds=embeds, past_key_values=cache, use_cache=True, position_ids=positions,
+                               logits_to_keep=1).logits[:, -1].float()
+        scores = torch.log_softmax(head, dim=-1).gather(-1, option_ids[..., 0])
+        if width > 1:
+            cache.batch_repeat_interleave(count)
+            flat = option_ids.reshape(rows * count, width)
+            steps = positions[:1, -1:] + torch.arange(1, width + 1, device=flat.device)
+            logits = runtime.forward(input_ids=flat, past_key_values=cache, use_cache=True,
+                                     position_ids=steps.expand(rows * count, -1)).logits[:, :-1].float()
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, flat[:, 1:, None])[..., 0]
+            inside = torch.arange(1, width, device=flat.device) < lengths.reshape(-1, 1)
+            scores = scores + (picked * inside).sum(-1).reshape(rows, count)
+        runtime.stats.tokens_scored += rows * embeds.shape[1] + (rows * count * width if width > 1 else 0)
+        return torch.softmax(scores, dim=-1)
+
+    out = []
+    table = runtime.model.get_input_embeddings()
+    for own, lay, tokens, words, label in zip(options, layouts, ids, word_of, labels):
+        option_ids = runtime.encode(list(own), add_special_tokens=False)
+        width = max(len(o) for o in option_ids)
+        padded = torch.tensor([[o + [0] * (width - len(o)) for o in option_ids]], device=runtime.device)
+        lengths = torch.tensor([[len(o) for o in option_ids]], device=runtime.device)
+        tail = words[start:]
+        with torch.no_grad():
+            embeds = table(torch.tensor([tokens[start:]], device=runtime.device))
+            started = time.perf_counter()
+            attr = FeatureAblation(forward).attribute(
+                embeds, baselines=embeds * torch.as_tensor(tail < 0, device=runtime.device)[None, :, None],
+                target=int(label), additional_forward_args=(padded, lengths),
+                feature_mask=torch.as_tensor(tail + 1, device=runtime.device)[None, :, None],
+                perturbations_per_eval=min(runtime.batch_size, int(tail.max(initial=-1)) + 2),
+            )
+        runtime.stats.add("occlusion", time.perf_counter() - started)
+        out.append(_occlusion_words(tail, attr[0, :, 0].float().cpu().numpy(), len(lay.spans)))
     return out
 
 
@@ -375,20 +478,54 @@ def gradient_plan(pair: "ModelPair") -> str | None:
 
 
 def _side_result(
-    side: "ModelSide", task: LabelTask, items: Sequence[Any], labels: np.ndarray, methods: Sequence[Method]
+    side: "ModelSide", task: Explained, items: Sequence[Any], labels: np.ndarray, methods: Sequence[Method]
 ) -> dict[str, dict[str, Any]]:
     """Word attributions and erasure scores of one model on one dataset, for each attribution method."""
     layouts = [layout(side.runtime.tokenizer, task, item_words(task, item)) for item in items]
     result: dict[str, dict[str, Any]] = {}
     for method in methods:
-        scores = word_attributions(side.runtime, task.options, layouts, labels, method)
+        if isinstance(task, ClozeTask):  # occlusion only (see ECQA_METRICS)
+            scores = cloze_occlusion(side.runtime, [task.item_options(it) for it in items], layouts, labels)
+        else:
+            scores = word_attributions(side.runtime, task.options, layouts, labels, method)
         comp, suff = erasure_scores(side.runtime, task, items, labels, scores)
         result[method] = {"scores": scores, "comprehensiveness": comp, "sufficiency": suff}
     return result
 
 
-def run_attribution(pair: "ModelPair") -> SuiteResult:
-    """Attributions of both models' predicted labels, their erasure faithfulness and their agreement."""
+Results = dict[str, dict[str, list[Any]]]
+"""Per side: the word scores and per-item erasure scores of one attribution method."""
+
+
+def scored_metrics(results: Results, metric: dict[str, Metric]) -> tuple[
+        dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, int]]]:
+    """Both sides' per-item values of one method's metrics (``metric`` maps comprehensiveness, ... to the metric).
+
+    A constant attribution vector scores each metric's worst value on its side and counts in degenerate_rate.
+    """
+    ref, quant = results["reference"], results["quantized"]
+    n = len(ref["scores"])
+    constant = {role: np.array([np.ptp(s) == 0 for s in r["scores"]], dtype=bool) for role, r in results.items()}
+    rho, overlap = agreement(ref["scores"], quant["scores"])
+    rho[constant["reference"] & ~constant["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
+    measured = {"comprehensiveness": (ref["comprehensiveness"], quant["comprehensiveness"]),
+                "sufficiency": (ref["sufficiency"], quant["sufficiency"]),
+                "rank_correlation": (np.ones(n), rho), "topk_overlap": (np.ones(n), overlap)}
+    reference: dict[str, np.ndarray] = {}
+    quantized: dict[str, np.ndarray] = {}
+    for name, (ref_values, quant_values) in measured.items():
+        key, worst = metric[name].name, worst_value(metric[name])
+        own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
+        reference[key] = scored(np.asarray(ref_values), constant["reference"], worst) if own else np.asarray(
+            ref_values, dtype=np.float64)
+        quantized[key] = scored(np.asarray(quant_values), constant["quantized"], worst)
+    for role, values in (("reference", reference), ("quantized", quantized)):
+        values[metric["degenerate_rate"].name] = constant[role].astype(np.float64)
+    return reference, quantized, lost_counts(constant, [metric[name] for name in measured])
+
+
+def _label_part(pair: "ModelPair") -> SuiteResult:
+    """The plain metrics: attributions on e-SNLI and the classification files, pooled, with their precondition."""
     tasks = task.label_tasks(pair)
     if not tasks:
         return not_applicable(SUITE, ATTRIBUTION_METRICS, task.no_label_data(pair))
@@ -396,7 +533,6 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
     skip_ig = gradient_plan(pair)
     methods: list[Method] = ["occlusion"] if skip_ig else ["occlusion", "integrated_gradients"]
     items = [t.items(size, pair.config.seed) for t in tasks]
-    n = sum(len(group) for group in items)
     data_hash = dataset_fingerprint(items[0]) if len(tasks) == 1 else stable_hash(
         [[t.name, dataset_fingerprint(group)] for t, group in zip(tasks, items)])
     templates = tasks[0].template_id(pair.tokenizer) if len(tasks) == 1 else stable_hash(
@@ -418,25 +554,16 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
     reference: dict[str, np.ndarray] = {}
     quantized: dict[str, np.ndarray] = {}
     lost: dict[str, dict[str, int]] = {}
+    by_name = {m.name: m for m in ATTRIBUTION_METRICS}
     for method in methods:
         prefix = METHOD_PREFIX[method]
-        ref, quant = results["reference"][method], results["quantized"][method]
-        constant = {role: np.array([np.ptp(s) == 0 for s in r[method]["scores"]]) for role, r in results.items()}
-        by_name = {m.name: m for m in ATTRIBUTION_METRICS}
-        rho, overlap = agreement(ref["scores"], quant["scores"])
-        measured = {"comprehensiveness": (ref["comprehensiveness"], quant["comprehensiveness"]),
-                    "sufficiency": (ref["sufficiency"], quant["sufficiency"]),
-                    "rank_correlation": (np.ones(n), rho), "topk_overlap": (np.ones(n), overlap)}
-        rho[constant["reference"] & ~constant["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
-        measured = {name: (np.asarray(r), np.asarray(q)) for name, (r, q) in measured.items()}
-        for name, (ref_values, quant_values) in measured.items():
-            worst = worst_value(by_name[prefix + name])
-            own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
-            reference[prefix + name] = scored(ref_values, constant["reference"], worst) if own else ref_values
-            quantized[prefix + name] = scored(quant_values, constant["quantized"], worst)
-        reference[prefix + "degenerate_rate"] = constant["reference"].astype(np.float64)
-        quantized[prefix + "degenerate_rate"] = constant["quantized"].astype(np.float64)
-        lost.update(lost_counts(constant, [prefix + name for name in measured]))
+        own_ref, own_quant, own_lost = scored_metrics(
+            {role: r[method] for role, r in results.items()},
+            {name: by_name[prefix + name] for name in ("comprehensiveness", "sufficiency", "rank_correlation",
+                                                        "topk_overlap", "degenerate_rate")})
+        reference |= own_ref
+        quantized |= own_quant
+        lost |= own_lost
     notes = {
         "attribution_method": {"reference": methods, "quantized": methods},
         "integrated_gradients": skip_ig or f"ran on both sides ({IG_STEPS} Gauss-Legendre steps)",
@@ -468,9 +595,48 @@ def run_attribution(pair: "ModelPair") -> SuiteResult:
     return result
 
 
+def _ecqa_part(pair: "ModelPair") -> SuiteResult:
+    """The ``ecqa_`` metrics: occlusion of the reference's cloze answer on ECQA questions, with their precondition."""
+    n = suite_size(SUITE, pair.config.profile, pair.config.samples, budget="ecqa")
+    items = task.ecqa_items(pair, n)
+    if not items:
+        return not_applicable(SUITE, list(ECQA_METRICS.values()), task.absent(pair, "ecqa"))
+    predictions = {side.role: task.mcq_predictions(pair, side, n) for side in pair.sides}
+    labels = predictions["reference"].predicted
+    params = {"data": dataset_fingerprint(items), "version": VERSION, "task": MCQ_TASK.template_id(pair.tokenizer),
+              "k": K_PERCENTS}
+    results = {side.role: pair.cached(side, "attribution/ecqa", params,
+                                      lambda side=side: _side_result(side, MCQ_TASK, items, labels, ["occlusion"]))
+               for side in pair.sides}
+    reference, quantized, lost = scored_metrics(
+        {role: r["occlusion"] for role, r in results.items()},
+        {m.name: ECQA_METRICS[m] for m in OCCLUSION_METRICS})
+    result = SuiteResult(
+        SUITE, [f"ecqa:{it.id}" for it in items], reference, quantized,
+        fingerprint={"ecqa": stable_hash(params)}, lost=lost,
+        notes={"ecqa": "occlusion of p(the reference's cloze answer | question) over the item's five options, "
+                       "task suite's 3-shot cloze prompt; features = the question's words (the options are the "
+                       "explained classes, not input)",
+               "ecqa_items_where_the_quantized_model_predicts_another_answer": int(np.sum(
+                   labels != predictions["quantized"].predicted))})
+    require_competence(result, "ECQA", predictions["reference"].correct, 1 / 5,
+                       [ECQA_METRICS[m] for m in OCCLUSION_METRICS if m in TASK_DEPENDENT])
+    return result
+
+
+def run_attribution(pair: "ModelPair") -> SuiteResult:
+    """Attributions of the reference's predicted labels on both models, their erasure faithfulness and agreement.
+
+    e-SNLI with the classification files (plain metrics) and ECQA (``ecqa_``) each fill their own metrics.
+    """
+    return combine(SUITE, [_label_part(pair), _ecqa_part(pair)])
+
+
 ATTRIBUTION_SUITE = register_suite(Suite(
     SUITE,
-    "Feature attributions on e-SNLI: ERASER comprehensiveness/sufficiency and FP–quantized attribution agreement.",
-    tuple(ATTRIBUTION_METRICS), run_attribution,
+    "Feature attributions on e-SNLI, your classification files and ECQA: ERASER comprehensiveness/sufficiency and "
+    "FP–quantized attribution agreement.",
+    (*ATTRIBUTION_METRICS, *ECQA_METRICS.values()), run_attribution,
     sizes={"smoke": 8, "standard": 32, "full": 300}, item_cost=11.0,
+    budgets={"ecqa": {"smoke": 8, "standard": 32, "full": 300}},
 ))

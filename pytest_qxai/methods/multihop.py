@@ -4,10 +4,18 @@ A two-hop prompt ``r2(r1(e1))`` ("The capital city of the country where the Eiff
 names the bridge entity ``e2`` (France) only through a descriptive mention. Per item:
 
 * first hop: EntRec^l = the logit-lens log-probability of e2's first token at the mention's last token t,
-  after decoder layer l; the item *wins* when EntRec on the real prompt exceeds EntRec on its negative, where
-  e1 is substituted (another landmark, in another country). Substituting r1 instead would need a relation of
-  the same range ("the country ..."): with another range ("the continent where ...") the mention's type word
-  alone primes country names, and early layers "win" without resolving anything;
+  after decoder layer l; the item *wins* when EntRec on the real prompt exceeds EntRec on its negative. Yang et
+  al. build two negatives, and so does this suite, each its own metric: ``first_hop`` substitutes e1 (another
+  landmark, in another country), ``first_hop_r1`` substitutes r1 by a relation r1' of the same range applied to
+  the same e1, so that the mention names an entity of the same type that is not e2 ("the mother of Paris
+  Jackson" for "the father of Paris Jackson"). r1' must have r1's range: with another range ("the continent
+  where ...") the mention's type word alone separates the prompts, and early layers "win" without resolving
+  anything. The bundled relations offer such an r1' only for the person bridges (father and mother): no other
+  relation maps a landmark, a city or a dish to a country, or a product to a company, and "the country where
+  <landmark> originated" (``food_from_country``'s mention) still refers to e2. So ``first_hop_r1``'s units are the
+  items of compositions whose first hop declares a ``substitute`` in the composition table, fixed by the data;
+  the other items are not its units (NaN on both sides). Its precondition: the reference wins on significantly
+  more than half of its units at its test layer (one-sided binomial test), else it is ``not applicable``;
 * CnstScore = −½[H(p2, p1) + H(p1, p2)] between the next-token distributions of the two-hop prompt and of
   the one-hop prompt r2(e2);
 * second hop: d CnstScore / dα at α = 0 when x^l_t ← x^l_t + α ∇EntRec^l (autograd), positive or not;
@@ -18,9 +26,10 @@ names the bridge entity ``e2`` (France) only through a descriptive mention. Per 
 
 The test layer is chosen once, on the reference, from held-out items that are never gated (``SELECTION_ITEMS``),
 so the gated items carry no winner's-curse bias towards the reference; the per-layer shares of all layers go
-into the report as profiles. Compositions and templates: ``data/twohop/compositions.json``: 12 compositions
-bridging through a country and one through a company (product → company → CEO); one item per distinct
-r2(e2), so no two gated items are copies of one second hop.
+into the report as profiles (``first_hop_r1``'s layer on the held-out items that have a relation negative).
+Compositions and templates: ``data/twohop/compositions.json``: 12 compositions bridging through a country, one
+through a company (product → company → CEO) and four through a person (the father or mother of e1 → that
+person's father or mother); one item per distinct r2(e2), so no two gated items are copies of one second hop.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from .arch import ModelParts, model_parts
 from .knowledge import first_token_ids, greedy_answers
+from .outcomes import require_competence
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +70,16 @@ CNST_SCORE = register_metric(Metric(
     SUITE, "cnst_score", "−½ symmetric cross-entropy of the two-hop and r2(e2) next-token distributions",
     "continuous", bounds=(None, 0.0), unit="nats", tolerance="abs:0.2",
 ))
+FIRST_HOP_R1 = register_metric(Metric(
+    SUITE, "first_hop_r1",
+    "EntRec of the bridge entity beats the r1-substituted negative (same e1, another relation of the same range) "
+    "at its test layer", "binary", bounds=(0.0, 1.0), unit="share", tolerance="abs:0.05",
+))
+"""Yang et al.'s relation-substitution test; its band is the entity-substitution test's."""
+RELATION_TASK = "the r1-substituted first-hop test"
+"""Its precondition: the reference beats the relation negative on more than half of the units (binomial test at
+its test layer). SmolLM2-135M does not (0.3-0.6 at every layer on 40 person items): it does not tell "the father
+of X" from "the mother of X" in its residual stream, and the metric would gate noise."""
 SECOND_HOP = register_metric(Metric(
     SUITE, "second_hop", "raising EntRec at the test layer raises CnstScore (d CnstScore/dα > 0)",
     "binary", bounds=(0.0, 1.0), unit="share", tolerance="abs:0.05",
@@ -82,7 +102,7 @@ WORST_LAYER = register_metric(Metric(
     "continuous", direction="lower", bounds=(0.0, 1.0), unit="probability", tolerance="abs:0.05",
 ))
 """The EntRec profile as a gated metric; its band is the first-hop test's (5 points)."""
-MULTIHOP_METRICS = [FIRST_HOP, CNST_SCORE, SECOND_HOP,
+MULTIHOP_METRICS = [FIRST_HOP, FIRST_HOP_R1, CNST_SCORE, SECOND_HOP,
                     FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY, WORST_LAYER]
 
 
@@ -96,7 +116,7 @@ class Prompt:
 
 @dataclass(frozen=True)
 class TwoHopItem:
-    """One composed fact r2(r1(e1)) with its one-hop prompts and its e1-substituted negative."""
+    """One composed fact r2(r1(e1)) with its one-hop prompts and its e1- and r1-substituted negatives."""
 
     id: str
     composition: str
@@ -110,6 +130,8 @@ class TwoHopItem:
     second_hop: str
     bridge_context: str
     """r2's prompt up to its subject slot: e2's first token is read as the continuation of this text."""
+    relation_negative: Prompt | None = None
+    """The mention with r1 replaced by r1's declared ``substitute`` (same range, same e1); None when r1 has none."""
 
 
 def load_compositions() -> dict[str, Any]:
@@ -121,13 +143,15 @@ def build_items(table: dict[str, Any], relations: dict[str, Sequence[Fact]], see
     """Every composable item, compositions taking turns in a seeded order (nested across prefixes).
 
     An item exists for each fact (e1, e2) of r1 whose object e2 is a subject of r2. Its entity negative
-    substitutes the next e1' in the composition's seeded order whose bridge differs from e2. Items that share
+    substitutes the next e1' in the composition's seeded order whose bridge differs from e2; its relation
+    negative, when r1 declares a ``substitute`` r1', is r1''s mention of the same e1. Items that share
     their one-hop prompt r2(e2) share their second-hop answer and CnstScore reference: only the first of them
     in the seeded order is kept, so the gate's items are independent.
     """
     items: list[TwoHopItem] = []
     for r1, r2 in table["compositions"]:
         hop1, hop2 = table["first_hops"][r1], table["second_hops"][r2]
+        substitute = table["first_hops"][hop1["substitute"]]["mention"] if "substitute" in hop1 else None
         answers = {fact.subject: fact for fact in relations[r2]}
         pool = seeded_order([f for f in relations[r1] if f.object in answers], seed, key=lambda f: f.subject)
         prefix, _, _ = hop2["prompt"].partition("{}")
@@ -151,9 +175,12 @@ def build_items(table: dict[str, Any], relations: dict[str, Sequence[Fact]], see
                 first_hop=hop1["prompt"].format(fact.subject),
                 second_hop=hop2["prompt"].format(fact.object),
                 bridge_context=prefix.rstrip(),
+                relation_negative=two_hop(substitute, fact.subject) if substitute else None,
             ))
-    ordered = seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.composition)
-    return list({it.second_hop: it for it in reversed(ordered)}.values())[::-1]
+    kept: dict[str, TwoHopItem] = {}
+    for item in seeded_order(items, seed, key=lambda it: it.id, stratum=lambda it: it.composition):
+        kept.setdefault(item.second_hop, item)  # the first in the order, at its own place (prefixes stay balanced)
+    return list(kept.values())
 
 
 def twohop_items(pair: "ModelPair", n: int) -> tuple[list[TwoHopItem], list[TwoHopItem], dict[str, Any]]:
@@ -222,7 +249,8 @@ def second_hop_derivatives(
 
 
 def latent_values(pair: "ModelPair", side: "ModelSide", items: Sequence[TwoHopItem]) -> dict[str, np.ndarray]:
-    """EntRec ``[n, L]`` of the real and the negative prompts, and d CnstScore/dα per layer (when backward works).
+    """EntRec ``[n, L]`` of the real prompts and of both negatives (NaN rows: no relation negative), and
+    d CnstScore/dα per layer (when backward works).
 
     With backward, the layer outputs of the real prompts come from the same pass as the CnstScore gradients.
     """
@@ -231,21 +259,26 @@ def latent_values(pair: "ModelPair", side: "ModelSide", items: Sequence[TwoHopIt
     def compute() -> dict[str, np.ndarray]:
         runtime, tokenizer, n = side.runtime, side.runtime.tokenizer, len(items)
         parts = model_parts(side.model)
-        positions = mention_positions(tokenizer, [it.two_hop for it in items] + [it.negative for it in items])
+        with_r1 = [i for i, it in enumerate(items) if it.relation_negative is not None]
+        negatives = [it.negative for it in items] + [items[i].relation_negative for i in with_r1]
+        positions = mention_positions(tokenizer, [it.two_hop for it in items] + negatives)  # type: ignore[list-item]
         bridge = first_token_ids(tokenizer, [it.bridge_context for it in items], [it.bridge.object for it in items])
         values: dict[str, np.ndarray] = {}
+        texts = [p.text for p in negatives]  # type: ignore[union-attr]
         if side.backward_ok()[0]:
             one_hop = torch.from_numpy(runtime.next_token_logprobs([it.second_hop for it in items]))
             states, grads = runtime.output_gradients([it.two_hop.text for it in items],
                                                      [layer.block for layer in parts.layers],
                                                      positions[:n], cnst_objective(one_hop))
             values["real"], values["dcnst"] = second_hop_derivatives(parts, states, grads, bridge)
-            negatives = runtime.hidden_states([it.negative.text for it in items], positions[n:])[:, 1:]
+            hidden = runtime.hidden_states(texts, positions[n:])[:, 1:]
         else:
-            hidden = runtime.hidden_states([it.two_hop.text for it in items] + [it.negative.text for it in items],
-                                           positions)[:, 1:]
-            values["real"], negatives = entrec(parts, hidden[:n], bridge), hidden[n:]
-        values["negative"] = entrec(parts, negatives, bridge)
+            both = runtime.hidden_states([it.two_hop.text for it in items] + texts, positions)[:, 1:]
+            values["real"], hidden = entrec(parts, both[:n], bridge), both[n:]
+        found = entrec(parts, hidden, bridge + [bridge[i] for i in with_r1])
+        values["negative"] = found[:n]
+        values["relation_negative"] = np.full_like(values["real"], np.nan)
+        values["relation_negative"][with_r1] = found[n:]
         return values
 
     params = {"items": _fingerprint(items), "table": load_compositions()["version"]}
@@ -274,8 +307,14 @@ def behaviour_values(pair: "ModelPair", side: "ModelSide", items: Sequence[TwoHo
 
 
 def best_layer(outcomes: np.ndarray) -> int:
-    """The layer (0-based index over decoder layers) where the share of positive outcomes is highest."""
-    return int(np.argmax(outcomes.mean(axis=0)))
+    """The layer (0-based index over decoder layers) where the share of positive outcomes is highest (NaN rows:
+    not units)."""
+    return int(np.argmax(np.nanmean(outcomes, axis=0)))
+
+
+def relation_test(values: dict[str, np.ndarray]) -> np.ndarray:
+    """``[n, L]`` outcomes of the r1-substitution test: 1 where EntRec beats the relation negative, NaN without one."""
+    return np.where(np.isnan(values["relation_negative"]), np.nan, values["real"] > values["relation_negative"])
 
 
 def run_multihop(pair: "ModelPair") -> SuiteResult:
@@ -292,21 +331,28 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
     profiles: dict[str, dict[str, list[float]]] = {}
     layers: dict[str, int] = {}
     skipped: dict[str, str] = {}
-    tests = {FIRST_HOP.name: lambda v: v["real"] > v["negative"]}
+    tests: dict[str, Any] = {FIRST_HOP.name: lambda v: (v["real"] > v["negative"]).astype(float),
+                             FIRST_HOP_R1.name: relation_test}
     ok_ref, why_ref = pair.reference.backward_ok()
     ok_quant, why_quant = pair.quantized.backward_ok()
     if ok_ref and ok_quant:
-        tests[SECOND_HOP.name] = lambda v: v["dcnst"] > 0
+        tests[SECOND_HOP.name] = lambda v: (v["dcnst"] > 0).astype(float)
     else:
         side, why = ("reference", why_ref) if not ok_ref else ("quantized", why_quant)
         skipped[SECOND_HOP.name] = (f"the second-hop test differentiates CnstScore through the model and the {side} "
                                     f"model has no backward pass here ({why})")
+    if all(it.relation_negative is None for it in items):
+        del tests[FIRST_HOP_R1.name]
+        skipped[FIRST_HOP_R1.name] = ("not applicable: no gated item's composition has a relation of the same range "
+                                      "to substitute for r1 (the composition table's 'substitute')")
     for name, test in tests.items():
-        ref_out, quant_out = test(reference).astype(float), test(quantized).astype(float)
-        layers[name] = best_layer(test(held_out).astype(float) if held_out else ref_out)
+        ref_out, quant_out = test(reference), test(quantized)
+        selection_out = test(held_out) if held_out else None
+        usable = selection_out is not None and not np.isnan(selection_out).all()
+        layers[name] = best_layer(selection_out if usable else ref_out)
         ref_vals[name], quant_vals[name] = ref_out[:, layers[name]], quant_out[:, layers[name]]
-        profiles[f"{name}/share_by_layer"] = {"reference": ref_out.mean(0).tolist(),
-                                              "quantized": quant_out.mean(0).tolist()}
+        profiles[f"{name}/share_by_layer"] = {"reference": np.nanmean(ref_out, axis=0).tolist(),
+                                              "quantized": np.nanmean(quant_out, axis=0).tolist()}
     profiles[f"{FIRST_HOP.name}/entrec_by_layer"] = {
         "reference": reference["real"].mean(0).tolist(), "quantized": quantized["real"].mean(0).tolist()}
     ref_vals[WORST_LAYER.name] = np.zeros(len(items))
@@ -316,7 +362,7 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
     counts: dict[str, int] = {}
     for it in items:
         counts[it.composition] = counts.get(it.composition, 0) + 1
-    return SuiteResult(
+    result = SuiteResult(
         suite=SUITE,
         item_ids=[it.id for it in items],
         reference=ref_vals,
@@ -333,8 +379,17 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
                                      "items that are not gated" if selection else
                                      "no held-out items left: layer chosen on the gated reference items"),
             "entrec_token": "first token of the bridge entity, read as the continuation of r2's prompt prefix",
+            "relation_negatives": {
+                "gated_units": sum(it.relation_negative is not None for it in items),
+                "held_out_units": sum(it.relation_negative is not None for it in selection),
+                "substitutes": {r1: hop["substitute"] for r1, hop in table["first_hops"].items() if "substitute" in hop},
+            },
         },
     )
+    if FIRST_HOP_R1.name in ref_vals:
+        units = ref_vals[FIRST_HOP_R1.name][~np.isnan(ref_vals[FIRST_HOP_R1.name])]
+        require_competence(result, RELATION_TASK, units, 0.5, [FIRST_HOP_R1])
+    return result
 
 
 def _fingerprint(items: Sequence[TwoHopItem]) -> str:

@@ -162,6 +162,10 @@ class LabelTask:
         question = CLASS_TEMPLATE["question"].format(text=fields[0], labels=", ".join(self.labels))
         return chat_prompt(tokenizer, question, CLASS_TEMPLATE["no_chat_suffix"])
 
+    def item_options(self, item: Any) -> tuple[str, ...]:
+        """The scored continuation of each label (the same for every item)."""
+        return self.options
+
     def template_id(self, tokenizer: "PreTrainedTokenizerBase") -> str:
         """A hash of what the prompts depend on besides the items."""
         if self.kind == "nli":
@@ -171,6 +175,37 @@ class LabelTask:
 
 NLI_TASK = LabelTask("esnli", "nli", NLI_LABELS)
 """e-SNLI as a labelled dataset (prompts and options; its items come from :func:`esnli_items`)."""
+
+
+@dataclass(frozen=True)
+class ClozeTask:
+    """ECQA as the attribution suite sees it: the question is the item's only text, and each item has its own options.
+
+    The prompt is the task suite's 3-shot cloze; an option's score is its text's summed log-probability after it.
+    """
+
+    name: str = "ecqa"
+    kind: Literal["mcq"] = "mcq"
+
+    def fields(self, item: MCQItem) -> tuple[str, ...]:
+        """The item's texts in prompt order: the question."""
+        return (item.question,)
+
+    def prompt(self, tokenizer: "PreTrainedTokenizerBase", fields: Sequence[str]) -> str:
+        """The cloze prompt for this question text (no chat template, as the task suite scores ECQA)."""
+        return mcq_prompt(fields[0])
+
+    def item_options(self, item: MCQItem) -> tuple[str, ...]:
+        """The scored continuation of each of the item's answer options, in option order."""
+        return tuple(MCQ_TEMPLATE["option"].format(option=option) for option in item.options)
+
+    def template_id(self, tokenizer: "PreTrainedTokenizerBase") -> str:
+        """A hash of what the prompts depend on besides the items."""
+        return template_id(tokenizer)
+
+
+MCQ_TASK = ClozeTask()
+"""ECQA as an explained dataset (its items come from :func:`ecqa_items`)."""
 
 
 def predict_labels(runtime: "Runtime", task: LabelTask, items: Sequence[Any]) -> np.ndarray:
@@ -339,19 +374,24 @@ def predict_nli(runtime: "Runtime", pairs: Sequence[tuple[str, str]]) -> np.ndar
 
 
 def mcq_logprobs(runtime: "Runtime", items: Sequence[MCQItem]) -> np.ndarray:
-    """``[n, options]`` summed log-probability of each option's text after the cloze prompt (−inf pads short rows).
+    """``[n, options]`` summed log-probability of each option's text after the cloze prompt (−inf pads short rows)."""
+    return cloze_logprobs(runtime, [mcq_prompt(item.question) for item in items],
+                          [MCQ_TASK.item_options(item) for item in items])
 
-    The demonstrations are the same for every question and run once; each question runs once and its answer
-    options are scored after it (:meth:`Runtime.grouped_logprobs`).
+
+def cloze_logprobs(runtime: "Runtime", prompts: Sequence[str], options: Sequence[Sequence[str]]) -> np.ndarray:
+    """``[n, options]`` summed log-probability of each prompt's own continuations (−inf pads short rows).
+
+    The demonstrations are the same for every prompt and run once; each prompt runs once and its options are
+    scored after it (:meth:`Runtime.grouped_logprobs`).
     """
-    out = np.full((len(items), max((len(item.options) for item in items), default=0)), -np.inf)
-    if not items:
+    out = np.full((len(prompts), max((len(o) for o in options), default=0)), -np.inf)
+    if not prompts:
         return out
-    prompts = runtime.encode([mcq_prompt(item.question) for item in items])
-    shared = shared_prefix(prompts)
-    options = [runtime.encode([MCQ_TEMPLATE["option"].format(option=o) for o in item.options],
-                              add_special_tokens=False) for item in items]
-    scores = runtime.grouped_logprobs(prompts[0][:shared], [p[shared:] for p in prompts], options)
+    encoded = runtime.encode(prompts)
+    shared = shared_prefix(encoded)
+    scores = runtime.grouped_logprobs(encoded[0][:shared], [p[shared:] for p in encoded],
+                                      [runtime.encode(list(own), add_special_tokens=False) for own in options])
     for row, values in enumerate(scores):
         out[row, : len(values)] = [float(v.sum()) for v in values]
     return out
