@@ -75,7 +75,7 @@ class Runtime:
         static_cache: bool | None = None,
         device: str | None = None,
         residency: "Residency | None" = None,
-        share_prefix: bool = True,
+        share_prefix: bool = False,
     ) -> None:
         import torch
 
@@ -97,8 +97,8 @@ class Runtime:
         multiple of :data:`STATIC_BUCKET` tokens so the cache shape, and the compiled graph, repeat across batches."""
         self.share_prefix = share_prefix
         """Run the token prefix a call's prompts share once, and a prompt's options after its cache (float noise
-        only on a full-precision model). Off for quantized models: LLM.int8 (bnb8) picks its outlier columns over
-        all tokens of a pass, so a token's value depends on the tokens it runs with, and the batches stay as
+        only on a full-precision model). The pair turns it on for the reference (and a ``--quant=none`` copy); off
+        elsewhere: LLM.int8 (bnb8) picks its outlier columns over all tokens of a pass, so a token's value depends on the tokens it runs with, and the batches stay as
         they were (docs/measurements.md, "Cost per item")."""
         self.observers: list[CallObserver] = []
         """Called with every model call's kind and inputs before it runs (e.g. the benchmark's recorder)."""

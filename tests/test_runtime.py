@@ -29,7 +29,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny"))
     tokenizer = load_tokenizer(folder, revision=None, trust_remote_code=False)
     model = load_reference(folder, device="cpu", dtype=torch.float32, revision=None, trust_remote_code=False)
-    return Runtime(model, tokenizer, batch_size=2)
+    return Runtime(model, tokenizer, batch_size=2, share_prefix=True)
 
 
 def _full_logprobs(rt: Runtime, ids: list[int]) -> Any:
