@@ -82,6 +82,8 @@ class QxaiSession:
     """Called with the report document before it is written (the ``pytest_qxai_report`` hook)."""
     _worker_suites: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
     _errored_suites: set[str] = field(default_factory=set, init=False, repr=False)
+    _crashed: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False)
+    """xdist's reports of tests whose worker died (suite, cause); errors once the run turns out to be a gate run."""
     _baselines: dict[Path, Baseline | BaselineError | None] = field(default_factory=dict, init=False, repr=False)
     _stopped: dict[str, list[CheckResult]] = field(default_factory=dict, init=False, repr=False)
     """Under ``--qxai-budget``: each metric's checks as they stopped (by ``suite.metric``), for the suite's tests."""
@@ -357,9 +359,11 @@ class QxaiSession:
         suite: str | None = getattr(report, "qxai_suite", None)
         worker: str | None = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
         if suite is None:
-            if report.failed and report.when not in ("setup", "call", "teardown") and self.active:
-                crashed = suite_of(report.nodeid.split("::", 1)[0])  # xdist's report of a crashed worker's test
-                self._suite_error(crashed, f"{report.nodeid}: {_first_line(report)}")
+            if report.failed and report.when not in ("setup", "call", "teardown"):
+                # xdist's report of a crashed worker's test; it may come before any gate test reported, so
+                # whether it is the gate's error is decided in finish().
+                self._crashed.append((suite_of(report.nodeid.split("::", 1)[0]),
+                                      f"{report.nodeid}: {_first_line(report)}"))
             return
         self.used = True
         if worker is not None:
@@ -427,6 +431,9 @@ class QxaiSession:
         ``complete`` is False when the run was interrupted or stopped early (``-x``, Ctrl-C); such a run, or one
         in which a suite did not run to the end, never prunes the checks that did not run from the baseline.
         """
+        if self.active:
+            for suite, cause in self._crashed:
+                self._suite_error(suite, cause)
         adjustment = adjust(self.results, self.config.multiple_testing)
         for r in self.results:
             accept(r)

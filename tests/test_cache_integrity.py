@@ -351,24 +351,27 @@ from pytest_qxai.metrics import Metric, register_metric
 
 SIM = register_metric(Metric("mysuite", "similarity", "how similar", "continuous", tolerance="abs:0.05"))
 
-def test_similarity(qxai_check):
-    qxai_check(SIM, reference=[0.5, 0.6, 0.7, 0.8], quantized=[0.5, 0.6, 0.7, 0.8], item_ids=list("abcd"))
-
 def test_other(FAULT, qxai_check):
     pass
+
+def test_similarity(qxai_check):
+    qxai_check(SIM, reference=[0.5, 0.6, 0.7, 0.8], quantized=[0.5, 0.6, 0.7, 0.8], item_ids=list("abcd"))
 """
 
 
-@pytest.mark.parametrize("fault", ["worker-crash", "fixture-error", "none"])
-def test_pruning_never_follows_a_crash_or_an_error(pytester: pytest.Pytester, fault: str) -> None:
-    """``--qxai-prune-baselines`` drops records of checks that did not run, only when every test and worker finished."""
+@pytest.mark.parametrize("fault, workers", [("worker-crash", "1"), ("worker-crash", "2"), ("fixture-error", ""),
+                                            ("none", "")])
+def test_pruning_never_follows_a_crash_or_an_error(pytester: pytest.Pytester, fault: str, workers: str) -> None:
+    """``--qxai-prune-baselines`` drops records of checks that did not run, only when every test and worker finished.
+
+    With one worker the crash is reported before any gate test (the case a two-worker run meets by chance)."""
     fixture = {"worker-crash": "@pytest.fixture\ndef FAULT():\n    os._exit(3)\n",
                "fixture-error": "@pytest.fixture\ndef FAULT():\n    raise RuntimeError('broken')\n",
                "none": "@pytest.fixture\ndef FAULT():\n    return None\n"}[fault]
     pytester.makepyfile(test_suite=SUITES + fixture)
     baseline = pytester.path / "baselines" / "default" / "bnb4.json"
     args = ["-p", "no:cacheprovider", "-p", "no:randomly", "--qxai-update-baselines"]
-    xdist = ["-n", "2"] if fault == "worker-crash" else []
+    xdist = ["-n", workers] if workers else []
     assert pytester.runpytest_subprocess(*args, "-k", "similarity").ret == 0
     doc = json.loads(baseline.read_text())
     doc["checks"]["mysuite.gone"] = {**doc["checks"]["mysuite.similarity"], "metric": "gone"}

@@ -242,6 +242,22 @@ def test_a_metric_without_its_data_does_not_keep_the_suite_looking(
     result.stdout.fnmatch_lines(["skipped seqdemo.score (vs ref): not applicable: no demo data in this run"])
 
 
+def test_the_competence_skip_stays_open_and_a_missing_data_skip_is_settled() -> None:
+    """The suites' own precondition sentence is the one kind of ``not applicable`` a look leaves open."""
+    from pytest_qxai.gate.check import CheckResult
+    from pytest_qxai.gate.sequential import decided
+    from pytest_qxai.methods import task  # noqa: F401 - registers the task metrics
+    from pytest_qxai.methods.outcomes import require_competence
+    from pytest_qxai.metrics import SuiteResult, get_metric
+
+    result = SuiteResult("task_accuracy", [], {}, {}, {})
+    metric = get_metric("task_accuracy.esnli_accuracy")
+    assert not require_competence(result, "e-SNLI", np.array([1.0, 0.0, 0.0, 1.0, 0.0, 0.0]), 1 / 3, [metric])
+    at_chance = CheckResult("task_accuracy", "esnli_accuracy", "vs_reference", "skipped", result.skipped[metric.name])
+    no_data = dataclasses.replace(at_chance, reason="not applicable: no e-SNLI data in this run (sentiment)")
+    assert not decided(at_chance) and decided(no_data)
+
+
 def test_without_a_budget_the_suite_runs_once_at_its_fixed_count(
     pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

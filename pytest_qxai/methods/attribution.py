@@ -33,7 +33,8 @@ words kept (sufficiency); each score is the mean over the five k of ``p(y|x) −
 A constant attribution vector (every word scored the same: the method found nothing) is degenerate: it
 ranks no word, so every metric of that item on that side scores its worst value (comprehensiveness −1,
 sufficiency 1, rank correlation −1, top-k overlap 0), and ``degenerate_rate`` counts it. Where only the
-reference's vector is constant, the quantized side's rank correlation is 0 (no monotone relation exists).
+reference's vector is constant, the quantized side's rank correlation is 0 (no monotone relation exists); where
+both are, both sides' agreement is 1 (two all-tied rankings agree: identical models give identical values).
 
 ECQA (``ecqa_`` metrics, occlusion only): the explained quantity is ``p(y | question)``, the softmax over the
 item's five options of their summed log-probabilities after the task suite's 3-shot cloze prompt, ``y`` the
@@ -513,12 +514,15 @@ def scored_metrics(results: Results, metric: dict[str, Metric]) -> tuple[
                 "rank_correlation": (np.ones(n), rho), "topk_overlap": (np.ones(n), overlap)}
     reference: dict[str, np.ndarray] = {}
     quantized: dict[str, np.ndarray] = {}
+    both = constant["reference"] & constant["quantized"]  # two all-tied rankings agree, as identical models must
     for name, (ref_values, quant_values) in measured.items():
         key, worst = metric[name].name, worst_value(metric[name])
         own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
         reference[key] = scored(np.asarray(ref_values), constant["reference"], worst) if own else np.asarray(
             ref_values, dtype=np.float64)
         quantized[key] = scored(np.asarray(quant_values), constant["quantized"], worst)
+        if not own:
+            quantized[key][both] = 1.0
     for role, values in (("reference", reference), ("quantized", quantized)):
         values[metric["degenerate_rate"].name] = constant[role].astype(np.float64)
     return reference, quantized, lost_counts(constant, [metric[name] for name in measured])
