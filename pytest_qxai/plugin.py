@@ -355,6 +355,7 @@ def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
     if refusal:  # outside the handler: one line, no chained exception
         refuse(pytestconfig, refusal)
     session.metadata.update(pair.metadata)
+    session.same_model = pair.same_model
     return pair
 
 

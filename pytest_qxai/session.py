@@ -73,6 +73,8 @@ class QxaiSession:
     """The user chose a model, spec or device: this run is a gate run even before a gate test reports."""
     used: bool = False
     """A test using ``qxai_check`` reported in this session."""
+    same_model: bool = False
+    """The pair's quantized side is the reference model itself (``--quant=none``): see :func:`check_vs_reference`."""
     planned: int = 0
     """Fail decisions this process plans (two per collected test that uses ``qxai_check``): the test-time bound."""
     overrides: ToleranceOverrides = field(init=False)
@@ -173,7 +175,8 @@ class QxaiSession:
             raise QxaiUsageError(f"{metric.key} is binary: per-item values must be 0, 1 or NaN")
         tolerance = self.tolerance(metric)
         current = check_vs_reference(metric, tolerance, ref, quant, ids, seed=self.config.seed,
-                                     n_resamples=self.n_resamples, family=self.family, fractions=fractions)
+                                     n_resamples=self.n_resamples, family=self.family, fractions=fractions,
+                                     same_model=self.same_model)
         current.fingerprint = {str(k): str(v) for k, v in (fingerprint or {}).items()}
         current.profiles = jsonable(dict(profiles or {}))
         current.notes = jsonable(dict(notes or {})) | current.notes

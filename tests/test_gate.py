@@ -130,6 +130,21 @@ def test_identical_values_decide_only_with_enough_items() -> None:
     assert vs_ref(bounded, "abs:0.03", values[:24], values[:24].copy()).verdict == "inconclusive"
 
 
+def test_the_same_model_on_both_sides_passes_by_identity_only_where_every_item_agrees() -> None:
+    """``--quant=none``: identical values of one model pass at any n; one differing item goes back to the test."""
+    values = np.linspace(0, 1, 24)
+    values[3] = np.nan
+    same = check_vs_reference(SIM, parse_tolerance("abs:0.03"), values, values.copy(), ids(24), same_model=True,
+                              **FAST)
+    assert (same.verdict, same.delta, same.ci, same.p_value) == ("pass", 0.0, (0.0, 0.0), 1.0)
+    assert "delta 0 by identity" in same.reason and same.n == 23
+    moved = values.copy()
+    moved[0] += 1e-6
+    tested = check_vs_reference(SIM, parse_tolerance("abs:0.03"), values, moved, ids(24), same_model=True, **FAST)
+    assert "by identity" not in tested.reason and "bootstrap" in tested.reason
+    assert vs_ref(SIM, "abs:0.03", values, values.copy()).verdict == "inconclusive"  # two models: data only
+
+
 def test_nan_items_are_not_applicable_and_n_counts_pairs() -> None:
     ref = np.array([0.5, np.nan, 0.7, 0.6, np.nan])
     quant = np.array([0.5, 0.4, np.nan, 0.6, np.nan])

@@ -69,5 +69,5 @@ def test_every_spec_runs_a_suite_end_to_end(pytester: pytest.Pytester, scheme: s
     if scheme in FAILS:
         assert (summary["verdict"] == "fail") is FAILS[scheme], result.stdout.str()[-3000:]
         assert result.ret == (pytest.ExitCode.TESTS_FAILED if FAILS[scheme] else pytest.ExitCode.OK)
-    if scheme == "none":  # an independent load of the same weights: equal outputs up to float rounding
-        assert all(abs(c["delta"]) < 1e-4 for c in decided), [(c["metric"], c["delta"]) for c in decided]
+    if scheme == "none":  # the reference model on both sides: equal on every item, so it passes by identity
+        assert [c["verdict"] for c in decided] == ["pass"] * 3 and summary["verdict"] == "pass", decided

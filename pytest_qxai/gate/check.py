@@ -153,8 +153,13 @@ def check_vs_reference(
     metric: Metric, tolerance: Tolerance, reference: Sequence[float] | np.ndarray,
     quantized: Sequence[float] | np.ndarray, item_ids: Sequence[str], *, seed: int = 0,
     n_resamples: int = DEFAULT_RESAMPLES, family: int = 1, fractions: Fractions | None = None,
+    same_model: bool = False,
 ) -> CheckResult:
     """Compare the quantized model's per-item values with the reference's on the same items.
+
+    ``same_model``: the quantized side is the reference model itself (``--quant=none``: same weights, same code).
+    When it also equals the reference on every item, delta is 0 on every item there is, known rather than
+    estimated, and the check passes without a test; one differing item sends it to the test like any other.
 
     ``family`` is the number of fail decisions the run plans: until all are known the fail test uses the
     Bonferroni bound ``p * family``, which any Holm or Benjamini-Hochberg adjustment at the end can only lower.
@@ -174,6 +179,12 @@ def check_vs_reference(
     test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
                        span=_span(metric, 1, np.concatenate([a, b])))
     result.comparison = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)} ({test.method})"
+    if same_model and np.array_equal(ref, quant, equal_nan=True):
+        result.comparison = (f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)} (the same "
+                             "model on both sides and the same value on every item: delta 0 by identity, no test)")
+        result.delta, result.ci, result.p_value, result.p_adjusted = 0.0, (0.0, 0.0), 1.0, 1.0
+        decide(result)
+        return result
     _measure(result, test, tolerance, family, fractions)
     return result
 

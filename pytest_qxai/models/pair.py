@@ -78,6 +78,11 @@ class ModelPair:
                              "side separately, as --quant=none does)")
 
     @property
+    def same_model(self) -> bool:
+        """Whether the quantized side is the reference model itself (``--quant=none``): one cache identity."""
+        return self.quantized.identity == self.reference.identity
+
+    @property
     def sides(self) -> tuple[ModelSide, ModelSide]:
         """``(reference, quantized)``."""
         return self.reference, self.quantized
