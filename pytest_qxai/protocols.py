@@ -78,3 +78,7 @@ class Runtime(Protocol):
     def prefixed_tail_logprobs(self, prefix: Sequence[int], seqs: Sequence[Sequence[int]],
                                tails: Sequence[int]) -> list[np.ndarray]:
         """Log-probabilities of the last ``tails[i]`` tokens of each sequence after a shared token prefix."""
+
+    def grouped_logprobs(self, prefix: Sequence[int], stems: Sequence[Sequence[int]],
+                         continuations: Sequence[Sequence[Sequence[int]]]) -> list[list[np.ndarray]]:
+        """Per-token log-probabilities of each stem's continuations after a shared prefix (each stem run once)."""

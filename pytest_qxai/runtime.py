@@ -75,6 +75,7 @@ class Runtime:
         static_cache: bool | None = None,
         device: str | None = None,
         residency: "Residency | None" = None,
+        share_prefix: bool = False,
     ) -> None:
         import torch
 
@@ -94,6 +95,11 @@ class Runtime:
         """Generate with a static KV cache (default on GPU for models of :data:`STATIC_MIN_PARAMETERS` or more):
         transformers then compiles the decode step where the backend allows it. Prompts are left-padded to a
         multiple of :data:`STATIC_BUCKET` tokens so the cache shape, and the compiled graph, repeat across batches."""
+        self.share_prefix = share_prefix
+        """Run the token prefix a call's prompts share once, and a prompt's options after its cache (float noise
+        only on a full-precision model). The pair turns it on for the reference (and a ``--quant=none`` copy); off
+        elsewhere: LLM.int8 (bnb8) picks its outlier columns over all tokens of a pass, so a token's value depends on the tokens it runs with, and the batches stay as
+        they were (docs/measurements.md, "Cost per item")."""
         self.observers: list[CallObserver] = []
         """Called with every model call's kind and inputs before it runs (e.g. the benchmark's recorder)."""
 
@@ -245,27 +251,38 @@ class Runtime:
         return self._run_batched("score", [len(s) for s in seqs], run)
 
     def option_logprobs(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """For each prompt, the summed log-probability of each of its answer options."""
-        flat_prompts = [p for p, opts in zip(prompts, options) for _ in opts]
-        flat_opts = [o for opts in options for o in opts]
-        scores = self.score(flat_prompts, flat_opts)
-        out, start = [], 0
-        for opts in options:
-            out.append(scores[start : start + len(opts)])
-            start += len(opts)
-        return out
+        """For each prompt, the summed log-probability of each of its answer options.
+
+        Each prompt runs once and its options continue its key/value cache (:meth:`grouped_logprobs`), after
+        the prefix all prompts share; prompts too long for ``max_length`` are scored pair by pair, truncated.
+        """
+        prompt_ids = self.encode(prompts)
+        option_ids = [self.encode(list(opts), add_special_tokens=False) for opts in options]
+        if not self.share_prefix or any(len(p) + max(map(len, o), default=0) > self.max_length or not all(o) or not p
+                                        for p, o in zip(prompt_ids, option_ids)):
+            flat = self.score([p for p, opts in zip(prompts, options) for _ in opts], [o for opts in options for o in opts])
+            bounds = np.cumsum([0, *map(len, options)])
+            return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        shared = shared_prefix(prompt_ids)
+        scores = self.grouped_logprobs(prompt_ids[0][:shared] if prompt_ids else [],
+                                       [p[shared:] for p in prompt_ids], option_ids)
+        return [np.array([float(v.sum()) for v in group]) for group in scores]
 
     def next_token_logprobs(self, prompts: Sequence[str]) -> np.ndarray:
-        """Log-softmax over the vocabulary at the last position of each prompt, ``[n, vocab]``."""
+        """Log-softmax over the vocabulary at the last position of each prompt, ``[n, vocab]``.
+
+        The token prefix all prompts share (a chat template's system turn) runs once; its key/value cache
+        serves every batch (:meth:`_prefix_cache`).
+        """
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
+        offset = shared_prefix(seqs) if self.share_prefix else 0
+        base = self._prefix_cache(seqs[0][:offset]) if seqs else None
 
         def run(batch: list[int]) -> list[np.ndarray]:
-            ids, mask = self._pad([seqs[i] for i in batch])
-            logits = self.forward(
-                input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=1
-            ).logits[:, -1].float()
+            ids, mask = self._pad([seqs[i][offset:] for i in batch])
+            logits = self._after_prefix(ids, mask, base, offset, keep=1).logits[:, -1].float()
             self.stats.tokens_scored += int(mask.sum())
             return list(torch.log_softmax(logits, dim=-1).cpu().numpy())
 
@@ -436,6 +453,42 @@ class Runtime:
         pairs = self._run_batched("gradient", [len(s) for s in seqs], run)
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
+    def _prefix_cache(self, prefix: Sequence[int]) -> Any:
+        """The key/value cache of ``prefix`` run once at batch size 1 (None for an empty prefix)."""
+        import torch
+        from transformers import DynamicCache
+
+        if not prefix:
+            return None
+        base = DynamicCache()
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.forward(input_ids=torch.tensor([list(prefix)], device=self.device), past_key_values=base,
+                         use_cache=True, logits_to_keep=1)
+        self.stats.add("score", time.perf_counter() - start)
+        self.stats.tokens_scored += len(prefix)
+        return base
+
+    def _after_prefix(self, ids: "torch.Tensor", mask: "torch.Tensor", base: Any, offset: int, keep: int,
+                      use_cache: bool = False) -> Any:
+        """One forward pass of left-padded ``ids`` that continue the cached prefix ``base`` (``offset`` tokens).
+
+        Each row gets its own copy of the prefix cache; the padding sits between prefix and row, masked out.
+        """
+        import copy
+
+        import torch
+
+        cache = None
+        if base is not None:
+            cache = copy.deepcopy(base)
+            cache.batch_repeat_interleave(ids.shape[0])
+        return self.forward(
+            input_ids=ids, past_key_values=cache, use_cache=use_cache or base is not None, logits_to_keep=keep,
+            attention_mask=torch.cat([mask.new_ones(ids.shape[0], offset), mask], dim=1),
+            position_ids=offset + self._position_ids(mask),
+        )
+
     def prefixed_tail_logprobs(
         self, prefix: Sequence[int], seqs: Sequence[Sequence[int]], tails: Sequence[int]
     ) -> list[np.ndarray]:
@@ -446,40 +499,79 @@ class Runtime:
         (Shapley sampling) costs only their own tokens. Sequences are left-padded after the prefix;
         ``0 < tails[i] < len(seqs[i])``.
         """
-        import copy
-
         import torch
-        from transformers import DynamicCache
 
         if len(tails) != len(seqs) or any(not 0 < t < len(s) for s, t in zip(seqs, tails)):
             raise ValueError("prefixed_tail_logprobs needs one tail per sequence, each shorter than its sequence")
         offset = len(prefix)
-        base = DynamicCache()
-        if offset and seqs:
-            start = time.perf_counter()
-            with torch.no_grad():
-                self.forward(input_ids=torch.tensor([list(prefix)], device=self.device), past_key_values=base,
-                              use_cache=True, logits_to_keep=1)
-            self.stats.add("score", time.perf_counter() - start)
-            self.stats.tokens_scored += offset
+        base = self._prefix_cache(prefix) if seqs else None
 
         def run(batch: list[int]) -> list[np.ndarray]:
             ids, mask = self._pad([seqs[i] for i in batch])
             keep = max(tails[i] for i in batch) + 1
-            cache = None
-            if offset:
-                cache = copy.deepcopy(base)
-                cache.batch_repeat_interleave(len(batch))
-            logits = self.forward(
-                input_ids=ids, past_key_values=cache, use_cache=bool(offset), logits_to_keep=keep,
-                attention_mask=torch.cat([mask.new_ones(len(batch), offset), mask], dim=1),
-                position_ids=offset + self._position_ids(mask),
-            ).logits[:, :-1].float()
+            logits = self._after_prefix(ids, mask, base, offset, keep).logits[:, :-1].float()
             picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -(keep - 1) :, None])[..., 0]
             self.stats.tokens_scored += int(mask.sum())
             return [picked[row, picked.shape[1] - tails[i] :].cpu().numpy() for row, i in enumerate(batch)]
 
         return self._run_batched("score", [len(s) for s in seqs], run)
+
+    def grouped_logprobs(
+        self, prefix: Sequence[int], stems: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
+    ) -> list[list[np.ndarray]]:
+        """Per-token log-probabilities of each stem's continuations, after a prefix all stems share.
+
+        ``out[i][j]`` scores ``continuations[i][j]`` after ``prefix + stems[i]``. The prefix runs once, each stem
+        once (its cache copied to its continuations), each continuation's own tokens once: a question's answer
+        options share the question's pass instead of repeating it. Stems and continuations must be non-empty.
+        """
+        import torch
+
+        if len(stems) != len(continuations) or any(not s for s in stems) or any(
+                not c for group in continuations for c in group):
+            raise ValueError("grouped_logprobs needs one non-empty stem per group and non-empty continuations")
+        if not self.share_prefix:  # each continuation with its whole stem, as one sequence
+            flat = self.prefixed_tail_logprobs(prefix, [list(stem) + list(c) for stem, group in zip(stems, continuations)
+                                                        for c in group], [len(c) for group in continuations for c in group])
+            bounds = np.cumsum([0, *map(len, continuations)])
+            return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        offset = len(prefix)
+        base = self._prefix_cache(prefix) if stems else None
+
+        def run(batch: list[int]) -> list[list[np.ndarray]]:
+            ids, mask = self._pad([stems[i] for i in batch])
+            out = self._after_prefix(ids, mask, base, offset, keep=1, use_cache=True)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            rows = [(row, j) for row, i in enumerate(batch) for j in range(len(continuations[i]))]
+            tokens = [list(continuations[batch[row]][j]) for row, j in rows]
+            if not tokens:
+                return [[] for _ in batch]
+            width = max(len(t) for t in tokens)
+            picked = first[[row for row, _ in rows], [t[0] for t in tokens]][:, None]
+            if width > 1:  # tokens after the first: one pass over every continuation, right-padded
+                index = torch.tensor([row for row, _ in rows], device=ids.device)
+                cache = out.past_key_values
+                cache.reorder_cache(index)
+                pad = [self.tokenizer.pad_token_id] * width
+                feed = torch.tensor([t[:-1] + pad[len(t):] for t in tokens], device=ids.device)
+                targets = torch.tensor([t[1:] + pad[len(t):] for t in tokens], device=ids.device)
+                real = torch.tensor([[1] * (len(t) - 1) + [0] * (width - len(t)) for t in tokens], device=ids.device)
+                logits = self.forward(
+                    input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=width - 1,
+                    attention_mask=torch.cat([mask.new_ones(len(rows), offset), mask[index], real], dim=1),
+                    position_ids=offset + mask[index].sum(-1, keepdim=True) + torch.arange(width - 1, device=ids.device),
+                ).logits.float()
+                rest = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+                picked = torch.cat([picked, rest], dim=1)
+                self.stats.tokens_scored += int(real.sum())
+            self.stats.tokens_scored += int(mask.sum())
+            values = picked.cpu().numpy()
+            grouped: list[list[np.ndarray]] = [[] for _ in batch]
+            for (row, _), value, t in zip(rows, values, tokens):
+                grouped[row].append(value[: len(t)])
+            return grouped
+
+        return self._run_batched("score", [len(s) for s in stems], run)
 
     def generate_scored(
         self, prompts: Sequence[str], max_new_tokens: int, stop: str | None = "\n",
@@ -495,30 +587,53 @@ class Runtime:
     def _greedy(
         self, prompts: Sequence[str], max_new_tokens: int, stop: str | None, scored: bool,
     ) -> list[tuple[str, np.ndarray | None]]:
-        """Batched greedy generation; with ``scored``, each prompt's first-step log-softmax too (else None)."""
+        """Batched greedy generation; with ``scored``, each prompt's first-step log-softmax too (else None).
+
+        With the dynamic cache, the token prefix all prompts share (few-shot demonstrations, a chat template's
+        system turn) is prefilled once and each batch starts from a copy of its key/value cache.
+        """
+        import copy
+
         import torch
 
         seqs = [s[-self.max_length :] for s in self.encode(prompts)]
+        offset = shared_prefix(seqs) if self.share_prefix and not self.static_cache else 0
+        base = self._prefix_cache(seqs[0][:offset]) if seqs else None
 
         def run(batch: list[int]) -> list[tuple[str, np.ndarray | None]]:
-            ids, mask = self._pad([seqs[i] for i in batch], self._generate_multiple)
+            ids, mask = self._pad([seqs[i][offset:] for i in batch], self._generate_multiple)
+            cache: dict[str, Any] = {}
+            if base is not None:  # the prefix sits before each row's left padding, its cache already filled
+                cache = {"past_key_values": copy.deepcopy(base)}
+                cache["past_key_values"].batch_repeat_interleave(len(batch))
+                ids = torch.cat([ids.new_tensor(seqs[batch[0]][:offset]).expand(len(batch), -1), ids], dim=1)
+                mask = torch.cat([mask.new_ones(len(batch), offset), mask], dim=1)
             kwargs: dict[str, Any] = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
             if scored:
                 kwargs |= {"return_dict_in_generate": True, "output_logits": True}
             out = self._generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **cache, **kwargs,
             )
             new = (out.sequences if scored else out)[:, ids.shape[1] :]
             first: list[np.ndarray | None] = (
                 list(torch.log_softmax(out.logits[0].float(), dim=-1).cpu().numpy()) if scored else [None] * len(batch)
             )
-            self.stats.tokens_scored += int(mask.sum())
+            self.stats.tokens_scored += int(mask.sum()) - (offset if base is not None else 0) * len(batch)
             self.stats.tokens_generated += int((new != self.tokenizer.pad_token_id).sum())
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             return [(t.split(stop)[0].strip() if stop else t.strip(), row) for t, row in zip(texts, first)]
 
         return self._run_batched("generate", [len(s) for s in seqs], run)
+
+
+def shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every sequence shares, leaving each at least one token of its own."""
+    import os
+
+    if not seqs:
+        return 0
+    return max(0, min(len(os.path.commonprefix([list(s) for s in seqs])), min(len(s) for s in seqs) - 1))
 
 
 def final_norm(model: "PreTrainedModel") -> "torch.nn.Module":

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
 from pytest_qxai.models.loading import load_reference, load_tokenizer  # noqa: E402
-from pytest_qxai.runtime import Runtime, final_norm, probe_backward  # noqa: E402
+from pytest_qxai.runtime import Runtime, final_norm, probe_backward, shared_prefix  # noqa: E402
 from tiny import build_tiny_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -26,7 +29,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny"))
     tokenizer = load_tokenizer(folder, revision=None, trust_remote_code=False)
     model = load_reference(folder, device="cpu", dtype=torch.float32, revision=None, trust_remote_code=False)
-    return Runtime(model, tokenizer, batch_size=2)
+    return Runtime(model, tokenizer, batch_size=2, share_prefix=True)
 
 
 def _full_logprobs(rt: Runtime, ids: list[int]) -> Any:
@@ -187,3 +190,90 @@ def test_recorded_prefix_caches_are_kept_as_their_shapes_at_call_time(runtime: R
     assert sum(cache.shapes[0][0] for cache in batches) == 2
     assert all([shape[2] for shape in cache.shapes] == [len(prefix)] * layers for cache in batches)
     assert batches[0].build(runtime.device).get_seq_length() == len(prefix)
+
+
+SHARED = ["The capital of France is Paris and", "The capital of France is", "The capital of Germany"]
+"""Prompts with a token prefix in common: the runtime runs it once and reuses its key/value cache."""
+
+
+def test_next_token_logprobs_after_a_shared_prefix_match_full_forward(runtime: Runtime) -> None:
+    ids = runtime.encode(SHARED)
+    assert len(os.path.commonprefix(ids)) >= 2  # the prefix cache is really used
+    lp = runtime.next_token_logprobs(SHARED)
+    for row, seq in zip(lp, ids):
+        np.testing.assert_allclose(row, _full_logprobs(runtime, seq)[-1].numpy(), atol=1e-4)
+
+
+def test_grouped_logprobs_score_each_continuation_as_a_full_forward_does(runtime: Runtime) -> None:
+    """Stems of different lengths, groups of different sizes, continuations of one to several tokens."""
+    ids = runtime.encode(SHARED)
+    shared = shared_prefix(ids)
+    options = [[" Paris", " on the mat", " x"], [" Rome"], [" two plus two equals four", " Berlin"]]
+    conts = [runtime.encode(group, add_special_tokens=False) for group in options]
+    out = runtime.grouped_logprobs(ids[0][:shared], [seq[shared:] for seq in ids], conts)
+    assert [len(group) for group in out] == [3, 1, 2]
+    for seq, group, values in zip(ids, conts, out):
+        for cont, got in zip(group, values):
+            full = _full_logprobs(runtime, seq + cont)
+            expected = [float(full[len(seq) + j - 1, tok]) for j, tok in enumerate(cont)]
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_grouped_logprobs_refuse_empty_stems(runtime: Runtime) -> None:
+    with pytest.raises(ValueError, match="non-empty stem"):
+        runtime.grouped_logprobs([], [[]], [[[1]]])
+
+
+def test_option_logprobs_equal_pairwise_scores_with_a_shared_prefix(runtime: Runtime) -> None:
+    options = [[" Paris", " on the mat"], [" Rome", " a b c"], [" Berlin"]]
+    out = runtime.option_logprobs(SHARED, options)
+    flat = runtime.score([p for p, opts in zip(SHARED, options) for _ in opts], [o for opts in options for o in opts])
+    np.testing.assert_allclose(np.concatenate(out), flat, atol=1e-4)
+
+
+def test_generation_after_a_shared_prefix_equals_a_manual_argmax_loop(runtime: Runtime) -> None:
+    """The prefix all prompts share is prefilled once; each continuation is still the model's greedy one."""
+    generated, first = runtime.generate_scored(SHARED, max_new_tokens=6, stop=None)
+    for prompt, text, row in zip(SHARED, generated, first):
+        ids = runtime.encode([prompt])[0]
+        np.testing.assert_allclose(row, _full_logprobs(runtime, ids)[-1].numpy(), atol=1e-4)
+        new: list[int] = []
+        for _ in range(6):
+            token = int(_full_logprobs(runtime, ids + new)[-1].argmax())
+            new.append(token)
+            if token == runtime.tokenizer.eos_token_id:
+                break
+        assert text == runtime.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_generation_stops_at_the_stop_string(runtime: Runtime) -> None:
+    """Text after the stop string is cut, whatever the model would have said next."""
+    free = runtime.generate(SHARED, max_new_tokens=8, stop=None)
+    stop = next(ch for ch in free[0] if ch.strip())  # a character the greedy text is known to contain
+    cut = runtime.generate(SHARED, max_new_tokens=8, stop=stop)
+    assert cut[0] == free[0].split(stop)[0].strip()
+
+
+@given(st.lists(st.lists(st.integers(0, 3), max_size=6), max_size=5))
+def test_shared_prefix_is_common_and_leaves_each_sequence_a_token(seqs: list[list[int]]) -> None:
+    n = shared_prefix(seqs)
+    assert n >= 0 and all(s[:n] == seqs[0][:n] for s in seqs)
+    assert all(len(s) > n for s in seqs if s) and (n == 0 or all(seqs))
+    if seqs and all(len(s) > n + 1 for s in seqs):  # the longest such prefix: one more token is not shared
+        assert len({s[n] for s in seqs}) > 1
+
+
+def test_without_prefix_sharing_each_prompt_runs_whole_and_scores_agree(runtime: Runtime) -> None:
+    """The quantized side's mode: no forward pass starts from a cache of the prompts' shared prefix."""
+    whole = Runtime(runtime.model, runtime.tokenizer, batch_size=2, share_prefix=False)
+    recorder = CallRecorder()
+    whole.observers.append(recorder)
+    ids = whole.encode(SHARED)
+    conts = [whole.encode(group, add_special_tokens=False) for group in ([" Paris", " on the mat"], [" Rome"], [" x"])]
+    np.testing.assert_allclose(whole.next_token_logprobs(SHARED), runtime.next_token_logprobs(SHARED), atol=1e-4)
+    assert whole.generate(SHARED, max_new_tokens=4, stop=None) == runtime.generate(SHARED, max_new_tokens=4, stop=None)
+    grouped = whole.grouped_logprobs([], ids, conts)
+    for got, expected in zip(grouped, runtime.grouped_logprobs([], ids, conts)):
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    assert all(kwargs.get("past_key_values") is None for _, kwargs in recorder.calls)

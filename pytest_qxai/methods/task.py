@@ -31,7 +31,6 @@ task suite's item set (the explanation suites' items are a prefix of it) and ret
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
@@ -43,6 +42,7 @@ from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, 
                         load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
 from ..profiles import suite_size
+from ..runtime import shared_prefix
 from ..storage import cache_type, stable_hash
 from ..suite import Suite, register_suite
 
@@ -382,25 +382,18 @@ def mcq_logprobs(runtime: "Runtime", items: Sequence[MCQItem]) -> np.ndarray:
 def cloze_logprobs(runtime: "Runtime", prompts: Sequence[str], options: Sequence[Sequence[str]]) -> np.ndarray:
     """``[n, options]`` summed log-probability of each prompt's own continuations (−inf pads short rows).
 
-    The demonstrations are the same for every question: the token prefix all prompts share runs once and
-    every (prompt, option) continuation is scored after it in length-sorted batches across prompts.
+    The demonstrations are the same for every prompt and run once; each prompt runs once and its options are
+    scored after it (:meth:`Runtime.grouped_logprobs`).
     """
     out = np.full((len(prompts), max((len(o) for o in options), default=0)), -np.inf)
     if not prompts:
         return out
     encoded = runtime.encode(prompts)
-    shared = min(len(os.path.commonprefix(encoded)), min(len(p) for p in encoded) - 1)
-    seqs: list[list[int]] = []
-    tails: list[int] = []
-    where: list[tuple[int, int]] = []
-    for row, (own, prompt) in enumerate(zip(options, encoded)):
-        for column, ids in enumerate(runtime.encode(list(own), add_special_tokens=False)):
-            seqs.append(prompt[shared:] + ids)
-            tails.append(len(ids))
-            where.append((row, column))
-    scores = runtime.prefixed_tail_logprobs(encoded[0][:shared], seqs, tails)
-    for (row, column), score in zip(where, scores):
-        out[row, column] = float(score.sum())
+    shared = shared_prefix(encoded)
+    scores = runtime.grouped_logprobs(encoded[0][:shared], [p[shared:] for p in encoded],
+                                      [runtime.encode(list(own), add_special_tokens=False) for own in options])
+    for row, values in enumerate(scores):
+        out[row, : len(values)] = [float(v.sum()) for v in values]
     return out
 
 

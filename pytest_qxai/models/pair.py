@@ -269,10 +269,12 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     residency.add(reference, movable=True)
     residency.add(quantized, movable=backend.can_move(quantized))
     reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference", device=device,
-                                residency=residency)
-    # The quantized side follows the reference's cache choice (a packed model under-counts its parameters).
+                                residency=residency, share_prefix=True)
+    # The quantized side follows the reference's cache choice (a packed model under-counts its parameters) and
+    # keeps whole prompts in each pass (Runtime.share_prefix: a kernel such as LLM.int8 mixes a batch's tokens).
     quantized_runtime = Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized", device=device,
-                                static_cache=reference_runtime.static_cache, residency=residency)
+                                static_cache=reference_runtime.static_cache, residency=residency,
+                                share_prefix=scheme_name == "none")
     cache = DiskCache(cache_root)
     pair = ModelPair(
         reference=ModelSide("reference", reference, reference_runtime, ref_id),
