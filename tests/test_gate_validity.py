@@ -55,6 +55,7 @@ def test_holm_keeps_the_family_wise_false_fail_rate_of_a_47_check_run() -> None:
 
 
 def test_a_degradation_of_twice_the_band_is_usually_caught_at_the_standard_profile() -> None:
+    standard_suites()  # registers the knowledge suite whatever this test runs after
     scenario = Scenario("binary", discordance=0.1)
     p_fail, _ = outcomes(scenario, suite_size("knowledge", "standard"), 2 * scenario.band, 400, seed=7)
     assert np.mean(p_fail < ALPHA) > 0.4
