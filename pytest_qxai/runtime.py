@@ -98,8 +98,8 @@ class Runtime:
         self.share_prefix = share_prefix
         """Run the token prefix a call's prompts share once, and a prompt's options after its cache (float noise
         only on a full-precision model). The pair turns it on for the reference (and a ``--quant=none`` copy); off
-        elsewhere: LLM.int8 (bnb8) picks its outlier columns over all tokens of a pass, so a token's value depends on the tokens it runs with, and the batches stay as
-        they were (docs/measurements.md, "Cost per item")."""
+        elsewhere: LLM.int8 (bnb8) picks its outlier columns over all tokens of a pass, so a token's value depends
+        on the tokens it runs with, and the batches stay as they were (docs/measurements.md, "Cost per item")."""
         self.observers: list[CallObserver] = []
         """Called with every model call's kind and inputs before it runs (e.g. the benchmark's recorder)."""
 

@@ -38,8 +38,8 @@ def test_building_prints_no_setuptools_warning(tmp_path: Path, hook: str) -> Non
     import sys
 
     src = tmp_path / "src"
+    src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
-        src.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, src / name)
     for name in ("pytest_qxai", "suites"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))

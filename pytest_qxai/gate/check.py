@@ -176,15 +176,16 @@ def check_vs_reference(
     if a.size < MIN_PAIRED:
         return _skip_small(result, "valid (not NaN) on both sides")
     result.reference, result.quantized = float(a.mean()), float(b.mean())
-    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
-                       span=_span(metric, 1, np.concatenate([a, b])))
-    result.comparison = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)} ({test.method})"
-    if same_model and np.array_equal(ref, quant, equal_nan=True):
-        result.comparison = (f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)} (the same "
-                             "model on both sides and the same value on every item: delta 0 by identity, no test)")
+    means = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)}"
+    if same_model and np.array_equal(ref, quant, equal_nan=True):  # no test to run: no resampling either
+        result.comparison = f"{means} (the same model on both sides and the same value on every item: delta 0 by " \
+                            "identity, no test)"
         result.delta, result.ci, result.p_value, result.p_adjusted = 0.0, (0.0, 0.0), 1.0, 1.0
         decide(result)
         return result
+    test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
+                       span=_span(metric, 1, np.concatenate([a, b])))
+    result.comparison = f"{means} ({test.method})"
     _measure(result, test, tolerance, family, fractions)
     return result
 
