@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +25,52 @@ UPDATE_MODES = ("all", "missing")
 DEFAULT_QUANT = "bnb4"
 DATA_NAMES = BUNDLED_NAMES
 MULTIPLE_TESTING = ("holm", "bh", "none")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``--qxai-budget``: the most items a suite may use in sequential mode, and optionally the most time."""
+
+    items: int | None = None
+    """The same item count for every suite; None: each suite's count in :attr:`profile`."""
+    profile: str = "standard"
+    """Under a profile budget, the profile whose per-suite counts (and part counts) are the budgets."""
+    seconds: float | None = None
+    """A suite starts no look that its measured pace says would end past this many seconds of the suite's time."""
+
+    def __str__(self) -> str:
+        parts = [str(self.items) if self.items is not None else self.profile]
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:g}s")
+        return ",".join(parts)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min)", re.IGNORECASE)
+
+
+def parse_budget(text: str, profile: str) -> Budget:
+    """Parse ``--qxai-budget``: ``N`` items, a profile name, and/or a duration (``5min``, ``90s``), comma-joined.
+
+    A duration alone caps the items at the run's ``--qxai-profile`` counts (``profile``)."""
+    items: int | None = None
+    seconds: float | None = None
+    chosen: str | None = None
+    for part in (p.strip().lower() for p in text.split(",")):
+        duration = _DURATION.fullmatch(part)
+        if duration and seconds is None:
+            seconds = float(duration[1]) * (60.0 if duration[2].lower() == "min" else 1.0)
+            if seconds <= 0:
+                raise QxaiUsageError(f"--qxai-budget {text!r}: a time budget must be above 0")
+        elif part.isdigit() and items is None and chosen is None:
+            items = int(part)
+            if items < 2:
+                raise QxaiUsageError(f"--qxai-budget must be at least 2 items, got {items}")
+        elif part in PROFILES and items is None and chosen is None:
+            chosen = part
+        else:
+            raise QxaiUsageError(f"--qxai-budget {text!r}: give N items or a profile ({', '.join(PROFILES)}), "
+                                 "and/or a time such as 5min or 90s, joined by a comma")
+    return Budget(items, chosen or profile, seconds)
 
 
 @dataclass(frozen=True)
@@ -77,8 +124,9 @@ OPTIONS: tuple[OptionDef, ...] = (
     OptionDef(("--qxai-samples",), "qxai_samples", "Override the item count of every suite",
               kwargs={"type": int, "metavar": "N"}),
     OptionDef(("--qxai-budget",), "qxai_budget",
-              "Sequential mode: at most N items per suite, checked in 5 looks; a suite stops once all its checks "
-              "are decided (docs/sequential.md)", kwargs={"type": int, "metavar": "N"}),
+              "Sequential mode: at most N items per suite, or each suite's count in a profile (smoke, standard, "
+              "full), and/or minutes per suite (e.g. 5min, 90s; joined by a comma), checked in 5 looks; a suite "
+              "stops once all its checks are decided (docs/sequential.md)", kwargs={"metavar": "BUDGET"}),
     OptionDef(("--qxai-seed",), "qxai_seed", "Seed for data subsets, sampling estimators and calibration (default: 0)",
               "0", kwargs={"type": int, "metavar": "N"}),
     OptionDef(("--qxai-batch-size",), "qxai_batch_size", "Batch size for model calls (default: auto)",
@@ -247,8 +295,10 @@ class QxaiConfig:
     """``--qxai-strict``: an inconclusive check fails its test and the run."""
     multiple_testing: str = "holm"
     """How fail decisions are adjusted over the run: ``holm``, ``bh`` or ``none`` (docs/gate.md)."""
-    budget: int | None = None
-    """``--qxai-budget``: items per suite in sequential mode (docs/sequential.md); None: the profile's fixed counts."""
+    budget: Budget | None = None
+    """``--qxai-budget``: sequential mode's limits per suite (docs/sequential.md); None: the profile's fixed counts."""
+    share: Fraction | None = None
+    """The share of the profile's item counts a sequential look runs (set per look under a profile budget)."""
     blame: tuple[str, ...] | None = None
     """None: off; empty: every failing check; else the ``SUITE.METRIC`` keys to blame."""
     blame_verify: bool = False
@@ -280,7 +330,7 @@ class QxaiConfig:
         if profile not in PROFILES:
             raise QxaiUsageError(f"qxai_profile {profile!r} is not valid; use one of {', '.join(PROFILES)}")
         samples = _as_int(get["qxai_samples"], "--qxai-samples", minimum=2)
-        budget = _as_int(get["qxai_budget"], "--qxai-budget", minimum=2)
+        budget = parse_budget(str(get["qxai_budget"]), profile) if get["qxai_budget"] not in (None, "") else None
         if budget is not None and samples is not None:
             raise QxaiUsageError("--qxai-budget and --qxai-samples both set the items per suite; give one of them")
         seed = _as_int(get["qxai_seed"], "--qxai-seed", minimum=0)

@@ -165,8 +165,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                  if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES)}
     if uses_pair and _is_xdist_worker(config):
         qxai_config = config.stash[SESSION_KEY].config
-        items[:] = costliest_suites_first(items, uses_pair, qxai_config.profile,
-                                          qxai_config.samples or qxai_config.budget)
+        budget = qxai_config.budget
+        items[:] = costliest_suites_first(items, uses_pair, budget.profile if budget else qxai_config.profile,
+                                          qxai_config.samples or (budget.items if budget else None))
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
 
@@ -360,15 +361,16 @@ def qxai_pair(pytestconfig: pytest.Config) -> "ModelPair":
 
 
 @pytest.fixture(scope="session")
-def qxai_run_suite(pytestconfig: pytest.Config, qxai_pair: "ModelPair") -> Callable[[Callable[..., Any]], Any]:
+def qxai_run_suite(pytestconfig: pytest.Config, qxai_pair: "ModelPair") -> Callable[..., Any]:
     """Run a suite function on the model pair: at the profile's item count, or under ``--qxai-budget`` in
-    sequential looks until its checks are decided (docs/sequential.md).
+    sequential looks until its checks are decided (docs/sequential.md). A budget named by a profile takes the
+    suite's counts from its registered :class:`~pytest_qxai.suite.Suite`, given second.
 
     Example::
 
         @pytest.fixture(scope="module")
         def result(qxai_run_suite):
-            return qxai_run_suite(knowledge.run_knowledge)
+            return qxai_run_suite(knowledge.run_knowledge, knowledge.KNOWLEDGE_SUITE)
     """
     return functools.partial(pytestconfig.stash[SESSION_KEY].run_suite, qxai_pair)
 
@@ -399,7 +401,8 @@ def qxai_suite_result(request: pytest.FixtureRequest, qxai_run_suite: Callable[.
     """
     from .suite import get_suite
 
-    return qxai_run_suite(get_suite(suite_of(request.path)).result)  # type: ignore[no-any-return]
+    suite = get_suite(suite_of(request.path))
+    return qxai_run_suite(suite.result, suite)  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -7,12 +7,22 @@ log-likelihood suites; selections are nested, so a smaller profile's items are a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .suite import get_suite
+
+if TYPE_CHECKING:
+    from .config import QxaiConfig
 
 
 def suite_size(suite: str, profile: str, samples_override: int | None = None, budget: str | None = None) -> int:
     """Items for ``suite`` (its ``budget`` part when named) under ``profile``; ``samples_override`` wins."""
     return get_suite(suite).size(profile, samples_override, budget)
+
+
+def suite_items(suite: str, config: "QxaiConfig", part: str | None = None) -> int:
+    """Items this run gives ``suite`` (its ``part`` when named): see :meth:`pytest_qxai.suite.Suite.items`."""
+    return get_suite(suite).items(config, part)
 
 
 def suite_cost(suite: str, profile: str, samples_override: int | None = None) -> float | None:

@@ -18,6 +18,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
@@ -40,6 +41,7 @@ from .report.text import KIND_LABELS, delta_cell, number, p_cell, table_lines, v
 if TYPE_CHECKING:
     from .blame.run import Blame
     from .models.pair import ModelPair
+    from .suite import Suite
 
 Profiles = Mapping[str, Mapping[str, Sequence[float | None]]]
 Values = Sequence[float] | np.ndarray
@@ -131,7 +133,7 @@ class QxaiSession:
                 "profile": self.config.profile, "samples": self.config.samples, "device": self.config.device,
                 "dtype": self.config.dtype, "multiple_testing": self.config.multiple_testing}
         if self.config.budget is not None:  # sequential mode only: fixed-count runs record what they always did
-            base["budget"] = self.config.budget
+            base["budget"] = str(self.config.budget)
         merged = base | self.metadata
         if stable:  # timings vary; sanity figures and cache activity describe the run, not a check: not in baselines
             merged = {k: v for k, v in merged.items()
@@ -215,24 +217,34 @@ class QxaiSession:
                           for side in ("reference", "quantized")}
         return checks
 
-    def run_suite(self, pair: "ModelPair", run: Callable[["ModelPair"], SuiteResult]) -> SuiteResult:
+    def run_suite(self, pair: "ModelPair", run: Callable[["ModelPair"], SuiteResult],
+                  suite: "Suite | None" = None) -> SuiteResult:
         """A suite's result: ``run(pair)`` at the profile's item count; under ``--qxai-budget``, at growing nested
         prefixes of its seeded item order (sequential looks, docs/sequential.md) until every check of the suite
-        is decided or the budget is spent. The checks as they stopped are what :meth:`check_suite` records."""
-        if self.config.budget is None:
+        is decided or the budget is spent. The checks as they stopped are what :meth:`check_suite` records.
+        A budget named by a profile needs the registered ``suite``, whose counts in that profile it uses."""
+        budget = self.config.budget
+        if budget is None:
             return run(pair)
         from .gate.sequential import plan, run_looks
 
+        if budget.items is None and suite is None:
+            raise QxaiUsageError(f"--qxai-budget={budget} gives each suite its {budget.profile} count: run a "
+                                 "registered suite (qxai_run_suite(MY_SUITE.result, MY_SUITE)), or give the budget in items")
+        limit = budget.items if budget.items is not None else suite.budget(self.config)  # type: ignore[union-attr]
+        assert limit is not None
         last: list[SuiteResult] = []  # the latest look's result
 
         def evaluate(n: int, fractions: Fractions) -> list[CheckResult]:
-            last[:] = [run(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=n)))]
+            config = (dataclasses.replace(pair.config, samples=n) if budget.items is not None else
+                      dataclasses.replace(pair.config, profile=budget.profile, share=Fraction(n, limit)))
+            last[:] = [run(dataclasses.replace(pair, config=config))]
             skipped = [CheckResult(last[0].suite, name, "vs_reference", "skipped", reason)  # more items may change it
                        for name, reason in last[0].skipped.items() if last[0].item_ids]
             return skipped + [check for metric in suite_metrics(last[0])
                               for check in self._suite_checks(last[0], metric, fractions)]
 
-        checks = run_looks(plan(self.config.budget), evaluate, self.family)
+        checks = run_looks(plan(limit), evaluate, self.family, budget.seconds)
         self._stopped.update({key: [c for c in checks if c.key == key] for key in dict.fromkeys(c.key for c in checks)})
         return last[0]
 
@@ -523,9 +535,10 @@ class QxaiSession:
             if "items" in r.notes.get("sequential", {}):
                 used.setdefault(r.suite, []).append(r.notes["sequential"])
         for suite, looks in used.items():  # the suite ran until its last check stopped
-            spent = any(look["stopped"] == "budget spent" for look in looks)
+            why = next((s for s in ("time spent", "budget spent") if any(look["stopped"] == s for look in looks)),
+                       "every check decided")
             notes.append(f"--qxai-budget: {suite} used {max(look['items'] for look in looks)} of "
-                         f"{looks[0]['budget']} items ({'budget spent' if spent else 'every check decided'})")
+                         f"{looks[0]['budget']} items ({why})")
         return notes
 
     def terminal_lines(self) -> list[str]:

@@ -8,7 +8,9 @@ standard suites register theirs when their ``methods`` module is imported, a use
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from .config import PROFILES
@@ -16,6 +18,7 @@ from .errors import QxaiUsageError
 from .metrics import Metric, SuiteResult, not_applicable, register_metric
 
 if TYPE_CHECKING:
+    from .config import QxaiConfig
     from .models.pair import ModelPair
 
 Precondition = Callable[["ModelPair"], "str | None"]
@@ -40,12 +43,28 @@ class Suite:
     preconditions: tuple[Precondition, ...] = ()
     """Checked before :attr:`run`: the first reason makes every metric not applicable (a skipped check)."""
 
-    def size(self, profile: str, samples: int | None = None, budget: str | None = None) -> int:
-        """Items under ``profile`` (of ``budget`` when named); ``samples`` (``--qxai-samples``) wins when given."""
+    def size(self, profile: str, samples: int | None = None, budget: str | None = None,
+             share: Fraction | None = None) -> int:
+        """Items under ``profile`` (of ``budget`` when named); ``samples`` (``--qxai-samples``) wins when given;
+        ``share`` takes that share of the profile's count (a sequential look, at least 2 items)."""
         counts = self.sizes if budget is None else self.budgets[budget]
         if profile not in counts:
             raise QxaiUsageError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
-        return counts[profile] if samples is None else samples
+        if samples is not None:
+            return samples
+        return counts[profile] if share is None else max(2, math.ceil(counts[profile] * share))
+
+    def items(self, config: "QxaiConfig", part: str | None = None) -> int:
+        """Items this run gives the suite (or its ``part``): the profile's count, ``--qxai-samples``, or the
+        share of a sequential look."""
+        return self.size(config.profile, config.samples, part, config.share)
+
+    def budget(self, config: "QxaiConfig") -> int | None:
+        """The most items sequential mode gives this suite: ``--qxai-budget``'s number or the suite's count in its
+        profile; None outside sequential mode."""
+        if config.budget is None:
+            return None
+        return config.budget.items if config.budget.items is not None else self.sizes[config.budget.profile]
 
     def cost(self, profile: str, samples: int | None = None) -> float | None:
         """Estimated relative cost (items x seconds per item), None when the suite states no cost."""

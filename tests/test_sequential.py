@@ -15,7 +15,9 @@ import scipy.stats  # noqa: F401 - imported once here: pytester drops modules fi
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_qxai.gate.sequential import plan
+from pytest_qxai.config import PROFILES, Budget, parse_budget
+from pytest_qxai.errors import QxaiUsageError
+from pytest_qxai.gate.sequential import plan, run_looks
 from pytest_qxai.gate.spending import share, spent
 from pytest_qxai.testing import run_gate
 
@@ -94,7 +96,7 @@ def test_knowledge_looks_compute_only_their_new_items_and_give_the_values_of_one
     measure = knowledge.measure_recall
     monkeypatch.setattr(knowledge, "measure_recall", lambda runtime, items: measured.append(len(items)) or
                         measure(runtime, items))
-    pair = tiny_pair(tiny_runtime, make_config(budget=10, samples=2))
+    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
     pair.cache = DiskCache(tmp_path / "cache")
     knowledge.run_knowledge(pair)
     assert measured == [2, 2]
@@ -207,7 +209,7 @@ def test_budget_passes_an_unchanged_suite_and_stops_when_every_check_is_decided(
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     notes = sequential_notes(pytester.path / "r.json")
     assert {n["stopped"] for n in notes.values()} == {"non-inferiority shown"}, notes
-    assert json.loads((pytester.path / "r.json").read_text())["metadata"]["budget"] == 1000
+    assert json.loads((pytester.path / "r.json").read_text())["metadata"]["budget"] == "1000"
     looks = [int(n) for n in demo.read_text().split()]
     assert looks[-1] == max(int(n["items"]) for n in notes.values()) < 1000, (looks, notes)  # type: ignore[call-overload]
     result.stdout.fnmatch_lines(["*[[]*/1000: non-inferiority shown[]]*", "*n [[]items/budget: why[]]*",
@@ -269,8 +271,8 @@ def test_without_a_budget_the_suite_runs_once_at_its_fixed_count(
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--qxai-budget=1",), "--qxai-budget must be at least 2, got 1"),
-    (("--qxai-budget=x",), "argument --qxai-budget: invalid int value: 'x'"),
+    (("--qxai-budget=1",), "--qxai-budget must be at least 2 items, got 1"),
+    (("--qxai-budget=x",), "--qxai-budget 'x': give N items or a profile (smoke, standard, full)"),
     (("--qxai-budget=50", "--qxai-samples=20"), "--qxai-budget and --qxai-samples both set the items per suite"),
 ])
 def test_a_bad_budget_is_one_line_and_a_usage_error(
@@ -289,3 +291,98 @@ def test_the_ini_twin_sets_the_budget(pytester: pytest.Pytester, demo: Path, mon
     pytester.makeini("[pytest]\nqxai_budget = 100\n")
     run_gate(pytester, *LEAN, "--qxai-update-baselines")
     assert demo.read_text().split()[0] == "20"  # the first look of a budget of 100
+
+
+PROFILE_SUITE = """
+import os
+import numpy as np
+from pytest_qxai.metrics import Metric, SuiteResult
+from pytest_qxai.suite import Suite, get_suite, register_suite
+from pytest_qxai.testing import suite_test
+
+ACC = Metric("seqprof", "accuracy", "share correct", "binary", bounds=(0.0, 1.0), tolerance="abs:0.05")
+
+def run_prof(pair):
+    n, part = get_suite("seqprof").items(pair.config), get_suite("seqprof").items(pair.config, "part")
+    with open(os.environ["QXAI_DEMO_LOG"], "a") as log:
+        log.write(f"{n}:{part}\\n")
+    acc = (np.random.default_rng(0).random(1000) < 0.7).astype(float)
+    return SuiteResult("seqprof", [f"i{i}" for i in range(n)], {"accuracy": acc[:n]}, {"accuracy": acc[:n]},
+                       {"data": "demo-v1"})
+
+SUITE = register_suite(Suite("seqprof", "a stand-in", (ACC,), run_prof, {"smoke": 10, "standard": 400, "full": 1000},
+                             budgets={"part": {"smoke": 3, "standard": 40, "full": 100}}))
+test_seqprof = suite_test(SUITE)
+"""
+
+
+@pytest.mark.parametrize("budget, looks", [("standard", ["80:8", "160:16"]), ("smoke", ["2:2", "4:2"]),
+                                           ("full,10min", ["200:20", "400:40"])])
+def test_a_profile_budget_gives_each_suite_and_its_parts_their_own_counts(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch, budget: str, looks: list[str],
+) -> None:
+    """``--qxai-budget=standard`` caps each suite at its standard count and a look at 1/5, 2/5, … of it, its parts
+    (here 40 items at standard) in the same proportion; an unchanged suite stops once decided."""
+    pytester.makepyfile(test_seqprof=PROFILE_SUITE)
+    result = run_gate(pytester, *LEAN, f"--qxai-budget={budget}", "--qxai-update-baselines",
+                      "--qxai-report-json=r.json", "test_seqprof.py")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert demo.read_text().split()[:2] == looks
+    total = {"standard": 400, "smoke": 10, "full,10min": 1000}[budget]
+    assert {n["budget"] for n in sequential_notes(pytester.path / "r.json").values()} == {total}
+
+
+def test_a_profile_budget_needs_the_suite_a_bare_function_gets_one_line(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A suite function passed alone has no counts to take a profile's from: its tests error with one line."""
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    result = run_gate(pytester, *LEAN, "--qxai-budget=standard", "test_seqdemo.py")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*--qxai-budget=standard gives each suite its standard count: run a registered*"])
+    assert not demo.exists()
+
+
+def test_a_time_budget_starts_no_look_it_cannot_finish() -> None:
+    """With a time budget, a look whose pace (the latest look's seconds per item) would end it past the budget is
+    not started: the undecided checks end inconclusive, ``time spent``, with the items they used."""
+    from pytest_qxai.gate.check import CheckResult, check_vs_reference
+    from pytest_qxai.gate.tolerance import parse_tolerance
+    from pytest_qxai.metrics import Metric
+
+    metric = Metric("clock", "score", "a score", "continuous", tolerance="abs:0.05")
+    clock = [0.0]
+    values, change = np.random.default_rng(0).normal(0.0, 1.0, (2, 100))
+
+    def evaluate(n: int, fractions: Any) -> list[CheckResult]:
+        clock[0] += n * 1.0  # one second per item, every look recomputing its items
+        return [check_vs_reference(metric, parse_tolerance("abs:0.05"), values[:n], values[:n] - 0.05 + change[:n],
+                                   [f"i{i}" for i in range(n)], n_resamples=99, fractions=fractions)]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pytest_qxai.gate.sequential.time.perf_counter", lambda: clock[0])
+        (check,) = run_looks(plan(100), evaluate, family=1, seconds=75.0)  # looks of 20, 40: 60 s; 60 more > 75
+    assert check.verdict == "inconclusive" and check.notes["sequential"]["stopped"] == "time spent"
+    assert check.notes["sequential"]["items"] == 40 and "time spent" in check.reason
+
+
+@given(st.one_of(st.integers(2, 10**6), st.sampled_from(PROFILES)), st.one_of(st.none(), st.integers(1, 10**5)))
+def test_a_budget_reads_back_as_written(limit: int | str, seconds: int | None) -> None:
+    """What the report records (``str(budget)``) parses back to the same budget."""
+    budget = Budget(limit if isinstance(limit, int) else None, "standard" if isinstance(limit, int) else limit,
+                    None if seconds is None else float(seconds))
+    assert parse_budget(str(budget), "standard") == budget
+
+
+@pytest.mark.parametrize("text, budget", [("400", Budget(400, "smoke")), ("full", Budget(None, "full")),
+                                          ("5min", Budget(None, "smoke", 300.0)), ("90S", Budget(None, "smoke", 90.0)),
+                                          ("standard, 2.5min", Budget(None, "standard", 150.0))])
+def test_budget_forms(text: str, budget: Budget) -> None:
+    """A number of items, a profile, a time (the run's ``--qxai-profile`` counts then cap the items), or both."""
+    assert parse_budget(text, "smoke") == budget
+
+
+@pytest.mark.parametrize("text", ["", "standard,full", "400,standard", "5min,6min", "0s", "1", "5 hours", "-3"])
+def test_a_malformed_budget_is_a_usage_error(text: str) -> None:
+    with pytest.raises(QxaiUsageError, match="--qxai-budget"):
+        parse_budget(text, "standard")

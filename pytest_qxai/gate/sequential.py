@@ -16,6 +16,7 @@ adjustment composes with it unchanged. docs/sequential.md measures both guarante
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,7 +28,7 @@ LOOKS = 5
 """Planned looks per suite, at equal fractions of the budget (a batch of budget / 5 items between looks)."""
 
 STOPS = {"fail": "fail shown", "pass": "non-inferiority shown", "improved": "improvement shown"}
-"""Why a check stopped, by verdict, when it was decided; otherwise it ran to the budget."""
+"""Why a check stopped, by verdict, when it was decided; otherwise it ran to the budget or out of time."""
 
 
 @dataclass(frozen=True)
@@ -94,15 +95,28 @@ def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, loo
 
 def run_looks(
     plan_: Plan, evaluate: Callable[[int, Fractions], Sequence[CheckResult]], family: int,
+    seconds: float | None = None,
 ) -> list[CheckResult]:
-    """Evaluate the checks at each look until all are decided or the budget is spent.
+    """Evaluate the checks at each look until all are decided, the budget is spent or, with ``seconds``, the next
+    look would end past that many seconds at the pace of the latest one (a look recomputes the earlier items, so
+    its time is taken to grow with its items).
 
     ``evaluate(n, fractions)`` returns the checks on the first ``n`` items, tested at that look's share of alpha.
     Returns each check as it was when it stopped (``notes["sequential"]`` says where), in the order first seen.
     """
     frozen: dict[tuple[str, str], CheckResult] = {}
     latest: dict[tuple[str, str], CheckResult] = {}
+    started = look_started = time.perf_counter()
     for look, n in enumerate(plan_.looks):
+        if look and seconds is not None:
+            now = time.perf_counter()
+            if now - started + (now - look_started) * n / plan_.looks[look - 1] > seconds:
+                for key, check in latest.items():
+                    if key not in frozen and "look" in check.notes.get("sequential", {}):  # undecided: says why
+                        check.notes["sequential"]["stopped"] = "time spent"
+                        decide(check)
+                break
+        look_started = time.perf_counter()
         for check in evaluate(n, plan_.fractions(look)):
             key = (check.key, check.kind)
             if key not in frozen:

@@ -62,7 +62,7 @@ import numpy as np
 from ..datasets import dataset_fingerprint
 from ..errors import QxaiError
 from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from . import task
@@ -533,7 +533,7 @@ def _label_part(pair: "ModelPair") -> SuiteResult:
     tasks = task.label_tasks(pair)
     if not tasks:
         return not_applicable(SUITE, ATTRIBUTION_METRICS, task.no_label_data(pair))
-    size = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    size = suite_items(SUITE, pair.config)
     skip_ig = gradient_plan(pair)
     methods: list[Method] = ["occlusion"] if skip_ig else ["occlusion", "integrated_gradients"]
     items = [t.items(size, pair.config.seed) for t in tasks]
@@ -601,7 +601,7 @@ def _label_part(pair: "ModelPair") -> SuiteResult:
 
 def _ecqa_part(pair: "ModelPair") -> SuiteResult:
     """The ``ecqa_`` metrics: occlusion of the reference's cloze answer on ECQA questions, with their precondition."""
-    n = suite_size(SUITE, pair.config.profile, pair.config.samples, budget="ecqa")
+    n = suite_items(SUITE, pair.config, "ecqa")
     items = task.ecqa_items(pair, n)
     if not items:
         return not_applicable(SUITE, list(ECQA_METRICS.values()), task.absent(pair, "ecqa"))

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..datasets import NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, combine, not_applicable, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from . import task
@@ -464,7 +464,7 @@ def run_counterfactual(pair: "ModelPair") -> SuiteResult:
     e-SNLI (both variants), ECQA (``ecqa_``) and the run's classification files (``label_``) each fill their own
     metrics; a kind the run has no data of is reported as not applicable.
     """
-    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    n = suite_items(SUITE, pair.config)
     fluency_worst = uniform_log_perplexity(pair.reference.runtime)
     result = combine(SUITE, [_esnli_part(pair, n, fluency_worst), _ecqa_part(pair, n, fluency_worst),
                              _label_part(pair, n, fluency_worst)])

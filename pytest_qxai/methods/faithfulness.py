@@ -59,7 +59,7 @@ import numpy as np
 
 from ..datasets import NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from .nle import (CLASS_NLE_TEMPLATE, ECQA_NLE_TEMPLATE, NLE_TEMPLATE, class_explanation_prompt, explain,
@@ -556,8 +556,8 @@ def run_nle_faithfulness(pair: "ModelPair") -> SuiteResult:
     e-SNLI, ECQA (``ecqa_``) and the run's classification files (``label_``) each fill their own metrics; a kind
     the run has no data of is reported as not applicable.
     """
-    n_edit = suite_size(SUITE, pair.config.profile, pair.config.samples)
-    n_shap = min(suite_size(SUITE, pair.config.profile, pair.config.samples, budget="cc_shap"), n_edit)
+    n_edit = suite_items(SUITE, pair.config)
+    n_shap = min(suite_items(SUITE, pair.config, "cc_shap"), n_edit)
     result = combine(SUITE, [_esnli_part(pair, n_edit, n_shap), _ecqa_part(pair, n_edit),
                              _label_part(pair, n_edit, n_shap)])
     if not result.item_ids:

@@ -20,9 +20,9 @@ from ..datasets import (Fact, Relation, dataset_fingerprint, load_relations, no_
                         select_facts)
 from ..gate.sequential import batches
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import stable_hash
-from ..suite import Suite, register_suite
+from ..suite import Suite, get_suite, register_suite
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -148,7 +148,7 @@ def recall_values(pair: "ModelPair", side: "ModelSide", items: Sequence[RecallIt
     ones (the looks are nested prefixes of one seeded order).
     """
     parts = []
-    for start, stop in batches(len(items), pair.config.budget):
+    for start, stop in batches(len(items), get_suite(SUITE).budget(pair.config)):
         part = items[start:stop]
         params = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in part]), "prompt": PROMPT,
                   "max_tokens": MAX_ANSWER_TOKENS}
@@ -165,7 +165,7 @@ def run_knowledge(pair: "ModelPair") -> SuiteResult:
     reason = no_relations(pair.config.data)
     if reason:
         return not_applicable(SUITE, KNOWLEDGE_METRICS, reason)
-    items = recall_items(pair, suite_size(SUITE, pair.config.profile, pair.config.samples))
+    items = recall_items(pair, suite_items(SUITE, pair.config))
     reference, quantized = (recall_values(pair, side, items) for side in pair.sides)
     counts: dict[str, int] = {}
     for it in items:
@@ -188,7 +188,7 @@ def run_knowledge(pair: "ModelPair") -> SuiteResult:
 
 def remeasure_knowledge(pair: "ModelPair", item_ids: Sequence[str]) -> dict[str, np.ndarray]:
     """Recall values of the quantized model as it is now on the suite's items ``item_ids`` (for blame)."""
-    by_id = {it.id: it for it in recall_items(pair, suite_size(SUITE, pair.config.profile, pair.config.samples))}
+    by_id = {it.id: it for it in recall_items(pair, suite_items(SUITE, pair.config))}
     return measure_recall(pair.quantized.runtime, [by_id[i] for i in item_ids])
 
 

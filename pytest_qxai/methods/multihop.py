@@ -42,7 +42,7 @@ import numpy as np
 
 from ..datasets import DATA_DIR, Fact, dataset_fingerprint, load_relations, no_relations, seeded_order
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from .arch import ModelParts, model_parts
@@ -322,7 +322,7 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
     reason = no_relations(pair.config.data)
     if reason:
         return not_applicable(SUITE, MULTIHOP_METRICS, reason)
-    items, selection, table = twohop_items(pair, suite_size(SUITE, pair.config.profile, pair.config.samples))
+    items, selection, table = twohop_items(pair, suite_items(SUITE, pair.config))
     reference = {**latent_values(pair, pair.reference, items), **behaviour_values(pair, pair.reference, items)}
     quantized = {**latent_values(pair, pair.quantized, items), **behaviour_values(pair, pair.quantized, items)}
     held_out = latent_values(pair, pair.reference, selection) if selection else None

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..datasets import dataset_fingerprint, no_relations
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import cache_type, stable_hash
 from ..suite import Suite, register_suite
 from .arch import ModelParts, model_parts
@@ -262,8 +262,7 @@ def side_scores(
 
 def neuron_items(pair: "ModelPair", n: int) -> list[RecallItem]:
     """The first ``n`` knowledge facts the reference recalls correctly (greedy), from ``4n`` candidates."""
-    pool = recall_items(pair, max(CANDIDATES_PER_ITEM * n, suite_size("knowledge", pair.config.profile,
-                                                                      pair.config.samples)))
+    pool = recall_items(pair, max(CANDIDATES_PER_ITEM * n, suite_items("knowledge", pair.config)))
     correct = recall_values(pair, pair.reference, pool)["recall_accuracy"]
     return [it for it, ok in zip(pool, correct) if ok == 1.0][:n]
 
@@ -273,7 +272,7 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
     reason = no_relations(pair.config.data)
     if reason:
         return not_applicable(SUITE, NEURONS_METRICS, reason)
-    n = suite_size(SUITE, pair.config.profile, pair.config.samples)
+    n = suite_items(SUITE, pair.config)
     items = neuron_items(pair, n)
     if not items:
         reason = "the reference recalls none of the candidate facts (greedy), so no answer token can be attributed"

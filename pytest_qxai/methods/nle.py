@@ -60,7 +60,7 @@ import numpy as np
 from ..datasets import NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint
 from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
 from ..models.judge import judge
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
@@ -182,7 +182,7 @@ def explain(runtime: "Runtime", pairs: Sequence[tuple[str, str]], labels: Sequen
 
 def nle_size(pair: "ModelPair") -> int:
     """Items of the NLE suite under this run's profile."""
-    return suite_size(SUITE, pair.config.profile, pair.config.samples)
+    return suite_items(SUITE, pair.config)
 
 
 def explanation_params(pair: "ModelPair", items: Sequence[NLIItem]) -> dict[str, str]:

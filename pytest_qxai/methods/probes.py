@@ -26,7 +26,7 @@ import numpy as np
 
 from ..datasets import dataset_fingerprint
 from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from .similarity import cosine
@@ -204,7 +204,7 @@ def run_probes(pair: "ModelPair") -> SuiteResult:
     e-SNLI (gold NLI labels) and the run's classification files (``label_`` metrics, each file's own labels)
     each fill their own metrics; a kind the run has no data of is reported as not applicable.
     """
-    n, seed = suite_size(SUITE, pair.config.profile, pair.config.samples), pair.config.seed
+    n, seed = suite_items(SUITE, pair.config), pair.config.seed
     esnli = esnli_items(pair, n)
     if esnli:
         nli = _probe_part(pair, [NLI_TASK], [esnli], {m: m for m in ESNLI_METRICS})

@@ -41,7 +41,7 @@ from ..blame.registry import BlameSupport, register_blame
 from ..datasets import (BUNDLED_NAMES, NLI_LABELS, ClassItem, MCQItem, NLIItem, dataset_fingerprint,
                         load_classification, load_ecqa, load_esnli, not_in_run, run_datasets)
 from ..metrics import Metric, SuiteResult, register_metric
-from ..profiles import suite_size
+from ..profiles import suite_items
 from ..runtime import shared_prefix
 from ..storage import cache_type, stable_hash
 from ..suite import Suite, register_suite
@@ -413,7 +413,7 @@ def ecqa_items(pair: "ModelPair", n: int) -> list[MCQItem]:
 
 def task_size(pair: "ModelPair") -> int:
     """Items per dataset of the task suite under this run's profile."""
-    return suite_size(SUITE, pair.config.profile, pair.config.samples)
+    return suite_items(SUITE, pair.config)
 
 
 def nli_predictions(pair: "ModelPair", side: "ModelSide", n: int) -> Predictions:
