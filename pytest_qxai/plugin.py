@@ -93,7 +93,7 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 def _configure_xdist(config: pytest.Config) -> None:
     """When a run asks for a model, leave the order of whole suites to the workers (``--no-loadscope-reorder``).
 
-    Workers sort the suites costliest first (:func:`costliest_suites_first`), so xdist's reordering of modules
+    Workers sort the suites costliest first (:func:`suites_by_cost`), so xdist's reordering of modules
     by number of tests is switched off; :meth:`XdistHooks.pytest_xdist_make_scheduler` keeps each module whole.
     Runs that choose no model, spec or device (your unit tests, with this plugin installed) are left as they are.
     """
@@ -163,11 +163,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = keep
     uses_pair = {id(item) for item in items
                  if any(name in getattr(item, "fixturenames", ()) for name in PAIR_FIXTURES)}
-    if uses_pair and _is_xdist_worker(config):
+    worker = _is_xdist_worker(config)
+    if uses_pair and (worker or config.option.maxfail):  # -x alone: cheapest first, so a broken model fails soonest
         qxai_config = config.stash[SESSION_KEY].config
         budget = qxai_config.budget
-        items[:] = costliest_suites_first(items, uses_pair, budget.profile if budget else qxai_config.profile,
-                                          qxai_config.samples or (budget.items if budget else None))
+        items[:] = suites_by_cost(items, uses_pair, budget.profile if budget else qxai_config.profile,
+                                  qxai_config.samples or (budget.items if budget else None), costliest_first=worker)
     if uses_pair and not _is_xdist_worker(config):
         _validate(config)
 
@@ -179,14 +180,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         qxai.planned = 2 * sum("qxai_check" in getattr(item, "fixturenames", ()) for item in session.items)
 
 
-def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profile: str,
-                           samples: int | None) -> list[pytest.Item]:
-    """Items that use the model pair (``uses_pair``: their ids) by suite, costliest first, then the other items.
+def suites_by_cost(items: list[pytest.Item], uses_pair: set[int], profile: str, samples: int | None, *,
+                   costliest_first: bool) -> list[pytest.Item]:
+    """Items that use the model pair (``uses_pair``: their ids) by suite cost, then the other items.
 
-    Under xdist this is the order in which whole suites go to idle workers: starting the longest first keeps
-    the last one from running alone at the end. A module whose suite states no cost (or that holds no registered
-    suite) is placed as if it cost the mean of the standard suites. The order within a module, and among other
-    items, is kept.
+    Under xdist, costliest first: the order in which whole suites go to idle workers, and starting the longest
+    first keeps the last one from running alone at the end. Under ``-x``/``--maxfail`` without xdist, cheapest
+    first: the run stops at its first failure, which then comes as early as the suites allow. A module whose
+    suite states no cost (or that holds no registered suite) is placed as if it cost the mean of the standard
+    suites. The order within a module, and among other items, is kept.
     """
     from .methods import standard_suites
     from .suite import registered_suites
@@ -195,13 +197,15 @@ def costliest_suites_first(items: list[pytest.Item], uses_pair: set[int], profil
     default = sum(known) / len(known)
     costs = {suite.name: suite.cost(profile, samples) for suite in registered_suites()}
 
+    sign = -1.0 if costliest_first else 1.0
+
     def cost(item: pytest.Item) -> float:
         if id(item) not in uses_pair:
-            return float("-inf")
+            return float("inf")
         estimate = costs.get(suite_name(item))
-        return default if estimate is None else estimate
+        return sign * (default if estimate is None else estimate)
 
-    return sorted(items, key=cost, reverse=True)
+    return sorted(items, key=cost)
 
 
 # --- gate hooks (session, reports) ---

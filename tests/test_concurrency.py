@@ -196,7 +196,7 @@ def result(qxai_pair):
 @pytest.mark.parametrize("k", range(3))
 def test_metric(result, k):
     with open(os.environ["QXAI_TEST_LOG"], "a") as log:
-        log.write(f"{os.environ['PYTEST_XDIST_WORKER']} {result}\\n")
+        log.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {result}\\n")
 """
 
 
@@ -235,6 +235,14 @@ def test_xdist_hands_out_whole_suites_costliest_first(pytester: pytest.Pytester,
     # counts as the mean of the standard suites (more than counterfactual). Collection order would start
     # counterfactual and custom.
     assert firsts == {"test_nle_faithfulness", "test_custom"}, runs
+
+
+def test_exitfirst_runs_the_cheapest_suites_first(pytester: pytest.Pytester, suite_modules: Path) -> None:
+    """Under ``-x`` a run stops at its first failure, which comes soonest when the cheap suites go first (the suite
+    of unknown cost counts as the mean of the standard suites); the other tests keep their place, last."""
+    run_gate(pytester, *LEAN, "-x", "--qxai-device=cpu")
+    modules = list(dict.fromkeys(line.split()[1] for line in suite_modules.read_text().splitlines()))
+    assert modules == ["test_knowledge", "test_counterfactual", "test_custom", "test_nle_faithfulness"], modules
 
 
 def test_xdist_runs_without_a_model_are_left_alone(pytester: pytest.Pytester, suite_modules: Path) -> None:
