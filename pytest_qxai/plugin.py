@@ -59,6 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     config.stash[VALIDATED_KEY] = False
     session.requested = requested
+    session.exitfirst = config.option.maxfail == 1
     if not _is_xdist_worker(config):
         config.pluginmanager.register(ReportObserver(session), "qxai-observer")
         if session.requested:

@@ -77,6 +77,8 @@ class QxaiSession:
     """A test using ``qxai_check`` reported in this session."""
     same_model: bool = False
     """The pair's quantized side is the reference model itself (``--quant=none``): see :func:`check_vs_reference`."""
+    exitfirst: bool = False
+    """``-x``: the run stops at its first failure, so a sequential suite stops at the look that shows one."""
     planned: int = 0
     """Fail decisions this process plans (two per collected test that uses ``qxai_check``): the test-time bound."""
     overrides: ToleranceOverrides = field(init=False)
@@ -244,7 +246,7 @@ class QxaiSession:
             return skipped + [check for metric in suite_metrics(last[0])
                               for check in self._suite_checks(last[0], metric, fractions)]
 
-        checks = run_looks(plan(limit), evaluate, self.family, budget.seconds)
+        checks = run_looks(plan(limit), evaluate, self.family, budget.seconds, stop_at_fail=self.exitfirst)
         self._stopped.update({key: [c for c in checks if c.key == key] for key in dict.fromkeys(c.key for c in checks)})
         return last[0]
 

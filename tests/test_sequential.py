@@ -386,3 +386,30 @@ def test_budget_forms(text: str, budget: Budget) -> None:
 def test_a_malformed_budget_is_a_usage_error(text: str) -> None:
     with pytest.raises(QxaiUsageError, match="--qxai-budget"):
         parse_budget(text, "standard")
+
+
+def test_under_exitfirst_a_suite_stops_at_the_look_that_shows_a_failure() -> None:
+    """``-x`` ends the run at its first failure: the suite's other checks are not run to the budget for a report
+    nobody will read; they end inconclusive and say why."""
+    from pytest_qxai.gate.check import CheckResult, check_vs_reference
+    from pytest_qxai.gate.tolerance import parse_tolerance
+    from pytest_qxai.metrics import Metric
+
+    broken = Metric("xfirst", "broken", "a score", "continuous", tolerance="abs:0.05")
+    close = Metric("xfirst", "close", "a score", "continuous", tolerance="abs:0.05")
+    values, change = np.random.default_rng(0).normal(0.0, 1.0, (2, 500))
+    looks: list[int] = []
+
+    def evaluate(n: int, fractions: Any) -> list[CheckResult]:
+        looks.append(n)
+        ids = [f"i{i}" for i in range(n)]
+        return [check_vs_reference(metric, parse_tolerance("abs:0.05"), values[:n], values[:n] - shift + change[:n],
+                                   ids, n_resamples=99, fractions=fractions)
+                for metric, shift in ((broken, 2.0), (close, 0.05))]
+
+    checks = {c.metric: c for c in run_looks(plan(500), evaluate, family=1, stop_at_fail=True)}
+    assert checks["broken"].verdict == "fail" and looks == [100]
+    assert checks["close"].verdict == "inconclusive" and "first failure (-x)" in checks["close"].reason
+    looks.clear()
+    assert {c.metric: c.verdict for c in run_looks(plan(500), evaluate, family=1)}["broken"] == "fail"
+    assert len(looks) > 1  # without -x the suite goes on for its other check

@@ -17,7 +17,7 @@ CONFIDENCE = Metric("stability", "confidence", "log-probability of the reference
 
 def run_stability(pair: ModelPair) -> SuiteResult:
     """Both models' next-token distributions on the first prompts (as many as the profile says)."""
-    prompts = PROMPTS[:STABILITY.size(pair.config.profile, pair.config.samples)]
+    prompts = PROMPTS[:STABILITY.items(pair.config)]
     reference = pair.reference.runtime.next_token_logprobs(prompts)
     quantized = pair.quantized.runtime.next_token_logprobs(prompts)
     rows, top = np.arange(len(prompts)), reference.argmax(axis=1)

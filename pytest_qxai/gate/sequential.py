@@ -95,11 +95,11 @@ def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, loo
 
 def run_looks(
     plan_: Plan, evaluate: Callable[[int, Fractions], Sequence[CheckResult]], family: int,
-    seconds: float | None = None,
+    seconds: float | None = None, *, stop_at_fail: bool = False,
 ) -> list[CheckResult]:
-    """Evaluate the checks at each look until all are decided, the budget is spent or, with ``seconds``, the next
+    """Evaluate the checks at each look until all are decided, the budget is spent, with ``seconds`` the next
     look would end past that many seconds at the pace of the latest one (a look recomputes the earlier items, so
-    its time is taken to grow with its items).
+    its time is taken to grow with its items), or with ``stop_at_fail`` (``-x``) a check has failed.
 
     ``evaluate(n, fractions)`` returns the checks on the first ``n`` items, tested at that look's share of alpha.
     Returns each check as it was when it stopped (``notes["sequential"]`` says where), in the order first seen.
@@ -107,14 +107,18 @@ def run_looks(
     frozen: dict[tuple[str, str], CheckResult] = {}
     latest: dict[tuple[str, str], CheckResult] = {}
     started = look_started = time.perf_counter()
+
+    def stop(why: str) -> None:
+        for key, check in latest.items():
+            if key not in frozen and "look" in check.notes.get("sequential", {}):  # undecided: says why it stopped
+                check.notes["sequential"]["stopped"] = why
+                decide(check)
+
     for look, n in enumerate(plan_.looks):
         if look and seconds is not None:
             now = time.perf_counter()
             if now - started + (now - look_started) * n / plan_.looks[look - 1] > seconds:
-                for key, check in latest.items():
-                    if key not in frozen and "look" in check.notes.get("sequential", {}):  # undecided: says why
-                        check.notes["sequential"]["stopped"] = "time spent"
-                        decide(check)
+                stop("time spent")
                 break
         look_started = time.perf_counter()
         for check in evaluate(n, plan_.fractions(look)):
@@ -124,5 +128,8 @@ def run_looks(
                 if decided(latest[key]):
                     frozen[key] = latest[key]
         if len(frozen) == len(latest):
+            break
+        if stop_at_fail and any(check.failed for check in frozen.values()):
+            stop("the run stops at its first failure (-x)")
             break
     return [frozen.get(key, last) for key, last in latest.items()]
