@@ -6,6 +6,7 @@ pytest glue that registers these options is :mod:`pytest_qxai.options`; this mod
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,6 +44,15 @@ class Budget:
         if self.seconds is not None:
             parts.append(f"{self.seconds:g}s")
         return ",".join(parts)
+
+
+LOOKS = 5
+"""Planned looks per suite in sequential mode, at equal fractions of the budget."""
+
+
+def look_counts(limit: int, looks: int = LOOKS, first: int = 2) -> tuple[int, ...]:
+    """The items at each of ``looks`` equal steps up to ``limit``, each at least ``first`` (a paired test's minimum)."""
+    return tuple(sorted({max(first, math.ceil(limit * j / looks)) for j in range(1, looks + 1)}))
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min)", re.IGNORECASE)

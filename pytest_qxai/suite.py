@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from .config import PROFILES
+from .config import PROFILES, look_counts
 from .errors import QxaiUsageError
 from .metrics import Metric, SuiteResult, not_applicable, register_metric
 
@@ -65,6 +65,16 @@ class Suite:
         if config.budget is None:
             return None
         return config.budget.items if config.budget.items is not None else self.sizes[config.budget.profile]
+
+    def look_items(self, config: "QxaiConfig", part: str | None = None) -> tuple[int, ...] | None:
+        """The suite's (or its ``part``'s) item counts at each sequential look, None outside sequential mode: where a
+        method that caches per-item results cuts them, so that a look computes only its new items."""
+        limit = self.budget(config)
+        if limit is None or config.budget is None:
+            return None
+        if config.budget.items is not None:  # a look of n items runs as --qxai-samples=n, its parts included
+            return look_counts(limit)
+        return tuple(self.size(config.budget.profile, None, part, Fraction(n, limit)) for n in look_counts(limit))
 
     def cost(self, profile: str, samples: int | None = None) -> float | None:
         """Estimated relative cost (items x seconds per item), None when the suite states no cost."""

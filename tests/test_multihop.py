@@ -245,8 +245,9 @@ def test_smollm2_recalls_the_bridge_entity_in_its_last_layers(smollm2_runtime: A
 
     from pytest_qxai.models.pair import ModelSide
 
-    pair = SimpleNamespace(config=SimpleNamespace(seed=0, data={}),
-                           cached=lambda side, namespace, params, compute: compute())
+    pair = SimpleNamespace(config=SimpleNamespace(seed=0, data={}, budget=None),
+                           cached=lambda side, namespace, params, compute: compute(),
+                           cached_batches=lambda side, namespace, n, looks, params, compute: compute(0, n))
     items, _, _ = M.twohop_items(pair, 48)  # type: ignore[arg-type]
     side = ModelSide("reference", smollm2_runtime.model, smollm2_runtime, "smollm2", backward=(False, "not needed"))
     values = M.latent_values(pair, side, items)  # type: ignore[arg-type]
@@ -266,8 +267,9 @@ def test_smollm2_gets_relation_negatives_and_is_at_chance_on_them(smollm2_runtim
     from pytest_qxai.methods.outcomes import competence
     from pytest_qxai.models.pair import ModelSide
 
-    pair = SimpleNamespace(config=SimpleNamespace(seed=0, data={}),
-                           cached=lambda side, namespace, params, compute: compute())
+    pair = SimpleNamespace(config=SimpleNamespace(seed=0, data={}, budget=None),
+                           cached=lambda side, namespace, params, compute: compute(),
+                           cached_batches=lambda side, namespace, n, looks, params, compute: compute(0, n))
     items, _, _ = M.twohop_items(pair, 150)  # type: ignore[arg-type]
     items = [it for it in items if it.relation_negative is not None][:24]
     side = ModelSide("reference", smollm2_runtime.model, smollm2_runtime, "smollm2", backward=(False, "not needed"))

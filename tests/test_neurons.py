@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -173,3 +174,32 @@ def test_a_reference_that_recalls_no_fact_skips_the_suite_with_the_reason(
     assert result.item_ids == []
     assert set(result.skipped) == {m.name for m in N.NEURONS_METRICS}
     assert all("recalls none of the candidate facts" in reason for reason in result.skipped.values())
+
+
+def test_sequential_looks_score_only_their_new_facts_and_give_the_values_of_one_run(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under ``--qxai-budget`` each side's neuron scores are cached one look's batch at a time: the look at 4 facts
+    after the look at 2 captures only the 2 new facts per side, and its values are those of 4 facts at once."""
+    from pytest_qxai.config import Budget
+    from pytest_qxai.storage import DiskCache
+
+    monkeypatch.setattr(N, "recall_values", lambda pair, side, items: {"recall_accuracy": np.ones(len(items))})
+    monkeypatch.setattr(N, "TOP_K", 20)
+    captured: list[int] = []
+    capture = N.capture_residuals
+    monkeypatch.setattr(N, "capture_residuals", lambda side, parts, prompts: captured.append(len(prompts)) or
+                        capture(side, parts, prompts))
+
+    def run(samples: int, budget: Budget | None, cache: Path) -> Any:
+        pair = tiny_pair(tiny_runtime, make_config(samples=samples, budget=budget), backend=SameWeights())
+        pair.cache = DiskCache(cache)
+        return N.run_neurons(pair)
+
+    run(2, Budget(items=10), tmp_path / "looks")
+    looked = run(4, Budget(items=10), tmp_path / "looks")
+    assert captured == [2, 2, 2, 2]  # look 1: 2 facts per side; look 2: the 2 new ones per side
+    at_once = run(4, None, tmp_path / "once")
+    assert looked.item_ids == at_once.item_ids
+    for metric in N.NEURONS_METRICS:
+        np.testing.assert_allclose(looked.values(metric.name), at_once.values(metric.name), rtol=0, atol=1e-5)

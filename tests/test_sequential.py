@@ -413,3 +413,24 @@ def test_under_exitfirst_a_suite_stops_at_the_look_that_shows_a_failure() -> Non
     looks.clear()
     assert {c.metric: c.verdict for c in run_looks(plan(500), evaluate, family=1)}["broken"] == "fail"
     assert len(looks) > 1  # without -x the suite goes on for its other check
+
+
+@given(st.integers(1, 400), st.one_of(st.none(), st.integers(2, 400)), st.sampled_from(["array", "list", "dict"]))
+def test_batches_cut_at_the_looks_and_joined_parts_are_the_whole(n: int, limit: int | None, kind: str) -> None:
+    """A method cached one look's batch at a time gives, joined, what one batch of all its items gives."""
+    from pytest_qxai.config import look_counts
+    from pytest_qxai.gate.sequential import batches
+    from pytest_qxai.models.pair import join_parts
+
+    looks = None if limit is None else look_counts(limit)
+    cuts = batches(n, looks)
+    assert cuts[0][0] == 0 and cuts[-1][1] == n and all(a < b for a, b in cuts)
+    assert all(stop == start for (_, stop), (start, _) in zip(cuts, cuts[1:]))
+    assert {stop for _, stop in cuts[:-1]} <= set(looks or ())
+    whole = np.arange(n * 2.0).reshape(n, 2)
+
+    def value(rows: np.ndarray) -> Any:
+        return {"array": rows, "list": rows.tolist(), "dict": {"a": rows, "b": {"c": rows[:, 0].tolist()}}}[kind]
+
+    joined = join_parts([value(whole[a:b]) for a, b in cuts])
+    assert repr(joined) == repr(value(whole))

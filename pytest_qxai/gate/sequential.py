@@ -15,17 +15,14 @@ adjustment composes with it unchanged. docs/sequential.md measures both guarante
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..config import LOOKS, look_counts
 from ..metrics import AT_CHANCE, NOT_APPLICABLE
 from .check import CheckResult, decide
 from .spending import Fractions
-
-LOOKS = 5
-"""Planned looks per suite, at equal fractions of the budget (a batch of budget / 5 items between looks)."""
 
 STOPS = {"fail": "fail shown", "pass": "non-inferiority shown", "improved": "improvement shown"}
 """Why a check stopped, by verdict, when it was decided; otherwise it ran to the budget or out of time."""
@@ -48,15 +45,16 @@ def plan(budget: int, looks: int = LOOKS, first: int = 2) -> Plan:
     """``looks`` equal steps up to ``budget`` items, each look at least ``first`` items (a paired test's minimum)."""
     if budget < first:
         raise ValueError(f"a budget of {budget} items is below the {first} items a paired test needs")
-    return Plan(budget, tuple(sorted({max(first, math.ceil(budget * j / looks)) for j in range(1, looks + 1)})))
+    return Plan(budget, look_counts(budget, looks, first))
 
 
-def batches(n: int, budget: int | None) -> list[tuple[int, int]]:
-    """``[start, stop)`` of the items between looks, for a method that caches them one batch at a time so that a
-    look does not recompute the earlier ones; one batch of all ``n`` items without a budget."""
-    if budget is None:
+def batches(n: int, looks: Sequence[int] | None) -> list[tuple[int, int]]:
+    """``[start, stop)`` of ``n`` items cut at the sequential looks' item counts (``looks``), for a method that
+    caches them one batch at a time so that a look does not recompute the earlier ones; one batch of all ``n``
+    items outside sequential mode (``looks`` None)."""
+    if looks is None:
         return [(0, n)]
-    stops = [look for look in plan(budget).looks if look < n] + [n]
+    stops = [look for look in sorted(set(looks)) if 0 < look < n] + [n]
     return list(zip([0, *stops[:-1]], stops))
 
 

@@ -18,7 +18,6 @@ import numpy as np
 from ..blame.registry import BlameSupport, register_blame
 from ..datasets import (Fact, Relation, dataset_fingerprint, load_relations, no_relations, seeded_order,
                         select_facts)
-from ..gate.sequential import batches
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import stable_hash
@@ -147,17 +146,12 @@ def recall_values(pair: "ModelPair", side: "ModelSide", items: Sequence[RecallIt
     Under ``--qxai-budget`` the items are cached one look's batch at a time, so a later look reuses the earlier
     ones (the looks are nested prefixes of one seeded order).
     """
-    parts = []
-    for start, stop in batches(len(items), get_suite(SUITE).budget(pair.config)):
-        part = items[start:stop]
-        params = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in part]), "prompt": PROMPT,
-                  "max_tokens": MAX_ANSWER_TOKENS}
+    def params(start: int, stop: int) -> dict[str, object]:
+        return {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in items[start:stop]]),
+                "prompt": PROMPT, "max_tokens": MAX_ANSWER_TOKENS}
 
-        def compute(part: Sequence[RecallItem] = part) -> dict[str, np.ndarray]:
-            return measure_recall(side.runtime, part)
-
-        parts.append(pair.cached(side, "knowledge.recall", params, compute))
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return pair.cached_batches(side, "knowledge.recall", len(items), get_suite(SUITE).look_items(pair.config),
+                               params, lambda start, stop: measure_recall(side.runtime, items[start:stop]))
 
 
 def run_knowledge(pair: "ModelPair") -> SuiteResult:

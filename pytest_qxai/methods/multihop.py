@@ -44,7 +44,7 @@ from ..datasets import DATA_DIR, Fact, dataset_fingerprint, load_relations, no_r
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import stable_hash
-from ..suite import Suite, register_suite
+from ..suite import Suite, get_suite, register_suite
 from .arch import ModelParts, model_parts
 from .knowledge import first_token_ids, greedy_answers
 from .outcomes import require_competence
@@ -256,7 +256,7 @@ def latent_values(pair: "ModelPair", side: "ModelSide", items: Sequence[TwoHopIt
     """
     import torch
 
-    def compute() -> dict[str, np.ndarray]:
+    def measure(items: Sequence[TwoHopItem]) -> dict[str, np.ndarray]:
         runtime, tokenizer, n = side.runtime, side.runtime.tokenizer, len(items)
         parts = model_parts(side.model)
         with_r1 = [i for i, it in enumerate(items) if it.relation_negative is not None]
@@ -281,14 +281,15 @@ def latent_values(pair: "ModelPair", side: "ModelSide", items: Sequence[TwoHopIt
         values["relation_negative"][with_r1] = found[n:]
         return values
 
-    params = {"items": _fingerprint(items), "table": load_compositions()["version"]}
-    return pair.cached(side, "multihop.latent", params, compute)
+    return pair.cached_batches(side, "multihop.latent", len(items), get_suite(SUITE).look_items(pair.config),
+                               lambda start, stop: _params(items[start:stop]),
+                               lambda start, stop: measure(items[start:stop]))
 
 
 def behaviour_values(pair: "ModelPair", side: "ModelSide", items: Sequence[TwoHopItem]) -> dict[str, np.ndarray]:
     """CnstScore and the three greedy accuracies of one model."""
 
-    def compute() -> dict[str, np.ndarray]:
+    def measure(items: Sequence[TwoHopItem]) -> dict[str, np.ndarray]:
         n = len(items)
         correct, first = greedy_answers(
             side.runtime,
@@ -302,8 +303,14 @@ def behaviour_values(pair: "ModelPair", side: "ModelSide", items: Sequence[TwoHo
             TWO_HOP_ACCURACY.name: correct[2 * n :],
         }
 
-    params = {"items": _fingerprint(items), "table": load_compositions()["version"]}
-    return pair.cached(side, "multihop.behaviour", params, compute)
+    return pair.cached_batches(side, "multihop.behaviour", len(items), get_suite(SUITE).look_items(pair.config),
+                               lambda start, stop: _params(items[start:stop]),
+                               lambda start, stop: measure(items[start:stop]))
+
+
+def _params(items: Sequence[TwoHopItem]) -> dict[str, str]:
+    """What a side's per-item multi-hop values depend on besides the model: the items and the composition table."""
+    return {"items": _fingerprint(items), "table": load_compositions()["version"]}
 
 
 def best_layer(outcomes: np.ndarray) -> int:

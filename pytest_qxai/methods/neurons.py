@@ -24,7 +24,7 @@ from ..datasets import dataset_fingerprint, no_relations
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import cache_type, stable_hash
-from ..suite import Suite, register_suite
+from ..suite import Suite, get_suite, register_suite
 from .arch import ModelParts, model_parts
 from .knowledge import PROMPT, RecallItem, first_token_ids, recall_items, recall_values
 from .similarity import cosine
@@ -234,30 +234,35 @@ def side_scores(
     pair: "ModelPair", side: "ModelSide", items: Sequence[RecallItem], backend: "QuantBackend | None",
     reference: Sequence[NeuronScores] | None = None,
 ) -> list[NeuronScores] | None:
-    """Scores of one model on every item (None when its W_down cannot be dequantized); cached per side.
+    """Scores of one model on every item (None when its W_down cannot be dequantized); cached per side, one
+    sequential look's batch at a time.
 
     With ``reference`` (the quantized side) the FP τ is the threshold and the FP top set the probe.
     """
 
-    def compute() -> list[NeuronScores] | None:
+    def compute(start: int, stop: int) -> list[NeuronScores] | None:
         parts = model_parts(side.model)
         downs = [parts.down_weight(index, backend) for index in range(len(parts.layers))]
         if any(weight is None for weight in downs):
             return None
-        prompts = [it.prompt for it in items]
-        tokens = first_token_ids(side.runtime.tokenizer, prompts, [it.fact.object for it in items])
+        prompts = [it.prompt for it in items[start:stop]]
+        tokens = first_token_ids(side.runtime.tokenizer, prompts, [it.fact.object for it in items[start:stop]])
         residuals = capture_residuals(side, parts, prompts)
         return [
             score_neurons(parts, res, downs, token,  # type: ignore[arg-type]
                           threshold=None if reference is None else reference[i].tau,
                           probe=None if reference is None else reference[i].top, top_k=TOP_K)
-            for i, (res, token) in enumerate(zip(residuals, tokens))
+            for i, (res, token) in enumerate(zip(residuals, tokens), start)
         ]
 
-    params = {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in items]), "prompt": PROMPT,
-              "top_k": TOP_K, "method": METHOD,
-              "reference": None if reference is None else stable_hash([[s.tau, s.top.tolist()] for s in reference])}
-    return pair.cached(side, "neurons.scores", params, compute)
+    def params(start: int, stop: int) -> dict[str, object]:
+        return {"items": dataset_fingerprint([(it.id, it.prompt, it.fact) for it in items[start:stop]]),
+                "prompt": PROMPT, "top_k": TOP_K, "method": METHOD,
+                "reference": None if reference is None else stable_hash([[s.tau, s.top.tolist()]
+                                                                         for s in reference[start:stop]])}
+
+    return pair.cached_batches(side, "neurons.scores", len(items), get_suite(SUITE).look_items(pair.config),
+                               params, compute)
 
 
 def neuron_items(pair: "ModelPair", n: int) -> list[RecallItem]:

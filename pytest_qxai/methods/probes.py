@@ -28,7 +28,7 @@ from ..datasets import dataset_fingerprint
 from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import stable_hash
-from ..suite import Suite, register_suite
+from ..suite import Suite, get_suite, register_suite
 from .similarity import cosine
 from .task import NLI_TASK, NLI_TEMPLATE, LabelTask, absent, classification_tasks, esnli_items, prefixed_ids
 
@@ -123,16 +123,18 @@ def probe_predictions(
 
 def residual_states(pair: "ModelPair", side: "ModelSide", items: Sequence[Any],
                     task: LabelTask = NLI_TASK) -> np.ndarray:
-    """Residual stream after each decoder layer at the task prompt's last token, ``[n, L, d]`` (cached per side)."""
+    """Residual stream after each decoder layer at the task prompt's last token, ``[n, L, d]`` (cached per side,
+    one sequential look's batch at a time)."""
 
     tokenizer = side.runtime.tokenizer
 
-    def compute() -> np.ndarray:
-        hidden = side.runtime.hidden_states([task.prompt(tokenizer, task.fields(it)) for it in items])
+    def compute(start: int, stop: int) -> np.ndarray:
+        hidden = side.runtime.hidden_states([task.prompt(tokenizer, task.fields(it)) for it in items[start:stop]])
         return hidden[:, 1:].astype(np.float32)
 
-    params = {"items": dataset_fingerprint(items), "prompt": task.template_id(tokenizer)}
-    return pair.cached(side, "probes.states", params, compute)
+    return pair.cached_batches(side, "probes.states", len(items), get_suite(SUITE).look_items(pair.config),
+                               lambda start, stop: {"items": dataset_fingerprint(items[start:stop]),
+                                                    "prompt": task.template_id(tokenizer)}, compute)
 
 
 def _dataset_probes(pair: "ModelPair", task: LabelTask, items: Sequence[Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..backends.base import QuantBackend, QuantContext, get_backend, require_library, scheme_for_backend
 from ..errors import QxaiError, QxaiUsageError
@@ -102,6 +102,42 @@ class ModelPair:
             return compute()
 
         return self.cache.memo(namespace, key, resident_compute, label=f"{side.role} {side.identity}")
+
+    def cached_batches(self, side: ModelSide, namespace: str, n: int, looks: Sequence[int] | None,
+                       params: Callable[[int, int], Any], compute: Callable[[int, int], T]) -> T:
+        """A side's per-item results on ``n`` items, :meth:`cached` one sequential look's batch at a time
+        (``looks``: the looks' item counts, :meth:`pytest_qxai.suite.Suite.look_items`; None: one batch of all),
+        so that a look computes only its new items. ``params(start, stop)`` and ``compute(start, stop)``
+        describe and measure the items ``start:stop``; the parts are joined by :func:`join_parts`."""
+        from ..gate.sequential import batches
+
+        parts = []
+        for start, stop in batches(n, looks):
+            def part(start: int = start, stop: int = stop) -> T:
+                return compute(start, stop)
+
+            part.__module__ = compute.__module__  # the cache key names the measuring method's code
+            parts.append(self.cached(side, namespace, params(start, stop), part))
+        return join_parts(parts)
+
+
+def join_parts(parts: Sequence[Any]) -> Any:
+    """One per-item result from consecutive batches' results: arrays joined along items, lists chained, dicts
+    joined key by key; None when a part is None (the measurement did not apply)."""
+    import numpy as np
+
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if any(part is None for part in parts):
+        return None
+    if isinstance(first, dict):
+        return {key: join_parts([part[key] for part in parts]) for key in first}
+    if isinstance(first, np.ndarray):
+        return np.concatenate(parts)
+    if isinstance(first, list):
+        return [value for part in parts for value in part]
+    raise TypeError(f"cannot join per-item results of type {type(first).__name__}")
 
 
 def library_versions(backend: QuantBackend | None = None) -> dict[str, str]:
