@@ -241,7 +241,10 @@ class QxaiSession:
             config = (dataclasses.replace(pair.config, samples=n) if budget.items is not None else
                       dataclasses.replace(pair.config, profile=budget.profile, share=Fraction(n, limit)))
             last[:] = [run(dataclasses.replace(pair, config=config))]
-            skipped = [CheckResult(last[0].suite, name, "vs_reference", "skipped", reason)  # more items may change it
+            tests = last[0].notes.get("precondition", {}).values()  # a competence test a skip may come from
+            skipped = [CheckResult(last[0].suite, name, "vs_reference", "skipped", reason,  # more items may change it
+                                   notes={"precondition": test for test in tests
+                                          if name in test.get("dependent_metrics", ())})
                        for name, reason in last[0].skipped.items() if last[0].item_ids]
             return skipped + [check for metric in suite_metrics(last[0])
                               for check in self._suite_checks(last[0], metric, fractions)]

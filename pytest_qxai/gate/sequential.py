@@ -15,9 +15,10 @@ adjustment composes with it unchanged. docs/sequential.md measures both guarante
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..config import LOOKS, look_counts
 from ..metrics import AT_CHANCE, NOT_APPLICABLE
@@ -58,19 +59,42 @@ def batches(n: int, looks: Sequence[int] | None) -> list[tuple[int, int]]:
     return list(zip([0, *stops[:-1]], stops))
 
 
-def decided(result: CheckResult) -> bool:
+def decided(result: CheckResult, scale: float = 1.0) -> bool:
     """Whether a check is settled at this look: fail, pass or improved shown, or not a test that more items
     could change (a stale or missing baseline; a metric that does not apply to the run's data). A metric skipped
     on the items seen so far (too few valid items, or a reference not yet shown above chance) may become
-    testable later."""
+    testable later, unless its competence test is futile (:func:`futile`; ``scale``: the budget's items over the
+    items seen)."""
     if result.kind == "reference_drift":  # a note on the baseline comparison, not a decision of its own
         return True
     if result.verdict == "skipped":
         if result.kind == "vs_reference":
-            return result.reason.startswith(NOT_APPLICABLE) and not result.reason.startswith(AT_CHANCE)
+            if result.reason.startswith(AT_CHANCE):
+                return "precondition" in result.notes and futile(result.notes["precondition"], scale)
+            return result.reason.startswith(NOT_APPLICABLE)
         # a baseline being recorded: no test either way; too few items matched in it: more may match
         return not result.reason.startswith("no test: only")
     return result.verdict != "inconclusive"
+
+
+FUTILITY = 0.01
+"""A reference at chance settles its metrics' skip once, at its accuracy so far, the competence test on the
+budget's items would find it above chance less often than this (what it costs and saves: docs/sequential.md)."""
+
+
+def futile(test: dict[str, Any], scale: float) -> bool:
+    """Whether a competence test that failed on the items seen would, were the reference's accuracy what these
+    items show, succeed on ``scale`` times as many items with probability below :data:`FUTILITY` (conditional
+    power, as in stochastic curtailment: Lan, Simon & Halperin 1982)."""
+    from scipy.stats import binom
+
+    correct, n, chance, alpha = int(test["correct"]), int(test["n"]), float(test["chance"]), float(test["alpha"])
+    final = math.ceil(n * scale - 1e-9)
+    if n == 0 or final <= n:
+        return final <= n
+    needed = int(binom.isf(alpha, final, chance)) + 1  # the fewest correct the test at the budget calls above chance
+    power = float(binom.sf(needed - correct - 1, final - n, correct / n))
+    return power < FUTILITY
 
 
 def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, look: int, family: int) -> CheckResult:
@@ -123,7 +147,7 @@ def run_looks(
             key = (check.key, check.kind)
             if key not in frozen:
                 latest[key] = combine(latest.get(key), check, plan_, look, family)
-                if decided(latest[key]):
+                if decided(latest[key], plan_.budget / n):
                     frozen[key] = latest[key]
         if len(frozen) == len(latest):
             break

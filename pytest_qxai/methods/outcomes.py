@@ -80,7 +80,8 @@ def require_competence(result: SuiteResult, task: str, correct: np.ndarray, chan
     """State the precondition of ``metrics`` in the notes; mark them not applicable when it does not hold."""
     ok, reason = competence(correct, chance, task)
     result.notes.setdefault("precondition", {})[task] = {
-        "holds": ok, "test": reason, "dependent_metrics": [m.name for m in metrics]}
+        "holds": ok, "test": reason, "dependent_metrics": [m.name for m in metrics],
+        "correct": int(np.sum(correct)), "n": int(np.size(correct)), "chance": chance, "alpha": COMPETENCE_ALPHA}
     if not ok:
         for metric in metrics:
             result.skipped[metric.name] = NOT_APPLICABLE + reason
