@@ -52,6 +52,14 @@ PER_WORKER_METADATA = (
 """Metadata that an xdist worker may not share with the others (kept per worker on the controller)."""
 
 
+def _precondition_of(result: SuiteResult, metric: str) -> dict[str, Any]:
+    """The competence test (``require_competence``'s counts) that ``metric`` of ``result`` depends on, as notes of
+    its skip: the sequential futility rule reads them (docs/sequential.md)."""
+    tests = result.notes.get("precondition", {}).values()
+    test = next((t for t in tests if metric in t.get("dependent_metrics", ())), None)
+    return {} if test is None else {"precondition": test}
+
+
 @dataclass
 class QxaiSession:
     """Checks of this pytest process (plus its xdist workers' on the controller) and what to do at the end.
@@ -232,8 +240,9 @@ class QxaiSession:
 
         if budget.items is None and suite is None:
             raise QxaiUsageError(f"--qxai-budget={budget} gives each suite its {budget.profile} count: run a "
-                                 "registered suite (qxai_run_suite(MY_SUITE.result, MY_SUITE)), or give the budget in items")
-        limit = budget.items if budget.items is not None else suite.budget(self.config)  # type: ignore[union-attr]
+                                 "registered suite (qxai_run_suite(MY_SUITE.result, MY_SUITE)), or give the budget "
+                                 "in items")
+        limit = budget.items if suite is None else suite.budget(self.config)
         assert limit is not None
         last: list[SuiteResult] = []  # the latest look's result
 
@@ -241,10 +250,8 @@ class QxaiSession:
             config = (dataclasses.replace(pair.config, samples=n) if budget.items is not None else
                       dataclasses.replace(pair.config, profile=budget.profile, share=Fraction(n, limit)))
             last[:] = [run(dataclasses.replace(pair, config=config))]
-            tests = last[0].notes.get("precondition", {}).values()  # a competence test a skip may come from
             skipped = [CheckResult(last[0].suite, name, "vs_reference", "skipped", reason,  # more items may change it
-                                   notes={"precondition": test for test in tests
-                                          if name in test.get("dependent_metrics", ())})
+                                   notes=_precondition_of(last[0], name))
                        for name, reason in last[0].skipped.items() if last[0].item_ids]
             return skipped + [check for metric in suite_metrics(last[0])
                               for check in self._suite_checks(last[0], metric, fractions)]

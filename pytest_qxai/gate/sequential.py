@@ -83,17 +83,18 @@ budget's items would find it above chance less often than this (what it costs an
 
 
 def futile(test: dict[str, Any], scale: float) -> bool:
-    """Whether a competence test that failed on the items seen would, were the reference's accuracy what these
-    items show, succeed on ``scale`` times as many items with probability below :data:`FUTILITY` (conditional
-    power, as in stochastic curtailment: Lan, Simon & Halperin 1982)."""
-    from scipy.stats import binom
+    """Whether a competence test that failed on the items seen would succeed on ``scale`` times as many items with
+    predictive probability below :data:`FUTILITY`: the remaining items' correct count drawn from the beta-binomial
+    that a uniform prior and the items seen give (predictive power, Spiegelhalter, Freedman & Blackburn 1986; it
+    carries the uncertainty of a few items' accuracy, which a plug-in conditional power would not)."""
+    from scipy.stats import betabinom, binom
 
     correct, n, chance, alpha = int(test["correct"]), int(test["n"]), float(test["chance"]), float(test["alpha"])
     final = math.ceil(n * scale - 1e-9)
     if n == 0 or final <= n:
         return final <= n
     needed = int(binom.isf(alpha, final, chance)) + 1  # the fewest correct the test at the budget calls above chance
-    power = float(binom.sf(needed - correct - 1, final - n, correct / n))
+    power = float(betabinom.sf(needed - correct - 1, final - n, correct + 1, n - correct + 1))
     return power < FUTILITY
 
 
