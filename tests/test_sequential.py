@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -451,6 +452,26 @@ def test_a_reference_at_chance_settles_once_the_budget_could_not_show_it_above_c
     assert decided(skip(20, 72), 120 / 72) and not decided(skip(0, 2), 60.0) and not decided(skip(8, 24), 5.0)
     assert decided(skip(8, 24), 1.0)
     assert not decided(CheckResult("s", "m", "vs_reference", "skipped", f"{AT_CHANCE} on e-SNLI"), 5.0)
+    tested_on_the_budget = skip(40, 120)
+    tested_on_the_budget.notes["precondition"]["settled"] = True
+    assert decided(tested_on_the_budget, 5.0)
+
+
+def test_the_standard_suites_test_competence_on_the_whole_budget_in_sequential_mode(make_config: Any) -> None:
+    """A look tests the reference's competence on the budget's items (the last look's), so the outcome cannot
+    change between looks; outside sequential mode on the items given."""
+    from types import SimpleNamespace
+
+    from pytest_qxai.methods import standard_suites
+    from pytest_qxai.methods.outcomes import competence_items
+
+    standard_suites()
+    looked = SimpleNamespace(config=make_config(budget=Budget(None, "standard"), profile="standard",
+                                                share=Fraction(1, 5)))
+    assert competence_items(looked, "nle", 24) == (120, True)  # type: ignore[arg-type]
+    assert competence_items(looked, "nle_faithfulness", 24) == (120, True)  # type: ignore[arg-type]
+    fixed = SimpleNamespace(config=make_config(profile="standard"))
+    assert competence_items(fixed, "nle", 120) == (120, False)  # type: ignore[arg-type]
 
 
 def test_the_futility_rule_rarely_drops_a_competent_reference_and_mostly_stops_one_at_chance() -> None:

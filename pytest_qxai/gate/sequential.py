@@ -63,14 +63,15 @@ def decided(result: CheckResult, scale: float = 1.0) -> bool:
     """Whether a check is settled at this look: fail, pass or improved shown, or not a test that more items
     could change (a stale or missing baseline; a metric that does not apply to the run's data). A metric skipped
     on the items seen so far (too few valid items, or a reference not yet shown above chance) may become
-    testable later, unless its competence test is futile (:func:`futile`; ``scale``: the budget's items over the
-    items seen)."""
+    testable later, unless its competence test already ran on the whole budget's items or is futile
+    (:func:`futile`; ``scale``: the budget's items over the items seen)."""
     if result.kind == "reference_drift":  # a note on the baseline comparison, not a decision of its own
         return True
     if result.verdict == "skipped":
         if result.kind == "vs_reference":
-            if result.reason.startswith(AT_CHANCE):
-                return "precondition" in result.notes and futile(result.notes["precondition"], scale)
+            if result.reason.startswith(AT_CHANCE):  # settled: tested on the whole budget's items, or futile
+                test = result.notes.get("precondition")
+                return test is not None and (bool(test.get("settled")) or futile(test, scale))
             return result.reason.startswith(NOT_APPLICABLE)
         # a baseline being recorded: no test either way; too few items matched in it: more may match
         return not result.reason.startswith("no test: only")

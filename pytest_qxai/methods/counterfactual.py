@@ -53,7 +53,8 @@ from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from . import task
 from .nle import log_perplexity
-from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
+from .outcomes import (competence_items, degenerate_metric, lost_counts, require_competence, scored,
+                       uniform_log_perplexity, worst_value)
 from .text import pairwise_cosine, token_edit_distance, words
 
 if TYPE_CHECKING:
@@ -355,8 +356,9 @@ def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
                                       "ecqa": stable_hash([dataset_fingerprint(questions), ECQA_TEMPLATES])},
                          notes=notes, lost=lost_counts(flags, [ECQA_METRICS[name] for name in (
                              "self_flip", "validity", "minimality", "similarity", "fluency")]))
-    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
-                       [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]])
+    tested, settled = competence_items(pair, SUITE, n)
+    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+                       [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]], settled)
     return result
 
 
@@ -453,8 +455,9 @@ def _esnli_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
     for variant, prefix in VARIANTS.items():
         result.lost.update(lost_counts(degenerate[variant], [prefix + name for name in (
             "self_flip", "validity", "minimality", "similarity", "fluency")]))
-    reference = task.nli_predictions(pair, pair.reference, n)
-    require_competence(result, "e-SNLI", reference.correct, 1 / len(NLI_LABELS), TASK_DEPENDENT)
+    tested, settled = competence_items(pair, SUITE, n)
+    reference = task.nli_predictions(pair, pair.reference, tested)
+    require_competence(result, "e-SNLI", reference.correct, 1 / len(NLI_LABELS), TASK_DEPENDENT, settled)
     return result
 
 

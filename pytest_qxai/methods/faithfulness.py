@@ -65,7 +65,7 @@ from ..suite import Suite, register_suite
 from .nle import (CLASS_NLE_TEMPLATE, ECQA_NLE_TEMPLATE, NLE_TEMPLATE, class_explanation_prompt, explain,
                   explain_ecqa, explain_labels, explanation_params, explanation_prompt, is_empty,
                   label_explanation_params, label_explanations, side_explanations)
-from .outcomes import degenerate_metric, require_competence, scored
+from .outcomes import competence_items, degenerate_metric, require_competence, scored
 from .task import (NLI_TASK, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
                    mcq_logprobs, mcq_predictions, nli_predictions, pooled_chance, predict_labels, predict_nli,
                    prefixed_ids, template_id)
@@ -464,8 +464,9 @@ def _esnli_part(pair: "ModelPair", n_edit: int, n_shap: int) -> SuiteResult:
         lost={name: {role: r["lost"][name] for role, r in results.items()}
               for name in (UNFAITHFUL.name, CC_SHAP_SCORE.name)},
     )
-    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, n_edit).correct, 1 / len(NLI_LABELS),
-                       TASK_DEPENDENT)
+    tested, settled = competence_items(pair, SUITE, n_edit)
+    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, tested).correct,
+                       1 / len(NLI_LABELS), TASK_DEPENDENT, settled)
     return result
 
 
@@ -486,8 +487,9 @@ def _ecqa_part(pair: "ModelPair", n_edit: int) -> SuiteResult:
                "ecqa_examples": {role: r["examples"] for role, r in ecqa.items()}},
         lost={ECQA_UNFAITHFUL.name: {role: r["lost"] for role, r in ecqa.items()}},
     )
-    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n_edit).correct, 1 / 5,
-                       [ECQA_FLIP, ECQA_UNFAITHFUL])
+    tested, settled = competence_items(pair, SUITE, n_edit)
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+                       [ECQA_FLIP, ECQA_UNFAITHFUL], settled)
     return result
 
 

@@ -63,7 +63,8 @@ from ..models.judge import judge
 from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
-from .outcomes import degenerate_metric, lost_counts, require_competence, scored, uniform_log_perplexity, worst_value
+from .outcomes import (competence_items, degenerate_metric, lost_counts, require_competence, scored,
+                       uniform_log_perplexity, worst_value)
 from .task import (MCQ_TEMPLATE, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
                    mcq_predictions, nli_predictions, option_scores, pooled_chance, prefixed_ids, template_id)
 from .text import ENCODER_NAME, embed, perplexity, rouge_l
@@ -389,8 +390,9 @@ def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
                "ecqa_examples": [{"item": it.id, "question": it.question, "reference": text}
                                  for it, text in list(zip(items, texts["reference"]))[:EXAMPLES_IN_NOTES]]},
         lost=lost_counts(empty, [ECQA_METRICS[m] for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)]))
-    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, n).correct, 1 / 5,
-                       [ECQA_METRICS[m] for m in TASK_DEPENDENT])
+    tested, settled = competence_items(pair, SUITE, n)
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+                       [ECQA_METRICS[m] for m in TASK_DEPENDENT], settled)
     return result
 
 
@@ -444,8 +446,9 @@ def _esnli_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
         },
         lost=lost_counts(empty, QUALITY_METRICS),
     )
-    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, n).correct, 1 / len(NLI_LABELS),
-                       TASK_DEPENDENT)
+    tested, settled = competence_items(pair, SUITE, n)
+    require_competence(result, "e-SNLI", nli_predictions(pair, pair.reference, tested).correct,
+                       1 / len(NLI_LABELS), TASK_DEPENDENT, settled)
     return result
 
 

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from ..metrics import NOT_APPLICABLE, Metric, SuiteResult, register_metric
+from ..suite import get_suite
 
 if TYPE_CHECKING:
+    from ..models.pair import ModelPair
     from ..protocols import Runtime
 
 COMPETENCE_ALPHA = 0.05
@@ -61,6 +63,13 @@ def lost_counts(degenerate: Mapping[str, np.ndarray], metrics: Sequence[str | Me
     return {str(m): dict(counts) for m in metrics}
 
 
+def competence_items(pair: "ModelPair", suite: str, n: int) -> tuple[int, bool]:
+    """The items a suite's competence test runs on, and whether that settles it: in sequential mode the whole
+    budget's (the reference's task predictions only, as the last look would test them), else the ``n`` given."""
+    looks = get_suite(suite).look_items(pair.config)
+    return (n, False) if looks is None else (max(n, looks[-1]), True)
+
+
 def competence(correct: np.ndarray, chance: float, task: str) -> tuple[bool, str]:
     """Whether the reference is significantly above ``chance`` on these items, and the measured sentence."""
     from scipy.stats import binomtest
@@ -76,11 +85,14 @@ def competence(correct: np.ndarray, chance: float, task: str) -> tuple[bool, str
 
 
 def require_competence(result: SuiteResult, task: str, correct: np.ndarray, chance: float,
-                       metrics: Sequence[Metric]) -> bool:
-    """State the precondition of ``metrics`` in the notes; mark them not applicable when it does not hold."""
+                       metrics: Sequence[Metric], settled: bool = False) -> bool:
+    """State the precondition of ``metrics`` in the notes; mark them not applicable when it does not hold.
+
+    ``settled``: ``correct`` covers the items of the whole sequential budget (:func:`competence_items`), so a
+    later look tests the same items and cannot change the outcome."""
     ok, reason = competence(correct, chance, task)
     result.notes.setdefault("precondition", {})[task] = {
-        "holds": ok, "test": reason, "dependent_metrics": [m.name for m in metrics],
+        "holds": ok, "test": reason, "dependent_metrics": [m.name for m in metrics], "settled": settled,
         "correct": int(np.sum(correct)), "n": int(np.size(correct)), "chance": chance, "alpha": COMPETENCE_ALPHA}
     if not ok:
         for metric in metrics:
