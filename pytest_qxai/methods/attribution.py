@@ -67,7 +67,7 @@ from ..storage import stable_hash
 from ..suite import Suite, register_suite
 from . import task
 from .task import MCQ_TASK, ClozeTask, LabelTask, cloze_logprobs, option_scores
-from .outcomes import degenerate_metric, lost_counts, require_competence, scored, worst_value
+from .outcomes import competence_items, degenerate_metric, lost_counts, require_competence, scored, worst_value
 
 if TYPE_CHECKING:
     import torch
@@ -592,10 +592,12 @@ def _label_part(pair: "ModelPair") -> SuiteResult:
         notes=notes, lost=lost,
     )
     dependent = [m for m in TASK_DEPENDENT if m.name not in result.skipped]
-    correct = np.concatenate([p.correct for p in predictions["reference"]])
-    chance = task.pooled_chance(tasks, items)
+    tested, settled = competence_items(pair, SUITE, size)
+    groups = [t.items(tested, pair.config.seed) for t in tasks] if settled else items
+    correct = np.concatenate([task.label_predictions(pair, pair.reference, t, len(group)).correct
+                              for t, group in zip(tasks, groups)])
     names = ", ".join("e-SNLI" if t.kind == "nli" else t.name for t in tasks)
-    require_competence(result, names, correct, chance, dependent)
+    require_competence(result, names, correct, task.pooled_chance(tasks, groups), dependent, settled)
     return result
 
 
@@ -623,8 +625,9 @@ def _ecqa_part(pair: "ModelPair") -> SuiteResult:
                        "explained classes, not input)",
                "ecqa_items_where_the_quantized_model_predicts_another_answer": int(np.sum(
                    labels != predictions["quantized"].predicted))})
-    require_competence(result, "ECQA", predictions["reference"].correct, 1 / 5,
-                       [ECQA_METRICS[m] for m in OCCLUSION_METRICS if m in TASK_DEPENDENT])
+    tested, settled = competence_items(pair, SUITE, n, "ecqa")
+    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+                       [ECQA_METRICS[m] for m in OCCLUSION_METRICS if m in TASK_DEPENDENT], settled)
     return result
 
 

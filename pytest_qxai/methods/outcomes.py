@@ -63,10 +63,11 @@ def lost_counts(degenerate: Mapping[str, np.ndarray], metrics: Sequence[str | Me
     return {str(m): dict(counts) for m in metrics}
 
 
-def competence_items(pair: "ModelPair", suite: str, n: int) -> tuple[int, bool]:
-    """The items a suite's competence test runs on, and whether that settles it: in sequential mode the whole
-    budget's (the reference's task predictions only, as the last look would test them), else the ``n`` given."""
-    looks = get_suite(suite).look_items(pair.config)
+def competence_items(pair: "ModelPair", suite: str, n: int, part: str | None = None) -> tuple[int, bool]:
+    """The items a suite's (or its ``part``'s) competence test runs on, and whether that settles it: in sequential
+    mode the whole budget's (the reference's task predictions only, as the last look would test them), else the
+    ``n`` given."""
+    looks = get_suite(suite).look_items(pair.config, part)
     return (n, False) if looks is None else (max(n, looks[-1]), True)
 
 
