@@ -240,7 +240,9 @@ def test_xdist_hands_out_whole_suites_costliest_first(pytester: pytest.Pytester,
 def test_exitfirst_runs_the_cheapest_suites_first(pytester: pytest.Pytester, suite_modules: Path) -> None:
     """Under ``-x`` a run stops at its first failure, which comes soonest when the cheap suites go first (the suite
     of unknown cost counts as the mean of the standard suites); the other tests keep their place, last."""
-    run_gate(pytester, *LEAN, "-x", "--qxai-device=cpu")
+    with pytest.MonkeyPatch.context() as patch:  # a subprocess: modules of these names imported earlier in this
+        patch.delenv("CI", raising=False)         # process (other pytester runs) cannot shadow them
+        pytester.runpytest_subprocess(*LEAN, "-x", "--qxai-device=cpu")
     modules = list(dict.fromkeys(line.split()[1] for line in suite_modules.read_text().splitlines()))
     assert modules == ["test_knowledge", "test_counterfactual", "test_custom", "test_nle_faithfulness"], modules
 

@@ -516,7 +516,8 @@ def test_interrupted_cache_store_keeps_the_old_entry(tmp_path: Path, monkeypatch
 
 
 SLOW_WRITER = """
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job inherits SIGINT ignored
 from pathlib import Path
 from pytest_qxai.baselines import BaselineStore
 from pytest_qxai.gate.check import CheckResult
