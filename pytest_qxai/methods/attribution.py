@@ -593,11 +593,13 @@ def _label_part(pair: "ModelPair") -> SuiteResult:
     )
     dependent = [m for m in TASK_DEPENDENT if m.name not in result.skipped]
     tested, settled = competence_items(pair, SUITE, size)
-    groups = [t.items(tested, pair.config.seed) for t in tasks] if settled else items
-    correct = np.concatenate([task.label_predictions(pair, pair.reference, t, len(group)).correct
-                              for t, group in zip(tasks, groups)])
+    groups, found = items, predictions["reference"]  # outside sequential mode: the items' own predictions
+    if settled:
+        groups = [t.items(tested, pair.config.seed) for t in tasks]
+        found = [task.label_predictions(pair, pair.reference, t, len(group)) for t, group in zip(tasks, groups)]
     names = ", ".join("e-SNLI" if t.kind == "nli" else t.name for t in tasks)
-    require_competence(result, names, correct, task.pooled_chance(tasks, groups), dependent, settled)
+    require_competence(result, names, np.concatenate([p.correct for p in found]), task.pooled_chance(tasks, groups),
+                       dependent, settled)
     return result
 
 
@@ -626,7 +628,8 @@ def _ecqa_part(pair: "ModelPair") -> SuiteResult:
                "ecqa_items_where_the_quantized_model_predicts_another_answer": int(np.sum(
                    labels != predictions["quantized"].predicted))})
     tested, settled = competence_items(pair, SUITE, n, "ecqa")
-    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+    answers = task.mcq_predictions(pair, pair.reference, tested) if settled else predictions["reference"]
+    require_competence(result, "ECQA", answers.correct, 1 / 5,
                        [ECQA_METRICS[m] for m in OCCLUSION_METRICS if m in TASK_DEPENDENT], settled)
     return result
 
