@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import unittest.mock
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from pytest_qxai.models.loading import load_reference, load_tokenizer  # noqa: E402
-from pytest_qxai.runtime import Runtime, final_norm, probe_backward, shared_prefix  # noqa: E402
+from pytest_qxai.runtime import Runtime, deferred_stop_check, final_norm, probe_backward, shared_prefix  # noqa: E402
 from tiny import build_tiny_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -277,3 +279,33 @@ def test_without_prefix_sharing_each_prompt_runs_whole_and_scores_agree(runtime:
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a, b, atol=1e-4)
     assert all(kwargs.get("past_key_values") is None for _, kwargs in recorder.calls)
+
+
+
+def test_deferred_stop_check_applies_to_its_device_only_and_is_undone() -> None:
+    """Inside the context transformers defers the stop check on the named device only; its rule is back after."""
+    from transformers.generation.utils import DeferredStopCheck
+
+    rule = DeferredStopCheck.__dict__["is_supported"]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not DeferredStopCheck.is_supported(cuda, None, False, is_assistant=False)
+    with deferred_stop_check("cuda"):
+        assert DeferredStopCheck.is_supported(cuda, None, False, is_assistant=False)
+        assert not DeferredStopCheck.is_supported(cuda, None, False, is_assistant=True)
+        assert not DeferredStopCheck.is_supported(cpu, None, False, is_assistant=False)  # CPU has no events
+    with deferred_stop_check(None):
+        assert DeferredStopCheck.__dict__["is_supported"] is rule
+    assert DeferredStopCheck.__dict__["is_supported"] is rule
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the deferred stop check runs on CUDA (events)")
+def test_deferred_stop_check_generates_the_same_tokens_on_the_gpu(runtime: Runtime) -> None:
+    """Reading the stop flag a step late (the GPU default with a static cache) changes no token: stop strings, EOS,
+    scored generation."""
+    gpu = Runtime(runtime.model.to("cuda"), runtime.tokenizer, batch_size=2, static_cache=True)
+    deferred = gpu.generate(PROMPTS, max_new_tokens=8, stop=" "), gpu.generate_scored(PROMPTS, max_new_tokens=5)
+    with unittest.mock.patch("pytest_qxai.runtime.deferred_stop_check", lambda _device: contextlib.nullcontext()):
+        plain = gpu.generate(PROMPTS, max_new_tokens=8, stop=" "), gpu.generate_scored(PROMPTS, max_new_tokens=5)
+    runtime.model.to("cpu")
+    assert deferred[0] == plain[0] and deferred[1][0] == plain[1][0]
+    np.testing.assert_allclose(deferred[1][1], plain[1][1], atol=1e-5)
