@@ -112,7 +112,10 @@ class SuiteResult:
 
 
 NOT_APPLICABLE = "not applicable: "
-"""How every skip of a metric that does not apply begins (the gate makes it a SKIPPED test with the reason)."""
+"""How every skip of a metric that does not apply to the run begins (no data of the kind, no backward pass, a
+device too slow for the method): more items cannot change it, so a sequential look takes it as settled. A skip
+that more items may lift (too few items per label, no fact recalled yet) says so without this prefix, and a
+sequential suite keeps looking (the gate makes either a SKIPPED test with the reason)."""
 
 AT_CHANCE = NOT_APPLICABLE + "reference at chance"
 """How a skip begins whose precondition failed on the items seen (more items may show it): the only kind of

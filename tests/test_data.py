@@ -219,7 +219,7 @@ def test_gold_explanations_of_some_files_are_compared_and_e_snli_keeps_its_own_m
     assert set(result.notes["precondition"]) == {"e-SNLI", "sentiment, tickets"}
     found = probes.run_probes(pair)  # one item per label in each file: no cross-validated probe, one line why
     assert found.skipped["label_probe_transfer_accuracy"] == (
-        "not applicable: 2 sentiment items give too few per label for cross-validated probes (smallest label count 1, "
+        "2 sentiment items give too few per label for cross-validated probes (smallest label count 1, "
         "at least 2 of two labels needed); 2 tickets items give too few per label for cross-validated probes "
         "(smallest label count 1, at least 2 of two labels needed)")
     assert not np.isnan(found.quantized["label_representation_cosine"][2:]).any()

@@ -226,7 +226,7 @@ def test_second_hop_is_skipped_without_backward_through_the_quantized_model(
     pair = tiny_pair(tiny_runtime, make_config(samples=3), quantized_backward=(False, why))
     result = M.run_multihop(pair)
     assert result.skipped == {"second_hop": (
-        "the second-hop test differentiates CnstScore through the model and the quantized model has no backward "
+        "not applicable: the second-hop test differentiates CnstScore through the model and the quantized model has no backward "
         "pass here (backward failed: NotImplementedError)"), "first_hop_r1": (  # the first 3 bridge through countries
         "not applicable: no gated item's composition has a relation of the same range to substitute for r1 (the "
         "composition table's 'substitute')")}

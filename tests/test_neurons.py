@@ -163,7 +163,7 @@ def test_a_backend_that_cannot_dequantize_skips_the_suite_with_the_reason(
 ) -> None:
     monkeypatch.setattr(N, "recall_values", lambda pair, side, items: {"recall_accuracy": np.ones(len(items))})
     result = N.run_neurons(tiny_pair(tiny_runtime, make_config(samples=2)))
-    assert result.skipped == {m.name: "the fake backend cannot dequantize its linear layers" for m in N.NEURONS_METRICS}
+    assert result.skipped == {m.name: "not applicable: the fake backend cannot dequantize its linear layers" for m in N.NEURONS_METRICS}
 
 
 def test_a_reference_that_recalls_no_fact_skips_the_suite_with_the_reason(

@@ -482,3 +482,23 @@ def test_the_futility_rule_rarely_drops_a_competent_reference_and_mostly_stops_o
     competent, _ = settled_early(120, 1 / 3, accuracy_for_power(120, 1 / 3, 0.95), reps=1000, seed=1)
     at_chance, used = settled_early(120, 1 / 3, 1 / 3, reps=1000, seed=2)
     assert competent <= 0.03 and at_chance >= 0.6 and used <= 0.8, (competent, at_chance, used)
+
+
+def test_skips_of_the_run_are_settled_and_skips_more_items_may_lift_stay_open() -> None:
+    """A skip that no item count changes (integrated gradients on a CPU, no backward pass) settles at the first
+    look; a skip for too few items per label keeps the suite looking (it was settled at once, never tested)."""
+    from types import SimpleNamespace
+
+    from pytest_qxai.gate.check import CheckResult
+    from pytest_qxai.gate.sequential import decided
+    from pytest_qxai.methods.attribution import gradient_plan
+
+    def side(ok: bool) -> SimpleNamespace:
+        return SimpleNamespace(role="quantized", backward_ok=lambda: (ok, "no backward"),
+                               runtime=SimpleNamespace(device=SimpleNamespace(type="cpu")))
+
+    reasons = [gradient_plan(SimpleNamespace(sides=(side(True), side(ok)), reference=side(True))) for ok in (True, False)]
+    too_few = "4 e-SNLI items give too few per NLI label for cross-validated probes (smallest label count 1, ...)"
+    for reason, settled in [*((r, True) for r in reasons), (too_few, False)]:
+        assert reason is not None
+        assert decided(CheckResult("attribution", "ig_sufficiency", "vs_reference", "skipped", reason), 5.0) is settled

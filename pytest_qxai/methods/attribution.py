@@ -61,7 +61,7 @@ import numpy as np
 
 from ..datasets import dataset_fingerprint
 from ..errors import QxaiError
-from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
+from ..metrics import NOT_APPLICABLE, Metric, SuiteResult, combine, derived_metric, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, register_suite
@@ -471,9 +471,9 @@ def gradient_plan(pair: "ModelPair") -> str | None:
     """None when integrated gradients can run on both sides, else the reason they are skipped."""
     missing = [f"{side.role}: {side.backward_ok()[1]}" for side in pair.sides if not side.backward_ok()[0]]
     if missing:
-        return "integrated gradients need a backward pass on both sides (" + "; ".join(missing) + ")"
+        return NOT_APPLICABLE + "integrated gradients need a backward pass on both sides (" + "; ".join(missing) + ")"
     if pair.reference.runtime.device.type == "cpu":
-        return (f"integrated gradients need {IG_STEPS} forward+backward passes per item to converge on this model, "
+        return (f"{NOT_APPLICABLE}integrated gradients need {IG_STEPS} forward+backward passes per item to converge on this model, "
                 "too slow on a CPU; run on a GPU (--qxai-device cuda) for the ig_ metrics")
     return None
 

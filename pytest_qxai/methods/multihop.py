@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..datasets import DATA_DIR, Fact, dataset_fingerprint, load_relations, no_relations, seeded_order
-from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..metrics import NOT_APPLICABLE, Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import stable_hash
 from ..suite import Suite, get_suite, register_suite
@@ -346,7 +346,7 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
         tests[SECOND_HOP.name] = lambda v: (v["dcnst"] > 0).astype(float)
     else:
         side, why = ("reference", why_ref) if not ok_ref else ("quantized", why_quant)
-        skipped[SECOND_HOP.name] = (f"the second-hop test differentiates CnstScore through the model and the {side} "
+        skipped[SECOND_HOP.name] = (f"{NOT_APPLICABLE}the second-hop test differentiates CnstScore through the model and the {side} "
                                     f"model has no backward pass here ({why})")
     if all(it.relation_negative is None for it in items):
         del tests[FIRST_HOP_R1.name]

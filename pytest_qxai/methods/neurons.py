@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..datasets import dataset_fingerprint, no_relations
-from ..metrics import Metric, SuiteResult, not_applicable, register_metric
+from ..metrics import NOT_APPLICABLE, Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import cache_type, stable_hash
 from ..suite import Suite, get_suite, register_suite
@@ -296,7 +296,7 @@ def run_neurons(pair: "ModelPair") -> SuiteResult:
         "w_down": f"quantized side dequantized by the {pair.backend.name} backend",
     }
     if quantized is None:
-        reason = f"the {pair.backend.name} backend cannot dequantize its linear layers"
+        reason = f"{NOT_APPLICABLE}the {pair.backend.name} backend cannot dequantize its linear layers"
         return SuiteResult(SUITE, ids, {}, {}, fingerprint, skipped={m.name: reason for m in NEURONS_METRICS},
                            notes=notes)
     ones = np.ones(len(items))

@@ -181,7 +181,7 @@ def _probe_part(pair: "ModelPair", tasks: Sequence[LabelTask], items: Sequence[S
     reasons = [p["reason"] for p in parts if p["correct"] is None]
     if len(reasons) == len(parts):
         skipped = dict.fromkeys([metrics[TRANSFER].name, metrics[RETRAINED].name],
-                                "not applicable: " + "; ".join(reasons))
+                                "; ".join(reasons))  # more items may give enough per label: not "not applicable"
     else:
         correct = {name: np.concatenate([p["correct"][name] if p["correct"] else np.full((len(g), depth), np.nan)
                                          for p, g in zip(parts, items)])
