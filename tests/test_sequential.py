@@ -109,6 +109,33 @@ def test_knowledge_looks_compute_only_their_new_items_and_give_the_values_of_one
         np.testing.assert_allclose(looked.reference[name], at_once.reference[name], rtol=0, atol=1e-5)
 
 
+
+def test_attribution_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attribution (e-SNLI and ECQA parts) caches one look's batch at a time too: the second look occludes only its
+    2 new items per model and dataset, and its values are those of the 4 items attributed at once."""
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import attribution
+    from pytest_qxai.storage import DiskCache
+
+    measured: list[int] = []
+    side_result = attribution._side_result
+    monkeypatch.setattr(attribution, "_side_result", lambda side, task, items, labels, methods: measured.append(
+        len(items)) or side_result(side, task, items, labels, methods))
+    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
+    pair.cache = DiskCache(tmp_path / "cache")
+    attribution.run_attribution(pair)
+    assert measured == [2] * 4  # two sides, e-SNLI and ECQA
+    looked = attribution.run_attribution(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
+    assert measured == [2] * 8
+    at_once = attribution.run_attribution(tiny_pair(tiny_runtime, make_config(samples=4)))
+    assert looked.item_ids == at_once.item_ids and set(looked.reference) == set(at_once.reference)
+    for name in at_once.reference:
+        for side in ("reference", "quantized"):
+            np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
+
 CONFTEST = """
 import dataclasses
 import pytest

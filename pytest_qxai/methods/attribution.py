@@ -548,11 +548,15 @@ def _label_part(pair: "ModelPair") -> SuiteResult:
     explained = [p.predicted for p in predictions["reference"]]
     labels = np.concatenate(explained)
     results: dict[str, dict[str, dict[str, list[Any]]]] = {}
+    looks = ATTRIBUTION_SUITE.look_items(pair.config)
     for side in pair.sides:
-        parts = [pair.cached(side, "attribution", {**params, "data": dataset_fingerprint(group),
+        parts = [pair.cached_batches(
+            side, "attribution", len(group), looks,
+            lambda start, stop, t=t, group=group: {**params, "data": dataset_fingerprint(group[start:stop]),
                                                    "task": t.template_id(pair.tokenizer)},
-                             lambda t=t, group=group, y=y: _side_result(side, t, group, y, methods))
-                 for t, group, y in zip(tasks, items, explained)]
+            lambda start, stop, t=t, group=group, y=y, side=side: _side_result(side, t, group[start:stop],
+                                                                               y[start:stop], methods))
+            for t, group, y in zip(tasks, items, explained)]
         results[side.role] = {m: {key: [v for part in parts for v in list(part[m][key])]
                                   for key in ("scores", "comprehensiveness", "sufficiency")} for m in methods}
     reference: dict[str, np.ndarray] = {}
@@ -613,9 +617,12 @@ def _ecqa_part(pair: "ModelPair") -> SuiteResult:
     labels = predictions["reference"].predicted
     params = {"data": dataset_fingerprint(items), "version": VERSION, "task": MCQ_TASK.template_id(pair.tokenizer),
               "k": K_PERCENTS}
-    results = {side.role: pair.cached(side, "attribution/ecqa", params,
-                                      lambda side=side: _side_result(side, MCQ_TASK, items, labels, ["occlusion"]))
-               for side in pair.sides}
+    looks = ATTRIBUTION_SUITE.look_items(pair.config, "ecqa")
+    results = {side.role: pair.cached_batches(
+        side, "attribution/ecqa", len(items), looks, lambda start, stop: params | {"data": dataset_fingerprint(
+            items[start:stop])},
+        lambda start, stop, side=side: _side_result(side, MCQ_TASK, items[start:stop], labels[start:stop], ["occlusion"]))
+        for side in pair.sides}
     reference, quantized, lost = scored_metrics(
         {role: r["occlusion"] for role, r in results.items()},
         {m.name: ECQA_METRICS[m] for m in OCCLUSION_METRICS})
