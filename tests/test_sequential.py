@@ -136,6 +136,67 @@ def test_attribution_looks_compute_only_their_new_items_and_give_the_values_of_o
         for side in ("reference", "quantized"):
             np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
 
+
+def test_nle_faithfulness_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The insertion tests (e-SNLI, ECQA) and CC-SHAP cache one look's batch at a time: the second look edits and
+    attributes only its 2 new items per model, and the values and notes are those of one run on 4 items."""
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import faithfulness
+    from pytest_qxai.storage import DiskCache
+
+    measured: list[tuple[str, int]] = []
+    for name in ("counterfactual_test", "ecqa_counterfactual_test", "cc_shap_scores"):
+        original = getattr(faithfulness, name)
+        monkeypatch.setattr(faithfulness, name, lambda runtime, *args, name=name, original=original, **kw: measured.append(
+            (name, len(args[0]))) or original(runtime, *args, **kw))
+    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
+    pair.cache = DiskCache(tmp_path / "cache")
+    faithfulness.run_nle_faithfulness(pair)
+    first = sorted(measured)
+    assert {n for _, n in first} == {2} and len(first) == 6  # three measurements, two sides
+    looked = faithfulness.run_nle_faithfulness(
+        dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
+    assert sorted(measured[len(first):]) == first
+    at_once = faithfulness.run_nle_faithfulness(tiny_pair(tiny_runtime, make_config(samples=4)))
+    assert looked.item_ids == at_once.item_ids
+    assert {**looked.notes, "precondition": None} == {**at_once.notes, "precondition": None}  # competence: the budget's
+    for name in at_once.reference:
+        for side in ("reference", "quantized"):
+            np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
+
+
+def test_counterfactual_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counterfactual edits (e-SNLI and ECQA) and their scoring cache one look's batch at a time: the second look
+    edits and scores only its 2 new items per model, and its values are those of one run on 4 items."""
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import counterfactual
+    from pytest_qxai.storage import DiskCache
+
+    measured: list[int] = []
+    scores = counterfactual.text_scores
+    monkeypatch.setattr(counterfactual, "text_scores", lambda originals, edits, scorer: measured.append(len(edits)) or
+                        scores(originals, edits, scorer))
+    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
+    pair.cache = DiskCache(tmp_path / "cache")
+    counterfactual.run_counterfactual(pair)
+    first = len(measured)
+    assert set(measured) == {2} and first == 6  # two sides: e-SNLI's two variants and ECQA
+    looked = counterfactual.run_counterfactual(
+        dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
+    assert measured == [2] * 2 * first
+    at_once = counterfactual.run_counterfactual(tiny_pair(tiny_runtime, make_config(samples=4)))
+    assert looked.item_ids == at_once.item_ids
+    assert {**looked.notes, "precondition": None} == {**at_once.notes, "precondition": None}
+    for name in at_once.reference:
+        for side in ("reference", "quantized"):
+            np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
+
 CONFTEST = """
 import dataclasses
 import pytest

@@ -264,6 +264,27 @@ def _generate(side: "ModelSide", items: Sequence[NLIItem], labels: np.ndarray) -
     }
 
 
+def _generated_and_judged(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], labels: np.ndarray,
+                          params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A side's e-SNLI edits (:func:`_generate`) and the reference's judgement of them (:func:`_judge`), each cached
+    one sequential look's batch of items at a time."""
+    looks = COUNTERFACTUAL_SUITE.look_items(pair.config)
+
+    def batch(start: int, stop: int) -> dict[str, Any]:
+        return params | {"data": dataset_fingerprint(items[start:stop])}
+
+    def generate(start: int, stop: int) -> dict[str, Any]:
+        return _generate(side, items[start:stop], labels[start:stop])
+
+    generated = pair.cached_batches(side, "counterfactual", len(items), looks, batch, generate)
+    judged = pair.cached_batches(
+        side, "counterfactual/judge", len(items), looks,
+        lambda start, stop: batch(start, stop) | {"judge": pair.reference.identity, "scoring": SCORING_VERSION},
+        lambda start, stop: _judge(pair, side, items[start:stop], pair.cached(
+            side, "counterfactual", batch(start, stop), lambda: generate(start, stop))))
+    return generated, judged
+
+
 def _judge(
     pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], generated: dict[str, Any]
 ) -> dict[str, Any]:
@@ -306,22 +327,25 @@ def _ecqa_answers(runtime: "Runtime", items: Sequence[MCQItem], questions: Seque
 
 
 def _one_step_side(
-    pair: "ModelPair", side: "ModelSide", key: str, params: dict[str, Any], prompts: Sequence[str],
-    originals: Sequence[str], targets: np.ndarray, predict: Callable[["Runtime", list[str]], np.ndarray],
-    metrics: dict[str, Metric], fluency_worst: float,
+    pair: "ModelPair", side: "ModelSide", key: str, params: dict[str, Any], items: Sequence[Any],
+    prompts: Sequence[str], originals: Sequence[str], targets: np.ndarray,
+    predict: Callable[["Runtime", Sequence[Any], list[str]], np.ndarray], metrics: dict[str, Metric],
+    fluency_worst: float,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """One side's one-step edits of ``originals``: the metrics (degenerate edits at their worst), the flags, the edits.
 
-    ``predict`` gives a model's label on the edited inputs; the reference judges every side's edits (cached).
+    ``predict(runtime, items, edits)`` gives a model's label on those items edited; the reference judges every
+    side's edits. Cached one sequential look's batch of items at a time (``params`` plus the batch's data).
     """
-    def compute() -> dict[str, Any]:
-        edits = side.runtime.generate(list(prompts), MAX_EDIT_TOKENS)
-        own = predict(side.runtime, edits)
-        judged = own if side is pair.reference else predict(pair.reference.runtime, edits)
+    def compute(start: int, stop: int) -> dict[str, Any]:
+        edits = side.runtime.generate(list(prompts[start:stop]), MAX_EDIT_TOKENS)
+        own = predict(side.runtime, items[start:stop], edits)
+        judged = own if side is pair.reference else predict(pair.reference.runtime, items[start:stop], edits)
         return {"edits": edits, "own": own, "judged": judged,
-                **text_scores(originals, edits, pair.reference.runtime)}
+                **text_scores(originals[start:stop], edits, pair.reference.runtime)}
 
-    out = pair.cached(side, key, params, compute)
+    out = pair.cached_batches(side, key, len(items), COUNTERFACTUAL_SUITE.look_items(pair.config),
+                              lambda start, stop: params | {"data": dataset_fingerprint(items[start:stop])}, compute)
     flags = np.array([is_degenerate(o, e) for o, e in zip(originals, out["edits"])], dtype=bool)
     texts = degenerate_scores({k: out[k] for k in ("minimality", "similarity", "fluency")}, flags, fluency_worst)
     values = {"self_flip": reaches(targets, out["own"], ~flags),
@@ -344,10 +368,10 @@ def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
     for side in pair.sides:
         answers = task.mcq_predictions(pair, side, len(questions)).predicted
         values[side.role], flags[side.role], edits = _one_step_side(
-            pair, side, "counterfactual/ecqa", params,
+            pair, side, "counterfactual/ecqa", params, questions,
             [ecqa_edit_prompt(it, int(a)) for it, a in zip(questions, answers)],
             [it.question for it in questions], np.array([ecqa_target(it, int(a)) for it, a in zip(questions, answers)]),
-            lambda runtime, texts: _ecqa_answers(runtime, questions, texts), ECQA_METRICS, fluency_worst)
+            _ecqa_answers, ECQA_METRICS, fluency_worst)
         notes["degenerate_edits"][f"{side.role}/ecqa"] = f"{int(flags[side.role].sum())}/{len(questions)}"
         notes["examples"][f"{side.role}/ecqa"] = [{"id": it.id, "question": it.question, "edit": e}
                                                   for it, e in zip(questions[:EXAMPLES_IN_NOTES], edits)]
@@ -379,11 +403,11 @@ def _label_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
             labels = task.label_predictions(pair, side, t, len(group)).predicted
             targets = (labels + 1) % len(t.labels)
             found, flagged, edits = _one_step_side(
-                pair, side, "counterfactual/label", params,
+                pair, side, "counterfactual/label", params, group,
                 [class_edit_prompt(it, t.labels[y], t.labels[z]) for it, y, z in zip(group, labels, targets)],
                 [it.text for it in group], targets,
-                lambda runtime, texts, t=t, group=group: task.predict_labels(
-                    runtime, t, [dataclasses.replace(it, text=e) for it, e in zip(group, texts)]),
+                lambda runtime, edited, texts, t=t: task.predict_labels(
+                    runtime, t, [dataclasses.replace(it, text=e) for it, e in zip(edited, texts)]),
                 LABEL_METRICS, fluency_worst)
             for name, per_item in found.items():
                 values[side.role].setdefault(name, []).append(per_item)
@@ -424,10 +448,7 @@ def _esnli_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
     for side in pair.sides:
         labels = task.nli_predictions(pair, side, n).predicted
         targets = np.array([target_label(int(y)) for y in labels])
-        generated = pair.cached(side, "counterfactual", params, lambda: _generate(side, items, labels))
-        judged = pair.cached(side, "counterfactual/judge",
-                             {**params, "judge": pair.reference.identity, "scoring": SCORING_VERSION},
-                             lambda: _judge(pair, side, items, generated))
+        generated, judged = _generated_and_judged(pair, side, items, labels, params)
         values[side.role] = {}
         for variant, prefix in VARIANTS.items():
             verdict, edits = judged[variant], generated["edits"][variant]

@@ -401,19 +401,29 @@ def _summary(edits: dict[str, Any]) -> dict[str, Any]:
             "empty_explanations_of_flips": int(edits["empty"].sum())}
 
 
+def _batched(pair: "ModelPair", side: "ModelSide", namespace: str, n: int, params: Callable[[int, int], Any],
+             compute: Callable[[int, int], Any], part: str | None = None) -> Any:
+    """A side's per-item (or per-unit) results on ``n`` items, cached one sequential look's batch at a time (the
+    suite's looks, or its ``part``'s), so that a look measures only its new items; insertion tests keep the first
+    few flipped examples of all items, as one batch of them gives."""
+    found = pair.cached_batches(side, namespace, n, NLE_FAITHFULNESS_SUITE.look_items(pair.config, part), params,
+                                compute)
+    return found | {"examples": found["examples"][:EXAMPLES_IN_NOTES]} if isinstance(found, dict) else found
+
+
 def _side(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], n_shap: int) -> dict[str, Any]:
     """One side's per-item shares, CC-SHAP (degenerate units at −1) and degeneracy flags (each part cached)."""
     seed = pair.config.seed
     labels = nli_predictions(pair, side, len(items)).predicted
-    base = explanation_params(pair, items)
-    edits = pair.cached(side, "nle_faithfulness/units",
-                        {**base, "insertions": stable_hash(INSERTIONS), "seed": seed},
-                        lambda: counterfactual_test(side.runtime, items, labels, seed))
+    edits = _batched(pair, side, "nle_faithfulness/units", len(items), lambda start, stop: {
+        **explanation_params(pair, items[start:stop]), "insertions": stable_hash(INSERTIONS), "seed": seed},
+        lambda start, stop: counterfactual_test(side.runtime, items[start:stop], labels[start:stop], seed))
     shap_items = list(items[:n_shap])
     own = side_explanations(pair, side, len(items))
-    scores = pair.cached(side, "nle_faithfulness/cc_shap",
-                         {**explanation_params(pair, shap_items), "cc_shap": CC_SHAP, "seed": seed},
-                         lambda: cc_shap_scores(side.runtime, shap_items, labels[:n_shap], own[:n_shap], seed))
+    scores = _batched(pair, side, "nle_faithfulness/cc_shap", n_shap, lambda start, stop: {
+        **explanation_params(pair, shap_items[start:stop]), "cc_shap": CC_SHAP, "seed": seed},
+        lambda start, stop: cc_shap_scores(side.runtime, shap_items[start:stop], labels[start:stop],
+                                           own[start:stop], seed), "cc_shap")
     shap_degenerate = np.isnan(scores)
     padded = np.concatenate([scored(scores, shap_degenerate, -1.0), np.full(len(items) - n_shap, np.nan)])
     return {
@@ -431,10 +441,10 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -
     """One side's ECQA insertion test: per-item flip and unfaithful-flip shares (cached)."""
     seed = pair.config.seed
     answers = mcq_predictions(pair, side, len(items)).predicted
-    params = {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer),
-              "nle": stable_hash(ECQA_NLE_TEMPLATE), "insertions": stable_hash(INSERTIONS), "seed": seed}
-    edits = pair.cached(side, "nle_faithfulness/ecqa_units", params,
-                        lambda: ecqa_counterfactual_test(side.runtime, items, answers, seed))
+    edits = _batched(pair, side, "nle_faithfulness/ecqa_units", len(items), lambda start, stop: {
+        "data": dataset_fingerprint(items[start:stop]), "task": template_id(pair.tokenizer),
+        "nle": stable_hash(ECQA_NLE_TEMPLATE), "insertions": stable_hash(INSERTIONS), "seed": seed},
+        lambda start, stop: ecqa_counterfactual_test(side.runtime, items[start:stop], answers[start:stop], seed))
     return {
         ECQA_FLIP.name: item_shares(edits["units"], edits["flipped"]),
         ECQA_UNFAITHFUL.name: item_shares(edits["units"], edits["unfaithful"]),
@@ -498,15 +508,15 @@ def _label_side(pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Se
     """One side's insertion test and CC-SHAP on one classification file (each part cached), as :func:`_side`."""
     seed = pair.config.seed
     labels = label_predictions(pair, side, task, len(items)).predicted
-    base = label_explanation_params(pair, task, items)
-    edits = pair.cached(side, "nle_faithfulness/label_units",
-                        {**base, "insertions": stable_hash(INSERTIONS), "seed": seed},
-                        lambda: label_counterfactual_test(side.runtime, task, items, labels, seed))
+    edits = _batched(pair, side, "nle_faithfulness/label_units", len(items), lambda start, stop: {
+        **label_explanation_params(pair, task, items[start:stop]), "insertions": stable_hash(INSERTIONS), "seed": seed},
+        lambda start, stop: label_counterfactual_test(side.runtime, task, items[start:stop], labels[start:stop], seed))
     shap_items = list(items[:n_shap])
     own = label_explanations(pair, side, task, len(items))
-    scores = pair.cached(side, "nle_faithfulness/label_cc_shap",
-                         {**label_explanation_params(pair, task, shap_items), "cc_shap": CC_SHAP, "seed": seed},
-                         lambda: cc_shap_scores(side.runtime, shap_items, labels[:n_shap], own[:n_shap], seed, task))
+    scores = _batched(pair, side, "nle_faithfulness/label_cc_shap", n_shap, lambda start, stop: {
+        **label_explanation_params(pair, task, shap_items[start:stop]), "cc_shap": CC_SHAP, "seed": seed},
+        lambda start, stop: cc_shap_scores(side.runtime, shap_items[start:stop], labels[start:stop],
+                                           own[start:stop], seed, task), "cc_shap")
     return {"edits": edits, "cc_shap": scores, "empty": is_empty(own), "n": len(items)}
 
 
