@@ -197,6 +197,36 @@ def test_counterfactual_looks_compute_only_their_new_items_and_give_the_values_o
         for side in ("reference", "quantized"):
             np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
 
+
+def test_nle_looks_generate_only_their_new_explanations_and_give_the_values_of_one_run(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The NLE suite's explanations (shared with nle_faithfulness) and their quality scores cache one look's batch
+    at a time: the second look explains and scores only its 2 new items per model, values as one run on 4 items."""
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import nle
+    from pytest_qxai.storage import DiskCache
+
+    measured: list[tuple[str, int]] = []
+    for name in ("explain", "explain_ecqa", "quality"):
+        original = getattr(nle, name)
+        monkeypatch.setattr(nle, name, lambda *args, name=name, original=original, **kw: measured.append(
+            (name, len(args[1]))) or original(*args, **kw))
+    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
+    pair.cache = DiskCache(tmp_path / "cache")
+    nle.run_nle(pair)
+    first = sorted(measured)
+    assert {n for _, n in first} == {2} and {name for name, _ in first} == {"explain", "explain_ecqa", "quality"}
+    looked = nle.run_nle(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
+    assert sorted(measured[len(first):]) == first
+    at_once = nle.run_nle(tiny_pair(tiny_runtime, make_config(samples=4)))
+    assert looked.item_ids == at_once.item_ids
+    assert {**looked.notes, "precondition": None} == {**at_once.notes, "precondition": None}
+    for name in at_once.reference:
+        for side in ("reference", "quantized"):
+            np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
+
 CONFTEST = """
 import dataclasses
 import pytest

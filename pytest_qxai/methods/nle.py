@@ -62,7 +62,7 @@ from ..metrics import Metric, SuiteResult, combine, derived_metric, not_applicab
 from ..models.judge import judge
 from ..profiles import suite_items
 from ..storage import stable_hash
-from ..suite import Suite, register_suite
+from ..suite import Suite, register_suite, registered_suites
 from .outcomes import (competence_items, degenerate_metric, lost_counts, require_competence, scored,
                        uniform_log_perplexity, worst_value)
 from .task import (MCQ_TEMPLATE, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
@@ -191,15 +191,30 @@ def explanation_params(pair: "ModelPair", items: Sequence[NLIItem]) -> dict[str,
     return {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer), "nle": stable_hash(NLE_TEMPLATE)}
 
 
+EXPLAINING_SUITES = (SUITE, "nle_faithfulness")
+"""The suites that ask for a side's explanations (of lengths their own item counts give)."""
+
+
+def explanation_cuts(pair: "ModelPair") -> tuple[int, ...] | None:
+    """Where a side's explanation list is cut into cached batches under ``--qxai-budget``: at every look of the
+    suites that ask for explanations, so that each length they ask for is a cut and a look generates only its new
+    items; None outside sequential mode (one batch)."""
+    looks = [s.look_items(pair.config) for s in registered_suites() if s.name in EXPLAINING_SUITES]
+    if not looks or any(found is None for found in looks):
+        return None
+    return tuple(sorted({n for found in looks if found is not None for n in found}))
+
+
 def side_explanations(pair: "ModelPair", side: "ModelSide", n: int) -> list[str]:
     """A side's explanations of its own labels on the first ``n`` items, generated once on the NLE item set."""
     items = esnli_items(pair, max(n, nle_size(pair)))
     labels = nli_predictions(pair, side, len(items)).predicted
-
-    def compute() -> list[str]:
-        return explain(side.runtime, [(item.premise, item.hypothesis) for item in items], labels)
-
-    return pair.cached(side, "nle/explanations", explanation_params(pair, items), compute)[:n]
+    pairs = [(item.premise, item.hypothesis) for item in items]
+    texts: list[str] = pair.cached_batches(
+        side, "nle/explanations", len(items), explanation_cuts(pair),
+        lambda start, stop: explanation_params(pair, items[start:stop]),
+        lambda start, stop: explain(side.runtime, pairs[start:stop], labels[start:stop]))
+    return texts[:n]
 
 
 def class_explanation_prompt(text: str, label: str) -> str:
@@ -223,11 +238,11 @@ def label_explanations(pair: "ModelPair", side: "ModelSide", task: LabelTask, n:
     """A side's explanations of its own labels on a classification file's first ``n`` items (cached, nested)."""
     items = task.items(max(n, nle_size(pair)), pair.config.seed)
     labels = label_predictions(pair, side, task, len(items)).predicted
-
-    def compute() -> list[str]:
-        return explain_labels(side.runtime, task, items, labels)
-
-    return pair.cached(side, "nle/label_explanations", label_explanation_params(pair, task, items), compute)[:n]
+    texts: list[str] = pair.cached_batches(
+        side, "nle/label_explanations", len(items), explanation_cuts(pair),
+        lambda start, stop: label_explanation_params(pair, task, items[start:stop]),
+        lambda start, stop: explain_labels(side.runtime, task, items[start:stop], labels[start:stop]))
+    return texts[:n]
 
 
 # --- quality ----------------------------------------------------------------------------------------------
@@ -320,11 +335,11 @@ def _side_quality(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem]
     """A side's explanations and their quality metrics (cached: the scorer and judge are part of ``params``)."""
     labels = nli_predictions(pair, side, len(items)).predicted
     texts = side_explanations(pair, side, len(items))
-
-    def compute() -> dict[str, np.ndarray]:
-        return quality(items, labels, texts, scorer=pair.reference.runtime, judge=judge_runtime)
-
-    return texts, pair.cached(side, "nle/quality", params, compute)
+    return texts, pair.cached_batches(
+        side, "nle/quality", len(items), NLE_SUITE.look_items(pair.config),
+        lambda start, stop: params | explanation_params(pair, items[start:stop]),
+        lambda start, stop: quality(items[start:stop], labels[start:stop], texts[start:stop],
+                                    scorer=pair.reference.runtime, judge=judge_runtime))
 
 
 def ecqa_explanation_prompt(question: str, answer: str) -> str:
@@ -352,17 +367,20 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -
     params = {"data": dataset_fingerprint(items), "task": template_id(pair.tokenizer),
               "nle": stable_hash(ECQA_NLE_TEMPLATE), "scorer": pair.reference.identity, "encoder": ENCODER_NAME}
 
-    def compute() -> tuple[list[str], dict[str, Any]]:
-        texts = explain_ecqa(side.runtime, [it.question for it in items],
-                             [it.options[int(a)] for it, a in zip(items, answers)])
-        references = [ecqa_references(it) for it in items]
-        return texts, {
+    def compute(start: int, stop: int) -> dict[str, Any]:
+        batch = items[start:stop]
+        texts = explain_ecqa(side.runtime, [it.question for it in batch],
+                             [it.options[int(a)] for it, a in zip(batch, answers[start:stop])])
+        references = [ecqa_references(it) for it in batch]
+        return {"texts": texts, "metrics": {
             GOLD_SIMILARITY.name: gold_similarity(texts, references),
             ROUGE_L.name: np.array([rouge_l(t, refs) for t, refs in zip(texts, references)]),
             FLUENCY.name: log_perplexity(pair.reference.runtime, texts),
-        }
+        }}
 
-    return pair.cached(side, "nle/ecqa", params, compute)
+    found = pair.cached_batches(side, "nle/ecqa", len(items), NLE_SUITE.look_items(pair.config),
+                                lambda start, stop: params | {"data": dataset_fingerprint(items[start:stop])}, compute)
+    return found["texts"], found["metrics"]
 
 
 def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
@@ -470,8 +488,12 @@ def _label_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
             labels = label_predictions(pair, side, t, len(group)).predicted
             own = label_explanations(pair, side, t, len(group))
             texts[side.role] += own
-            parts[side.role].append(pair.cached(side, "nle/label_quality", params, lambda: quality(
-                group, labels, own, scorer=pair.reference.runtime, judge=judge_runtime, label_names=t.labels)))
+            parts[side.role].append(pair.cached_batches(
+                side, "nle/label_quality", len(group), NLE_SUITE.look_items(pair.config),
+                lambda start, stop, t=t, group=group: params | label_explanation_params(pair, t, group[start:stop]),
+                lambda start, stop, t=t, group=group, labels=labels, own=own: quality(
+                    group[start:stop], labels[start:stop], own[start:stop], scorer=pair.reference.runtime,
+                    judge=judge_runtime, label_names=t.labels)))
     empty = {role: is_empty(own) for role, own in texts.items()}
     has_gold = np.array([bool(it.explanations) for group in items for it in group])
     values: dict[str, dict[str, np.ndarray]] = {}
