@@ -83,149 +83,52 @@ def tiny_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return tiny_runtime_at(tmp_path_factory.mktemp("tiny"))
 
 
-def test_knowledge_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
-    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+LOOKED = {
+    "knowledge": ("run_knowledge", {"measure_recall": 1}),
+    "attribution": ("run_attribution", {"_side_result": 2}),
+    "faithfulness": ("run_nle_faithfulness", {"counterfactual_test": 1, "ecqa_counterfactual_test": 1,
+                                              "cc_shap_scores": 1}),
+    "counterfactual": ("run_counterfactual", {"text_scores": 1}),
+    "nle": ("run_nle", {"explain": 1, "explain_ecqa": 1, "quality": 0}),
+}
+"""Suites that cache one look's batch at a time: their run function, and the measuring functions (with the
+position of their per-item argument) that a look may call only on its new items."""
+
+
+@pytest.mark.parametrize("module", sorted(LOOKED))
+def test_looks_measure_only_their_new_items_and_give_the_values_of_one_run(
+    module: str, tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Under a budget the knowledge suite caches one look's batch at a time: the second look of a budget of 10
-    measures only its 2 new items per model, and its values are those of the 4 items measured at once."""
+    """Under a budget of 10 the second look (4 items) measures only its 2 new items per model and part, and its
+    values and notes are those of one run on 4 items (the competence test aside: it runs on the budget's items)."""
+    import importlib
+
     from test_arch import tiny_pair
 
-    from pytest_qxai.methods import knowledge
     from pytest_qxai.storage import DiskCache
 
-    measured: list[int] = []
-    measure = knowledge.measure_recall
-    monkeypatch.setattr(knowledge, "measure_recall", lambda runtime, items: measured.append(len(items)) or
-                        measure(runtime, items))
+    methods = importlib.import_module(f"pytest_qxai.methods.{module}")
+    run_name, measuring = LOOKED[module]
+    measured: list[tuple[str, int]] = []
+    for name, position in measuring.items():
+        original = getattr(methods, name)
+        monkeypatch.setattr(methods, name, lambda *args, name=name, position=position, original=original, **kw: (
+            measured.append((name, len(args[position]))) or original(*args, **kw)))
+    run = getattr(methods, run_name)
     pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
     pair.cache = DiskCache(tmp_path / "cache")
-    knowledge.run_knowledge(pair)
-    assert measured == [2, 2]
-    looked = knowledge.run_knowledge(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
-    assert measured == [2, 2, 2, 2]
-    at_once = knowledge.run_knowledge(tiny_pair(tiny_runtime, make_config(samples=4)))
-    assert looked.item_ids == at_once.item_ids
-    for name in at_once.reference:
-        np.testing.assert_allclose(looked.reference[name], at_once.reference[name], rtol=0, atol=1e-5)
-
-
-
-def test_attribution_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
-    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Attribution (e-SNLI and ECQA parts) caches one look's batch at a time too: the second look occludes only its
-    2 new items per model and dataset, and its values are those of the 4 items attributed at once."""
-    from test_arch import tiny_pair
-
-    from pytest_qxai.methods import attribution
-    from pytest_qxai.storage import DiskCache
-
-    measured: list[int] = []
-    side_result = attribution._side_result
-    monkeypatch.setattr(attribution, "_side_result", lambda side, task, items, labels, methods: measured.append(
-        len(items)) or side_result(side, task, items, labels, methods))
-    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
-    pair.cache = DiskCache(tmp_path / "cache")
-    attribution.run_attribution(pair)
-    assert measured == [2] * 4  # two sides, e-SNLI and ECQA
-    looked = attribution.run_attribution(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
-    assert measured == [2] * 8
-    at_once = attribution.run_attribution(tiny_pair(tiny_runtime, make_config(samples=4)))
+    run(pair)
+    first = sorted(measured)
+    assert {n for _, n in first} == {2} and {name for name, _ in first} == set(measuring)
+    looked = run(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
+    assert sorted(measured[len(first):]) == first
+    at_once = run(tiny_pair(tiny_runtime, make_config(samples=4)))
     assert looked.item_ids == at_once.item_ids and set(looked.reference) == set(at_once.reference)
-    for name in at_once.reference:
-        for side in ("reference", "quantized"):
-            np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
-
-
-def test_nle_faithfulness_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
-    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The insertion tests (e-SNLI, ECQA) and CC-SHAP cache one look's batch at a time: the second look edits and
-    attributes only its 2 new items per model, and the values and notes are those of one run on 4 items."""
-    from test_arch import tiny_pair
-
-    from pytest_qxai.methods import faithfulness
-    from pytest_qxai.storage import DiskCache
-
-    measured: list[tuple[str, int]] = []
-    for name in ("counterfactual_test", "ecqa_counterfactual_test", "cc_shap_scores"):
-        original = getattr(faithfulness, name)
-        monkeypatch.setattr(faithfulness, name, lambda runtime, *args, name=name, original=original, **kw: measured.append(
-            (name, len(args[0]))) or original(runtime, *args, **kw))
-    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
-    pair.cache = DiskCache(tmp_path / "cache")
-    faithfulness.run_nle_faithfulness(pair)
-    first = sorted(measured)
-    assert {n for _, n in first} == {2} and len(first) == 6  # three measurements, two sides
-    looked = faithfulness.run_nle_faithfulness(
-        dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
-    assert sorted(measured[len(first):]) == first
-    at_once = faithfulness.run_nle_faithfulness(tiny_pair(tiny_runtime, make_config(samples=4)))
-    assert looked.item_ids == at_once.item_ids
-    assert {**looked.notes, "precondition": None} == {**at_once.notes, "precondition": None}  # competence: the budget's
-    for name in at_once.reference:
-        for side in ("reference", "quantized"):
-            np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
-
-
-def test_counterfactual_looks_compute_only_their_new_items_and_give_the_values_of_one_run(
-    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Counterfactual edits (e-SNLI and ECQA) and their scoring cache one look's batch at a time: the second look
-    edits and scores only its 2 new items per model, and its values are those of one run on 4 items."""
-    from test_arch import tiny_pair
-
-    from pytest_qxai.methods import counterfactual
-    from pytest_qxai.storage import DiskCache
-
-    measured: list[int] = []
-    scores = counterfactual.text_scores
-    monkeypatch.setattr(counterfactual, "text_scores", lambda originals, edits, scorer: measured.append(len(edits)) or
-                        scores(originals, edits, scorer))
-    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
-    pair.cache = DiskCache(tmp_path / "cache")
-    counterfactual.run_counterfactual(pair)
-    first = len(measured)
-    assert set(measured) == {2} and first == 6  # two sides: e-SNLI's two variants and ECQA
-    looked = counterfactual.run_counterfactual(
-        dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
-    assert measured == [2] * 2 * first
-    at_once = counterfactual.run_counterfactual(tiny_pair(tiny_runtime, make_config(samples=4)))
-    assert looked.item_ids == at_once.item_ids
     assert {**looked.notes, "precondition": None} == {**at_once.notes, "precondition": None}
     for name in at_once.reference:
         for side in ("reference", "quantized"):
             np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
 
-
-def test_nle_looks_generate_only_their_new_explanations_and_give_the_values_of_one_run(
-    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The NLE suite's explanations (shared with nle_faithfulness) and their quality scores cache one look's batch
-    at a time: the second look explains and scores only its 2 new items per model, values as one run on 4 items."""
-    from test_arch import tiny_pair
-
-    from pytest_qxai.methods import nle
-    from pytest_qxai.storage import DiskCache
-
-    measured: list[tuple[str, int]] = []
-    for name in ("explain", "explain_ecqa", "quality"):
-        original = getattr(nle, name)
-        monkeypatch.setattr(nle, name, lambda *args, name=name, original=original, **kw: measured.append(
-            (name, len(args[1]))) or original(*args, **kw))
-    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10), samples=2))
-    pair.cache = DiskCache(tmp_path / "cache")
-    nle.run_nle(pair)
-    first = sorted(measured)
-    assert {n for _, n in first} == {2} and {name for name, _ in first} == {"explain", "explain_ecqa", "quality"}
-    looked = nle.run_nle(dataclasses.replace(pair, config=dataclasses.replace(pair.config, samples=4)))
-    assert sorted(measured[len(first):]) == first
-    at_once = nle.run_nle(tiny_pair(tiny_runtime, make_config(samples=4)))
-    assert looked.item_ids == at_once.item_ids
-    assert {**looked.notes, "precondition": None} == {**at_once.notes, "precondition": None}
-    for name in at_once.reference:
-        for side in ("reference", "quantized"):
-            np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
 
 CONFTEST = """
 import dataclasses
