@@ -403,19 +403,25 @@ def _summary(edits: dict[str, Any]) -> dict[str, Any]:
 
 def _batched(pair: "ModelPair", side: "ModelSide", namespace: str, n: int, params: Callable[[int, int], Any],
              compute: Callable[[int, int], Any], part: str | None = None) -> Any:
-    """A side's per-item (or per-unit) results on ``n`` items, cached one sequential look's batch at a time (the
-    suite's looks, or its ``part``'s), so that a look measures only its new items; insertion tests keep the first
-    few flipped examples of all items, as one batch of them gives."""
-    found = pair.cached_batches(side, namespace, n, NLE_FAITHFULNESS_SUITE.look_items(pair.config, part), params,
-                                compute)
-    return found | {"examples": found["examples"][:EXAMPLES_IN_NOTES]} if isinstance(found, dict) else found
+    """A side's per-item results on ``n`` items, cached one sequential look's batch at a time (the suite's looks,
+    or its ``part``'s), so that a look measures only its new items."""
+    return pair.cached_batches(side, namespace, n, NLE_FAITHFULNESS_SUITE.look_items(pair.config, part), params,
+                               compute)
+
+
+def _units(pair: "ModelPair", side: "ModelSide", namespace: str, n: int, params: Callable[[int, int], Any],
+           test: Callable[[int, int], dict[str, Any]]) -> dict[str, Any]:
+    """A side's insertion-test outcomes (:func:`_batched`), keeping the first few flipped examples of all items,
+    as one batch of them gives."""
+    found: dict[str, Any] = _batched(pair, side, namespace, n, params, test)
+    return found | {"examples": found["examples"][:EXAMPLES_IN_NOTES]}
 
 
 def _side(pair: "ModelPair", side: "ModelSide", items: Sequence[NLIItem], n_shap: int) -> dict[str, Any]:
     """One side's per-item shares, CC-SHAP (degenerate units at −1) and degeneracy flags (each part cached)."""
     seed = pair.config.seed
     labels = nli_predictions(pair, side, len(items)).predicted
-    edits = _batched(pair, side, "nle_faithfulness/units", len(items), lambda start, stop: {
+    edits = _units(pair, side, "nle_faithfulness/units", len(items), lambda start, stop: {
         **explanation_params(pair, items[start:stop]), "insertions": stable_hash(INSERTIONS), "seed": seed},
         lambda start, stop: counterfactual_test(side.runtime, items[start:stop], labels[start:stop], seed))
     shap_items = list(items[:n_shap])
@@ -441,7 +447,7 @@ def _ecqa_side(pair: "ModelPair", side: "ModelSide", items: Sequence[MCQItem]) -
     """One side's ECQA insertion test: per-item flip and unfaithful-flip shares (cached)."""
     seed = pair.config.seed
     answers = mcq_predictions(pair, side, len(items)).predicted
-    edits = _batched(pair, side, "nle_faithfulness/ecqa_units", len(items), lambda start, stop: {
+    edits = _units(pair, side, "nle_faithfulness/ecqa_units", len(items), lambda start, stop: {
         "data": dataset_fingerprint(items[start:stop]), "task": template_id(pair.tokenizer),
         "nle": stable_hash(ECQA_NLE_TEMPLATE), "insertions": stable_hash(INSERTIONS), "seed": seed},
         lambda start, stop: ecqa_counterfactual_test(side.runtime, items[start:stop], answers[start:stop], seed))
@@ -508,7 +514,7 @@ def _label_side(pair: "ModelPair", side: "ModelSide", task: LabelTask, items: Se
     """One side's insertion test and CC-SHAP on one classification file (each part cached), as :func:`_side`."""
     seed = pair.config.seed
     labels = label_predictions(pair, side, task, len(items)).predicted
-    edits = _batched(pair, side, "nle_faithfulness/label_units", len(items), lambda start, stop: {
+    edits = _units(pair, side, "nle_faithfulness/label_units", len(items), lambda start, stop: {
         **label_explanation_params(pair, task, items[start:stop]), "insertions": stable_hash(INSERTIONS), "seed": seed},
         lambda start, stop: label_counterfactual_test(side.runtime, task, items[start:stop], labels[start:stop], seed))
     shap_items = list(items[:n_shap])
