@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,6 +14,26 @@ from pytest_qxai.options import QxaiConfig
 from pytest_qxai.specs import parse_spec
 
 pytest_plugins = ["pytester"]
+PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Remember whether the test body passed, for the folder clean-up below."""
+    report = yield
+    if report.when == "call":
+        item.stash[PASSED] = report.passed
+    return report
+
+
+@pytest.fixture(autouse=True)
+def pytester_folder_kept_only_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Delete a passed test's pytester folder: each real-model run converts the embedded GGUF there (about
+    0.5 GB), and pytest keeps every pytester folder until the session ends (``tmp_path`` has a retention policy)."""
+    yield
+    pytester = request.node.funcargs.get("pytester") if isinstance(request.node, pytest.Function) else None
+    if pytester is not None and request.node.stash.get(PASSED, False):
+        shutil.rmtree(pytester.path, ignore_errors=True)
 
 
 @pytest.fixture(params=[(), ("-n", "0"), ("-n", "2")], ids=["no-xdist", "xdist-n0", "xdist-n2"])
