@@ -22,13 +22,15 @@ from pytest_qxai.metrics import Metric
 
 
 def sequential_outcomes(scenario: Scenario, budget: int, degradation: float, reps: int, seed: int = 0,
-                        resamples: int = 199, family: int = 1, naive: bool = False) -> tuple[list[str], np.ndarray]:
+                        resamples: int = 199, family: int = 1, naive: bool = False,
+                        head: int | None = None) -> tuple[list[str], np.ndarray]:
     """Per replicate: the check's verdict when it stopped, and the items it used. ``naive`` tests every look at
-    the full alpha (the fixed-n rule applied at each look: what optional stopping must not do)."""
+    the full alpha (the fixed-n rule applied at each look: what optional stopping must not do); ``head`` adds an
+    earlier first look of that many items (a time budget's)."""
     metric = Metric("sim", scenario.kind, "", scenario.kind, bounds=(0.0, 1.0) if scenario.kind == "binary" else
                     (None, None), tolerance=f"abs:{scenario.band}")
     tolerance = parse_tolerance(metric.tolerance)
-    looks = plan(budget)
+    looks = plan(budget, head=head)
     rng = np.random.default_rng(seed)
     ids = [str(i) for i in range(budget)]
     verdicts, used = [], np.empty(reps, dtype=int)

@@ -50,9 +50,13 @@ LOOKS = 5
 """Planned looks per suite in sequential mode, at equal fractions of the budget."""
 
 
-def look_counts(limit: int, looks: int = LOOKS, first: int = 2) -> tuple[int, ...]:
-    """The items at each of ``looks`` equal steps up to ``limit``, each at least ``first`` (a paired test's minimum)."""
-    return tuple(sorted({max(first, math.ceil(limit * j / looks)) for j in range(1, looks + 1)}))
+def look_counts(limit: int, looks: int = LOOKS, first: int = 2, head: int | None = None) -> tuple[int, ...]:
+    """The items at each of ``looks`` equal steps up to ``limit``, each at least ``first`` (a paired test's minimum),
+    after an earlier look of ``head`` items when that is below the first step (a time budget's first look)."""
+    counts = {max(first, math.ceil(limit * j / looks)) for j in range(1, looks + 1)}
+    if head is not None and first <= head < min(counts):
+        counts.add(head)
+    return tuple(sorted(counts))
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|min)", re.IGNORECASE)

@@ -256,7 +256,8 @@ class QxaiSession:
             return skipped + [check for metric in suite_metrics(last[0])
                               for check in self._suite_checks(last[0], metric, fractions)]
 
-        checks = run_looks(plan(limit), evaluate, self.family, budget.seconds, stop_at_fail=self.exitfirst)
+        looks = plan(limit, head=None if suite is None else suite.first_look(self.config))
+        checks = run_looks(looks, evaluate, self.family, budget.seconds, stop_at_fail=self.exitfirst)
         self._stopped.update({key: [c for c in checks if c.key == key] for key in dict.fromkeys(c.key for c in checks)})
         return last[0]
 

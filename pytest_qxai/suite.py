@@ -39,7 +39,8 @@ class Suite:
     budgets: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     """Further item counts per profile for a part of the suite (``cc_shap`` within ``nle_faithfulness``)."""
     item_cost: float | None = None
-    """Seconds per item (measured; only ratios matter): xdist workers start the costliest suites first."""
+    """Seconds per item, both sides, cold cache, on a two-core CPU (measured): xdist workers and ``-x`` runs order
+    the suites by it, and a time budget sizes the suite's first look with it."""
     preconditions: tuple[Precondition, ...] = ()
     """Checked before :attr:`run`: the first reason makes every metric not applicable (a skipped check)."""
 
@@ -69,12 +70,24 @@ class Suite:
     def look_items(self, config: "QxaiConfig", part: str | None = None) -> tuple[int, ...] | None:
         """The suite's (or its ``part``'s) item counts at each sequential look, None outside sequential mode: where a
         method that caches per-item results cuts them, so that a look computes only its new items."""
-        limit = self.budget(config)
-        if limit is None or config.budget is None:
+        looks = self.looks(config)
+        if looks is None or config.budget is None:
             return None
         if config.budget.items is not None:  # a look of n items runs as --qxai-samples=n, its parts included
-            return look_counts(limit)
-        return tuple(self.size(config.budget.profile, None, part, Fraction(n, limit)) for n in look_counts(limit))
+            return looks
+        return tuple(self.size(config.budget.profile, None, part, Fraction(n, looks[-1])) for n in looks)
+
+    def looks(self, config: "QxaiConfig") -> tuple[int, ...] | None:
+        """The suite's items at each sequential look, None outside sequential mode."""
+        limit = self.budget(config)
+        return None if limit is None else look_counts(limit, head=self.first_look(config))
+
+    def first_look(self, config: "QxaiConfig") -> int | None:
+        """Under a time budget, the items :attr:`item_cost` says fit in it: the first look when fewer than a fifth
+        of the budget. Planned from the budget and the cost estimate alone, never from the items' values, so the
+        guarantees hold as for equal looks (docs/sequential.md)."""
+        seconds = None if config.budget is None else config.budget.seconds
+        return None if seconds is None or not self.item_cost else int(seconds / self.item_cost)
 
     def cost(self, profile: str, samples: int | None = None) -> float | None:
         """Estimated relative cost (items x seconds per item), None when the suite states no cost."""

@@ -29,23 +29,30 @@ from sequential_simulation import sequential_outcomes  # noqa: E402
 BUDGET = 200
 
 
-@given(st.integers(2, 5000), st.floats(1e-6, 0.5))
-def test_looks_are_nested_prefixes_ending_at_the_budget_and_spend_exactly_alpha(budget: int, alpha: float) -> None:
-    looks = plan(budget)
+@given(st.integers(2, 5000), st.floats(1e-6, 0.5), st.one_of(st.none(), st.integers(0, 5000)))
+def test_looks_are_nested_prefixes_ending_at_the_budget_and_spend_exactly_alpha(
+        budget: int, alpha: float, head: int | None) -> None:
+    """Also with a time budget's planned first look (``head``): an extra look before the equal steps, only when
+    it is below the first of them and at least a paired test's two items."""
+    looks = plan(budget, head=head)
+    equal = plan(budget).looks
     assert list(looks.looks) == sorted(set(looks.looks)) and looks.looks[-1] == budget and looks.looks[0] >= 2
+    assert looks.looks == ((head, *equal) if head is not None and 2 <= head < equal[0] else equal)
     shares = [share(looks.fractions(j), alpha) for j in range(len(looks.looks))]
     assert all(s >= 0 for s in shares) and sum(shares) == pytest.approx(1.0)
     assert spent(1.0, alpha) == pytest.approx(alpha)
 
 
-@pytest.mark.parametrize("scenario, reps", [(Scenario("binary", discordance=0.3), 1000),
-                                            (Scenario("continuous", shape="normal"), 300)],
-                         ids=lambda x: getattr(x, "label", ""))
-def test_error_rates_hold_under_the_stopping_rule(scenario: Scenario, reps: int) -> None:
+@pytest.mark.parametrize("scenario, reps, head", [(Scenario("binary", discordance=0.3), 1000, None),
+                                                  (Scenario("binary", discordance=0.3), 1000, 6),
+                                                  (Scenario("continuous", shape="normal"), 300, None)],
+                         ids=["binary", "binary-time-budget-head", "continuous"])
+def test_error_rates_hold_under_the_stopping_rule(scenario: Scenario, reps: int, head: int | None) -> None:
     """At D = b a check stopped by the rule fails at most alpha of the time; at D = 1.1 b it passes at most alpha
-    of the time (looks on nested prefixes of one draw per run, as a suite makes them)."""
-    at_band, _ = sequential_outcomes(scenario, BUDGET, scenario.band, reps, seed=1)
-    beyond, _ = sequential_outcomes(scenario, BUDGET, 1.1 * scenario.band, reps, seed=2)
+    of the time (looks on nested prefixes of one draw per run, as a suite makes them), also with the early first
+    look a time budget plans (``head``)."""
+    at_band, _ = sequential_outcomes(scenario, BUDGET, scenario.band, reps, seed=1, head=head)
+    beyond, _ = sequential_outcomes(scenario, BUDGET, 1.1 * scenario.band, reps, seed=2, head=head)
     assert np.mean([v == "fail" for v in at_band]) <= mc_limit(ALPHA, reps)
     assert np.mean([v in ("pass", "improved") for v in beyond]) <= mc_limit(ALPHA, reps)
 
@@ -333,24 +340,25 @@ def run_prof(pair):
                        {"data": "demo-v1"})
 
 SUITE = register_suite(Suite("seqprof", "a stand-in", (ACC,), run_prof, {"smoke": 10, "standard": 400, "full": 1000},
-                             budgets={"part": {"smoke": 3, "standard": 40, "full": 100}}))
+                             budgets={"part": {"smoke": 3, "standard": 40, "full": 100}}, item_cost=20.0))
 test_seqprof = suite_test(SUITE)
 """
 
 
 @pytest.mark.parametrize("budget, looks", [("standard", ["80:8", "160:16"]), ("smoke", ["2:2", "4:2"]),
-                                           ("full,10min", ["200:20", "400:40"])])
+                                           ("full,10min", ["30:3", "200:20"]), ("standard,60min", ["80:8", "160:16"])])
 def test_a_profile_budget_gives_each_suite_and_its_parts_their_own_counts(
     pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch, budget: str, looks: list[str],
 ) -> None:
     """``--qxai-budget=standard`` caps each suite at its standard count and a look at 1/5, 2/5, … of it, its parts
-    (here 40 items at standard) in the same proportion; an unchanged suite stops once decided."""
+    (here 40 items at standard) in the same proportion; an unchanged suite stops once decided. A time budget
+    first looks at the items the suite's cost (20 s per item) fits in it, when fewer than a fifth (10 min: 30)."""
     pytester.makepyfile(test_seqprof=PROFILE_SUITE)
     result = run_gate(pytester, *LEAN, f"--qxai-budget={budget}", "--qxai-update-baselines",
                       "--qxai-report-json=r.json", "test_seqprof.py")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     assert demo.read_text().split()[:2] == looks
-    total = {"standard": 400, "smoke": 10, "full,10min": 1000}[budget]
+    total = {"standard": 400, "smoke": 10, "full,10min": 1000, "standard,60min": 400}[budget]
     assert {n["budget"] for n in sequential_notes(pytester.path / "r.json").values()} == {total}
 
 

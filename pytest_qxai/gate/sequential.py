@@ -42,11 +42,12 @@ class Plan:
         return before, self.looks[look] / self.budget
 
 
-def plan(budget: int, looks: int = LOOKS, first: int = 2) -> Plan:
-    """``looks`` equal steps up to ``budget`` items, each look at least ``first`` items (a paired test's minimum)."""
+def plan(budget: int, looks: int = LOOKS, first: int = 2, head: int | None = None) -> Plan:
+    """``looks`` equal steps up to ``budget`` items, each look at least ``first`` items (a paired test's minimum),
+    after an earlier look of ``head`` items when that is below the first step (:func:`~pytest_qxai.config.look_counts`)."""
     if budget < first:
         raise ValueError(f"a budget of {budget} items is below the {first} items a paired test needs")
-    return Plan(budget, look_counts(budget, looks, first))
+    return Plan(budget, look_counts(budget, looks, first, head))
 
 
 def batches(n: int, looks: Sequence[int] | None) -> list[tuple[int, int]]:
