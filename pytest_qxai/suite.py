@@ -83,11 +83,11 @@ class Suite:
         return None if limit is None else look_counts(limit, head=self.first_look(config))
 
     def first_look(self, config: "QxaiConfig") -> int | None:
-        """Under a time budget, the items :attr:`item_cost` says fit in it: the first look when fewer than a fifth
-        of the budget. Planned from the budget and the cost estimate alone, never from the items' values, so the
-        guarantees hold as for equal looks (docs/sequential.md)."""
+        """Under a time budget, the items :attr:`item_cost` says fit in it (at least a paired test's two): the first
+        look when fewer than a fifth of the budget. Planned from the budget and the cost estimate alone, never from
+        the items' values, so the guarantees hold as for equal looks (docs/sequential.md)."""
         seconds = None if config.budget is None else config.budget.seconds
-        return None if seconds is None or not self.item_cost else int(seconds / self.item_cost)
+        return None if seconds is None or not self.item_cost else max(2, int(seconds / self.item_cost))
 
     def cost(self, profile: str, samples: int | None = None) -> float | None:
         """Estimated relative cost (items x seconds per item), None when the suite states no cost."""

@@ -346,19 +346,21 @@ test_seqprof = suite_test(SUITE)
 
 
 @pytest.mark.parametrize("budget, looks", [("standard", ["80:8", "160:16"]), ("smoke", ["2:2", "4:2"]),
-                                           ("full,10min", ["30:3", "200:20"]), ("standard,60min", ["80:8", "160:16"])])
+                                           ("full,10min", ["30:3", "200:20"]), ("standard,60min", ["80:8", "160:16"]),
+                                           ("full,10s", ["2:2", "200:20"])])
 def test_a_profile_budget_gives_each_suite_and_its_parts_their_own_counts(
     pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch, budget: str, looks: list[str],
 ) -> None:
     """``--qxai-budget=standard`` caps each suite at its standard count and a look at 1/5, 2/5, … of it, its parts
     (here 40 items at standard) in the same proportion; an unchanged suite stops once decided. A time budget
-    first looks at the items the suite's cost (20 s per item) fits in it, when fewer than a fifth (10 min: 30)."""
+    first looks at the items the suite's cost (20 s per item) fits in it, when fewer than a fifth (10 min: 30),
+    and at least at two (10 s)."""
     pytester.makepyfile(test_seqprof=PROFILE_SUITE)
     result = run_gate(pytester, *LEAN, f"--qxai-budget={budget}", "--qxai-update-baselines",
                       "--qxai-report-json=r.json", "test_seqprof.py")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     assert demo.read_text().split()[:2] == looks
-    total = {"standard": 400, "smoke": 10, "full,10min": 1000, "standard,60min": 400}[budget]
+    total = {"standard": 400, "smoke": 10, "full,10min": 1000, "standard,60min": 400, "full,10s": 1000}[budget]
     assert {n["budget"] for n in sequential_notes(pytester.path / "r.json").values()} == {total}
 
 

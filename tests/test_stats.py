@@ -106,6 +106,7 @@ def test_power_and_sample_size_follow_the_normal_approximation() -> None:
     assert detectable(test, 0.03, 0.05) == pytest.approx(0.03 + (1.6449 + 0.8416) * sd / 10, abs=1e-3)
     assert items_needed(test, 0.07, 0.05) == math.ceil(((1.6449 + 0.8416) * sd / 0.07) ** 2)
     assert items_needed(test, 0.0, 0.05) is None
+    assert items_needed(test, 0.07, 0.0) is None  # a sequential look whose share of alpha underflows to 0
     assert items_needed(test, 10.0, 0.05) == 101  # never fewer than one more item than this run had
 
 

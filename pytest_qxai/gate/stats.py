@@ -251,9 +251,10 @@ def detectable(test: MarginTest, margin: float, alpha: float, power: float = POW
 def items_needed(test: MarginTest, distance: float, alpha: float, power: float = POWER) -> int | None:
     """Items at which a one-sided level-alpha test would tell the observed degradation from the margin.
 
-    ``distance`` is |estimate - margin| in metric units; None when it is 0 (no sample size decides a tie).
+    ``distance`` is |estimate - margin| in metric units; None when it is 0 (no sample size decides a tie) or
+    ``alpha`` is 0 (a sequential look so early that its share of alpha underflows: no sample size decides there).
     """
-    if distance <= 0 or not math.isfinite(distance):
+    if distance <= 0 or not math.isfinite(distance) or alpha <= 0:
         return None
     if _identical(test):  # identical differences decide once 1 - alpha**(1/n) of the room is within the distance
         room = _room(test)
