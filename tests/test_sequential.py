@@ -137,6 +137,31 @@ def test_looks_measure_only_their_new_items_and_give_the_values_of_one_run(
             np.testing.assert_allclose(getattr(looked, side)[name], getattr(at_once, side)[name], rtol=0, atol=1e-5)
 
 
+def test_task_predictions_are_scored_once_per_item_and_side_across_suites_and_looks(
+    tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In sequential mode the suites' label predictions, asked for at any item count, are cached in blocks cut at
+    the task suite's looks: no item is scored twice on a side, and the values are those of one fixed-n call."""
+    from test_arch import tiny_pair
+
+    from pytest_qxai.methods import task
+    from pytest_qxai.storage import DiskCache
+
+    scored: list[int] = []
+    original = task.nli_logprobs
+    monkeypatch.setattr(task, "nli_logprobs", lambda runtime, items: scored.append(len(items)) or original(
+        runtime, items))
+    pair = tiny_pair(tiny_runtime, make_config(budget=Budget(items=10)))
+    pair.cache = DiskCache(tmp_path / "cache")
+    assert task.TASK_ACCURACY_SUITE.look_items(pair.config) == (2, 4, 6, 8, 10)
+    asked = [task.nli_predictions(pair, pair.reference, n) for n in (3, 4, 2, 7, 3)]
+    assert scored == [2, 2, 2, 2]  # blocks [0, 2) and [2, 4) for 3 items, then [4, 6) and [6, 8) for 7
+    assert [len(p.item_ids) for p in asked] == [3, 4, 2, 7, 3]
+    at_once = task.nli_predictions(tiny_pair(tiny_runtime, make_config(samples=7)), pair.reference, 7)
+    assert asked[3].item_ids == at_once.item_ids
+    np.testing.assert_allclose(asked[3].logprobs, at_once.logprobs, rtol=0, atol=1e-5)
+
+
 CONFTEST = """
 import dataclasses
 import pytest

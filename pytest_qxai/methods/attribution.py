@@ -654,6 +654,6 @@ ATTRIBUTION_SUITE = register_suite(Suite(
     "Feature attributions on e-SNLI, your classification files and ECQA: ERASER comprehensiveness/sufficiency and "
     "FP–quantized attribution agreement.",
     (*ATTRIBUTION_METRICS, *ECQA_METRICS.values()), run_attribution,
-    sizes={"smoke": 8, "standard": 32, "full": 300}, item_cost=11.0,
+    sizes={"smoke": 8, "standard": 32, "full": 300}, item_cost=23.0,
     budgets={"ecqa": {"smoke": 8, "standard": 32, "full": 300}},
 ))

@@ -508,5 +508,5 @@ COUNTERFACTUAL_SUITE = register_suite(Suite(
     "Self-generated counterfactual edits on e-SNLI: label flips (self and FP-judged), minimality, similarity, "
     "fluency.",
     tuple(COUNTERFACTUAL_METRICS), run_counterfactual,
-    sizes={"smoke": 16, "standard": 48, "full": 300}, item_cost=4.5,
+    sizes={"smoke": 16, "standard": 48, "full": 300}, item_cost=8.6,
 ))

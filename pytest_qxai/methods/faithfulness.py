@@ -601,6 +601,6 @@ NLE_FAITHFULNESS_SUITE = register_suite(Suite(
     SUITE,
     "Faithfulness of the explanations: the counterfactual-edit test (unfaithfulness, flip rate) and CC-SHAP.",
     tuple(NLE_FAITHFULNESS_METRICS), run_nle_faithfulness,
-    sizes={"smoke": 16, "standard": 120, "full": 400}, item_cost=15.0,
+    sizes={"smoke": 16, "standard": 120, "full": 400}, item_cost=22.0,
     budgets={"cc_shap": {"smoke": 6, "standard": 24, "full": 80}},
 ))

@@ -193,5 +193,5 @@ KNOWLEDGE_SUITE = register_suite(Suite(
     SUITE,
     "Factual recall on LRE relations: greedy accuracy, log-probability and rank of the object.",
     tuple(KNOWLEDGE_METRICS), run_knowledge,
-    sizes={"smoke": 24, "standard": 300, "full": 1000}, item_cost=0.3,
+    sizes={"smoke": 24, "standard": 300, "full": 1000}, item_cost=0.23,
 ))

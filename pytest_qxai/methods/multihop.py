@@ -408,5 +408,5 @@ MULTIHOP_SUITE = register_suite(Suite(
     SUITE,
     "Latent multi-hop reasoning (Yang et al. 2024): first-hop EntRec tests, CnstScore, second hop, accuracies.",
     tuple(MULTIHOP_METRICS), run_multihop,
-    sizes={"smoke": 24, "standard": 150, "full": 500}, item_cost=1.0,
+    sizes={"smoke": 24, "standard": 150, "full": 500}, item_cost=1.6,
 ))

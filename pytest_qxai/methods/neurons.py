@@ -335,5 +335,5 @@ NEURONS_SUITE = register_suite(Suite(
     SUITE,
     "Neuron-level knowledge attribution (Yu & Ananiadou 2024): top-300 neuron overlap and sublayer profiles.",
     tuple(NEURONS_METRICS), run_neurons,
-    sizes={"smoke": 16, "standard": 60, "full": 200}, item_cost=1.4,
+    sizes={"smoke": 16, "standard": 60, "full": 200}, item_cost=1.2,
 ))

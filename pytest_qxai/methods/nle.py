@@ -554,5 +554,5 @@ NLE_SUITE = register_suite(Suite(
     "Quality of each model's post-hoc explanation of its own e-SNLI label, and FP–quantized explanation "
     "agreement.",
     tuple(NLE_METRICS), run_nle,
-    sizes={"smoke": 16, "standard": 120, "full": 400}, item_cost=2.0,
+    sizes={"smoke": 16, "standard": 120, "full": 400}, item_cost=5.7,
 ))

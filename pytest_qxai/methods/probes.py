@@ -243,5 +243,5 @@ PROBES_SUITE = register_suite(Suite(
     "Linear NLI probes on the residual stream (transfer and retrained) and FP-quantized representation "
     "similarity.",
     tuple(PROBES_METRICS), run_probes,
-    sizes={"smoke": 24, "standard": 300, "full": 1000}, item_cost=0.5,
+    sizes={"smoke": 24, "standard": 300, "full": 1000}, item_cost=0.4,
 ))

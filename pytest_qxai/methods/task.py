@@ -25,15 +25,16 @@ of Cohen's kappa between the quantized model's labels and the reference's (its m
 so labels at random score 0). It is 1 for every reference item, so its gate is a one-sample question about
 the quantized side's kappa against 1.
 
-The per-item predictions are cached per side and shared: :func:`nli_predictions` always computes on the
-task suite's item set (the explanation suites' items are a prefix of it) and returns the first ``n``.
+The per-item predictions are cached per side and shared: :func:`shared_predictions` computes on the task
+suite's item set (the explanation suites' items are a prefix of it), in sequential mode block by block of the
+task suite's looks, and returns the first ``n``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -129,8 +130,8 @@ class LabelTask:
     labels: tuple[str, ...]
     path: Path | None = None
 
-    def items(self, n: int, seed: int) -> list[Any]:
-        """The first ``n`` items of this dataset for ``seed`` (nested across ``n``)."""
+    def items(self, n: int | None, seed: int) -> list[Any]:
+        """The first ``n`` items of this dataset for ``seed`` (nested across ``n``; all when None)."""
         if self.kind == "nli":
             return load_esnli(n, seed, self.path)
         assert self.path is not None
@@ -399,14 +400,16 @@ def cloze_logprobs(runtime: "Runtime", prompts: Sequence[str], options: Sequence
 
 # --- cached per-side predictions --------------------------------------------------------------------------
 
-def esnli_items(pair: "ModelPair", n: int) -> list[NLIItem]:
-    """The first ``n`` e-SNLI items of this run (bundled or ``--qxai-data esnli=...``; none when it has no e-SNLI)."""
+def esnli_items(pair: "ModelPair", n: int | None) -> list[NLIItem]:
+    """The first ``n`` e-SNLI items of this run, all when None (bundled or ``--qxai-data esnli=...``; none when it
+    has no e-SNLI)."""
     data = run_datasets(pair.config.data)
     return load_esnli(n, pair.config.seed, data["esnli"]) if "esnli" in data else []
 
 
-def ecqa_items(pair: "ModelPair", n: int) -> list[MCQItem]:
-    """The first ``n`` ECQA items of this run (bundled or ``--qxai-data ecqa=...``; none when it has no ECQA)."""
+def ecqa_items(pair: "ModelPair", n: int | None) -> list[MCQItem]:
+    """The first ``n`` ECQA items of this run, all when None (bundled or ``--qxai-data ecqa=...``; none when it
+    has no ECQA)."""
     data = run_datasets(pair.config.data)
     return load_ecqa(n, pair.config.seed, data["ecqa"]) if "ecqa" in data else []
 
@@ -416,44 +419,51 @@ def task_size(pair: "ModelPair") -> int:
     return suite_items(SUITE, pair.config)
 
 
+def shared_predictions(pair: "ModelPair", side: "ModelSide", namespace: str, n: int, items: Sequence[Any],
+                       template: str, compute: Callable[[Sequence[Any]], np.ndarray],
+                       gold: Callable[[Any], int]) -> Predictions:
+    """A side's predictions on the first ``n`` of ``items`` (a dataset in the run's seeded order), computed on
+    the task suite's items so that every suite shares them: on its whole item set outside sequential mode, and
+    one entry per task-suite look's block in sequential mode, so that no suite's look recomputes an item."""
+    looks = TASK_ACCURACY_SUITE.look_items(pair.config)
+    total = max(n, task_size(pair)) if looks is None else next((look for look in looks if look >= n), n)
+    chosen = list(items[:total])
+
+    def part(start: int, stop: int) -> dict[str, Any]:
+        block = chosen[start:stop]
+        return {"ids": [item.id for item in block], "logprobs": compute(block),
+                "gold": np.array([gold(item) for item in block], dtype=np.int64)}
+
+    joined = pair.cached_batches(side, namespace, len(chosen), looks,
+                                 lambda start, stop: {"data": dataset_fingerprint(chosen[start:stop]),
+                                                      "template": template}, part)
+    return Predictions(tuple(joined["ids"]), joined["logprobs"], joined["gold"]).head(n)
+
+
 def nli_predictions(pair: "ModelPair", side: "ModelSide", n: int) -> Predictions:
-    """A side's e-SNLI predictions on the first ``n`` items, computed once on the task suite's item set."""
-    items = esnli_items(pair, max(n, task_size(pair)))
-    params = {"data": dataset_fingerprint(items), "template": template_id(pair.tokenizer)}
-
-    def compute() -> Predictions:
-        logprobs = nli_logprobs(side.runtime, [(item.premise, item.hypothesis) for item in items])
-        gold = np.array([NLI_LABELS.index(item.label) for item in items], dtype=np.int64)
-        return Predictions(tuple(item.id for item in items), logprobs, gold)
-
-    return pair.cached(side, "task/esnli", params, compute).head(n)
+    """A side's e-SNLI predictions on the first ``n`` items (:func:`shared_predictions`)."""
+    return shared_predictions(
+        pair, side, "task/esnli", n, esnli_items(pair, None), template_id(pair.tokenizer),
+        lambda items: nli_logprobs(side.runtime, [(item.premise, item.hypothesis) for item in items]),
+        lambda item: NLI_LABELS.index(item.label))
 
 
 def mcq_predictions(pair: "ModelPair", side: "ModelSide", n: int) -> Predictions:
-    """A side's ECQA predictions on the first ``n`` items, computed once on the task suite's item set."""
-    items = ecqa_items(pair, max(n, task_size(pair)))
-    params = {"data": dataset_fingerprint(items), "template": template_id(pair.tokenizer)}
-
-    def compute() -> Predictions:
-        gold = np.array([item.options.index(item.answer) for item in items], dtype=np.int64)
-        return Predictions(tuple(item.id for item in items), mcq_logprobs(side.runtime, items), gold)
-
-    return pair.cached(side, "task/ecqa", params, compute).head(n)
+    """A side's ECQA predictions on the first ``n`` items (:func:`shared_predictions`)."""
+    return shared_predictions(pair, side, "task/ecqa", n, ecqa_items(pair, None), template_id(pair.tokenizer),
+                              lambda items: mcq_logprobs(side.runtime, items),
+                              lambda item: item.options.index(item.answer))
 
 
 def label_predictions(pair: "ModelPair", side: "ModelSide", task: LabelTask, n: int) -> Predictions:
-    """A side's predictions on the first ``n`` items of a labelled dataset, computed once on the task suite's items."""
+    """A side's predictions on the first ``n`` items of a labelled dataset (:func:`shared_predictions`)."""
     if task.kind == "nli":
         return nli_predictions(pair, side, n)
-    items = task.items(max(n, task_size(pair)), pair.config.seed)
-    params = {"data": dataset_fingerprint(items), "template": task.template_id(pair.tokenizer)}
-
-    def compute() -> Predictions:
-        prompts = [task.prompt(side.runtime.tokenizer, task.fields(item)) for item in items]
-        gold = np.array([task.gold(item) for item in items], dtype=np.int64)
-        return Predictions(tuple(item.id for item in items), option_scores(side.runtime, prompts, task.options), gold)
-
-    return pair.cached(side, "task/classification", params, compute).head(n)
+    return shared_predictions(
+        pair, side, "task/classification", n, task.items(None, pair.config.seed), task.template_id(pair.tokenizer),
+        lambda items: option_scores(side.runtime, [task.prompt(side.runtime.tokenizer, task.fields(item))
+                                                   for item in items], task.options),
+        task.gold)
 
 
 def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
@@ -527,5 +537,5 @@ TASK_ACCURACY_SUITE = register_suite(Suite(
     "Task accuracy on e-SNLI and ECQA and FP–quantized label agreement, the prerequisite of every explanation "
     "metric.",
     tuple(TASK_METRICS), run_task_accuracy,
-    sizes={"smoke": 24, "standard": 300, "full": 1200}, item_cost=0.75,
+    sizes={"smoke": 24, "standard": 300, "full": 1200}, item_cost=0.38,
 ))

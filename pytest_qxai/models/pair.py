@@ -219,7 +219,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
     from ..runtime import Runtime
     from .loading import (apply_determinism, converter_versions, load_reference, load_tokenizer, materialize,
-                          resolve_device, resolve_dtype, scratch_dir, share_cpu_threads)
+                          release_freed_memory, resolve_device, resolve_dtype, scratch_dir, share_cpu_threads)
 
     started = time.perf_counter()
     source = validate(cfg)
@@ -234,6 +234,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         for path in clean_staging(cache_root):
             log.info("removed %s, left by an interrupted run", path)
     location, content_id = materialize(source, cache_root, scratch_dir("qxai-"))
+    release_freed_memory()
     tokenizer = load_tokenizer(location, revision=None, trust_remote_code=cfg.trust_remote_code)
     check_memory(location, dtype, device)
     reference = load_reference(
@@ -301,6 +302,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             ctx.cache_dir = cache_root / "quantized" / f"{cfg.quant.slug}-{quant_id}"
         quantized = backend.quantize(cfg.quant, ctx)
     quant_seconds = time.perf_counter() - quant_started
+    release_freed_memory()
     ref_id = stable_hash([content_id, converter_versions() if source.kind == "gguf" else {}, machine])
     residency.add(reference, movable=True)
     residency.add(quantized, movable=backend.can_move(quantized))
