@@ -181,8 +181,8 @@ def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> 
 
 def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing): converting
-    a GGUF model or quantizing frees full fp32 copies of the weights, which the allocator otherwise keeps for
-    the whole run (0.8 GB of SmolLM2-135M's conversion, docs/measurements.md)."""
+    a GGUF model or quantizing frees full fp32 copies of the weights, and a suite's batches their activations,
+    which the allocator otherwise keeps (0.8 GB after SmolLM2-135M's conversion, docs/measurements.md)."""
     import ctypes
     import sys
 

@@ -21,6 +21,7 @@ from ..errors import QxaiError, QxaiUsageError
 from ..config import QxaiConfig
 from ..storage import DiskCache, stable_hash
 from .identity import code_hash, value_versions
+from .loading import release_freed_memory
 from .residency import Residency, estimated_quantized_bytes, models_fit
 from .source import ModelSource, check_gguf_architecture, resolve_source
 
@@ -92,13 +93,15 @@ class ModelPair:
         method's module (and what it imports from this package) and the value-changing library versions.
 
         The side's model is put on the GPU before ``compute`` runs (when the models take turns there), since a
-        method may use its modules directly.
+        method may use its modules directly, and the heap's freed pages go back to the system first, so that the
+        run's peak memory is what is live plus one computation's working set.
         """
         key = {"model": side.identity, "params": params, "code": code_hash(compute.__module__),
                "versions": value_versions()}
 
         def resident_compute() -> T:
             side.runtime.make_resident()
+            release_freed_memory()
             return compute()
 
         return self.cache.memo(namespace, key, resident_compute, label=f"{side.role} {side.identity}")
@@ -219,7 +222,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
     from ..runtime import Runtime
     from .loading import (apply_determinism, converter_versions, load_reference, load_tokenizer, materialize,
-                          release_freed_memory, resolve_device, resolve_dtype, scratch_dir, share_cpu_threads)
+                          resolve_device, resolve_dtype, scratch_dir, share_cpu_threads)
 
     started = time.perf_counter()
     source = validate(cfg)
