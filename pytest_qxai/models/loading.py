@@ -174,6 +174,7 @@ def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> 
                     reject_folder(target, why)
             if not (target / "config.json").is_file():
                 convert_gguf(source, target, cache_root)
+                release_freed_memory()
         return target, f"gguf-sha256:{digest}"
     folder = Path(source.location) if source.kind == "local" else hub_snapshot(source)
     return folder, f"sha256:{folder_content_hash(folder, cache_root)}"
@@ -181,8 +182,8 @@ def materialize(source: ModelSource, cache_root: Path | None, scratch: Path) -> 
 
 def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing): converting
-    a GGUF model or quantizing frees full fp32 copies of the weights, and a suite's batches their activations,
-    which the allocator otherwise keeps (0.8 GB after SmolLM2-135M's conversion, docs/measurements.md)."""
+    a GGUF model or quantizing frees full fp32 copies of the weights, which the allocator otherwise keeps for
+    the whole run (0.8 GB after SmolLM2-135M's conversion, docs/measurements.md)."""
     import ctypes
     import sys
 

@@ -93,15 +93,13 @@ class ModelPair:
         method's module (and what it imports from this package) and the value-changing library versions.
 
         The side's model is put on the GPU before ``compute`` runs (when the models take turns there), since a
-        method may use its modules directly, and the heap's freed pages go back to the system first, so that the
-        run's peak memory is what is live plus one computation's working set.
+        method may use its modules directly.
         """
         key = {"model": side.identity, "params": params, "code": code_hash(compute.__module__),
                "versions": value_versions()}
 
         def resident_compute() -> T:
             side.runtime.make_resident()
-            release_freed_memory()
             return compute()
 
         return self.cache.memo(namespace, key, resident_compute, label=f"{side.role} {side.identity}")
@@ -237,7 +235,6 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
         for path in clean_staging(cache_root):
             log.info("removed %s, left by an interrupted run", path)
     location, content_id = materialize(source, cache_root, scratch_dir("qxai-"))
-    release_freed_memory()
     tokenizer = load_tokenizer(location, revision=None, trust_remote_code=cfg.trust_remote_code)
     check_memory(location, dtype, device)
     reference = load_reference(
