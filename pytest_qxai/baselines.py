@@ -249,11 +249,16 @@ def _problem(doc: dict[str, Any]) -> str:
         return "'model' must be a string"
     if not isinstance(doc.get("checks"), dict) or not isinstance(doc.get("runs"), dict):
         return "'checks' and 'runs' must be objects"
+    for run, metadata in doc["runs"].items():
+        if not isinstance(metadata, dict):
+            return f"run {run!r} must be an object"
     for key, record in doc["checks"].items():
         if not isinstance(record, dict) or not isinstance(record.get("items"), dict):
             return f"check {key!r} has no 'items' object"
         if not isinstance(record.get("fingerprint", {}), dict):
             return f"check {key!r}: 'fingerprint' must be an object"
+        if not isinstance(record.get("run", ""), str):
+            return f"check {key!r}: 'run' must be a string"
         for item, pair in record["items"].items():
             if not (isinstance(pair, list) and len(pair) == 2
                     and all(v is None or isinstance(v, (int, float)) for v in pair)):

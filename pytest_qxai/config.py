@@ -75,7 +75,7 @@ def parse_budget(text: str, profile: str) -> Budget:
             seconds = float(duration[1]) * (60.0 if duration[2].lower() == "min" else 1.0)
             if seconds <= 0:
                 raise QxaiUsageError(f"--qxai-budget {text!r}: a time budget must be above 0")
-        elif part.isdigit() and items is None and chosen is None:
+        elif part.isdecimal() and items is None and chosen is None:
             items = int(part)
             if items < 2:
                 raise QxaiUsageError(f"--qxai-budget must be at least 2 items, got {items}")

@@ -321,3 +321,42 @@ def test_each_workers_device_is_kept(make_config: Callable[..., QxaiConfig],
         "gw1": {"device": "cuda:1", "cpu_threads": 16, "load_seconds": 4.0},
     }
     assert "workers" in controller.run_metadata() and "workers" not in controller.run_metadata(stable=True)
+
+
+def test_an_item_changed_by_an_infinite_amount_fails_whatever_the_other_items_do() -> None:
+    """A log-probability of -inf on one item makes the mean change -inf: certain, not an undefined interval."""
+    logprob = Metric("k", "logprob", "log-probability", "continuous", "higher")
+    ref = np.linspace(-3.0, -1.0, 300)
+    quant = ref.copy()
+    quant[7] = -np.inf
+    result = vs_ref(logprob, "abs:0.1", ref, quant)
+    assert (result.verdict, result.delta, result.p_value) == ("fail", -np.inf, 0.0)
+    assert "infinite" in result.reason
+    quant[8] = np.inf  # infinities of both signs: the mean change is undefined, nothing is shown
+    assert vs_ref(logprob, "abs:0.1", ref, quant).verdict == "inconclusive"
+
+
+def test_equal_values_of_a_metric_without_bounds_show_no_range_and_do_not_pass() -> None:
+    """The span of an unbounded metric comes from the values seen; all equal values give no span, not a zero one."""
+    rank = Metric("k", "log_rank", "log10 rank", "continuous", "lower")
+    for n in (2, 24, 300):
+        result = vs_ref(rank, "abs:0.05", np.zeros(n), np.zeros(n))
+        assert result.verdict == "inconclusive" and result.ci == (-np.inf, np.inf)
+
+
+def test_resamples_without_spread_do_not_count_as_unchanged() -> None:
+    """Six unchanged items and two that lost 0.02: a resample of only unchanged items lies infinitely far from
+    the mean in t (its se* is 0), so it widens the interval instead of narrowing it to a pass."""
+    bounded = Metric("nle", "share", "a share", "continuous", "higher", bounds=(0.0, 1.0))
+    ref = np.full(8, 0.5)
+    quant = ref.copy()
+    quant[:2] -= 0.02
+    assert vs_ref(bounded, "abs:0.05", ref, quant).verdict == "inconclusive"
+
+
+def test_the_reason_names_the_items_left_out_per_side() -> None:
+    ref = np.linspace(0.2, 0.8, 40)
+    quant = ref.copy()
+    quant[:30] = np.nan
+    result = vs_ref(SIM, "abs:0.1", ref, quant)
+    assert result.n == 10 and "left out: 30 quantized item(s) without a value" in result.reason

@@ -87,6 +87,14 @@ def test_answer_log_probability_and_rank_are_read_at_the_answer_token() -> None:
     assert rank.tolist() == [2.0, 2.0]  # ties do not push the answer down: 1 + (tokens strictly more likely)
 
 
+def test_a_broken_distribution_scores_the_worst_log_probability_and_rank_not_the_best() -> None:
+    logprobs = np.log(np.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]))
+    logprobs[1] = np.nan  # a quantized model whose logits overflowed
+    logprob, rank = K.token_scores(logprobs, [1, 0])
+    assert logprob[1] == -np.inf and rank[1] == 3.0  # NaN is never "more likely", so it used to rank first
+    np.testing.assert_allclose(logprob[0], np.log(0.3))
+
+
 # --- plumbing on a tiny random model (evidence that code runs, not that a metric means anything) -----------
 
 torch = pytest.importorskip("torch")

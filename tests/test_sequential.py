@@ -439,10 +439,19 @@ def test_budget_forms(text: str, budget: Budget) -> None:
     assert parse_budget(text, "smoke") == budget
 
 
-@pytest.mark.parametrize("text", ["", "standard,full", "400,standard", "5min,6min", "0s", "1", "5 hours", "-3"])
+@pytest.mark.parametrize("text", ["", "standard,full", "400,standard", "5min,6min", "0s", "1", "5 hours", "-3", "²"])
 def test_a_malformed_budget_is_a_usage_error(text: str) -> None:
     with pytest.raises(QxaiUsageError, match="--qxai-budget"):
         parse_budget(text, "standard")
+
+
+@given(st.text(max_size=12))
+def test_any_budget_text_parses_or_is_a_usage_error(text: str) -> None:
+    """Never a traceback: superscripts and other Unicode digits that ``int`` refuses included ("²")."""
+    try:
+        parse_budget(text, "standard")
+    except QxaiUsageError:
+        pass
 
 
 def test_under_exitfirst_a_suite_stops_at_the_look_that_shows_a_failure() -> None:
@@ -558,3 +567,27 @@ def test_skips_of_the_run_are_settled_and_skips_more_items_may_lift_stay_open() 
     for reason, settled in [*((r, True) for r in reasons), (too_few, False)]:
         assert reason is not None
         assert decided(CheckResult("attribution", "ig_sufficiency", "vs_reference", "skipped", reason), 5.0) is settled
+
+
+def test_a_budget_beyond_the_data_spends_the_rest_of_alpha_where_the_data_ends() -> None:
+    """A 40-item file under a budget of a million: once a look adds no item, it is tested as the last one (its
+    fractions (t, 1)), so the check gets the whole alpha a fixed run on the 40 items gets, and says so."""
+    from pytest_qxai.gate.check import check_vs_reference
+    from pytest_qxai.gate.tolerance import parse_tolerance
+    from pytest_qxai.metrics import Metric
+
+    metric, band = Metric("s", "acc", "", "binary", bounds=(0, 1)), parse_tolerance("abs:0.1")
+    ref = (np.random.default_rng(3).random(40) < 0.7).astype(float)
+    ids = [str(i) for i in range(40)]
+    calls: list[tuple[int, tuple[float, float]]] = []
+
+    def evaluate(n: int, fractions: tuple[float, float]) -> list[Any]:
+        calls.append((n, fractions))
+        k = min(n, 40)
+        return [check_vs_reference(metric, band, ref[:k], ref[:k].copy(), ids[:k], n_resamples=199,
+                                   fractions=fractions)]
+
+    (check,) = run_looks(plan(1_000_000), evaluate, family=1)
+    assert check_vs_reference(metric, band, ref, ref.copy(), ids).verdict == check.verdict == "pass"
+    assert [f for _, f in calls] == [(0.0, 0.2), (0.2, 0.4), (0.2, 1.0)]
+    assert "all 40 items the data has, budget 1000000 (look 2 of 5)" in check.reason

@@ -175,7 +175,8 @@ def check_vs_reference(
     result.n = int(a.size)
     if a.size < MIN_PAIRED:
         return _skip_small(result, "valid (not NaN) on both sides")
-    result.reference, result.quantized = float(a.mean()), float(b.mean())
+    with np.errstate(invalid="ignore"):  # infinities of both signs: an undefined mean (NaN), said as such
+        result.reference, result.quantized = float(a.mean()), float(b.mean())
     means = f"quantized {_fmt(result.quantized)} vs reference {_fmt(result.reference)}"
     if same_model and np.array_equal(ref, quant, equal_nan=True):  # no test to run: no resampling either
         result.comparison = f"{means} (the same model on both sides and the same value on every item: delta 0 by " \
@@ -185,7 +186,8 @@ def check_vs_reference(
         return result
     test = margin_test(a, b, metric.kind, n_resamples=n_resamples, seed=seed,
                        span=_span(metric, 1, np.concatenate([a, b])))
-    result.comparison = f"{means} ({test.method})"
+    left_out = ", ".join(f"{count} {side} item(s) without a value" for side, count in result.lost.items() if count)
+    result.comparison = f"{means} ({test.method})" + (f"; left out: {left_out}" if left_out else "")
     _measure(result, test, tolerance, family, fractions)
     return result
 
@@ -232,7 +234,9 @@ def check_vs_baseline(
     result.comparison = (
         f"the quantized-reference gap moved from {_fmt(float(gap_base[valid].mean()))} in {baseline_file} "
         f"to {_fmt(float(gap_now[valid].mean()))}"
-        + (f" ({unmatched} item(s) of this run are not in the baseline)" if unmatched else "") + f" ({test.method})")
+        + (f" ({unmatched} item(s) of this run are not in the baseline)" if unmatched else "")
+        + (f" ({result.lost['invalid']} matched item(s) without a value in one of the runs, left out)"
+           if result.lost["invalid"] else "") + f" ({test.method})")
     _measure(result, test, tolerance, family, fractions)
     results = [result]
     drift = _reference_drift(metric, tolerance, ref_base, ref_now, current_metadata, stored_metadata,
@@ -252,11 +256,13 @@ def _metric_of(result: CheckResult) -> Metric:
 
 def _span(metric: Metric, differences: int, values: np.ndarray) -> tuple[float, float]:
     """The range a mean of ``differences``-fold per-item differences can take: from the metric's bounds, or for
-    a metric without both bounds from the range of the values seen on both sides (an assumption, docs/gate.md)."""
+    a metric without both bounds from the range of the values seen on both sides (an assumption, docs/gate.md);
+    values that are all equal show no range at all, so the span is then unbounded."""
     low, high = metric.bounds
     if low is None or high is None:
-        width = float(np.nanmax(values) - np.nanmin(values)) if np.isfinite(values).any() else math.inf
-        return -width, width
+        finite = values[np.isfinite(values)]
+        width = float(finite.max() - finite.min()) if finite.size else 0.0
+        return (-width, width) if width > 0 else (-math.inf, math.inf)
     width = differences * (high - low)
     return -width, width
 
@@ -388,8 +394,10 @@ def decide(result: CheckResult) -> None:
     if result.verdict != "inconclusive":
         result.n_needed = None
     if "look" in sequential:
-        text += (f"; sequential: {sequential['items']} of {sequential['budget']} items (look {sequential['look']} "
-                 f"of {sequential['looks']}), {sequential['stopped'] or 'the suite stopped'}")
+        used = (f"all {sequential['used']} items the data has, budget {sequential['budget']}" if "used" in sequential
+                else f"{sequential['items']} of {sequential['budget']} items")
+        text += (f"; sequential: {used} (look {sequential['look']} of {sequential['looks']}), "
+                 f"{sequential['stopped'] or 'the suite stopped'}")
     result.reason = f"{text}; {result.comparison}" if result.comparison else text
 
 

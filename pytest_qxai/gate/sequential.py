@@ -100,20 +100,23 @@ def futile(test: dict[str, Any], scale: float) -> bool:
     return power < FUTILITY
 
 
-def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, look: int, family: int) -> CheckResult:
+def combine(previous: CheckResult | None, current: CheckResult, plan_: Plan, look: int, family: int,
+            exhausted: bool = False) -> CheckResult:
     """This look's check, its p-value made the repeated one over looks so far (``min_j p_j / w_j``), decided
-    again, with what it used and why it stopped (``notes["sequential"]``, also said in the reason)."""
+    again, with what it used and why it stopped (``notes["sequential"]``, also said in the reason).
+    ``exhausted``: the data had no more items than the previous look, so this look was tested as the last."""
     if current.p_value is None or current.ci is None:  # no test (a missing or stale baseline, too few items)
         return current
     if previous is not None and previous.p_value is not None and previous.p_value < current.p_value:
         current.p_value = previous.p_value
     current.p_adjusted = min(1.0, current.p_value * family)
     decide(current)
-    final = look == len(plan_.looks) - 1
+    final = exhausted or look == len(plan_.looks) - 1
     current.notes["sequential"] = current.notes.get("sequential", {}) | {
         "items": plan_.looks[look], "budget": plan_.budget, "look": look + 1, "looks": len(plan_.looks),
-        "stopped": STOPS.get(current.verdict, "") or ("budget spent" if final else ""),
-    }
+        "stopped": STOPS.get(current.verdict, "") or (
+            "the data has no more items" if exhausted else "budget spent" if final else ""),
+    } | ({"used": len(current.item_ids)} if exhausted and current.item_ids else {})
     decide(current)  # again, so that the reason says why the check stopped
     return current
 
@@ -139,6 +142,7 @@ def run_looks(
                 check.notes["sequential"]["stopped"] = why
                 decide(check)
 
+    seen: dict[tuple[str, str], list[str]] | None = None
     for look, n in enumerate(plan_.looks):
         if look and seconds is not None:
             now = time.perf_counter()
@@ -146,13 +150,19 @@ def run_looks(
                 stop("time spent")
                 break
         look_started = time.perf_counter()
-        for check in evaluate(n, plan_.fractions(look)):
+        checks = evaluate(n, plan_.fractions(look))
+        items = {(check.key, check.kind): check.item_ids for check in checks}
+        exhausted = items == seen and look < len(plan_.looks) - 1
+        if exhausted:  # the data ran out before the budget: no later look adds an item, so this one spends the rest
+            checks = evaluate(n, (plan_.fractions(look)[0], 1.0))
+        seen = items
+        for check in checks:
             key = (check.key, check.kind)
             if key not in frozen:
-                latest[key] = combine(latest.get(key), check, plan_, look, family)
+                latest[key] = combine(latest.get(key), check, plan_, look, family, exhausted)
                 if decided(latest[key], plan_.budget / n):
                     frozen[key] = latest[key]
-        if len(frozen) == len(latest):
+        if len(frozen) == len(latest) or exhausted:
             break
         if stop_at_fail and any(check.failed for check in frozen.values()):
             stop("the run stops at its first failure (-x)")

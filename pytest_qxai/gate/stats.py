@@ -193,11 +193,40 @@ class BootstrapT(MarginTest):
         return float(np.clip(value, *self.span))
 
 
+@dataclass(frozen=True)
+class InfiniteShift(MarginTest):
+    """Differences some of which are infinite (a log-probability of minus infinity on one side, say).
+
+    An item changed by an infinite amount makes theta that infinity whatever the other items do, so the test is
+    certain: p is 0 for the margin it is beyond and 1 otherwise, both bounds are the estimate. Infinities of both
+    signs leave theta undefined (NaN): nothing is shown, both bounds are open.
+    """
+
+    def p_above(self, c: float) -> float:
+        """0 when theta is +inf (beyond any margin), else 1."""
+        return 0.0 if self.estimate > c else 1.0
+
+    def p_below(self, c: float) -> float:
+        """0 when theta is -inf, else 1."""
+        return 0.0 if self.estimate < c else 1.0
+
+    def bound(self, alpha: float, side: Side) -> float:
+        """The estimate itself, or an open side when theta is undefined."""
+        if math.isnan(self.estimate):
+            return -math.inf if side == "lower" else math.inf
+        return self.estimate
+
+
 def bootstrap_t(diff: np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                span: tuple[float, float] = (-math.inf, math.inf)) -> BootstrapT:
-    """The :class:`BootstrapT` of per-item differences (seeded)."""
+                span: tuple[float, float] = (-math.inf, math.inf)) -> MarginTest:
+    """The :class:`BootstrapT` of per-item differences (seeded); :class:`InfiniteShift` if any is infinite."""
     diff = np.asarray(diff, dtype=np.float64)
     _require_pairs(diff.size)
+    if np.isinf(diff).any():
+        signs = set(np.sign(diff[np.isinf(diff)]).tolist())
+        infinite = int(np.isinf(diff).sum())
+        return InfiniteShift(math.copysign(math.inf, signs.pop()) if len(signs) == 1 else math.nan, 0.0, diff.size,
+                             f"{infinite} item(s) changed by an infinite amount: no test needed")
     n, mean, sd = diff.size, float(diff.mean()), float(diff.std(ddof=1))
     if sd == 0:
         return BootstrapT(mean, 0.0, n, "bootstrap-t", span=span)
@@ -207,9 +236,10 @@ def bootstrap_t(diff: np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES, seed:
     for start in range(0, n_resamples, per_batch):
         sample = diff[rng.integers(0, n, size=(min(per_batch, n_resamples - start), n))]
         se = sample.std(axis=1, ddof=1) / math.sqrt(n)
+        # A resample of identical values has se* = 0; its t* is 0 when it equals the mean and infinite otherwise.
+        flat = np.sign(sample[:, 0] - mean) * np.where(sample[:, 0] == mean, 0.0, math.inf)
         with np.errstate(divide="ignore", invalid="ignore"):
-            parts.append(np.where(se > 0, (sample.mean(axis=1) - mean) / se, 0.0))
-    # A resample of identical values has se* = 0; its t* is 0 when it equals the mean and infinite otherwise.
+            parts.append(np.where(se > 0, (sample.mean(axis=1) - mean) / se, flat))
     t_star = np.concatenate(parts)
     return BootstrapT(mean, sd, n, "bootstrap-t", t_star=t_star, span=span)
 

@@ -125,10 +125,15 @@ def greedy_answers(
 
 
 def token_scores(logprobs: np.ndarray, token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Log-probability and 1-based rank (1 + tokens strictly more likely) of one token per row of ``[n, vocab]``."""
-    picked = logprobs[np.arange(len(token_ids)), list(token_ids)]
-    ranks = 1 + (logprobs > picked[:, None]).sum(axis=1)
-    return picked.astype(np.float64), ranks.astype(np.float64)
+    """Log-probability and 1-based rank (1 + tokens strictly more likely) of one token per row of ``[n, vocab]``.
+
+    A row that is no distribution (NaN, as from a broken quantized model) is an outcome, not a missing value: its
+    token gets the worst values, log-probability -inf and the last rank (NaN compares as never larger)."""
+    picked = logprobs[np.arange(len(token_ids)), list(token_ids)].astype(np.float64)
+    ranks = (1 + (logprobs > picked[:, None]).sum(axis=1)).astype(np.float64)
+    broken = np.isnan(logprobs).any(axis=1)
+    picked[broken], ranks[broken] = -np.inf, logprobs.shape[1]
+    return picked, ranks
 
 
 def measure_recall(runtime: "Runtime", items: Sequence[RecallItem]) -> dict[str, np.ndarray]:
