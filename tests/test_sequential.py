@@ -204,8 +204,8 @@ def run_demo(pair):
     if os.environ.get("QXAI_DEMO_NO_DATA"):  # the score needs data this run does not have
         skipped = {"score": "not applicable: no demo data in this run"}
     return SuiteResult("seqdemo", [f"i{i}" for i in range(n)], {"accuracy": acc[:n], "score": score[:n]},
-                       {"accuracy": flipped[:n], "score": score[:n] - 2 * GAP + noise[:n]}, {"data": "demo-v1"},
-                       skipped=skipped)
+                       {"accuracy": flipped[:n], "score": score[:n] - 2 * GAP + noise[:n]},
+                       {"data": f"demo-{n}" if os.environ.get("QXAI_DEMO_FP_BY_N") else "demo-v1"}, skipped=skipped)
 
 @pytest.fixture(scope="module")
 def result(qxai_run_suite):
@@ -591,3 +591,23 @@ def test_a_budget_beyond_the_data_spends_the_rest_of_alpha_where_the_data_ends()
     assert check_vs_reference(metric, band, ref, ref.copy(), ids).verdict == check.verdict == "pass"
     assert [f for _, f in calls] == [(0.0, 0.2), (0.2, 0.4), (0.2, 1.0)]
     assert "all 40 items the data has, budget 1000000 (look 2 of 5)" in check.reason
+
+
+def test_a_baseline_of_other_items_is_skipped_at_a_sequential_look_never_failed_as_stale(
+    pytester: pytest.Pytester, demo: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The built-in suites fingerprint the items they ran, and a look runs a prefix of the budget's items: a
+    baseline recorded at a fixed count differs from the looks by design. There the comparison is skipped with
+    its reason (it failed every look as a stale baseline before); a fixed run still fails a stale one."""
+    monkeypatch.setenv("QXAI_DEMO_GAP", "0")
+    monkeypatch.setenv("QXAI_DEMO_FP_BY_N", "1")
+    run_gate(pytester, *LEAN, "--qxai-update-baselines")  # a fixed run of 60 items records the baseline
+    result = run_gate(pytester, *LEAN, "--qxai-budget=1000", "--qxai-report-json=r.json")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    checks = json.loads((pytester.path / "r.json").read_text())["checks"]
+    assert {r["verdict"] for r in checks if r["kind"] == "vs_reference"} == {"pass"}
+    versus = [r for r in checks if r["kind"] == "vs_baseline"]
+    assert versus and all(r["verdict"] == "skipped" and "recorded on other items" in r["reason"] for r in versus)
+    assert run_gate(pytester, *LEAN).ret == pytest.ExitCode.OK  # the baseline's own items: compared
+    stale = run_gate(pytester, *LEAN, "--qxai-samples=80")
+    assert stale.ret == pytest.ExitCode.TESTS_FAILED and "stale baseline" in stale.stdout.str()

@@ -199,7 +199,9 @@ def check_vs_baseline(
 ) -> list[CheckResult]:
     """Compare this run's per-item gap (quantized − reference) with the stored one, item by item.
 
-    A changed fingerprint fails at once as a stale baseline: never compare silently. When the reference
+    A changed fingerprint fails at once as a stale baseline: never compare silently. At a sequential look
+    (``fractions``) it is skipped instead, saying so: suites fingerprint the items they ran, and a look runs a
+    prefix of the budget's items, so a baseline recorded at another look or profile differs there by design. When the reference
     values themselves moved beyond the band (shown by the two-sided test), an inconclusive ``reference_drift``
     check names the recorded differences that could explain it (library versions, model hash, device ...).
     """
@@ -208,6 +210,11 @@ def check_vs_baseline(
     recorded: dict[str, str] = stored.get("fingerprint", {})
     changed = sorted(k for k in set(current.fingerprint) | set(recorded)
                      if current.fingerprint.get(k) != recorded.get(k))
+    if changed and fractions is not None:  # a sequential look: its items are a prefix of the budget's
+        result.verdict = "skipped"
+        result.reason = (f"no test: {baseline_file} was recorded on other items or settings (fingerprint "
+                         f"{', '.join(changed)}); a sequential look compares only with a baseline of its own items")
+        return [result]
     if changed:
         result.verdict = "fail"
         result.reason = (f"stale baseline {baseline_file}: fingerprint {', '.join(changed)} changed; "
