@@ -270,6 +270,11 @@ def _text(record: dict[str, Any], name: str) -> str:
     return " ".join(value.split())
 
 
+def _nfc(label: str) -> str:
+    """A label in Unicode's composed form (NFC), so that "café" typed two ways is one label, not two."""
+    return unicodedata.normalize("NFC", label)
+
+
 def _texts(record: dict[str, Any], name: str, minimum: int = 1) -> tuple[str, ...]:
     """A required list of at least ``minimum`` non-blank strings, whitespace-normalised."""
     value = record.get(name)
@@ -322,12 +327,12 @@ def _explanations(record: dict[str, Any], name: str) -> tuple[str, ...]:
 
 def _class_record(record: dict[str, Any]) -> dict[str, Any]:
     """The fields of one classification record, validated (the label set is checked over the whole file)."""
-    label_set = _texts(record, "label_set") if _given(record, "label_set") else ()
+    label_set = tuple(_nfc(t) for t in _texts(record, "label_set")) if _given(record, "label_set") else ()
     if len(set(label_set)) != len(label_set):
         raise _Invalid(f"field 'label_set' has duplicates: {_show(list(label_set))}")
     if len(label_set) == 1:
         raise _Invalid(f"the label set has one label ({label_set[0]!r}): a classification needs at least two")
-    return {"id": _id(record), "text": _text(record, "text"), "label": _text(record, "label"),
+    return {"id": _id(record), "text": _text(record, "text"), "label": _nfc(_text(record, "label")),
             "label_set": label_set, "explanations": _explanations(record, "explanations")}
 
 

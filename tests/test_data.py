@@ -45,6 +45,17 @@ def test_the_label_set_defaults_to_the_labels_seen_in_file_order(tmp_path: Path)
     assert items["3"].explanations == ("an offer",)
 
 
+def test_a_label_typed_in_two_unicode_forms_is_one_label(tmp_path: Path) -> None:
+    """Composed "café" and "cafe" + a combining accent look alike: one label (NFC), not two that halve chance."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    path = write(tmp_path, [{"id": 1, "text": "a", "label": composed}, {"id": 2, "text": "b", "label": decomposed},
+                            {"id": 3, "text": "c", "label": "bar"}])
+    assert {it.label_set for it in load_classification(None, 0, path)} == {(composed, "bar")}
+    declared = write(tmp_path, [{"id": 1, "text": "a", "label": decomposed, "label_set": [composed, "bar"]}],
+                     "declared.jsonl")
+    assert load_classification(None, 0, declared)[0].label == composed
+
+
 def test_gold_explanations_are_optional_in_every_format(tmp_path: Path) -> None:
     nli = write(tmp_path, [{"id": "n", "premise": "A dog runs.", "hypothesis": "An animal moves.",
                             "label": "entailment"}], "nli.jsonl")
