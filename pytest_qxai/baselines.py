@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,6 @@ def _problem(doc: dict[str, Any]) -> str:
             return f"check {key!r}: 'run' must be a string"
         for item, pair in record["items"].items():
             if not (isinstance(pair, list) and len(pair) == 2
-                    and all(v is None or isinstance(v, (int, float)) for v in pair)):
-                return f"check {key!r}, item {item!r}: expected [reference, quantized] numbers"
+                    and all(v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in pair)):
+                return f"check {key!r}, item {item!r}: expected [reference, quantized] finite numbers or null"
     return ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (QxaiError, OSError) as exc:
         print(f"qxai: {exc}", file=sys.stderr)
         return 2
+    except (KeyError, ValueError, TypeError, IndexError) as exc:  # a report of the right schema, wrong contents
+        print(f"qxai: a report is malformed ({type(exc).__name__}: {exc}); re-create it with pytest "
+              "--qxai-report-json", file=sys.stderr)
+        return 2
     print("\n".join(lines))
     verdict = summary["verdict"]
     return 1 if verdict in ("fail", "error") or (verdict == "inconclusive" and args.strict) else 0
@@ -212,6 +217,8 @@ def _cache_command(action: str, root: Path, size: str | None, days: float | None
     """``qxai cache info`` or ``qxai cache prune``: print what the cache holds or what was removed."""
     if not root.is_dir():
         raise QxaiUsageError(f"cache {root}: no such folder")
+    if days is not None and not (math.isfinite(days) and days >= 0):
+        raise QxaiUsageError(f"--older-than {days:g}: give a number of days, 0 or more")
     if action == "prune":
         removed = prune(root, max_bytes=parse_size(size) if size else max_size(),
                         older_than=None if days is None else days * 86400)

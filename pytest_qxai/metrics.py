@@ -34,6 +34,14 @@ class Metric:
     unit: str = ""
     tolerance: str = "abs:0.05"
 
+    def __post_init__(self) -> None:
+        """Refuse a kind or direction outside the gate's vocabulary: "Higher" read as lower-is-better inverted
+        every verdict of the metric, and "Binary" silently tested it as continuous."""
+        if self.kind not in ("binary", "continuous"):
+            raise ValueError(f"metric {self.key}: kind must be 'binary' or 'continuous', got {self.kind!r}")
+        if self.direction not in ("higher", "lower"):
+            raise ValueError(f"metric {self.key}: direction must be 'higher' or 'lower', got {self.direction!r}")
+
     @property
     def key(self) -> str:
         """``suite.name``, the metric's unique key."""

@@ -224,10 +224,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     complete = exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR) and not (
         session.shouldstop or session.shouldfail
     )
-    qxai.finish(complete)
     unknown = _unknown_tolerance_names(config, qxai)
-    if unknown:
+    if unknown:  # before finish(), so the reports carry it too
         qxai.errors.append(f"--qxai-tolerance names no known metric: {', '.join(unknown)}")
+    qxai.finish(complete)
     if qxai.refusal or unknown:
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
     elif qxai.exit_failed() and session.exitstatus == pytest.ExitCode.OK:

@@ -50,6 +50,9 @@ PER_WORKER_METADATA = (
     "device", "cpu_threads", "cpu_capability", "residency", "kv_cache", "load_seconds", "quantize_seconds",
 )
 """Metadata that an xdist worker may not share with the others (kept per worker on the controller)."""
+STOPPED_EARLY = ("the run stopped before every test ran (interrupted, or -x / --maxfail): what did not run "
+                 "was not checked")
+"""The error of a run that stopped early with no failing check (one with a failure stays a failed run)."""
 
 
 def _precondition_of(result: SuiteResult, metric: str) -> dict[str, Any]:
@@ -462,6 +465,8 @@ class QxaiSession:
         if self.active:
             for suite, cause in self._crashed:
                 self._suite_error(suite, cause)
+        if not complete and self.results and not any(r.failed for r in self.results):
+            self.errors.append(STOPPED_EARLY)
         adjustment = adjust(self.results, self.config.multiple_testing)
         for r in self.results:
             accept(r)

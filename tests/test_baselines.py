@@ -101,6 +101,8 @@ def test_serialization_round_trip_byte_for_byte(pairs: dict[str, tuple[float, fl
         (b'{"schema": "pytest-qxai/baseline/1", "model": "m", "checks": {"a.b": {}}, "runs": {}}', "malformed"),
         (b'{"schema": "pytest-qxai/baseline/1", "model": "m", "checks": {"a.b": {"items": {"x": [1]}}}, '
          b'"runs": {}}', "expected [reference, quantized]"),
+        (b'{"schema": "pytest-qxai/baseline/1", "model": "m", "checks": {"a.b": {"items": {"x": [1, NaN]}}}, '
+         b'"runs": {}}', "finite numbers or null"),
         (b'{"schema": "pytest-qxai/baseline/1", "model": "m", "checks": {}, "runs": {"r1": "oops"}}',
          "run 'r1' must be an object"),
         (b'{"schema": "pytest-qxai/baseline/1", "model": "m", "checks": {"a.b": {"items": {}, "run": ["r1"]}}, '

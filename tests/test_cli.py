@@ -92,6 +92,33 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, runs: dict[str, Path], 
     assert err.count("\n") == 1 and message in err and str(bad) in err
 
 
+@pytest.mark.parametrize("damage", ["one item id too few", "a value that is no number", "no model"])
+def test_a_report_of_the_right_schema_with_wrong_contents_exits_2_with_one_line(
+    tmp_path: Path, runs: dict[str, Path], damage: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """These ended in a traceback and exit 1, which reads as a regression."""
+    report = json.loads(runs["old"].read_text())
+    check = report["checks"][0]
+    if damage == "one item id too few":
+        check["item_ids"] = check["item_ids"][1:]
+    elif damage == "a value that is no number":
+        check["quantized_items"][0] = "abc"
+    else:
+        del report["model"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(report))
+    assert main(["merge", str(tmp_path / "m.json"), str(bad)] if damage == "no model"
+                else ["compare", str(runs["old"]), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is malformed" in err
+
+
+def test_cache_prune_refuses_a_negative_age(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--older-than -1`` emptied the cache."""
+    assert main(["cache", "prune", "--dir", str(tmp_path), "--older-than", "-1"]) == 2
+    assert "give a number of days, 0 or more" in capsys.readouterr().err
+
+
 def test_merge_shards_into_one_verdict(tmp_path: Path, make_config: Callable[..., QxaiConfig],
                                        capsys: pytest.CaptureFixture[str]) -> None:
     config = make_config(update_baselines="all")

@@ -360,3 +360,10 @@ def test_the_reason_names_the_items_left_out_per_side() -> None:
     quant[:30] = np.nan
     result = vs_ref(SIM, "abs:0.1", ref, quant)
     assert result.n == 10 and "left out: 30 quantized item(s) without a value" in result.reason
+
+
+@pytest.mark.parametrize("field, value", [("direction", "Higher"), ("direction", "up"), ("kind", "Binary")])
+def test_a_metric_outside_the_gate_vocabulary_is_refused(field: str, value: str) -> None:
+    """Any direction but "higher" was read as lower-is-better, which inverted the metric's every verdict."""
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        Metric("demo", "accuracy", "share correct", **{"kind": "binary", "direction": "higher", field: value})

@@ -335,7 +335,7 @@ BASELINE_CASES: list[tuple[str, Callable[[bytes], bytes], str]] = [
     ("not-utf8", lambda data: b"\xff" + data,
      "baseline {path} is not UTF-8 text; restore it or re-record it"),
     ("malformed", lambda data: data.replace(b'"items": {', b'"items": {"extra": [1], ', 1),
-     "baseline {path} is malformed: check 'hard.similarity', item 'extra': expected [reference, quantized] numbers"),
+     "baseline {path} is malformed: check 'hard.similarity', item 'extra': expected [reference, quantized] finite numbers or null"),
 ]
 
 

@@ -54,6 +54,19 @@ def test_html_and_markdown_reports_escape_every_field(tmp_path: Path) -> None:
     assert r"\<script\>alert(1)\</script\>" in markdown
 
 
+def test_blame_lines_and_terminal_tables_keep_names_literal(tmp_path: Path) -> None:
+    """The blame section's reason was written raw into Markdown, and rich read "acc[en]" in a check's name as
+    markup: it printed "acc" (and "x[/y]" raised)."""
+    from pytest_qxai.report.blame import blame_markdown
+    from pytest_qxai.report.text import table_lines
+
+    blame = {"check": "s.m", "status": "skipped", "reason": MARKUP}
+    markdown = "\n".join(blame_markdown({"blame": [blame]}))
+    assert "<script" not in markdown.replace(r"\<script", "") and r"\`code\`" in markdown
+    rows = table_lines([CheckResult("s", name, "vs_reference", "pass", "ok") for name in ("acc[en]", "x[/y]")])
+    assert any("acc[en]" in row for row in rows) and any("x[/y]" in row for row in rows)
+
+
 def test_qxai_merge_of_a_hostile_report_writes_escaped_files(tmp_path: Path) -> None:
     (tmp_path / "shard.json").write_text(json.dumps(_hostile_report()))
     assert main(["merge", str(tmp_path / "out.json"), str(tmp_path / "shard.json"), "--html",
@@ -133,9 +146,11 @@ def test_an_unknown_metric_in_a_tolerance_is_a_usage_error(pytester: pytest.Pyte
             qxai_check(SIM, reference=[0.5, 0.6], quantized=[0.5, 0.6])
     """)
     result = pytester.runpytest_subprocess("--qxai-tolerance=similarty=abs:0.1", "--qxai-tolerance=nle.rouge_l=abs:1",
-                                           "-p", "no:cacheprovider")
+                                           "-p", "no:cacheprovider", "--qxai-report-json=r.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*--qxai-tolerance names no known metric: similarty*"])
+    summary = json.loads((pytester.path / "r.json").read_text())["summary"]  # the report says it too (said pass)
+    assert summary["verdict"] == "error" and "names no known metric: similarty" in summary["errors"][0]
     assert pytester.runpytest_subprocess("--qxai-tolerance=similarity=abs:0.1", "--qxai-update-baselines",
                                          "-p", "no:cacheprovider").ret == 0
 

@@ -14,6 +14,7 @@ import pytest
 import scipy.stats  # noqa: F401 - imported once here: pytester drops modules first imported inside a run
 
 from pytest_qxai.gate.check import NOTHING_CHECKED
+from pytest_qxai.session import STOPPED_EARLY
 from pytest_qxai.testing import baseline_files, run_gate
 from test_gate_plugin import CONFTEST, LEAN
 
@@ -143,6 +144,25 @@ def test_a_run_that_checked_nothing_is_an_error(gate: pytest.Pytester, plugin_ar
                                  "qxai gate: ERROR (0 fail, 0 inconclusive, 0 improved, 0 pass, 0 skipped; "
                                  "1 error(s))"])
     assert json.loads((gate.path / "r.json").read_text())["summary"]["errors"] == [NOTHING_CHECKED]
+
+
+@pytest.mark.parametrize("stop", ["pytest.exit('stopped by hand')", "assert False, 'a plain test failed'"],
+                         ids=["interrupted", "exitfirst"])
+def test_a_run_stopped_before_every_test_ran_is_an_error_unless_a_check_failed(
+    gate: pytest.Pytester, stop: str,
+) -> None:
+    """One passing check, then the run stops (pytest.exit, or -x after a failing non-gate test): the reports said
+    PASS. A run stopped early with no failing check is ERROR; one that already failed a check stays FAIL."""
+    gate.makepyfile(test_a_noisy=INCONCLUSIVE.replace("- 0.06", "- 0.0").replace("0.25, -0.25, 0.2, -0.2, 0.15, "
+                    "-0.15, 0.1, -0.1, 0.05, -0.05", "0.001, -0.001, 0.002, -0.002, 0, 0, 0.001, -0.001, 0, 0"),
+                    test_b_stop=f"import pytest\n\ndef test_stop():\n    {stop}\n",
+                    test_c_facts=ERRORED.replace('raise RuntimeError("Cannot set version_counter for inference '
+                                                 'tensor")', "return None"))
+    result = run_gate(gate, *LEAN, "-x", "--qxai-update-baselines", "--qxai-report-json=r.json")
+    summary = json.loads((gate.path / "r.json").read_text())["summary"]
+    assert summary["counts"]["pass"] >= 1 and summary["verdict"] == "error", result.stdout.str()
+    assert summary["errors"] == [STOPPED_EARLY] and result.ret != pytest.ExitCode.OK
+    result.stdout.fnmatch_lines([f"ERROR {STOPPED_EARLY}"])
 
 
 def test_collect_only_gives_no_verdict_and_writes_nothing(gate: pytest.Pytester) -> None:

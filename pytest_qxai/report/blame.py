@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
+from .text import markdown_text
+
 TERMINAL_GROUPS = 6
 """Restorations listed per check in the terminal: the best recovery per parameter kept first."""
 
@@ -68,7 +70,7 @@ def blame_markdown(report: dict[str, Any]) -> list[str]:
         return []
     lines = ["", "#### Layer blame", ""]
     for blame in blames:
-        lines.append(f"- {headline(blame).replace('|', '/')}")
+        lines.append(f"- {markdown_text(headline(blame))}")
         if blame.get("groups"):
             lines += ["", "  | keep= | layers | parameters | recovery [95% CI] |", "  |---|--:|--:|---|"]
             lines += [f"  | `{g['keep']}` | {g['layers']} | {g['parameters']:,} | {_pct(g['share'])}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Sequence
 
 from ..gate.check import VERDICTS, CheckResult
@@ -91,10 +92,21 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
     return [f"ERROR {error}" for error in summary.get("errors", [])] + [overall_line(summary)]
 
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]|~<>&])")
+"""What can start markup inside a line (every escaped field sits inside one): emphasis, code, links, HTML,
+table cells, strikethrough."""
+
+
+def markdown_text(text: object) -> str:
+    """Any value as literal Markdown text on one line: Markdown and HTML characters are backslash-escaped."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
+
+
 def table_lines(results: Sequence[CheckResult]) -> list[str]:
     """One row per check, failures first, then one ``verdict check: reason`` line per row needing attention."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     rows = ordered(results)
@@ -102,7 +114,7 @@ def table_lines(results: Sequence[CheckResult]) -> list[str]:
     for name in COLUMNS:
         table.add_column(name, no_wrap=True, justify="right" if name in NUMERIC else "left")
     for r in rows:
-        table.add_row(*cells(r).values())
+        table.add_row(*(escape(cell) for cell in cells(r).values()))  # a name like "acc[en]" is text, not markup
     buffer = io.StringIO()
     Console(file=buffer, width=400, color_system=None, force_terminal=False, highlight=False).print(table)
     lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
