@@ -77,11 +77,13 @@ def _validate(config: pytest.Config) -> None:
     """Check model, spec, backend, device and the model's band file without loading anything; usage error on bad input."""
     if config.stash.get(VALIDATED_KEY, False):
         return
+    from .cache_admin import max_size
     from .models.pair import validate
 
     session = config.stash[SESSION_KEY]
     try:
         session.load_bands(validate(session.config).slug)
+        max_size()  # a bad $QXAI_CACHE_MAX_SIZE is said now, not after the run when the cache is bounded
     except QxaiError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[VALIDATED_KEY] = True

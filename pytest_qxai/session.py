@@ -474,7 +474,10 @@ class QxaiSession:
         self.messages += adjustment.lines(self.planned)
         self._write_baselines(complete)
         if complete and not self.errors:
-            self._bound_cache()
+            try:
+                self._bound_cache()
+            except QxaiUsageError as exc:  # a bad $QXAI_CACHE_MAX_SIZE in a run that named no model
+                self.errors.append(f"qxai cache not bounded: {exc}")
         report = build_report(self.results, model=self.model_id, quant=self.quant_label,
                               baseline_name=self.config.baseline_name, metadata=self.run_metadata(),
                               notes=self.notes(), errors=self.errors,

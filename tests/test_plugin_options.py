@@ -171,3 +171,11 @@ def test_shard_parser_accepts_exactly_one_based_indices(count: int, index: int) 
     else:
         with pytest.raises(QxaiUsageError, match="write I/N with 1 <= I <= N"):
             parse_shard(f"{index}/{count}")
+
+
+def test_a_bad_cache_size_is_a_usage_error_before_any_model_loads(pytester: pytest.Pytester,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was read only when the run bounded its cache at the end: a traceback, after the whole run."""
+    monkeypatch.setenv("QXAI_CACHE_MAX_SIZE", "20 gigabytes")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    _usage_error(pytester.runpytest_subprocess("--quant=none", "-p", "no:cacheprovider"), "20 gigabytes")
