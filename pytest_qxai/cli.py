@@ -19,7 +19,7 @@ from .baselines import Baseline, record_of, result_of
 from .cache_admin import DEFAULT_MAX_SIZE, MAX_SIZE_ENV, human, info_lines, max_size, parse_size, prune
 from .config import default_cache_dir
 from .errors import BaselineError, QxaiError, QxaiUsageError
-from .gate.check import NOTHING_CHECKED, CheckResult, check_vs_baseline, summarize
+from .gate.check import NOTHING_CHECKED, CheckResult, accept, check_vs_baseline, summarize
 from .gate.multiplicity import adjust
 from .gate.stats import DEFAULT_RESAMPLES
 from .gate.tolerance import parse_tolerance
@@ -150,6 +150,8 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
     results = [r for _, r in merged.values()]
     if method is not None:  # the shards' families were their own checks only (None: a report of no pytest run)
         notes += adjust(results, method).merge_lines()
+        for result in results:  # decided again: a change a shard accepted (--qxai-update-baselines=all) stays so
+            accept(result)
     return build_report(results, model=first["model"], quant=first["quant"], baseline_name=first["baseline_name"],
                         metadata=metadata, notes=notes, errors=errors, multiple_testing=method)
 

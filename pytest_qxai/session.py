@@ -29,7 +29,7 @@ from .baselines import Baseline, BaselineStore, model_slug
 from .config import QxaiConfig
 from .errors import BaselineError, QxaiError, QxaiUsageError
 from .gate.bands import ModelBands, load_bands
-from .gate.check import CheckResult, check_vs_baseline, check_vs_reference, jsonable, summarize
+from .gate.check import CheckResult, accept, check_vs_baseline, check_vs_reference, jsonable, summarize
 from .gate.multiplicity import adjust, test_time_family
 from .gate.spending import Fractions
 from .gate.stats import DEFAULT_RESAMPLES
@@ -653,13 +653,6 @@ class CheckFixture:
         against_reference = [r for r in results if r.kind == "vs_reference"]
         if against_reference and all(r.verdict == "skipped" for r in against_reference):
             skip_test("; ".join(dict.fromkeys(r.reason for r in against_reference)))
-
-
-def accept(result: CheckResult) -> None:
-    """A failing comparison that ``--qxai-update-baselines=all`` refreshes is reported inconclusive, not failed."""
-    if result.failed and result.notes.get("accepted"):
-        result.verdict = "inconclusive"
-        result.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
 
 
 def skip_test(reason: str) -> NoReturn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -117,6 +118,24 @@ def test_cache_prune_refuses_a_negative_age(tmp_path: Path, capsys: pytest.Captu
     """``--older-than -1`` emptied the cache."""
     assert main(["cache", "prune", "--dir", str(tmp_path), "--older-than", "-1"]) == 2
     assert "give a number of days, 0 or more" in capsys.readouterr().err
+
+
+def test_merge_keeps_a_change_a_shard_accepted(tmp_path: Path, make_config: Callable[..., QxaiConfig],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A shard run with --qxai-update-baselines=all reports a changed baseline inconclusive (accepted); merging
+    decided it again and said FAIL, exit 1."""
+    config = make_config(update_baselines="all")
+    ref = np.linspace(0.2, 0.7, 60)
+    first = QxaiSession(config, n_resamples=99)
+    first.check(SIM, ref, ref + 0.2)
+    first.finish()
+    shard = QxaiSession(dataclasses.replace(config, report_json=tmp_path / "shard.json"), n_resamples=99)
+    shard.check(SIM, ref, ref + 0.001 * np.sin(np.arange(60)))
+    shard.finish()
+    accepted = [r for r in shard.results if r.kind == "vs_baseline"]
+    assert [r.verdict for r in accepted] == ["inconclusive"] and "accepted" in accepted[0].reason
+    assert main(["merge", str(tmp_path / "m.json"), str(tmp_path / "shard.json")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("qxai gate: INCONCLUSIVE")
 
 
 def test_merge_shards_into_one_verdict(tmp_path: Path, make_config: Callable[..., QxaiConfig],

@@ -112,6 +112,13 @@ NOTHING_CHECKED = "nothing was checked: no check reached a decision (none ran, o
 """The error a run without a single decided check reports (a run that did not check is never green)."""
 
 
+def accept(result: CheckResult) -> None:
+    """A failing comparison that ``--qxai-update-baselines=all`` refreshes is reported inconclusive, not failed."""
+    if result.failed and result.notes.get("accepted"):
+        result.verdict = "inconclusive"
+        result.reason += "; accepted: --qxai-update-baselines refreshes the baseline"
+
+
 def summarize(
     results: Sequence[CheckResult], errors: Sequence[str] = (), multiple_testing: str | None = None,
 ) -> dict[str, Any]:
