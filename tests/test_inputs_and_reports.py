@@ -26,6 +26,7 @@ from pytest_qxai.models.loading import load_tokenizer  # noqa: E402
 from pytest_qxai.models.pair import check_memory  # noqa: E402
 from pytest_qxai.options import QxaiConfig, is_ci  # noqa: E402
 from pytest_qxai.report import build_report, write_reports  # noqa: E402
+from pytest_qxai.specs import parse_spec  # noqa: E402
 from tiny import build_tiny_model  # noqa: E402
 
 MARKUP = "<script>alert(1)</script> <img src=x onerror=alert(2)> `code` *bold* [link](javascript:x) | a & b"
@@ -135,6 +136,18 @@ def test_cuda_without_a_gpu_is_a_usage_error_before_loading(pytester: pytest.Pyt
     result = pytester.runpytest_subprocess("--qxai-device=cuda", "--quant=none", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--qxai-device cuda: no CUDA GPU is visible on this machine*"])
+
+
+def test_a_gpu_index_past_the_visible_ones_is_a_usage_error_before_loading(
+    make_config: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``cuda:3`` on a one-GPU machine was refused only at the first model load: every test failed, exit 1."""
+    from pytest_qxai.models.pair import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(QxaiUsageError, match=r"--qxai-device cuda:3: only 1 GPU\(s\) visible"):
+        validate(make_config(device="cuda:3", quant=parse_spec("none")))
 
 
 def test_an_unknown_metric_in_a_tolerance_is_a_usage_error(pytester: pytest.Pytester) -> None:

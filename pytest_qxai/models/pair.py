@@ -165,6 +165,10 @@ def validate(cfg: QxaiConfig) -> ModelSource:
         if not torch.cuda.is_available():
             raise QxaiUsageError(f"--qxai-device {cfg.device}: no CUDA GPU is visible on this machine "
                                  "(use --qxai-device cpu or auto)")
+        index = cfg.device.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise QxaiUsageError(f"--qxai-device {cfg.device}: only {torch.cuda.device_count()} GPU(s) visible "
+                                 "(numbered from 0)")
     scheme = cfg.quant.scheme
     if cfg.quantized is None:
         require_library(scheme)
