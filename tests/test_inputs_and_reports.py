@@ -68,6 +68,16 @@ def test_blame_lines_and_terminal_tables_keep_names_literal(tmp_path: Path) -> N
     assert any("acc[en]" in row for row in rows) and any("x[/y]" in row for row in rows)
 
 
+def test_an_html_report_plots_names_with_dollar_signs_as_text(tmp_path: Path) -> None:
+    """matplotlib read "a$x^{$b" as mathtext and raised, and the HTML report was not written."""
+    result = CheckResult("s", "a$x^{$b", "vs_reference", "fail", "r", reference=0.5, quantized=0.25, delta=-0.25,
+                         ci=(-0.3, -0.2), p_value=0.01, n=4, tolerance="abs:0.05", direction="higher",
+                         scale="continuous")
+    write_reports(build_report([result], model="m", quant="q", baseline_name="b", metadata={}, notes=[]),
+                  html_path=tmp_path / "r.html")
+    assert "a$x^{$b" in (tmp_path / "r.html").read_text()
+
+
 def test_qxai_merge_of_a_hostile_report_writes_escaped_files(tmp_path: Path) -> None:
     (tmp_path / "shard.json").write_text(json.dumps(_hostile_report()))
     assert main(["merge", str(tmp_path / "out.json"), str(tmp_path / "shard.json"), "--html",

@@ -64,8 +64,11 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append("<p>Plots need matplotlib: <code>pip install pytest-qxai[ml]</code>.</p>")
         plots: list[str] = blame_html(report, None)
     else:
-        parts.append(_forest_plot(results))
-        plots = _suite_plots(results) + _profile_plots(results) + blame_html(report, _png)
+        from matplotlib import rc_context
+
+        with rc_context({"text.parse_math": False}):  # names are text: "a$x^{$b" is no formula to typeset
+            parts.append(_forest_plot(results))
+            plots = _suite_plots(results) + _profile_plots(results) + blame_html(report, _png)
     parts += [_table(results), f"<p><i>{_e(POWER_NOTE)}.</i></p>", *plots]
     if report.get("notes"):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notes"]) + "</ul>")
