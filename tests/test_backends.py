@@ -148,6 +148,34 @@ def test_dequantized_weight_reproduces_the_layer(quantized: Callable, text: str)
         assert rel <= tolerance, f"{text}: {name} relative error {rel:.2e} > {tolerance}"
 
 
+@pytest.mark.parametrize("text", SPECS)
+def test_a_backend_that_keeps_tokens_apart_gives_a_row_the_same_output_in_any_batch(
+    quantized: Callable, text: str
+) -> None:
+    """``mixes_tokens`` is what lets the quantized side run a shared prefix apart, so it must be true.
+
+    Two rows give the same output alone and beside rows of outliers (50 times the scale), unless the backend says
+    its kernels mix a pass's tokens; LLM.int8 does (it takes the outliers' columns apart in float16), and shows it.
+    """
+    backend, model, _ = quantized(text)
+    modules = dict(model.named_modules())
+    gen = torch.Generator().manual_seed(1)
+    mixes = backend.mixes_tokens(model)
+    assert mixes == text.startswith("bnb8")
+    for name in LAYERS:
+        module = modules[name]
+        rows = torch.randn(1, 2, module.in_features, generator=gen)  # [batch, tokens, width], as a model calls it
+        loud = 50 * torch.randn(1, 4, module.in_features, generator=gen)
+        with torch.no_grad():
+            alone = module(rows).float()
+            beside = module(torch.cat([rows, loud], dim=1))[:, :2].float()
+        rel = float((alone - beside).norm() / alone.norm())
+        if mixes:
+            assert rel > 1e-3, f"{text}: {name} gave the same rows beside outliers (relative change {rel:.2e})"
+        else:
+            assert rel <= 1e-5, f"{text}: {name} changed a row beside outliers by {rel:.2e}"
+
+
 def test_dequantized_weight_of_an_unquantized_layer_is_its_weight(quantized: Callable) -> None:
     """``lm_head`` stays full precision in every adapter; its weight comes back as is."""
     backend, model, _ = quantized("hqq4")

@@ -81,6 +81,30 @@ def test_quantized_checkpoint_made_by_the_project_loads_as_the_pair(
         assert torch.equal(loaded.quantized.model(ids).logits.argmax(-1), expected)
 
 
+@pytest.mark.parametrize("text, shares", [("hqq4", True), ("bnb8", False)])
+def test_the_quantized_side_shares_prompt_prefixes_only_where_its_kernels_keep_tokens_apart(
+    make_config: Callable[..., QxaiConfig], tmp_path: Path, text: str, shares: bool
+) -> None:
+    """A weight-only spec runs the prefix its prompts share once, with the values of whole prompts; LLM.int8 never."""
+    import numpy as np
+
+    from pytest_qxai.runtime import Runtime
+    from tests.tiny import backend_or_skip
+
+    backend_or_skip(text)
+    tiny = build_tiny_model(tmp_path)
+    pair = pair_module.get_pair(make_config(model=str(tiny), quant=parse_spec(text), cache_dir=tmp_path / "cache",
+                                            baseline_name=text, skip_sanity=True))
+    runtime = pair.quantized.runtime
+    assert runtime.share_prefix is shares
+    assert pair.metadata["quantized_prefix"].startswith("shared" if shares else "whole prompts")
+    prompts = ["The capital of France is Paris and", "The capital of France is", "The capital of Germany"]
+    whole = Runtime(runtime.model, runtime.tokenizer, batch_size=2, share_prefix=False)
+    np.testing.assert_allclose(runtime.next_token_logprobs(prompts), whole.next_token_logprobs(prompts), atol=1e-4)
+    assert runtime.generate(prompts, max_new_tokens=6, stop=None) == whole.generate(prompts, max_new_tokens=6,
+                                                                                      stop=None)
+
+
 def test_xdist_workers_share_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """N workers each get 1/N of the CPUs for torch's threads, so they do not oversubscribe the machine."""
     import os

@@ -86,6 +86,15 @@ class QuantBackend(ABC):
         """
         return False
 
+    per_token: ClassVar[bool] = False
+    """True when the adapter's kernels treat each token of a pass on its own (weight-only schemes, activations
+    scaled per token): then the quantized side may run a prefix its prompts share once (``Runtime.share_prefix``)."""
+
+    def mixes_tokens(self, model: "PreTrainedModel") -> bool:
+        """Whether a token's output may depend on the other tokens of its pass (a scale or outlier set taken over
+        the batch, as LLM.int8's): then the quantized side runs whole prompts. On unless :attr:`per_token`."""
+        return not self.per_token
+
     def load_checkpoint(self, location: str, ctx: QuantContext) -> "PreTrainedModel":
         """Load an existing quantized checkpoint of this backend's format."""
         raise QxaiError(f"the {self.name} backend cannot load existing checkpoints")

@@ -110,6 +110,12 @@ class BitsAndBytesBackend(QuantBackend):
             _keep_standard_4bit_layout(model)
         return finish(model)
 
+    def mixes_tokens(self, model: "PreTrainedModel") -> bool:
+        """LLM.int8 picks its outlier columns over all the tokens of a pass; the 4-bit kernels are weight-only."""
+        import bitsandbytes as bnb
+
+        return any(isinstance(module, bnb.nn.Linear8bitLt) for module in model.modules())
+
     def can_move(self, model: "PreTrainedModel") -> bool:
         """bitsandbytes moves its 4-bit and (from 0.48) 8-bit parameters with their quantization state."""
         from packaging.version import Version

@@ -44,6 +44,7 @@ class CompressedTensorsBackend(QuantBackend):
     """compressed-tensors: write a checkpoint for a ``ct-*`` spec, or load an existing one."""
 
     name: ClassVar[str] = "ctensors"
+    per_token: ClassVar[bool] = True
     distributions: ClassVar[tuple[str, ...]] = ("compressed-tensors",)
 
     def quantize(self, spec: QuantSpec, ctx: QuantContext) -> "PreTrainedModel":

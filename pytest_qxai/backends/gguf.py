@@ -53,6 +53,7 @@ class GGUFBackend(QuantBackend):
     """GGML block types through the ``gguf`` library: a spec on the reference, or a GGUF release as the quantized side."""
 
     name: ClassVar[str] = "gguf"
+    per_token: ClassVar[bool] = True
     distributions: ClassVar[tuple[str, ...]] = ("gguf",)
 
     def quantize(self, spec: QuantSpec, ctx: QuantContext) -> "PreTrainedModel":

@@ -106,6 +106,7 @@ class GPTQModelBackend(QuantBackend):
     """gptqmodel: calibrated GPTQ/AWQ quantization, a cached checkpoint, and loading of existing ones."""
 
     name: ClassVar[str] = "gptq"
+    per_token: ClassVar[bool] = True
     distributions: ClassVar[tuple[str, ...]] = ("gptqmodel", "optimum")
 
     def uses_calibration(self, spec: QuantSpec) -> bool:

@@ -119,6 +119,7 @@ class HQQBackend(QuantBackend):
     """hqq's own model patcher, with its save/load as the cache."""
 
     name: ClassVar[str] = "hqq"
+    per_token: ClassVar[bool] = True
     distributions: ClassVar[tuple[str, ...]] = ("hqq",)
 
     def quantize(self, spec: QuantSpec, ctx: QuantContext) -> "PreTrainedModel":

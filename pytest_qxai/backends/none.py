@@ -21,6 +21,7 @@ class NoneBackend(QuantBackend):
     """No quantization: a fresh full-precision copy of the reference."""
 
     name: ClassVar[str] = "none"
+    per_token: ClassVar[bool] = True
     distributions: ClassVar[tuple[str, ...]] = ()
 
     def quantize(self, spec: QuantSpec, ctx: QuantContext) -> "PreTrainedModel":

@@ -26,6 +26,7 @@ class QuantoBackend(QuantBackend):
     """optimum-quanto's ``quantize`` + ``freeze`` on a float copy of the reference."""
 
     name: ClassVar[str] = "quanto"
+    per_token: ClassVar[bool] = True
     distributions: ClassVar[tuple[str, ...]] = ("optimum-quanto",)
 
     def quantize(self, spec: QuantSpec, ctx: QuantContext) -> "PreTrainedModel":

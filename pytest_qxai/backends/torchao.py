@@ -28,6 +28,7 @@ class TorchAOBackend(QuantBackend):
     """torchao's ``quantize_`` with a weight-only config."""
 
     name: ClassVar[str] = "torchao"
+    per_token: ClassVar[bool] = True
     distributions: ClassVar[tuple[str, ...]] = ("torchao",)
 
     def quantize(self, spec: QuantSpec, ctx: QuantContext) -> "PreTrainedModel":

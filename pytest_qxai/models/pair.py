@@ -96,7 +96,7 @@ class ModelPair:
         method may use its modules directly.
         """
         key = {"model": side.identity, "params": params, "code": code_hash(compute.__module__),
-               "versions": value_versions()}
+               "versions": value_versions(), "shared_prefix": side.runtime.share_prefix}
 
         def resident_compute() -> T:
             side.runtime.make_resident()
@@ -313,10 +313,10 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
     reference_runtime = Runtime(reference, tokenizer, batch_size=cfg.batch_size, label="reference", device=device,
                                 residency=residency, share_prefix=True)
     # The quantized side follows the reference's cache choice (a packed model under-counts its parameters) and
-    # keeps whole prompts in each pass (Runtime.share_prefix: a kernel such as LLM.int8 mixes a batch's tokens).
+    # keeps whole prompts in each pass where its kernels mix a pass's tokens (LLM.int8; Runtime.share_prefix).
     quantized_runtime = Runtime(quantized, tokenizer, batch_size=cfg.batch_size, label="quantized", device=device,
                                 static_cache=reference_runtime.static_cache, residency=residency,
-                                share_prefix=scheme_name == "none")
+                                share_prefix=not backend.mixes_tokens(quantized))
     cache = DiskCache(cache_root)
     pair = ModelPair(
         reference=ModelSide("reference", reference, reference_runtime, ref_id),
@@ -344,6 +344,8 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # CPU kernels, bitsandbytes' too, vary by it
             "kv_cache": "static (decode step compiled where the backend allows)" if reference_runtime.static_cache
             else "dynamic",
+            "quantized_prefix": "shared (its kernels treat each token on its own)" if quantized_runtime.share_prefix
+            else "whole prompts in each pass (its kernels mix a pass's tokens)",
             "residency": residency.describe(),
             "load_seconds": round(quant_started - started, 2),
             "quantize_seconds": round(quant_seconds, 2),
