@@ -336,6 +336,16 @@ def test_an_item_changed_by_an_infinite_amount_fails_whatever_the_other_items_do
     assert vs_ref(logprob, "abs:0.1", ref, quant).verdict == "inconclusive"
 
 
+def test_an_item_at_the_same_infinity_on_both_sides_is_unchanged_and_hides_no_regression() -> None:
+    """-inf on both sides is a change of 0 (was NaN, read as improved): the other items' loss of 3 nats fails."""
+    logprob = Metric("k", "logprob", "log-probability", "continuous", "higher")
+    ref = np.r_[-np.inf, np.linspace(-2.0, -1.0, 50)]
+    loss = np.r_[0.0, np.random.default_rng(0).normal(3.0, 0.3, 50)]
+    result = vs_ref(logprob, "abs:0.1", ref, ref - loss)
+    assert result.verdict == "fail" and result.delta == pytest.approx(-loss.mean())
+    assert vs_ref(logprob, "abs:0.1", ref, ref.copy()).verdict == "pass"
+
+
 def test_equal_values_of_a_metric_without_bounds_show_no_range_and_do_not_pass() -> None:
     """The span of an unbounded metric comes from the values seen; all equal values give no span, not a zero one."""
     rank = Metric("k", "log_rank", "log10 rank", "continuous", "lower")

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..metrics import Direction, Kind, Metric, as_array, get_metric
 from .spending import Fractions, share
-from .stats import DEFAULT_RESAMPLES, MIN_PAIRED, MarginTest, detectable, items_needed, margin_test, paired_valid
+from .stats import (DEFAULT_RESAMPLES, MIN_PAIRED, MarginTest, detectable, items_needed, margin_test, paired_difference,
+                    paired_valid)
 from .tolerance import Tolerance, parse_tolerance
 
 Verdict = Literal["pass", "fail", "improved", "inconclusive", "skipped"]
@@ -234,7 +235,7 @@ def check_vs_baseline(
     q_now = item_values([now[i][1] for i in ids])
     ref_base = item_values([stored_items[i][0] for i in ids])
     q_base = item_values([stored_items[i][1] for i in ids])
-    gap_base, gap_now = q_base - ref_base, q_now - ref_now
+    gap_base, gap_now = paired_difference(ref_base, q_base), paired_difference(ref_now, q_now)
     valid = ~(np.isnan(gap_base) | np.isnan(gap_now))
     result.n = int(valid.sum())
     unmatched = len(current.item_ids) - len(ids)

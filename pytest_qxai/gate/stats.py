@@ -36,6 +36,14 @@ def paired_valid(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[keep], b[keep]
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b - a`` per item, 0 where the two are equal: an item at the same infinity on both sides did not change."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(a == b, 0.0, b - a)
+
+
 @dataclass(frozen=True)
 class MarginTest(ABC):
     """Inference on theta = mean(b - a): p-values of one-sided tests against a margin ``c`` and confidence bounds.
@@ -264,7 +272,7 @@ def margin_test(a: np.ndarray, b: np.ndarray, kind: Kind, *, n_resamples: int = 
     if kind == "binary":
         return score_test(a, b)
     a, b = paired_valid(a, b)
-    return bootstrap_t(b - a, n_resamples=n_resamples, seed=seed, span=span)
+    return bootstrap_t(paired_difference(a, b), n_resamples=n_resamples, seed=seed, span=span)
 
 
 def detectable(test: MarginTest, margin: float, alpha: float, power: float = POWER) -> float:
