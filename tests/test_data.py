@@ -261,3 +261,22 @@ def test_a_run_on_a_classification_file_gates_label_checks_and_says_why_not_for_
         "label_probe_transfer_accuracy", "label_probe_retrained_accuracy", "label_representation_cosine",
         "label_worst_layer_cosine"}
     assert all(c["n"] == 8 for m, c in checks.items() if m.startswith("label_"))
+
+
+def test_ecqa_chance_is_one_over_each_items_own_option_count(
+        tiny_runtime: Any, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of two-option questions is tested against chance 0.5 (was 1/5 whatever the file held)."""
+    from test_arch import tiny_pair
+    from tiny import shorten_suites
+
+    from pytest_qxai.methods import nle, task
+
+    shorten_suites(monkeypatch)
+    questions = write(tmp_path, [{"id": i, "question": f"Is {i} even?", "options": ["yes", "no"],
+                                  "answer": ["yes", "no"][i % 2]} for i in range(6)]
+                      + [{"id": 6, "question": "Which?", "options": ["a", "b", "c", "d"], "answer": "a"}])
+    pair = tiny_pair(tiny_runtime, make_config(samples=4, data={"ecqa": questions}))
+    assert task.ecqa_chance(pair, 7) == pytest.approx((6 * 0.5 + 0.25) / 7)
+    assert task.run_task_accuracy(pair).notes["chance"]["ecqa"] == task.ecqa_chance(pair, 4)
+    precondition = nle.run_nle(pair).notes["precondition"]["ECQA"]
+    assert precondition["chance"] == task.ecqa_chance(pair, precondition["n"])

@@ -636,7 +636,7 @@ def _ecqa_part(pair: "ModelPair") -> SuiteResult:
                    labels != predictions["quantized"].predicted))})
     tested, settled = competence_items(pair, SUITE, n, "ecqa")
     answers = task.mcq_predictions(pair, pair.reference, tested) if settled else predictions["reference"]
-    require_competence(result, "ECQA", answers.correct, 1 / 5,
+    require_competence(result, "ECQA", answers.correct, task.ecqa_chance(pair, answers.correct.size),
                        [ECQA_METRICS[m] for m in OCCLUSION_METRICS if m in TASK_DEPENDENT], settled)
     return result
 

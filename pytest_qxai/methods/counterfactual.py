@@ -381,7 +381,8 @@ def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
                          notes=notes, lost=lost_counts(flags, [ECQA_METRICS[name] for name in (
                              "self_flip", "validity", "minimality", "similarity", "fluency")]))
     tested, settled = competence_items(pair, SUITE, n)
-    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+    require_competence(result, "ECQA", task.mcq_predictions(pair, pair.reference, tested).correct,
+                       task.ecqa_chance(pair, tested),
                        [ECQA_METRICS["self_flip"], ECQA_METRICS["validity"]], settled)
     return result
 

@@ -66,9 +66,9 @@ from .nle import (CLASS_NLE_TEMPLATE, ECQA_NLE_TEMPLATE, NLE_TEMPLATE, class_exp
                   explain_ecqa, explain_labels, explanation_params, explanation_prompt, is_empty,
                   label_explanation_params, label_explanations, side_explanations)
 from .outcomes import competence_items, degenerate_metric, require_competence, scored
-from .task import (NLI_TASK, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
-                   mcq_logprobs, mcq_predictions, nli_predictions, pooled_chance, predict_labels, predict_nli,
-                   prefixed_ids, template_id)
+from .task import (NLI_TASK, LabelTask, absent, classification_tasks, ecqa_chance, ecqa_items, esnli_items,
+                   label_predictions, mcq_logprobs, mcq_predictions, nli_predictions, pooled_chance, predict_labels,
+                   predict_nli, prefixed_ids, template_id)
 from .text import words
 
 if TYPE_CHECKING:
@@ -504,7 +504,7 @@ def _ecqa_part(pair: "ModelPair", n_edit: int) -> SuiteResult:
         lost={ECQA_UNFAITHFUL.name: {role: r["lost"] for role, r in ecqa.items()}},
     )
     tested, settled = competence_items(pair, SUITE, n_edit)
-    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, tested).correct, ecqa_chance(pair, tested),
                        [ECQA_FLIP, ECQA_UNFAITHFUL], settled)
     return result
 

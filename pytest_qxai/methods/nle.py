@@ -65,8 +65,9 @@ from ..storage import stable_hash
 from ..suite import Suite, register_suite, registered_suites
 from .outcomes import (competence_items, degenerate_metric, lost_counts, require_competence, scored,
                        uniform_log_perplexity, worst_value)
-from .task import (MCQ_TEMPLATE, LabelTask, absent, classification_tasks, ecqa_items, esnli_items, label_predictions,
-                   mcq_predictions, nli_predictions, option_scores, pooled_chance, prefixed_ids, template_id)
+from .task import (MCQ_TEMPLATE, LabelTask, absent, classification_tasks, ecqa_chance, ecqa_items, esnli_items,
+                   label_predictions, mcq_predictions, nli_predictions, option_scores, pooled_chance, prefixed_ids,
+                   template_id)
 from .text import ENCODER_NAME, embed, perplexity, rouge_l
 
 if TYPE_CHECKING:
@@ -409,7 +410,7 @@ def _ecqa_part(pair: "ModelPair", n: int, fluency_worst: float) -> SuiteResult:
                                  for it, text in list(zip(items, texts["reference"]))[:EXAMPLES_IN_NOTES]]},
         lost=lost_counts(empty, [ECQA_METRICS[m] for m in (GOLD_SIMILARITY, ROUGE_L, FLUENCY)]))
     tested, settled = competence_items(pair, SUITE, n)
-    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, tested).correct, 1 / 5,
+    require_competence(result, "ECQA", mcq_predictions(pair, pair.reference, tested).correct, ecqa_chance(pair, tested),
                        [ECQA_METRICS[m] for m in TASK_DEPENDENT], settled)
     return result
 

@@ -256,6 +256,11 @@ def pooled_chance(tasks: Sequence[LabelTask], items: Sequence[Sequence[Any]]) ->
     return float(np.mean([1 / len(task.labels) for task, group in zip(tasks, items) for _ in group]))
 
 
+def ecqa_chance(pair: "ModelPair", n: int) -> float:
+    """Chance accuracy on the first ``n`` ECQA items: the mean of 1 / option count per item (a file may have any)."""
+    return float(np.mean([1 / len(item.options) for item in ecqa_items(pair, n)]))
+
+
 def no_label_data(pair: "ModelPair") -> str:
     """Why a label suite has nothing to run on (no e-SNLI and no classification data in the run)."""
     return not_in_run(pair.config.data, "labelled texts", "the suite needs e-SNLI or a classification file "
@@ -516,7 +521,8 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
                 for block_ids, block in blocks
             ])
     notes["items"] = {block_ids[0].split(":")[0]: len(block_ids) for block_ids, _ in blocks if block_ids}
-    notes["chance"] = {"esnli": 1 / 3, "ecqa": 1 / 5} | {task.name: 1 / len(task.labels) for task in classes}
+    notes["chance"] = {"esnli": 1 / 3} | ({"ecqa": ecqa_chance(pair, n)} if ecqa_items(pair, 1) else {}) | {
+        task.name: 1 / len(task.labels) for task in classes}
     notes["agreement"] = "per-item shares of Cohen's kappa with the reference's labels, per dataset; reference side = 1"
     return SuiteResult(suite=SUITE, item_ids=ids, reference=values["reference"], quantized=values["quantized"],
                        fingerprint=fingerprint, skipped=skipped, notes=notes)
