@@ -436,3 +436,23 @@ def test_occlusion_ranking_is_more_comprehensive_and_sufficient_than_a_random_ra
     comp_random, suff_random = A.erasure_scores(smollm, NLI, items, labels, random)
     assert comp.mean() > comp_random.mean() + 0.02
     assert suff.mean() < suff_random.mean() - 0.02
+
+
+@pytest.mark.usefixtures("tiny_options")
+def test_a_quantized_model_that_outputs_nan_scores_the_worst_values_and_counts_as_degenerate(
+    tiny_runtime: Any, make_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN attributions and erasure scores are no output: the worst value on that side, never a left-out item."""
+    monkeypatch.setattr(A, "gradient_plan", lambda pair: None)
+    pair = tiny_pair(tiny_runtime, make_config)
+
+    def broken(module: Any, args: Any, kwargs: Any, out: Any) -> Any:
+        out.logits[:] = float("nan")
+        return out
+
+    pair.quantized.runtime.model.register_forward_hook(broken, with_kwargs=True)
+    result = A.run_attribution(pair)
+    for name in ("comprehensiveness", "sufficiency", "rank_correlation", "topk_overlap", "degenerate_rate"):
+        metric = next(m for m in A.ATTRIBUTION_METRICS if m.name == name)
+        values = result.quantized[name][~np.isnan(result.reference[name])]
+        assert values.size and (values == A.worst_value(metric)).all(), (name, values)

@@ -279,3 +279,35 @@ def test_smollm2_gets_relation_negatives_and_is_at_chance_on_them(smollm2_runtim
     assert not np.array_equal(values["relation_negative"], values["real"])  # another prompt, another recall
     assert not competence(outcomes[:, -1], 0.5, M.RELATION_TASK)[0]
     assert (values["real"] > values["negative"])[:, -3:].mean() > outcomes[:, -3:].mean()
+
+
+def test_a_distribution_that_is_not_one_scores_the_worst_cnst_score_and_zero_probabilities_add_nothing() -> None:
+    """A NaN row (a broken quantized model) is −inf, not a value the gate leaves out; 0 · log 0 = 0."""
+    p, q = np.log([[0.5, 0.5]]), np.log([[0.25, 0.75]])
+    assert M.cnst_score(np.array([[np.nan, 0.0]]), q)[0] == -np.inf
+    assert M.cnst_score(q, np.array([[np.nan, 0.0]]))[0] == -np.inf
+    with np.errstate(divide="ignore"):
+        certain, a, b = np.log([[1.0, 0.0]]), np.log([[0.5, 0.5, 0.0]]), np.log([[0.25, 0.75, 0.0]])
+    assert M.cnst_score(certain, certain)[0] == 0.0  # −H of a certain distribution
+    np.testing.assert_allclose(M.cnst_score(a, b), M.cnst_score(p, q))  # a token neither side can emit adds 0
+    assert M.cnst_score(certain, p)[0] == -np.inf  # p2 puts mass where p1 has none: H(p1, p2) is infinite
+
+
+def test_a_quantized_model_that_outputs_nan_fails_multihop_rather_than_losing_its_items(
+        tiny_runtime: Any, make_config: Any) -> None:
+    """NaN hidden states on the quantized side: CnstScore −inf and the worst EntRec shift, so their checks fail."""
+    from pytest_qxai.gate.check import check_vs_reference
+    from pytest_qxai.gate.tolerance import parse_tolerance
+
+    pair = tiny_pair(tiny_runtime, make_config(samples=6))
+
+    def broken(module: Any, args: Any, out: Any) -> Any:
+        (out[0] if isinstance(out, tuple) else out)[:] = float("nan")
+        return out
+
+    pair.quantized.runtime.model.model.layers[-1].register_forward_hook(broken)
+    result = M.run_multihop(pair)
+    for metric in (M.CNST_SCORE, M.WORST_LAYER):
+        ref, quant = result.values(metric.name)
+        check = check_vs_reference(metric, parse_tolerance(metric.tolerance), ref, quant, result.item_ids)
+        assert check.verdict == "fail" and check.lost["quantized"] == 0, (metric.name, check.reason)

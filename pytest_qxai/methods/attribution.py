@@ -32,7 +32,8 @@ words kept (sufficiency); each score is the mean over the five k of ``p(y|x) −
 
 A constant attribution vector (every word scored the same: the method found nothing) is degenerate: it
 ranks no word, so every metric of that item on that side scores its worst value (comprehensiveness −1,
-sufficiency 1, rank correlation −1, top-k overlap 0), and ``degenerate_rate`` counts it. Where only the
+sufficiency 1, rank correlation −1, top-k overlap −1: each metric's bound, below any overlap a ranking reaches,
+so failing to rank never scores better than ranking badly), and ``degenerate_rate`` counts it. Where only the
 reference's vector is constant, the quantized side's rank correlation is 0 (no monotone relation exists); where
 both are, both sides' agreement is 1 (two all-tied rankings agree: identical models give identical values).
 
@@ -502,11 +503,14 @@ def scored_metrics(results: Results, metric: dict[str, Metric]) -> tuple[
         dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, int]]]:
     """Both sides' per-item values of one method's metrics (``metric`` maps comprehensiveness, ... to the metric).
 
-    A constant attribution vector scores each metric's worst value on its side and counts in degenerate_rate.
+    A constant attribution vector scores each metric's worst value on its side and counts in degenerate_rate; so does
+    one with a value that is not a number, or an erasure score that is not (a model whose output is no distribution).
     """
     ref, quant = results["reference"], results["quantized"]
     n = len(ref["scores"])
-    constant = {role: np.array([np.ptp(s) == 0 for s in r["scores"]], dtype=bool) for role, r in results.items()}
+    constant = {role: np.array([not np.isfinite(s).all() or np.ptp(s) == 0 for s in r["scores"]], dtype=bool)
+                | np.isnan(np.asarray(r["comprehensiveness"], dtype=np.float64))
+                | np.isnan(np.asarray(r["sufficiency"], dtype=np.float64)) for role, r in results.items()}
     rho, overlap = agreement(ref["scores"], quant["scores"])
     rho[constant["reference"] & ~constant["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
     measured = {"comprehensiveness": (ref["comprehensiveness"], quant["comprehensiveness"]),
@@ -577,7 +581,7 @@ def _label_part(pair: "ModelPair") -> SuiteResult:
         "integrated_gradients": skip_ig or f"ran on both sides ({IG_STEPS} Gauss-Legendre steps)",
         "explained_label": "the reference's predicted label on both sides (task suite prediction)",
         "degenerate": "constant attribution vector; scored comprehensiveness -1, sufficiency 1, rank correlation -1, "
-                      "top-k overlap 0",
+                      "top-k overlap -1",
         "baseline": "zero embedding at the item's tokens (occlusion replacement and integrated-gradients baseline)",
         "erasure": "words deleted from the text; top ceil(k% of n) words, k in " + ", ".join(map(str, K_PERCENTS)),
         "topk_fraction": TOPK_FRACTION,

@@ -47,7 +47,7 @@ from ..storage import stable_hash
 from ..suite import Suite, get_suite, register_suite
 from .arch import ModelParts, model_parts
 from .knowledge import first_token_ids, greedy_answers
-from .outcomes import require_competence
+from .outcomes import require_competence, worst_value
 
 if TYPE_CHECKING:
     import torch
@@ -205,9 +205,15 @@ def mention_positions(tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[Pr
 
 
 def cnst_score(logp_two_hop: np.ndarray, logp_one_hop: np.ndarray) -> np.ndarray:
-    """CnstScore = −½[H(p2, p1) + H(p1, p2)], H(p, q) = −Σ p log q, per row (Yang et al. 2024, Eq. 3)."""
+    """CnstScore = −½[H(p2, p1) + H(p1, p2)], H(p, q) = −Σ p log q, per row (Yang et al. 2024, Eq. 3).
+
+    A token of probability 0 adds 0 (``0 log 0 = 0``). A row that is no distribution (NaN, as from a broken quantized
+    model) scores −inf, the worst value."""
     p2, p1 = np.exp(logp_two_hop), np.exp(logp_one_hop)
-    return 0.5 * ((p2 * logp_one_hop).sum(-1) + (p1 * logp_two_hop).sum(-1))
+    with np.errstate(invalid="ignore"):
+        score = 0.5 * (np.where(p2 > 0, p2 * logp_one_hop, 0.0).sum(-1)
+                       + np.where(p1 > 0, p1 * logp_two_hop, 0.0).sum(-1))
+    return np.where(np.isnan(logp_two_hop).any(-1) | np.isnan(logp_one_hop).any(-1), -np.inf, score)
 
 
 def cnst_objective(logp_one_hop: "torch.Tensor") -> Any:
@@ -363,7 +369,8 @@ def run_multihop(pair: "ModelPair") -> SuiteResult:
     profiles[f"{FIRST_HOP.name}/entrec_by_layer"] = {
         "reference": reference["real"].mean(0).tolist(), "quantized": quantized["real"].mean(0).tolist()}
     ref_vals[WORST_LAYER.name] = np.zeros(len(items))
-    quant_vals[WORST_LAYER.name] = np.abs(np.exp(quantized["real"]) - np.exp(reference["real"])).max(axis=1)
+    shift = np.abs(np.exp(quantized["real"]) - np.exp(reference["real"]))
+    quant_vals[WORST_LAYER.name] = np.where(np.isnan(shift), worst_value(WORST_LAYER), shift).max(axis=1)
     for metric in (CNST_SCORE, FIRST_HOP_ACCURACY, SECOND_HOP_ACCURACY, TWO_HOP_ACCURACY):
         ref_vals[metric.name], quant_vals[metric.name] = reference[metric.name], quantized[metric.name]
     counts: dict[str, int] = {}
