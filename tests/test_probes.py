@@ -69,6 +69,26 @@ def test_probes_classify_separable_data_and_transfer_to_a_copy() -> None:
     assert (copy == own).all()
 
 
+def test_a_broken_quantized_state_is_a_wrong_prediction_and_the_worst_cosine_without_touching_other_items() -> None:
+    """NaN at one item and layer (an overflow in a quantized kernel): that item scores worst there, and only it."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 8)
+    reference = rng.normal(size=(24, 2, 16))
+    reference[:, 1, 0] += 10 * labels
+    quantized = reference + 0.01 * rng.normal(size=reference.shape)
+    broken = quantized.copy()
+    broken[5, 1] = np.nan
+    cosines, intact = P.layer_cosines(reference, broken), P.layer_cosines(reference, quantized)
+    assert cosines[5, 1] == -1.0 and np.isclose(cosines[5, 0], intact[5, 0])
+    assert (np.delete(cosines[:, 1], 5) > 0.99).all()
+    transferred, intact_transfer = P.probe_predictions(reference, labels, [broken, quantized], seed=0)
+    (retrained,) = P.probe_predictions(broken, labels, [broken], seed=0)
+    assert transferred[5, 1] == retrained[5, 1] == P.NO_PREDICTION != labels[5]
+    assert (np.delete(transferred, 5, axis=0) == np.delete(intact_transfer, 5, axis=0)).all()
+    assert (np.delete(retrained, 5, axis=0) != P.NO_PREDICTION).all()
+    assert np.isfinite(P.linear_cka(reference[:, 1], broken[:, 1]))
+
+
 @settings(max_examples=5, deadline=None)
 @given(seeds)
 def test_every_prediction_is_held_out(seed: int) -> None:

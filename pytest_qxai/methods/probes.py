@@ -20,6 +20,7 @@ in how items are represented (centring both on the FP mean put bnb8 at 0.61 on S
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -39,6 +40,8 @@ SUITE = "probes"
 PROBE = {"version": "probes-v3", "folds": 5, "C": 0.1, "max_iter": 2000}
 """Probe settings: k-fold cross-validation and the inverse L2 strength of the logistic regression (v3: fit in
 the span of the training states, see :func:`probe_predictions`)."""
+NO_PREDICTION = -1
+"""The predicted label of an item whose state is broken (not finite) on the probed side: never the gold label."""
 
 TRANSFER = register_metric(Metric(
     SUITE, "probe_transfer_accuracy",
@@ -70,12 +73,20 @@ LABEL_METRICS: dict[Metric, Metric] = {
 PROBES_METRICS = [*ESNLI_METRICS, *LABEL_METRICS.values()]
 
 
+def broken_states(*states: np.ndarray) -> np.ndarray:
+    """``[n, L]``: where a side's state ``[n, L, d]`` is not all finite numbers (a broken model's output)."""
+    return ~np.logical_and.reduce([np.isfinite(x).all(axis=2) for x in states])
+
+
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA of two activation matrices ``[n, d1]``, ``[n, d2]`` (Kornblith et al. 2019, Eq. 5).
 
     ``‖Yᵀ X‖²_F / (‖Xᵀ X‖_F ‖Yᵀ Y‖_F)`` on column-centred matrices: 1 for identical representations,
-    invariant to orthogonal transforms and isotropic scaling of either side.
+    invariant to orthogonal transforms and isotropic scaling of either side. Rows not finite on both sides are left
+    out (a profile, not a gated value).
     """
+    finite = np.isfinite(x).all(axis=1) & np.isfinite(y).all(axis=1)
+    x, y = x[finite], y[finite]
     x = x - x.mean(axis=0)
     y = y - y.mean(axis=0)
     cross = np.linalg.norm(y.T @ x) ** 2
@@ -83,8 +94,19 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def layer_cosines(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
-    """``[n, L]`` cosine of FP and quantized states ``[n, L, d]`` per item and layer, each centred on its own mean."""
-    return cosine(reference - reference.mean(axis=0, keepdims=True), quantized - quantized.mean(axis=0, keepdims=True))
+    """``[n, L]`` cosine of FP and quantized states ``[n, L, d]`` per item and layer, each centred on its own mean.
+
+    An item whose state at a layer is not finite on a side scores −1 there, the bound, and is left out of the means.
+    """
+    broken = broken_states(reference, quantized)
+    if not broken.any():
+        return cosine(reference - reference.mean(axis=0, keepdims=True),
+                      quantized - quantized.mean(axis=0, keepdims=True))
+    kept = [np.where(broken[..., None], np.nan, x) for x in (reference, quantized)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer broken on every item has no mean
+        centred = [x - np.nanmean(x, axis=0, keepdims=True) for x in kept]
+    return np.where(broken, -1.0, cosine(*centred))
 
 
 def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
@@ -109,15 +131,21 @@ def probe_predictions(
     from sklearn.preprocessing import StandardScaler
 
     n, depth, _ = train.shape
-    out = [np.empty((n, depth), dtype=labels.dtype) for _ in tests]
+    out = [np.full((n, depth), NO_PREDICTION, dtype=np.int64) for _ in tests]
+    usable = [~broken_states(x) for x in (train, *tests)]
     splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n), labels)
     for fit_rows, held in splits:
         for layer in range(depth):
-            span = PCA(n_components=min(len(fit_rows), train.shape[2]), svd_solver="full")
+            fit = fit_rows[usable[0][fit_rows, layer]]  # a broken training state teaches nothing
+            if len(np.unique(labels[fit])) < 2:
+                continue
+            span = PCA(n_components=min(len(fit), train.shape[2]), svd_solver="full")
             probe = make_pipeline(StandardScaler(), span, LogisticRegression(C=PROBE["C"], max_iter=PROBE["max_iter"]))
-            probe.fit(train[fit_rows, layer], labels[fit_rows])
-            for target, test in zip(out, tests):
-                target[held, layer] = probe.predict(test[held, layer])
+            probe.fit(train[fit, layer], labels[fit])
+            for target, test, ok in zip(out, tests, usable[1:]):
+                rows = held[ok[held, layer]]  # a broken test state keeps NO_PREDICTION: a wrong answer
+                if rows.size:
+                    target[rows, layer] = probe.predict(test[rows, layer])
     return out
 
 
