@@ -18,6 +18,7 @@ import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import DatasetError
@@ -35,6 +36,9 @@ BUNDLED_NAMES = ("esnli", "ecqa", "lre")
 """The bundled datasets; a run uses all three unless ``--qxai-data`` names its datasets."""
 
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+DEMONSTRATIONS = 3
+"""Facts of a relation shown as in-context demonstrations by the knowledge suites (their ``PROMPT["shots"]``): a
+relation needs more facts than this."""
 
 
 @dataclass(frozen=True)
@@ -267,11 +271,21 @@ def _text(record: dict[str, Any], name: str) -> str:
     value = record.get(name)
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(f"field {name!r} must be a non-empty string, got {_show(value)}")
-    return " ".join(value.split())
+    return " ".join(_unicode(value, name).split())
+
+
+def _unicode(value: str, name: str) -> str:
+    """``value`` if it is valid Unicode (UTF-8 encodable); a JSON escape such as ``\\ud800`` is a lone surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Invalid(f"field {name!r} is not valid Unicode: lone surrogate {value[exc.start]!r} at character "
+                       f"{exc.start + 1}") from None
+    return value
 
 
 def _nfc(label: str) -> str:
-    """A label in Unicode's composed form (NFC), so that "café" typed two ways is one label, not two."""
+    """A label or option in Unicode's composed form (NFC), so that "café" typed two ways is one label, not two."""
     return unicodedata.normalize("NFC", label)
 
 
@@ -281,7 +295,7 @@ def _texts(record: dict[str, Any], name: str, minimum: int = 1) -> tuple[str, ..
     if (not isinstance(value, list) or len(value) < minimum
             or not all(isinstance(v, str) and v.strip() for v in value)):
         raise _Invalid(f"field {name!r} must be a list of at least {minimum} non-empty string(s), got {_show(value)}")
-    return tuple(" ".join(v.split()) for v in value)
+    return tuple(" ".join(_unicode(v, f"{name}[{i}]").split()) for i, v in enumerate(value))
 
 
 def _id(record: dict[str, Any]) -> str:
@@ -303,10 +317,10 @@ def _nli_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def _mcq_record(record: dict[str, Any]) -> dict[str, Any]:
     """The fields of one multiple-choice record, validated."""
-    options = _texts(record, "options", minimum=2)
+    options = tuple(_nfc(option) for option in _texts(record, "options", minimum=2))
     if len(set(options)) != len(options):
         raise _Invalid(f"field 'options' has duplicates: {_show(list(options))}")
-    answer = _text(record, "answer")
+    answer = _nfc(_text(record, "answer"))
     if answer not in options:
         raise _Invalid(f"answer {_show(answer)} is not one of the options {_show(list(options))}")
     positives = _texts(record, "positives") if record.get("positives") else ()
@@ -398,10 +412,22 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, text
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (``json`` alone would keep a repeated key's last value silently)."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise _Invalid(f"key {_show(key)} appears twice in one object")
+        value[key] = item
+    return value
+
+
 def _parse(path: Path, number: int, text: str) -> dict[str, Any]:
     """One line parsed as a JSON object."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _Invalid as exc:
+        raise _error(f"{path}:{number}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise _error(f"{path}:{number}: invalid JSON: {exc.msg} at column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:
@@ -475,7 +501,9 @@ def _read_relations(source: Path) -> list[Relation]:
 def _relation_from_file(path: Path) -> Relation:
     """One relation from an upstream-format JSON file; its key is the file stem."""
     try:
-        value = json.loads(_read_text(path))
+        value = json.loads(_read_text(path), object_pairs_hook=_unique_keys)
+    except _Invalid as exc:
+        raise _error(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise _error(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:
@@ -491,8 +519,8 @@ def _relation_from_file(path: Path) -> Relation:
 def _relation(raw: dict[str, Any], key: str | None) -> Relation:
     """A validated relation; repeated subjects are merged, their further objects becoming aliases."""
     name = decode_literal_escapes(_text(raw, "name"))
-    templates = _templates(raw, "prompt_templates")
-    templates_zs = _templates(raw, "prompt_templates_zs") if raw.get("prompt_templates_zs") else ()
+    templates = _templates(raw, "prompt_templates", name)
+    templates_zs = _templates(raw, "prompt_templates_zs", name) if raw.get("prompt_templates_zs") else ()
     properties = raw.get("properties")
     if not isinstance(properties, dict):
         raise _Invalid(f"relation {name!r}: field 'properties' must be an object, got {_show(properties)}")
@@ -511,16 +539,25 @@ def _relation(raw: dict[str, Any], key: str | None) -> Relation:
             raise _Invalid(f"relation {name!r}: samples[{index}]: {exc}") from None
         names.setdefault(subject, []).extend(decode_literal_escapes(obj) for obj in objects)
     facts = tuple(_fact(subject, answers) for subject, answers in names.items())
+    if len(facts) <= DEMONSTRATIONS:
+        raise _Invalid(f"relation {name!r}: {len(facts)} sample(s) with distinct subjects, but at least "
+                       f"{DEMONSTRATIONS + 1} are needed: the knowledge suites show {DEMONSTRATIONS} as in-context "
+                       "demonstrations and test the others")
     return Relation(name, templates, templates_zs, relation_type, domain, range_, facts,
                     key or re.sub(r"\W+", "_", name.lower()).strip("_"))
 
 
-def _templates(raw: dict[str, Any], field: str) -> tuple[str, ...]:
-    """Prompt templates, each with exactly one ``{}`` subject slot."""
+def _templates(raw: dict[str, Any], field: str, name: str) -> tuple[str, ...]:
+    """Prompt templates, each a format string whose one field is the bare ``{}`` subject slot."""
     templates = tuple(decode_literal_escapes(t) for t in _texts(raw, field))
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise _Invalid(f"field {field!r}: template {_show(bad[0])} must contain '{{}}' exactly once")
+    for template in templates:
+        try:
+            fields = [parsed[1:] for parsed in Formatter().parse(template) if parsed[1] is not None]
+        except ValueError:
+            fields = []
+        if fields != [("", "", None)]:
+            raise _Invalid(f"relation {name!r}: field {field!r}: template {_show(template)} must contain '{{}}' "
+                           "exactly once and no other format field (write '{{' and '}}' for literal braces)")
     return templates
 
 

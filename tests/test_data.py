@@ -9,11 +9,14 @@ multi-token label test of the task and attribution suites.
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pytest_qxai.datasets import ClassItem, load_classification, load_ecqa, load_esnli, run_datasets
 from pytest_qxai.errors import DatasetError
@@ -56,6 +59,21 @@ def test_a_label_typed_in_two_unicode_forms_is_one_label(tmp_path: Path) -> None
     assert load_classification(None, 0, declared)[0].label == composed
 
 
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(st.sampled_from("ae\u00e9\u00f1\u00fc\u00c5\u1ec7 "), min_size=1, max_size=6).filter(str.strip))
+def test_an_ecqa_answer_typed_in_another_unicode_form_is_its_option(tmp_path: Path, word: str) -> None:
+    """An answer in decomposed form (NFD) prints as its composed option (NFC): it is that option, as labels are."""
+    composed, decomposed = (unicodedata.normalize(form, " ".join(word.split())) for form in ("NFC", "NFD"))
+    path = write(tmp_path, [{"id": "q", "question": "Which?", "options": [composed, "zzz"], "answer": decomposed},
+                            {"id": "r", "question": "Which?", "options": [decomposed, "zzz"], "answer": composed}])
+    assert [(it.options, it.answer) for it in load_ecqa(None, 0, path)] == [((composed, "zzz"), composed)] * 2
+    twice = write(tmp_path, [{"id": "q", "question": "Which?", "options": [composed, decomposed, "zzz"],
+                              "answer": "zzz"}], "twice.jsonl")
+    if composed != decomposed:
+        with pytest.raises(DatasetError, match="'options' has duplicates"):
+            load_ecqa(None, 0, twice)
+
+
 def test_gold_explanations_are_optional_in_every_format(tmp_path: Path) -> None:
     nli = write(tmp_path, [{"id": "n", "premise": "A dog runs.", "hypothesis": "An animal moves.",
                             "label": "entailment"}], "nli.jsonl")
@@ -82,6 +100,9 @@ def test_gold_explanations_are_optional_in_every_format(tmp_path: Path) -> None:
     ([{"id": 1, "question": "q?", "options": ["a", "b"], "answer": "a"}],
      "{path}:1: a multiple-choice record (question, options) in a file read as classification data"),
     ([{"id": 1, "text": "a", "label": 1}], "{path}:1: field 'label' must be a non-empty string, got 1"),
+    (['{"id": 1, "text": "a", "label": "good", "label": "bad"}'], "{path}:1: key 'label' appears twice in one object"),
+    (['{"id": 1, "text": "a\\ud800", "label": "good"}'],
+     "{path}:1: field 'text' is not valid Unicode: lone surrogate '\\ud800' at character 2"),
 ])
 def test_bad_classification_files_are_one_line_naming_file_and_line(
         tmp_path: Path, records: list[Any], message: str) -> None:
@@ -110,6 +131,12 @@ def test_a_run_uses_the_named_datasets_only(pytester: pytest.Pytester) -> None:
     ("meh=meh.jsonl", "--qxai-data meh: {root}/meh.jsonl:2: label 'meh' is not in the label set (good, bad)"),
     ("reviews", "--qxai-data 'reviews': write NAME=PATH (e.g. sentiment=reviews.jsonl), or a bundled name alone "
                 "(esnli, ecqa, lre)"),
+    ("lre=few.jsonl", "--qxai-data lre: {root}/few.jsonl:1: relation 'capital': 3 sample(s) with distinct subjects, "
+                      "but at least 4 are needed: the knowledge suites show 3 as in-context demonstrations and test "
+                      "the others"),
+    ("lre=field.jsonl", "--qxai-data lre: {root}/field.jsonl:1: relation 'capital': field 'prompt_templates': "
+                        "template '{{}} is in {{country}}' must contain '{{}}' exactly once and no other format "
+                        "field (write '{{{{' and '}}}}' for literal braces)"),
 ])
 def test_bad_data_stops_the_run_before_any_model_loads(pytester: pytest.Pytester, argument: str, message: str) -> None:
     write(pytester.path, [{"id": 1, "text": "a", "label": "good"},
@@ -117,6 +144,12 @@ def test_bad_data_stops_the_run_before_any_model_loads(pytester: pytest.Pytester
     write(pytester.path, [{"id": 1, "text": "a", "label": "good"}], "one.jsonl")
     write(pytester.path, [{"id": 1, "text": "a", "label": "good", "label_set": ["good", "bad"]},
                           {"id": 2, "text": "b", "label": "meh"}], "meh.jsonl")
+    relation = {"name": "capital", "prompt_templates": ["The capital of {} is"], "samples": [
+        {"subject": s, "object": o} for s, o in (("Peru", "Lima"), ("Chile", "Santiago"), ("Peru", "Cusco"),
+                                                 ("Cuba", "Havana"))],
+                "properties": {"relation_type": "factual", "domain_name": "country", "range_name": "city"}}
+    write(pytester.path, [relation], "few.jsonl")
+    write(pytester.path, [{**relation, "prompt_templates": ["{} is in {country}"]}], "field.jsonl")
     pytester.makepyfile(test_x="def test_x(): pass")
     run = pytester.runpytest_inprocess(f"--qxai-data={argument}", "--qxai-device=cpu", "-p", "no:cacheprovider")
     assert run.ret == pytest.ExitCode.USAGE_ERROR

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -35,7 +36,8 @@ RELATION = {"name": "country capital city", "prompt_templates": ["The capital of
             "prompt_templates_zs": ["What is the capital of {}? It is"],
             "properties": {"relation_type": "factual", "domain_name": "country", "range_name": "city",
                            "symmetric": False},
-            "samples": [{"subject": "Brazil", "object": "Bras\\u00edlia"}, {"subject": "Peru", "object": "Lima"}]}
+            "samples": [{"subject": "Brazil", "object": "Bras\\u00edlia"}, {"subject": "Peru", "object": "Lima"},
+                        {"subject": "Chile", "object": "Santiago"}, {"subject": "Ecuador", "object": "Quito"}]}
 
 
 def jsonl(*records: Any) -> str:
@@ -281,6 +283,8 @@ BAD_NLI = [
     (jsonl({**NLI, "id": None}), 1, "'id' must be a non-empty string"),
     (jsonl(NLI, NLI), 2, "duplicate id 'a' (first on line 1)"),
     ("[" * 100_000 + "\n", 1, "invalid JSON"),
+    (jsonl(NLI) + jsonl(NLI)[:-2].replace('"id": "a"', '"id": "b"') + ', "label": "neutral"}\n', 2,
+     "key 'label' appears twice in one object"),
 ]
 
 
@@ -329,6 +333,20 @@ def test_missing_file_and_multiline_values_stay_on_one_line(tmp_path: Path) -> N
 
 BAD_RELATIONS = [
     ({**RELATION, "prompt_templates": ["The capital is"]}, "must contain '{}' exactly once"),
+    ({**RELATION, "prompt_templates": ["{} is part of {country}"]}, "relation 'country capital city': field "
+     "'prompt_templates': template '{} is part of {country}' must contain '{}' exactly once and no other format field"),
+    ({**RELATION, "prompt_templates_zs": ["{{}} is the capital"]},
+     "field 'prompt_templates_zs': template '{{}} is the capital' must contain '{}' exactly once"),
+    *(({**RELATION, "prompt_templates": [template]}, f"template {template!r} must contain '{{}}' exactly once")
+      for template in ("{0} is", "{!r} is", "{:>9} is", "{} and {}", "{} is {", "{} is }")),
+    ({**RELATION, "samples": RELATION["samples"][: ds.DEMONSTRATIONS]},
+     f"relation 'country capital city': {ds.DEMONSTRATIONS} sample(s) with distinct subjects, but at least "
+     f"{ds.DEMONSTRATIONS + 1} are needed: the knowledge suites show {ds.DEMONSTRATIONS} as in-context "
+     "demonstrations"),
+    ({**RELATION, "samples": [*RELATION["samples"][:1] * 5, *RELATION["samples"][1: ds.DEMONSTRATIONS]]},
+     f"{ds.DEMONSTRATIONS} sample(s) with distinct subjects"),
+    ({**RELATION, "samples": [*RELATION["samples"][:-1], {"subject": "Ecuador", "object": "Qui\ud800to"}]},
+     "samples[3]: field 'object' is not valid Unicode: lone surrogate '\\ud800' at character 4"),
     ({**RELATION, "properties": None}, "'properties' must be an object"),
     ({**RELATION, "samples": []}, "'samples' must be a non-empty list"),
     ({**RELATION, "samples": [{"subject": "Peru"}]}, "samples[0]: field 'object' must be a non-empty string"),
@@ -345,6 +363,90 @@ def test_user_relation_validation(tmp_path: Path, relation: dict[str, Any], mess
     json_path = write(tmp_path, json.dumps(relation), "relation.json")
     with pytest.raises(DatasetError, match=f"^{re.escape(str(json_path))}: .*{re.escape(message)}"):
         ds.load_relations(path=json_path)
+
+
+def test_relation_file_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
+    text = json.dumps(RELATION).replace('"object": "Lima"', '"object": "Lima", "object": "Cusco"')
+    for path in (write(tmp_path, text + "\n"), write(tmp_path, text, "relation.json")):
+        with pytest.raises(DatasetError, match=f"^{re.escape(str(path))}(:1)?: key 'object' appears twice in one object$"):
+            ds.load_relations(path=path)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["{}", "{", "}", "{{", "}}", "{x}", "{0}", "{!r}", "{:>3}", " is ", "x"]),
+                         min_size=1, max_size=4).map("".join), min_size=1, max_size=2),
+       st.integers(0, 6))
+def test_accepted_relations_give_knowledge_items(templates: list[str], extra: int) -> None:
+    """A relation the loader accepts has facts left beside the demonstrations, and templates that place the subject."""
+    from pytest_qxai.methods.knowledge import recall_items
+
+    samples = [{"subject": f"S{i}", "object": f"O{i}"} for i in range(ds.DEMONSTRATIONS - 2 + extra)]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "lre.jsonl"
+        path.write_text(jsonl({**RELATION, "prompt_templates": templates, "samples": samples}), encoding="utf-8")
+        try:
+            (relation,) = ds.load_relations(path=path)
+        except DatasetError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(f"{path}:1: ")
+            return
+        tested = len(relation.samples) - ds.DEMONSTRATIONS
+        assert tested > 0
+        pair = SimpleNamespace(config=SimpleNamespace(seed=0, data={"lre": path}))
+        assert len(recall_items(pair, tested)) == tested  # type: ignore[arg-type]
+    for template in relation.templates:
+        assert template.format("\x00S\x00").count("\x00S\x00") == 1
+
+
+LONE_SURROGATE = st.tuples(st.text(max_size=3), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+                           st.text(max_size=3)).map("".join)
+CLASS = {"id": "a", "text": "t", "label": "x", "label_set": ["x", "y"], "explanations": ["e"]}
+STRING_FIELDS = [  # (loader, a valid record, the field given a lone surrogate, how the message names it)
+    *(("classification", CLASS, field, f"field '{field}'")
+      for field in ("id", "text", "label", "label_set[1]", "explanations[0]")),
+    *(("esnli", NLI, field, f"field '{field}'") for field in ("id", "premise", "hypothesis", "explanations[0]")),
+    *(("ecqa", {**MCQ, "positives": ["p"]}, field, f"field '{field}'")
+      for field in ("id", "question", "options[2]", "answer", "explanation", "positives[0]")),
+    *(("calibration", {"id": "c", "text": "t", "source": "s"}, field, f"field '{field}'")
+      for field in ("id", "text", "source")),
+    ("lre", RELATION, "name", "field 'name'"),
+    ("lre", RELATION, "prompt_templates[0]", "field 'prompt_templates[0]'"),
+    ("lre", RELATION, "properties.domain_name", "field 'domain_name'"),
+    ("lre", RELATION, "samples[1].subject", "samples[1]: field 'subject'"),
+]
+BY_FORMAT: dict[str, Callable[[Path], list[Any]]] = {
+    "classification": lambda p: ds.load_classification(None, 0, p), "esnli": lambda p: ds.load_esnli(None, 0, p),
+    "ecqa": lambda p: ds.load_ecqa(None, 0, p), "calibration": lambda p: ds.load_calibration(None, 0, p),
+    "lre": lambda p: ds.load_relations(path=p),
+}
+
+
+def replaced(value: Any, field: str, new: str) -> Any:
+    """A copy of ``value`` with the string at ``field`` (``name``, ``name[i]``, ``a.b``, ``a[i].b``) set to ``new``."""
+    head, _, rest = field.partition(".")
+    name, _, index = head.partition("[")
+    inner = value[name] if not index else value[name][int(index[:-1])]
+    inner = replaced(inner, rest, new) if rest else new
+    if index:
+        inner = [*value[name][: int(index[:-1])], inner, *value[name][int(index[:-1]) + 1:]]
+    return {**value, name: inner}
+
+
+@pytest.mark.parametrize(("loader", "record", "field", "named"), STRING_FIELDS,
+                         ids=[f"{case[0]}-{case[2]}" for case in STRING_FIELDS])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=LONE_SURROGATE)
+def test_a_lone_surrogate_is_refused_naming_file_line_and_field(
+        tmp_path: Path, loader: str, record: dict[str, Any], field: str, named: str, bad: str) -> None:
+    """JSON's \\ud800 escapes decode to text no tokenizer or UTF-8 file takes: refused in every field, one line."""
+    changed = replaced({**record, "id": "z"}, field, bad + "{}" * field.startswith("prompt_templates"))
+    if field.startswith("options"):
+        changed["answer"] = changed["options"][2]
+    path = write(tmp_path, jsonl(record, changed))
+    with pytest.raises(DatasetError) as info:
+        BY_FORMAT[loader](path)
+    text = str(info.value)
+    assert text.startswith(f"{path}:2: ") and f"{named} is not valid Unicode: lone surrogate " in text
+    assert "\n" not in text and text.isprintable()
 
 
 def test_relation_file_json_error_names_the_line(tmp_path: Path) -> None:
@@ -373,7 +475,8 @@ FIELDS = ["id", "premise", "hypothesis", "label", "explanations", "question", "o
           "positives", "text", "source", "name", "prompt_templates", "prompt_templates_zs", "properties", "samples"]
 RECORDS = st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES | st.sampled_from(
     [*ds.NLI_LABELS, "water", ["water", "sky"], ["x {}"], {"relation_type": "f", "domain_name": "d", "range_name": "r"},
-     [{"subject": "s", "object": "o"}]]), max_size=len(FIELDS))
+     [{"subject": "s", "object": "o"}], [{"subject": f"s{i}", "object": "o"} for i in range(4)]]),
+    max_size=len(FIELDS))
 
 
 def check_loaders(data: bytes) -> None:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..blame.registry import BlameSupport, register_blame
-from ..datasets import (Fact, Relation, dataset_fingerprint, load_relations, no_relations, seeded_order,
-                        select_facts)
+from ..datasets import (DEMONSTRATIONS, Fact, Relation, dataset_fingerprint, load_relations, no_relations,
+                        seeded_order, select_facts)
 from ..metrics import Metric, SuiteResult, not_applicable, register_metric
 from ..profiles import suite_items
 from ..storage import stable_hash
@@ -51,7 +51,7 @@ RELATIONS = (
 )
 """LRE factual relations with well-known facts; the rest (parents, CEOs, birth years, ...) are near 0 on 135M."""
 
-PROMPT = {"version": "knowledge-v1", "shots": 3, "template": 0, "line": "{prompt} {object}"}
+PROMPT = {"version": "knowledge-v1", "shots": DEMONSTRATIONS, "template": 0, "line": "{prompt} {object}"}
 """The in-context format: ``shots`` demonstrations built with the relation's template number ``template``."""
 
 MAX_ANSWER_TOKENS = 32
