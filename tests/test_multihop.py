@@ -311,3 +311,25 @@ def test_a_quantized_model_that_outputs_nan_fails_multihop_rather_than_losing_it
         ref, quant = result.values(metric.name)
         check = check_vs_reference(metric, parse_tolerance(metric.tolerance), ref, quant, result.item_ids)
         assert check.verdict == "fail" and check.lost["quantized"] == 0, (metric.name, check.reason)
+
+
+def test_a_users_relations_compose_what_they_can_and_say_why_not_when_nothing(
+        tiny_runtime: Any, make_config: Any, tmp_path: Any) -> None:
+    """``lre=PATH`` holding two relations that chain gives that composition's items; one that chains with nothing
+    makes the suite not applicable in one line (it errored after the models had loaded)."""
+    import shutil
+
+    from pytest_qxai.datasets import LRE_DIR
+
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    for folder, names in ((both, ("city_in_country", "country_currency")), (alone, ("city_in_country",))):
+        folder.mkdir()
+        for name in names:
+            shutil.copy(LRE_DIR / "factual" / f"{name}.json", folder)
+    pair = tiny_pair(tiny_runtime, make_config(samples=4, data={"lre": both}))
+    items, _, _ = M.twohop_items(pair, 1000)
+    assert items and {it.composition for it in items} == {"city_in_country>country_currency"}
+    assert M.run_multihop(pair).item_ids == [it.id for it in items[:4]]
+    result = M.run_multihop(tiny_pair(tiny_runtime, make_config(samples=4, data={"lre": alone})))
+    assert result.item_ids == [] and set(result.skipped) == {m.name for m in M.MULTIHOP_METRICS}
+    assert all(reason.startswith("not applicable: the relations of this run") for reason in result.skipped.values())

@@ -183,11 +183,30 @@ def build_items(table: dict[str, Any], relations: dict[str, Sequence[Fact]], see
     return list(kept.values())
 
 
+def run_compositions(pair: "ModelPair") -> tuple[dict[str, Any], dict[str, Sequence[Fact]]]:
+    """The composition table cut to the compositions whose two relations this run's relations hold (by key or name),
+    and those relations' facts by table name (a user's ``lre=PATH`` may hold some, all or none of them)."""
+    table = load_compositions()
+    lookup = {}
+    for relation in load_relations(path=pair.config.data.get("lre")):
+        lookup[relation.name] = lookup[relation.key] = relation.samples
+    usable = [[r1, r2] for r1, r2 in table["compositions"] if r1 in lookup and r2 in lookup]
+    return {**table, "compositions": usable}, {name: lookup[name] for pair_ in usable for name in pair_}
+
+
+def no_compositions(pair: "ModelPair") -> str | None:
+    """Why no two-hop item can be composed from this run's relations, or None when some can."""
+    table, _ = run_compositions(pair)
+    if table["compositions"]:
+        return None
+    wanted = ", ".join(f"{r1}>{r2}" for r1, r2 in load_compositions()["compositions"])
+    return (f"{NOT_APPLICABLE}the relations of this run ({pair.config.data.get('lre')}) hold no pair of relations "
+            f"that the two-hop compositions chain (r1>r2, by relation key or name: {wanted})")
+
+
 def twohop_items(pair: "ModelPair", n: int) -> tuple[list[TwoHopItem], list[TwoHopItem], dict[str, Any]]:
     """The ``n`` gated items, the held-out layer-selection items, and the composition table."""
-    table = load_compositions()
-    names = sorted({name for pair_ in table["compositions"] for name in pair_})
-    relations = {rel.key: rel.samples for rel in load_relations(names, path=pair.config.data.get("lre"))}
+    table, relations = run_compositions(pair)
     items = build_items(table, relations, pair.config.seed)
     held = SELECTION_EVERY - 1
     gated = [it for index, it in enumerate(items) if index % SELECTION_EVERY != held]
@@ -332,7 +351,7 @@ def relation_test(values: dict[str, np.ndarray]) -> np.ndarray:
 
 def run_multihop(pair: "ModelPair") -> SuiteResult:
     """First-hop and second-hop tests, consistency and accuracies of both models on the same two-hop items."""
-    reason = no_relations(pair.config.data)
+    reason = no_relations(pair.config.data) or no_compositions(pair)
     if reason:
         return not_applicable(SUITE, MULTIHOP_METRICS, reason)
     items, selection, table = twohop_items(pair, suite_items(SUITE, pair.config))
