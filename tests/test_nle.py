@@ -70,6 +70,15 @@ def test_identical_explanations_agree_exactly_and_different_ones_less() -> None:
     assert agree[0] == 1.0 and agree[1] < 0.5
 
 
+def test_an_empty_quantized_explanation_agrees_worst_and_agreement_stays_within_its_bounds() -> None:
+    """An empty text is no explanation: -1, not the chance-corrected cosine of an empty string's embedding (about 0)."""
+    reference = ["A dog is an animal.", "The man is sleeping outside.", "Two people play chess.", "It is raining."]
+    agree = N.explanation_agreement(reference, ["", "The man sleeps outdoors.", " ", "Stocks fell sharply today."])
+    assert agree[0] == agree[2] == -1.0 and agree[1] > 0
+    assert ((agree >= -1.0) & (agree <= 1.0)).all()
+    assert N.explanation_agreement(["", "x y"], ["", "z"])[0] == 1.0  # both empty: identical texts
+
+
 def test_default_judge_is_the_reference_model_identified_by_its_weights_not_the_machine() -> None:
     """The judge is in the baseline's fingerprint: another CPU or torch version (another cache identity of the
     reference) must not make a stored baseline stale."""

@@ -306,7 +306,8 @@ def explanation_agreement(reference: Sequence[str], quantized: Sequence[str]) ->
 
     ``(cos_ii - c) / (1 - c)`` with c the mean cosine of a quantized explanation with the reference's
     explanations of the other items: two unrelated explanations of this task are far from orthogonal, so a
-    shuffled explanation scores about 0 rather than its raw cosine.
+    shuffled explanation scores about 0 rather than its raw cosine. Clipped to the bounds [-1, 1]; an empty quantized
+    explanation of a non-empty one scores -1, the worst value (an empty text's embedding is not an explanation).
     """
     n = len(reference)
     vectors = embed(list(reference) + list(quantized))
@@ -314,7 +315,8 @@ def explanation_agreement(reference: Sequence[str], quantized: Sequence[str]) ->
     paired = np.diag(cosines)
     chance = (cosines.sum() - paired.sum()) / (n * (n - 1)) if n > 1 else math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
-        corrected = (paired - chance) / (1 - chance)
+        corrected = np.clip((paired - chance) / (1 - chance), -1.0, 1.0)
+    corrected[is_empty(quantized) & ~is_empty(reference)] = -1.0
     return np.where([a.strip() == b.strip() for a, b in zip(reference, quantized)], 1.0, corrected)
 
 
