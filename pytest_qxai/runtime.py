@@ -8,6 +8,7 @@ GPU memory is split in half and retried. Results come back in the caller's order
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
@@ -29,8 +30,34 @@ STATIC_MIN_PARAMETERS = 1_000_000_000
 SmolLM2-135M took 280 s with a static cache (compiling each new shape) against 102 s without; an 8B model
 decodes 3.7 times faster with it (``benchmarks/bench_decode.py``)."""
 
-FINAL_NORMS = ("norm", "ln_f", "final_layernorm")
-"""Names of the norm after the last decoder layer on the base model (Llama-style, GPT-2, Phi-2/OPT-style)."""
+FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+"""Names of the norm after the last decoder layer on the base model or its ``language_model`` (Llama-style, GPT-2,
+Phi-2, GPT-NeoX/Pythia; Gemma 3's multimodal models)."""
+
+GREEDY: dict[str, Any] = {
+    "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "num_return_sequences": 1, "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "min_length": 0,
+    "min_new_tokens": None, "bad_words_ids": None, "sequence_bias": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None, "guidance_scale": None, "remove_invalid_values": False,
+    "renormalize_logits": False, "temperature": None, "top_k": None, "top_p": None, "min_p": None, "typical_p": None,
+    "top_h": None, "epsilon_cutoff": None, "eta_cutoff": None, "dola_layers": None, "penalty_alpha": None,
+    "token_healing": False, "watermarking_config": None, "prompt_lookup_num_tokens": None, "max_time": None,
+    "output_scores": False, "output_attentions": False, "output_hidden_states": False,
+}
+"""Generation settings that make ``generate`` a pure argmax whatever the model's ``generation_config.json`` says
+(repetition penalties, banned or forced tokens, sampling knobs). Passed as keyword arguments, not as a
+``GenerationConfig``: transformers fills a passed config's unset (None) fields from the model's own."""
+
+
+@functools.cache
+def greedy_settings() -> dict[str, Any]:
+    """:data:`GREEDY` cut to the fields this transformers version's ``GenerationConfig`` has (``generate`` refuses
+    any other keyword as an unused model argument)."""
+    from transformers import GenerationConfig
+
+    known = GenerationConfig()
+    return {key: value for key, value in GREEDY.items() if hasattr(known, key)}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -184,17 +211,35 @@ class Runtime:
                 results[index] = value
             bar.advance(len(batch))
 
+    def _eos_ids(self) -> list[int]:
+        """Where generation stops: the tokenizer's EOS plus the ids a generation config lists (Llama 3's ``<|eot_id|>``,
+        Gemma's ``<end_of_turn>``); a config's single id is not added (the embedded SmolLM2's baselines stop at 1)."""
+        declared = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        found = [self.tokenizer.eos_token_id, *(declared if isinstance(declared, list) else [])]
+        return list(dict.fromkeys(i for i in found if i is not None))
+
     @property
     def _generate_multiple(self) -> int:
         """Prompt-width multiple for ``generate``: :data:`STATIC_BUCKET` with a static cache, else 1."""
         return STATIC_BUCKET if self.static_cache else 1
 
     def encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
-        """Token ids of each text (no padding)."""
-        return [
-            list(ids)
-            for ids in self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
-        ]
+        """Token ids of each text (no padding). The tokenizer's leading special tokens (BOS) are not added again to a
+        text that already begins with them (a rendered chat template), and those it appends (EOS) are left off."""
+        encoded = [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
+        if not add_special_tokens:
+            return encoded
+        lead, trail = self._added_specials()
+        return [ids[len(lead) if ids[len(lead) : 2 * len(lead)] == lead else 0 : len(ids) - len(trail)]
+                for ids in encoded]
+
+    def _added_specials(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text when it adds special tokens."""
+        bare, full = (list(self.tokenizer(["a"], add_special_tokens=add)["input_ids"][0]) for add in (False, True))
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        return [], []
 
     def _pad(self, seqs: Sequence[Sequence[int]], multiple: int = 1) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Left-pad token id lists into ``input_ids`` and ``attention_mask`` on the model's device.
@@ -610,12 +655,11 @@ class Runtime:
                 cache["past_key_values"].batch_repeat_interleave(len(batch))
                 ids = torch.cat([ids.new_tensor(seqs[batch[0]][:offset]).expand(len(batch), -1), ids], dim=1)
                 mask = torch.cat([mask.new_ones(len(batch), offset), mask], dim=1)
-            kwargs: dict[str, Any] = {"stop_strings": [stop], "tokenizer": self.tokenizer} if stop else {}
-            if scored:
-                kwargs |= {"return_dict_in_generate": True, "output_logits": True}
+            kwargs: dict[str, Any] = {"tokenizer": self.tokenizer} if stop else {}
             out = self._generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **cache, **kwargs,
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **greedy_settings(),
+                stop_strings=[stop] if stop else None, return_dict_in_generate=scored, output_logits=scored,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self._eos_ids(), **cache, **kwargs,
             )
             new = (out.sequences if scored else out)[:, ids.shape[1] :]
             first: list[np.ndarray | None] = (
@@ -673,14 +717,14 @@ def final_norm(model: "PreTrainedModel") -> "torch.nn.Module":
     """The norm applied after the last decoder layer (``norm`` in Llama-style models, ``ln_f`` in GPT-2)."""
     from .errors import ArchitectureError
 
-    base = model.base_model
-    for name in FINAL_NORMS:
-        module = getattr(base, name, None)
-        if module is not None:
-            return module  # type: ignore[no-any-return]
+    for base in (model.base_model, getattr(model.base_model, "language_model", None)):
+        for name in FINAL_NORMS:
+            module = getattr(base, name, None)
+            if module is not None:
+                return module  # type: ignore[no-any-return]
     raise ArchitectureError(
-        f"the probes cannot find the final norm (base model attribute {' / '.join(FINAL_NORMS)}) in architecture "
-        f"{type(model).__name__} (model_type={getattr(model.config, 'model_type', '?')})"
+        f"the probes cannot find the final norm (base model or language_model attribute {' / '.join(FINAL_NORMS)}) "
+        f"in architecture {type(model).__name__} (model_type={getattr(model.config, 'model_type', '?')})"
     )
 
 

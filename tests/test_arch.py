@@ -169,8 +169,9 @@ def test_a_family_with_a_missing_module_is_a_clear_error() -> None:
     del model.model.norm
     with pytest.raises(ArchitectureError) as caught:
         model_parts(model)
-    assert str(caught.value) == ("the probes cannot find the final norm (base model attribute norm / ln_f / "
-                                 "final_layernorm) in architecture LlamaForCausalLM (model_type=llama)")
+    assert str(caught.value) == ("the probes cannot find the final norm (base model or language_model attribute "
+                                 "norm / ln_f / final_layernorm / final_layer_norm) in architecture LlamaForCausalLM "
+                                 "(model_type=llama)")
 
 
 def test_post_norm_and_soft_capped_families_say_why_value_neurons_are_not_additive() -> None:
@@ -180,6 +181,66 @@ def test_post_norm_and_soft_capped_families_say_why_value_neurons_are_not_additi
     assert model_parts(tiny("gemma2")).neuron_caveat == (
         "gemma2 normalises the MLP output before adding it to the residual stream and gemma2 soft-caps its final "
         "logits (c = 30.0)")
+
+
+def _other_config(family: str) -> Any:
+    """A tiny config of a family outside ``tiny.FAMILIES`` whose final norm, logits or residual adds differ."""
+    common = {"vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": LAYERS,
+              "num_attention_heads": 4, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    builders = {
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(**common),
+        "gemma3": lambda: transformers.Gemma3Config(
+            text_config={**common, "num_key_value_heads": 2, "head_dim": HIDDEN // 4},
+            vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+            mm_tokens_per_image=4, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+        "cohere": lambda: transformers.CohereConfig(**common),
+        "granite": lambda: transformers.GraniteConfig(**common, logits_scaling=8.0),
+        "granite_residual": lambda: transformers.GraniteConfig(**common, logits_scaling=8.0, residual_multiplier=0.22),
+        "bloom": lambda: transformers.BloomConfig(vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS, n_head=4),
+    }
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(builders[family]()).float().eval()
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gemma3", "cohere", "granite", "granite_residual", "bloom"])
+def test_the_lens_is_the_models_own_distribution_in_other_families(family: str) -> None:
+    """The final norm is found (GPT-NeoX's ``final_layer_norm``, Gemma 3's ``language_model.norm``) and the lens
+    scales logits as the model does (Cohere's ``logit_scale``, Granite's ``logits_scaling``)."""
+    model = _other_config(family)
+    parts = model_parts(model)
+    seen: list[Any] = []
+    handle = parts.final_norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[3, 14, 15, 92, 65]])).logits
+    handle.remove()
+    torch.testing.assert_close(parts.log_probs(seen[-1]), torch.log_softmax(logits.float(), -1), atol=1e-5, rtol=1e-5)
+    vectors = torch.randn(2, VOCAB)
+    expected = parts.logit_scale * vectors @ model.get_output_embeddings().weight.detach()
+    torch.testing.assert_close(parts.unembed_transpose(vectors), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gemma3", "cohere", "granite"])
+def test_other_families_decompose_into_attention_and_mlp_outputs(family: str) -> None:
+    model = _other_config(family)
+    seen, _ = run_with_taps(model, torch.tensor([[3, 14, 15, 92, 65]]))
+    for index in range(LAYERS):
+        rebuilt = seen[f"in{index}"] + seen[f"attn{index}"] + seen[f"mlp{index}"]
+        torch.testing.assert_close(rebuilt, seen[f"out{index}"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "why"), [
+    ("bloom", "its attention and MLP modules add the residual to their output"),
+    ("granite_residual", "it scales them by residual_multiplier = 0.22 before adding them")])
+def test_a_block_whose_sublayer_outputs_are_not_its_contributions_refuses_the_split(family: str, why: str) -> None:
+    """Bloom's modules return output + residual and Granite scales both sublayers: no module's output is what the
+    block adds, so the probes that need it stop with one line instead of computing wrong values."""
+    layer = model_parts(_other_config(family)).layers[0]
+    for part in ("attn", "mlp"):
+        with pytest.raises(ArchitectureError) as caught:
+            getattr(layer, part)
+        assert str(caught.value) == (f"the probes cannot split {family.split('_')[0]}'s residual stream into "
+                                     f"attention and MLP contributions ({why})")
 
 
 # --- scaffolding shared by the probe suites' tests ------------------------------------------------------------

@@ -309,3 +309,97 @@ def test_deferred_stop_check_generates_the_same_tokens_on_the_gpu(runtime: Runti
     runtime.model.to("cpu")
     assert deferred[0] == plain[0] and deferred[1][0] == plain[1][0]
     np.testing.assert_allclose(deferred[1][1], plain[1][1], atol=1e-5)
+
+
+def _greedy_ids(rt: Runtime, prompt: str, steps: int) -> list[int]:
+    """The model's own argmax continuation of ``prompt``, ``steps`` tokens, no stop of any kind."""
+    ids, new = rt.encode([prompt])[0], []
+    for _ in range(steps):
+        new.append(int(_full_logprobs(rt, ids + new)[-1].argmax()))
+    return new
+
+
+def _with_specials(runtime: Runtime, folder: Path, single: str, chat_template: str | None = None) -> Runtime:
+    """The tiny model with its tokenizer saved to add special tokens as ``single`` says (``<s> $A </s>``)."""
+    import copy
+
+    from tokenizers import processors
+
+    tokenizer = copy.deepcopy(runtime.tokenizer)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[("<s>", tokenizer.bos_token_id), ("</s>", tokenizer.eos_token_id)])
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(folder)
+    return Runtime(runtime.model, load_tokenizer(folder, revision=None, trust_remote_code=False), batch_size=2)
+
+
+BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+"""A chat template that writes the BOS itself, as Llama 3, Gemma and Mistral instruct templates do."""
+
+
+def test_a_chat_prompt_that_writes_its_bos_gets_no_second_one(runtime: Runtime, tmp_path: Path) -> None:
+    """A tokenizer that adds BOS and a template that writes it: one BOS, as ``apply_chat_template(tokenize=True)``
+    gives; the fluency prefix is one BOS too, and plain text still gets its BOS."""
+    from pytest_qxai.methods.task import nli_prompt
+
+    rt = _with_specials(runtime, tmp_path, "<s> $A", BOS_TEMPLATE)
+    bos, tokenizer = rt.tokenizer.bos_token_id, rt.tokenizer
+    prompt = nli_prompt(tokenizer, "A man sleeps.", "A man rests.")
+    assert prompt.startswith("<s>") and tokenizer([prompt])["input_ids"][0][:2] == [bos, bos]
+    assert rt.encode([prompt])[0] == tokenizer([prompt], add_special_tokens=False)["input_ids"][0]
+    assert rt.encode(["A cat sat"])[0] == [bos] + tokenizer(["A cat sat"], add_special_tokens=False)["input_ids"][0]
+    text_ids = rt.encode([PROMPTS[0]], add_special_tokens=False)[0]
+    full = _full_logprobs(rt, [bos] + text_ids)
+    expected = [-float(full[j, token]) for j, token in enumerate(text_ids)]
+    np.testing.assert_allclose(rt.token_nll([PROMPTS[0]])[0], expected, atol=1e-4)
+
+
+def test_a_tokenizer_that_appends_eos_leaves_prompts_without_it(runtime: Runtime, tmp_path: Path) -> None:
+    """Only the EOS the tokenizer appends goes; one the text itself ends with stays; scores follow the prompt."""
+    rt = _with_specials(runtime, tmp_path, "<s> $A </s>")
+    bos, eos = rt.tokenizer.bos_token_id, rt.tokenizer.eos_token_id
+    bare = rt.encode(PROMPTS, add_special_tokens=False)
+    assert rt.encode(PROMPTS) == [[bos] + ids for ids in bare]
+    assert rt.encode(["A cat sat</s>"])[0] == [bos] + rt.encode(["A cat sat</s>"], add_special_tokens=False)[0]
+    assert rt.encode(["A cat sat</s>"])[0][-1] == eos
+    expected = np.stack([_full_logprobs(rt, [bos] + ids)[-1].numpy() for ids in bare])
+    np.testing.assert_allclose(rt.next_token_logprobs(PROMPTS), expected, atol=1e-4)
+
+
+def test_generation_is_argmax_whatever_the_models_generation_config_says(runtime: Runtime) -> None:
+    """Repetition penalties, banned, suppressed or forced tokens and a minimum length in generation_config.json
+    (Qwen2.5-Instruct ships a repetition penalty) do not touch the greedy tokens."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    model = copy.deepcopy(runtime.model)
+    rt = Runtime(model, runtime.tokenizer, batch_size=2)
+    greedy = [_greedy_ids(rt, prompt, 6) for prompt in PROMPTS]
+    model.generation_config = GenerationConfig(
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, repetition_penalty=1.5, no_repeat_ngram_size=2,
+        bad_words_ids=[[greedy[0][0]]], suppress_tokens=[greedy[1][0]], begin_suppress_tokens=[greedy[2][0]],
+        min_new_tokens=6, forced_eos_token_id=2, sequence_bias={(greedy[0][1],): -10.0}, temperature=0.7, top_p=0.9)
+    texts, first = rt.generate_scored(PROMPTS, max_new_tokens=6, stop=None)
+    assert texts == [rt.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in greedy]
+    np.testing.assert_allclose(first, runtime.next_token_logprobs(PROMPTS), atol=1e-4)
+
+
+def test_generation_stops_at_each_eos_the_generation_config_lists(runtime: Runtime) -> None:
+    """A config listing several EOS ids (Llama 3's <|end_of_text|> and <|eot_id|>) stops generation at any of them;
+    the runtime's stop strings still cut the text."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    model = copy.deepcopy(runtime.model)
+    rt = Runtime(model, runtime.tokenizer, batch_size=2)
+    greedy = _greedy_ids(rt, PROMPTS[0], 8)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=[2, greedy[2]], pad_token_id=2)
+    stops = greedy.index(greedy[2]) + 1
+    assert rt.generate([PROMPTS[0]], max_new_tokens=8, stop=None) == [
+        rt.tokenizer.decode(greedy[:stops], skip_special_tokens=True).strip()]
+    text = rt.tokenizer.decode(greedy[:stops], skip_special_tokens=True).strip()
+    stop = next(ch for ch in text if ch.strip())
+    assert rt.generate([PROMPTS[0]], max_new_tokens=8, stop=stop) == [text.split(stop)[0].strip()]

@@ -5,7 +5,8 @@ The parts are found from the model's structure, not from a list of names: the de
 ``MLP``, as in every transformers decoder: Llama 1-3, Mistral, Qwen 2/2.5/3, Gemma 1-3, Phi-3, OLMo 2, SmolLM 1-3,
 GPT-2); the down projection is the MLP's linear map back to the model width (``down_proj`` in the gated MLPs,
 GPT-2's ``Conv1D`` ``c_proj``, whose weight is stored transposed as ``[n_neurons, d_model]``); the final norm is
-the base model's ``norm``/``ln_f``/``final_layernorm``; the unembedding is ``get_output_embeddings()``.
+the base model's (or its ``language_model``'s) ``norm``/``ln_f``/``final_layernorm``/``final_layer_norm``; the
+unembedding is ``get_output_embeddings()``, its logits scaled as the model scales them (Cohere, Granite).
 :func:`model_parts` raises :class:`ArchitectureError` when one of them is missing, so a probe never guesses.
 
 Residual contributions: most decoders are pre-norm (``h = x + attn(norm(x))``, ``y = h + mlp(norm(h))``). Gemma 2/3
@@ -18,6 +19,7 @@ logit soft-cap (Gemma 2): :attr:`ModelParts.neuron_caveat` says why not otherwis
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +41,25 @@ class LayerParts:
     """One decoder layer: the block, the modules whose outputs it adds to the residual stream, the down projection."""
 
     block: "torch.nn.Module"
-    attn: "torch.nn.Module"
-    """The attention contribution: the attention module, or the norm applied to its output (post-norm blocks)."""
-    mlp: "torch.nn.Module"
-    """The MLP contribution: the MLP module, or the norm applied to its output (post-norm blocks)."""
+    contributions: "tuple[torch.nn.Module, torch.nn.Module] | str"
+    """The attention and MLP modules, or the norms applied to their outputs (post-norm blocks); a string says why
+    no module's output is what the block adds (:attr:`attn` and :attr:`mlp` then raise it)."""
     down: "torch.nn.Module"
+
+    @property
+    def attn(self) -> "torch.nn.Module":
+        """The module whose output is the attention contribution; :class:`ArchitectureError` where there is none."""
+        return self._contribution(0)
+
+    @property
+    def mlp(self) -> "torch.nn.Module":
+        """The module whose output is the MLP contribution; :class:`ArchitectureError` where there is none."""
+        return self._contribution(1)
+
+    def _contribution(self, index: int) -> "torch.nn.Module":
+        if isinstance(self.contributions, str):
+            raise ArchitectureError(self.contributions)
+        return self.contributions[index]
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,8 @@ class ModelParts:
     down_transposed: bool
     softcap: float | None = None
     """Final logit soft-cap ``c``: logits become ``c · tanh(logits / c)`` (Gemma 2)."""
+    logit_scale: float = 1.0
+    """Factor on the LM head's output: Cohere's ``logit_scale``, ``1 / logits_scaling`` in Granite."""
     neuron_caveat: str | None = None
     """Why single value neurons are not additive parts of the residual stream here (None when they are)."""
 
@@ -74,7 +92,7 @@ class ModelParts:
         """``log_softmax(W_U · FinalNorm(hidden))``, float32 on the model's device."""
         import torch
 
-        logits = self.unembed(self._final(hidden)).float()
+        logits = self.unembed(self._final(hidden)).float() * self.logit_scale
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.log_softmax(logits, dim=-1)
@@ -120,7 +138,8 @@ class ModelParts:
         return torch.cat(values), torch.cat(grads)
 
     def unembed_transpose(self, vectors: "torch.Tensor") -> "torch.Tensor":
-        """``W_U^T v`` for vocabulary vectors ``[r, V]`` → ``[r, d]``, read off the unembedding by autograd.
+        """``W_U^T v`` (times :attr:`logit_scale`) for vocabulary vectors ``[r, V]`` → ``[r, d]``, read off the
+        unembedding by autograd.
 
         The unembedding is linear, so the gradient of ``v · unembed(x)`` is ``W_U^T v`` at any ``x``; this
         works for tied, biased and quantized heads alike without touching their weight layout.
@@ -132,7 +151,7 @@ class ModelParts:
             point = torch.zeros(vectors.shape[0], self.unembed.in_features, dtype=weight.dtype,
                                 device=weight.device, requires_grad=True)
             value = (self.unembed(point).float() * vectors.to(weight.device).float()).sum()
-            return torch.autograd.grad(value, point)[0].float().cpu()
+            return torch.autograd.grad(value, point)[0].float().cpu() * self.logit_scale
 
     def down_weight(self, index: int, backend: "QuantBackend | None" = None) -> "torch.Tensor | None":
         """Layer ``index``'s ``W_down`` ``[d_model, n_neurons]`` on the model's device; column k is value neuron k.
@@ -156,17 +175,24 @@ class ModelParts:
 
 def model_parts(model: "PreTrainedModel") -> ModelParts:
     """Resolve the probe modules of ``model`` from its structure; :class:`ArchitectureError` when a part is missing."""
-    model_type = str(getattr(model.config, "model_type", "unknown"))
+    config = model.config
+    model_type = str(getattr(config, "model_type", "unknown"))
     blocks = _decoder_layers(model, model_type)
     post_norm = all(hasattr(block, POST_NORMS[1]) for block in blocks)
     layers = []
     for block in blocks:
         attn, mlp = _child(block, "Attention", model_type), _child(block, "MLP", model_type)
+        split: tuple[Any, Any] | str = (attn, mlp)
         if post_norm:
-            attn, mlp = (_resolve(block, name, model_type) for name in POST_NORMS)
-        layers.append(LayerParts(block=block, attn=attn, mlp=mlp, down=_down(_child(block, "MLP", model_type),
-                                                                                 model_type)))
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+            split = (_resolve(block, POST_NORMS[0], model_type), _resolve(block, POST_NORMS[1], model_type))
+        elif any("residual" in inspect.signature(module.forward).parameters for module in (attn, mlp)):
+            split = (f"the probes cannot split {model_type}'s residual stream into attention and MLP contributions "
+                     "(its attention and MLP modules add the residual to their output)")
+        elif getattr(config, "residual_multiplier", 1.0) != 1.0:
+            split = (f"the probes cannot split {model_type}'s residual stream into attention and MLP contributions "
+                     f"(it scales them by residual_multiplier = {config.residual_multiplier} before adding them)")
+        layers.append(LayerParts(block=block, contributions=split, down=_down(mlp, model_type)))
+    softcap = getattr(config, "final_logit_softcapping", None)
     caveats = ([f"{model_type} normalises the MLP output before adding it to the residual stream"] if post_norm else [])
     caveats += [f"{model_type} soft-caps its final logits (c = {softcap})"] if softcap else []
     return ModelParts(
@@ -176,6 +202,7 @@ def model_parts(model: "PreTrainedModel") -> ModelParts:
         layers=tuple(layers),
         down_transposed=type(layers[0].down).__name__ == "Conv1D",
         softcap=float(softcap) if softcap else None,
+        logit_scale=float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", 1.0)),
         neuron_caveat=" and ".join(caveats) or None,
     )
 
