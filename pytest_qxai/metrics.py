@@ -35,12 +35,15 @@ class Metric:
     tolerance: str = "abs:0.05"
 
     def __post_init__(self) -> None:
-        """Refuse a kind or direction outside the gate's vocabulary: "Higher" read as lower-is-better inverted
-        every verdict of the metric, and "Binary" silently tested it as continuous."""
+        """Refuse a kind or direction outside the gate's vocabulary ("Higher" read as lower-is-better inverted every
+        verdict of the metric, "Binary" was tested as continuous) and bounds out of order (the worst value flips)."""
         if self.kind not in ("binary", "continuous"):
             raise ValueError(f"metric {self.key}: kind must be 'binary' or 'continuous', got {self.kind!r}")
         if self.direction not in ("higher", "lower"):
             raise ValueError(f"metric {self.key}: direction must be 'higher' or 'lower', got {self.direction!r}")
+        low, high = self.bounds
+        if low is not None and high is not None and not low < high:
+            raise ValueError(f"metric {self.key}: bounds must be (low, high) with low < high, got {self.bounds!r}")
 
     @property
     def key(self) -> str:

@@ -372,7 +372,8 @@ def test_the_reason_names_the_items_left_out_per_side() -> None:
     assert result.n == 10 and "left out: 30 quantized item(s) without a value" in result.reason
 
 
-@pytest.mark.parametrize("field, value", [("direction", "Higher"), ("direction", "up"), ("kind", "Binary")])
+@pytest.mark.parametrize("field, value", [("direction", "Higher"), ("direction", "up"), ("kind", "Binary"),
+                                          ("bounds", (1.0, -1.0)), ("bounds", (0.0, 0.0))])
 def test_a_metric_outside_the_gate_vocabulary_is_refused(field: str, value: str) -> None:
     """Any direction but "higher" was read as lower-is-better, which inverted the metric's every verdict."""
     with pytest.raises(ValueError, match=f"{field} must be"):
