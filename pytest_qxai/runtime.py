@@ -229,12 +229,13 @@ class Runtime:
         encoded = [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
         if not add_special_tokens:
             return encoded
-        lead, trail = self._added_specials()
+        lead, trail = self._added_specials
         return [ids[len(lead) if ids[len(lead) : 2 * len(lead)] == lead else 0 : len(ids) - len(trail)]
                 for ids in encoded]
 
+    @functools.cached_property
     def _added_specials(self) -> tuple[list[int], list[int]]:
-        """The ids the tokenizer puts before and after a text when it adds special tokens."""
+        """The ids the tokenizer puts before and after a text when it adds special tokens (found once per runtime)."""
         bare, full = (list(self.tokenizer(["a"], add_special_tokens=add)["input_ids"][0]) for add in (False, True))
         for start in range(len(full) - len(bare) + 1):
             if full[start : start + len(bare)] == bare:

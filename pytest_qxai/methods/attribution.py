@@ -508,28 +508,28 @@ def scored_metrics(results: Results, metric: dict[str, Metric]) -> tuple[
     """
     ref, quant = results["reference"], results["quantized"]
     n = len(ref["scores"])
-    constant = {role: np.array([not np.isfinite(s).all() or np.ptp(s) == 0 for s in r["scores"]], dtype=bool)
-                | np.isnan(np.asarray(r["comprehensiveness"], dtype=np.float64))
-                | np.isnan(np.asarray(r["sufficiency"], dtype=np.float64)) for role, r in results.items()}
+    degenerate = {role: np.array([not np.isfinite(s).all() or np.ptp(s) == 0 for s in r["scores"]], dtype=bool)
+                  | np.isnan(np.asarray(r["comprehensiveness"], dtype=np.float64))
+                  | np.isnan(np.asarray(r["sufficiency"], dtype=np.float64)) for role, r in results.items()}
     rho, overlap = agreement(ref["scores"], quant["scores"])
-    rho[constant["reference"] & ~constant["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
+    rho[degenerate["reference"] & ~degenerate["quantized"]] = 0.0  # no monotone relation with an all-tied ranking
     measured = {"comprehensiveness": (ref["comprehensiveness"], quant["comprehensiveness"]),
                 "sufficiency": (ref["sufficiency"], quant["sufficiency"]),
                 "rank_correlation": (np.ones(n), rho), "topk_overlap": (np.ones(n), overlap)}
     reference: dict[str, np.ndarray] = {}
     quantized: dict[str, np.ndarray] = {}
-    both = constant["reference"] & constant["quantized"]  # two all-tied rankings agree, as identical models must
+    both = degenerate["reference"] & degenerate["quantized"]  # two all-tied rankings agree, as identical models must
     for name, (ref_values, quant_values) in measured.items():
         key, worst = metric[name].name, worst_value(metric[name])
         own = name in ("comprehensiveness", "sufficiency")  # agreement: the reference side is 1 by definition
-        reference[key] = scored(np.asarray(ref_values), constant["reference"], worst) if own else np.asarray(
+        reference[key] = scored(np.asarray(ref_values), degenerate["reference"], worst) if own else np.asarray(
             ref_values, dtype=np.float64)
-        quantized[key] = scored(np.asarray(quant_values), constant["quantized"], worst)
+        quantized[key] = scored(np.asarray(quant_values), degenerate["quantized"], worst)
         if not own:
             quantized[key][both] = 1.0
     for role, values in (("reference", reference), ("quantized", quantized)):
-        values[metric["degenerate_rate"].name] = constant[role].astype(np.float64)
-    return reference, quantized, lost_counts(constant, [metric[name] for name in measured])
+        values[metric["degenerate_rate"].name] = degenerate[role].astype(np.float64)
+    return reference, quantized, lost_counts(degenerate, [metric[name] for name in measured])
 
 
 def _label_part(pair: "ModelPair") -> SuiteResult:

@@ -521,7 +521,7 @@ def run_task_accuracy(pair: "ModelPair") -> SuiteResult:
                 for block_ids, block in blocks
             ])
     notes["items"] = {block_ids[0].split(":")[0]: len(block_ids) for block_ids, _ in blocks if block_ids}
-    notes["chance"] = {"esnli": 1 / 3} | ({"ecqa": ecqa_chance(pair, n)} if ecqa_items(pair, 1) else {}) | {
+    notes["chance"] = {"esnli": 1 / 3} | ({"ecqa": ecqa_chance(pair, n)} if "ecqa" in run_datasets(pair.config.data) else {}) | {
         task.name: 1 / len(task.labels) for task in classes}
     notes["agreement"] = "per-item shares of Cohen's kappa with the reference's labels, per dataset; reference side = 1"
     return SuiteResult(suite=SUITE, item_ids=ids, reference=values["reference"], quantized=values["quantized"],
