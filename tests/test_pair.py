@@ -60,6 +60,87 @@ def test_null_spec_pair_shares_the_reference_identity(make_config: Callable[...,
     assert first == again == 42 and calls == [1]
 
 
+def _anonymous_rss() -> int:
+    """This process's resident anonymous memory (heap and other unnamed pages), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads resident memory from Linux's /proc")
+def test_a_computation_hands_the_heap_it_freed_back(make_config: Callable[..., QxaiConfig], tmp_path: Path) -> None:
+    """Memory a measurement freed goes back to the system when it returns, not kept for the rest of the run.
+
+    The measurement leaves 100 MB of freed heap below one small survivor, which the C allocator cannot give back
+    by itself (each suite's tensors fragment the heap this way: docs/measurements.md, "Memory").
+    """
+    tiny = build_tiny_model(tmp_path)
+    cfg = make_config(model=str(tiny), quant=parse_spec("none"), cache_dir=tmp_path / "cache", baseline_name="none",
+                      skip_sanity=True)
+    pair = pair_module.get_pair(cfg)
+    survivors: list[bytes] = []
+
+    def measure() -> int:
+        chunks = [bytes(2048) + bytes([i % 256]) for i in range(50_000)]  # 100 MB in the C heap
+        survivors.append(bytes(2048) + b"!")  # allocated after them: the heap's top cannot shrink past it
+        return len(chunks)
+
+    before = _anonymous_rss()
+    assert pair.cached(pair.reference, "heap", {"n": 50_000}, measure) == 50_000
+    assert _anonymous_rss() - before < 30 * 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads resident memory from Linux's /proc")
+def test_a_freed_activation_goes_back_to_the_system_at_once() -> None:
+    """Blocks of 8 MiB or more (a pass's activations) get mappings of their own once a pair loads, so freeing one
+    returns its memory: glibc would otherwise keep them in its heap once it has freed a few large blocks."""
+    import numpy as np
+
+    from pytest_qxai.models.loading import MMAP_THRESHOLD, return_large_blocks
+
+    return_large_blocks()
+    for _ in range(3):  # freeing 30 MiB blocks raises glibc's own threshold past 24 MiB
+        np.ones(30 * 2**20 // 8).sum()
+    block = np.ones(24 * 2**20 // 8)
+    assert block.nbytes >= MMAP_THRESHOLD
+    holding = _anonymous_rss()
+    del block
+    assert holding - _anonymous_rss() > 20 * 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings from Linux's /proc")
+def test_a_quantized_model_lets_go_of_the_weights_file_its_few_unquantized_layers_were_read_from(
+        tmp_path: Path) -> None:
+    """Layers left unquantized are copied out of the reference's weights file, so its mapping (every page that
+    quantization read) is released; a model that is all views of its file keeps them. Outputs do not change."""
+    import gc
+
+    import torch
+
+    from pytest_qxai.models.loading import load_reference, own_file_backed_tensors
+
+    tiny = build_tiny_model(tmp_path)
+    weights = str((tiny / "model.safetensors").resolve())
+
+    def mapped() -> bool:
+        return weights in Path("/proc/self/maps").read_text()
+
+    model = load_reference(tiny, device="cpu", dtype=torch.float32, revision=None, trust_remote_code=False)
+    ids = torch.tensor([[1, 5, 9, 4, 7]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert mapped() and own_file_backed_tensors(model) == 0 and mapped()  # all views: copying would double them
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:  # "quantized": new memory, as a backend's packed weights
+                parameter.data = parameter.data.clone()
+        norms = sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "norm" in name)
+        assert own_file_backed_tensors(model) == norms
+        gc.collect()
+        assert not mapped()
+        assert torch.equal(model(input_ids=ids).logits, before)
+
+
 def test_quantized_checkpoint_made_by_the_project_loads_as_the_pair(
     make_config: Callable[..., QxaiConfig], tmp_path: Path
 ) -> None:

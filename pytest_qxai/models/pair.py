@@ -21,7 +21,7 @@ from ..errors import QxaiError, QxaiUsageError
 from ..config import QxaiConfig
 from ..storage import DiskCache, stable_hash
 from .identity import code_hash, value_versions
-from .loading import release_freed_memory
+from .loading import own_file_backed_tensors, release_freed_memory
 from .residency import Residency, estimated_quantized_bytes, models_fit
 from .source import ModelSource, check_gguf_architecture, resolve_source
 
@@ -93,14 +93,17 @@ class ModelPair:
         method's module (and what it imports from this package) and the value-changing library versions.
 
         The side's model is put on the GPU before ``compute`` runs (when the models take turns there), since a
-        method may use its modules directly.
+        method may use its modules directly. The heap pages its temporaries freed go back to the system after it.
         """
         key = {"model": side.identity, "params": params, "code": code_hash(compute.__module__),
                "versions": value_versions(), "shared_prefix": side.runtime.share_prefix}
 
         def resident_compute() -> T:
             side.runtime.make_resident()
-            return compute()
+            try:
+                return compute()
+            finally:
+                release_freed_memory()
 
         return self.cache.memo(namespace, key, resident_compute, label=f"{side.role} {side.identity}")
 
@@ -224,13 +227,14 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
 
     from ..runtime import Runtime
     from .loading import (apply_determinism, converter_versions, load_reference, load_tokenizer, materialize,
-                          resolve_device, resolve_dtype, scratch_dir, share_cpu_threads)
+                          resolve_device, resolve_dtype, return_large_blocks, scratch_dir, share_cpu_threads)
 
     started = time.perf_counter()
     source = validate(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     apply_determinism(cfg.seed)
+    return_large_blocks()
     threads = share_cpu_threads()
     cache_root = cfg.cache_dir
     if cache_root is not None:
@@ -306,6 +310,7 @@ def _load_pair(cfg: QxaiConfig) -> ModelPair:
             ctx.cache_dir = cache_root / "quantized" / f"{cfg.quant.slug}-{quant_id}"
         quantized = backend.quantize(cfg.quant, ctx)
     quant_seconds = time.perf_counter() - quant_started
+    own_file_backed_tensors(quantized)
     release_freed_memory()
     ref_id = stable_hash([content_id, converter_versions() if source.kind == "gguf" else {}, machine])
     residency.add(reference, movable=True)
