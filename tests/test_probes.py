@@ -59,6 +59,38 @@ def test_centred_cosine_by_hand() -> None:
     np.testing.assert_allclose(P.centred_cosine(reference, reference + [3.0, -7.0]), [1.0, 1.0])  # a shared shift
 
 
+@settings(max_examples=20, deadline=None)
+@given(seeds, st.integers(3, 30), st.integers(2, 60))
+def test_the_row_span_basis_is_orthonormal_and_keeps_every_training_row(seed: int, n: int, d: int) -> None:
+    """Rows of any rank (n above or below d, repeated rows): the basis is orthonormal and loses no training row."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, min(d, n)))[:, rng.integers(0, min(d, n), size=d)] * rng.lognormal(0, 2, size=d)
+    x = (x - x.mean(axis=0))[rng.integers(0, n, size=n)]
+    span = P.RowSpan().fit(x)
+    basis = span.components_
+    assert basis.shape[0] <= min(n, d)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(len(basis)), atol=1e-6)
+    np.testing.assert_allclose(span.transform(x) @ basis, x, atol=1e-6 * np.abs(x).max())
+
+
+def test_a_probe_in_the_row_span_decides_as_one_in_the_full_space() -> None:
+    """The L2-penalised probe's weights lie in the training rows' span, so fitting it there (n features instead of
+    d) gives the same decision values on new items, up to the solver's tolerance."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    x = rng.normal(size=(60, 200)) * rng.lognormal(0, 1.5, size=200)
+    x[:, :3] += labels[:, None]
+    new = rng.normal(size=(30, 200)) * rng.lognormal(0, 1.5, size=200)
+    options = {"C": P.PROBE["C"], "max_iter": 10_000, "tol": 1e-10}
+    full = make_pipeline(StandardScaler(), LogisticRegression(**options)).fit(x, labels)
+    span = make_pipeline(StandardScaler(), P.RowSpan(), LogisticRegression(**options)).fit(x, labels)
+    np.testing.assert_allclose(span.decision_function(new), full.decision_function(new), atol=1e-4)
+
+
 def test_probes_classify_separable_data_and_transfer_to_a_copy() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 20)
