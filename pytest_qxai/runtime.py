@@ -227,11 +227,20 @@ class Runtime:
         """Token ids of each text (no padding). The tokenizer's leading special tokens (BOS) are not added again to a
         text that already begins with them (a rendered chat template), and those it appends (EOS) are left off."""
         encoded = [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
-        if not add_special_tokens:
-            return encoded
+        return encoded if not add_special_tokens else [ids[self._kept(ids)] for ids in encoded]
+
+    def encode_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """:meth:`encode`'s token ids of each text with each token's character span in it (a fast tokenizer's
+        offsets; special tokens span nothing), for methods that map tokens back to words."""
+        encoded = self.tokenizer(list(texts), return_offsets_mapping=True)
+        return [(list(ids)[self._kept(ids)], [tuple(pair) for pair in spans][self._kept(ids)])
+                for ids, spans in zip(encoded["input_ids"], encoded["offset_mapping"])]
+
+    def _kept(self, ids: Sequence[int]) -> slice:
+        """The part of a text's ids with special tokens added that :meth:`encode` keeps: without a second copy of
+        the leading ones (a rendered chat template writes its own BOS) and without the trailing ones (EOS)."""
         lead, trail = self._added_specials
-        return [ids[len(lead) if ids[len(lead) : 2 * len(lead)] == lead else 0 : len(ids) - len(trail)]
-                for ids in encoded]
+        return slice(len(lead) if list(ids[len(lead) : 2 * len(lead)]) == lead else 0, len(ids) - len(trail))
 
     @functools.cached_property
     def _added_specials(self) -> tuple[list[int], list[int]]:
@@ -242,7 +251,7 @@ class Runtime:
                 return full[:start], full[start + len(bare) :]
         return [], []
 
-    def _pad(self, seqs: Sequence[Sequence[int]], multiple: int = 1) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def pad(self, seqs: Sequence[Sequence[int]], multiple: int = 1) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Left-pad token id lists into ``input_ids`` and ``attention_mask`` on the model's device.
 
         ``multiple`` rounds the width up (so generation with a static cache meets few distinct shapes).
@@ -285,7 +294,7 @@ class Runtime:
         import torch
 
         def run(batch: list[int]) -> list[np.ndarray]:
-            ids, mask = self._pad([seqs[i] for i in batch])
+            ids, mask = self.pad([seqs[i] for i in batch])
             keep = max(tail_lens[i] for i in batch) + 1
             logits = self.forward(
                 input_ids=ids, attention_mask=mask, position_ids=self._position_ids(mask), logits_to_keep=keep
@@ -329,7 +338,7 @@ class Runtime:
         base = self._prefix_cache(seqs[0][:offset]) if seqs else None
 
         def run(batch: list[int]) -> list[np.ndarray]:
-            ids, mask = self._pad([seqs[i][offset:] for i in batch])
+            ids, mask = self.pad([seqs[i][offset:] for i in batch])
             logits = self._after_prefix(ids, mask, base, offset, keep=1).logits[:, -1].float()
             self.stats.tokens_scored += int(mask.sum())
             return list(torch.log_softmax(logits, dim=-1).cpu().numpy())
@@ -369,7 +378,7 @@ class Runtime:
 
         def run(batch: list[int]) -> list[np.ndarray]:
             captured.clear()
-            ids, mask = self._pad([seqs[i] for i in batch])
+            ids, mask = self.pad([seqs[i] for i in batch])
             out = self.forward(
                 input_ids=ids,
                 attention_mask=mask,
@@ -430,7 +439,7 @@ class Runtime:
         ]
 
         def run(batch: list[int]) -> list[dict[str, np.ndarray]]:
-            ids, mask = self._pad([seqs[i] for i in batch])
+            ids, mask = self.pad([seqs[i] for i in batch])
             ends = [where[i] if where[i] < 0 else where[i] - len(seqs[i]) for i in batch]  # end-relative
             index.append((torch.arange(len(batch)), torch.tensor(ends) + ids.shape[1]))
             found.clear()
@@ -466,7 +475,7 @@ class Runtime:
 
         def run(batch: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
             with torch.enable_grad():
-                ids, mask = self._pad([seqs[i] for i in batch])
+                ids, mask = self.pad([seqs[i] for i in batch])
                 ends = [where[i] if where[i] < 0 else where[i] - len(seqs[i]) for i in batch]
                 rows, cols = torch.arange(len(batch)), torch.tensor(ends) + ids.shape[1]
                 deltas: dict[int, torch.Tensor] = {}
@@ -555,7 +564,7 @@ class Runtime:
         base = self._prefix_cache(prefix) if seqs else None
 
         def run(batch: list[int]) -> list[np.ndarray]:
-            ids, mask = self._pad([seqs[i] for i in batch])
+            ids, mask = self.pad([seqs[i] for i in batch])
             keep = max(tails[i] for i in batch) + 1
             logits = self._after_prefix(ids, mask, base, offset, keep).logits[:, :-1].float()
             picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -(keep - 1) :, None])[..., 0]
@@ -587,7 +596,7 @@ class Runtime:
         base = self._prefix_cache(prefix) if stems else None
 
         def run(batch: list[int]) -> list[list[np.ndarray]]:
-            ids, mask = self._pad([stems[i] for i in batch])
+            ids, mask = self.pad([stems[i] for i in batch])
             out = self._after_prefix(ids, mask, base, offset, keep=1, use_cache=True)
             first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
             rows = [(row, j) for row, i in enumerate(batch) for j in range(len(continuations[i]))]
@@ -649,7 +658,7 @@ class Runtime:
         base = self._prefix_cache(seqs[0][:offset]) if seqs else None
 
         def run(batch: list[int]) -> list[tuple[str, np.ndarray | None]]:
-            ids, mask = self._pad([seqs[i][offset:] for i in batch], self._generate_multiple)
+            ids, mask = self.pad([seqs[i][offset:] for i in batch], self._generate_multiple)
             cache: dict[str, Any] = {}
             if base is not None:  # the prefix sits before each row's left padding, its cache already filled
                 cache = {"past_key_values": copy.deepcopy(base)}

@@ -185,9 +185,9 @@ def test_layout_with_a_chat_template_maps_tokens_to_words(tiny_runtime: Any) -> 
     lay = A.layout(tiny_runtime.tokenizer, NLI, A.item_words(NLI, ITEM))
     assert lay.prompt.startswith("<|user|>Premise: ")
     word_of = _words_of(tiny_runtime, lay)
-    enc = tiny_runtime.tokenizer([lay.prompt], return_offsets_mapping=True)
+    ((_, offsets),) = tiny_runtime.encode_with_offsets([lay.prompt])
     for w, (lo, hi) in enumerate(lay.spans):
-        pieces = [enc["offset_mapping"][0][t] for t in np.flatnonzero(word_of == w)]
+        pieces = [offsets[t] for t in np.flatnonzero(word_of == w)]
         assert pieces and pieces[0][0] <= lo and pieces[-1][1] >= hi
 
 
@@ -198,8 +198,8 @@ def _label_prob(runtime: Any, label: int, embeds: Any) -> Any:
 
 
 def _words_of(runtime: Any, lay: A.Layout) -> np.ndarray:
-    enc = runtime.tokenizer([lay.prompt], return_offsets_mapping=True, return_tensors="pt")
-    return A._token_words(enc["offset_mapping"], enc["attention_mask"], [lay.spans])[0]
+    ((_, offsets),) = runtime.encode_with_offsets([lay.prompt])
+    return A._token_words([offsets], len(offsets), [lay.spans])[0]
 
 
 def _embeds(runtime: Any, lay: A.Layout) -> Any:
@@ -228,17 +228,25 @@ def test_integrated_gradients_equal_a_quadrature_of_autograd_gradients(tiny_runt
 
 
 @pytest.mark.usefixtures("tiny_options")
-def test_occlusion_is_the_probability_drop_when_a_word_is_zeroed(tiny_runtime: Any) -> None:
-    lay = A.layout(tiny_runtime.tokenizer, NLI, A.item_words(NLI, ITEMS[1]))
-    got = A.word_attributions(tiny_runtime, NLI.options, [lay], np.array([2]), "occlusion")[0]
-    word_of = _words_of(tiny_runtime, lay)
+@pytest.mark.parametrize("bos_template", [False, True], ids=["plain", "template_writes_bos"])
+def test_occlusion_is_the_probability_drop_when_a_word_is_zeroed(
+    tiny_runtime: Any, tmp_path: Path, bos_template: bool
+) -> None:
+    """By hand on the runtime's own encoding: with a tokenizer that adds BOS and a chat template that writes it
+    (Llama 3, Gemma), attribution's passes get one BOS, as every other pass does."""
+    from test_runtime import BOS_TEMPLATE, _with_specials
+
+    runtime = _with_specials(tiny_runtime, tmp_path, "<s> $A", BOS_TEMPLATE) if bos_template else tiny_runtime
+    lay = A.layout(runtime.tokenizer, NLI, A.item_words(NLI, ITEMS[1]))
+    got = A.word_attributions(runtime, NLI.options, [lay], np.array([2]), "occlusion")[0]
+    word_of = _words_of(runtime, lay)
     with torch.no_grad():
-        x = _embeds(tiny_runtime, lay)
-        full = _label_prob(tiny_runtime, 2, x)
+        x = _embeds(runtime, lay)
+        full = _label_prob(runtime, 2, x)
         for w in range(len(lay.spans)):
             blanked = x.clone()
             blanked[0, torch.as_tensor(word_of == w)] = 0.0
-            assert got[w] == pytest.approx(float(full - _label_prob(tiny_runtime, 2, blanked)), abs=1e-5)
+            assert got[w] == pytest.approx(float(full - _label_prob(runtime, 2, blanked)), abs=1e-5)
 
 
 @pytest.mark.usefixtures("tiny_options")
@@ -270,7 +278,7 @@ def test_multi_token_labels_are_scored_as_whole_continuations(tiny_runtime: Any)
     """' yes', ' maybe', ' no' are several tokens in the tiny vocabulary: p(label) = softmax of summed log-probs."""
     assert any(len(ids) > 1 for ids in tiny_runtime.encode(list(NLI.options), add_special_tokens=False))
     prompts = [NLI.prompt(tiny_runtime.tokenizer, NLI.fields(it)) for it in ITEMS]
-    ids, mask = tiny_runtime._pad(tiny_runtime.encode(prompts))
+    ids, mask = tiny_runtime.pad(tiny_runtime.encode(prompts))
     forward = A.label_distribution(tiny_runtime, tiny_runtime.encode(list(NLI.options), add_special_tokens=False))
     with torch.no_grad():
         got = forward(tiny_runtime.model.get_input_embeddings()(ids), mask, (mask.cumsum(-1) - 1).clamp(min=0))

@@ -333,6 +333,17 @@ def _with_specials(runtime: Runtime, folder: Path, single: str, chat_template: s
     return Runtime(runtime.model, load_tokenizer(folder, revision=None, trust_remote_code=False), batch_size=2)
 
 
+def _assert_offsets_follow_encode(rt: Runtime, texts: list[str]) -> None:
+    """``encode_with_offsets`` (attribution's token-to-word map) keeps ``encode``'s ids, and each token spans a
+    piece of its text (only an added special token spans nothing)."""
+    found = rt.encode_with_offsets(texts)
+    assert [ids for ids, _ in found] == rt.encode(texts)
+    specials = set(rt.tokenizer.all_special_ids)
+    for text, (ids, spans) in zip(texts, found):
+        assert len(spans) == len(ids)
+        assert all(0 <= lo <= hi <= len(text) and (hi > lo or token in specials) for token, (lo, hi) in zip(ids, spans))
+
+
 BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 """A chat template that writes the BOS itself, as Llama 3, Gemma and Mistral instruct templates do."""
@@ -349,6 +360,7 @@ def test_a_chat_prompt_that_writes_its_bos_gets_no_second_one(runtime: Runtime, 
     assert prompt.startswith("<s>") and tokenizer([prompt])["input_ids"][0][:2] == [bos, bos]
     assert rt.encode([prompt])[0] == tokenizer([prompt], add_special_tokens=False)["input_ids"][0]
     assert rt.encode(["A cat sat"])[0] == [bos] + tokenizer(["A cat sat"], add_special_tokens=False)["input_ids"][0]
+    _assert_offsets_follow_encode(rt, [prompt, "A cat sat"])
     text_ids = rt.encode([PROMPTS[0]], add_special_tokens=False)[0]
     full = _full_logprobs(rt, [bos] + text_ids)
     expected = [-float(full[j, token]) for j, token in enumerate(text_ids)]
@@ -363,6 +375,7 @@ def test_a_tokenizer_that_appends_eos_leaves_prompts_without_it(runtime: Runtime
     assert rt.encode(PROMPTS) == [[bos] + ids for ids in bare]
     assert rt.encode(["A cat sat</s>"])[0] == [bos] + rt.encode(["A cat sat</s>"], add_special_tokens=False)[0]
     assert rt.encode(["A cat sat</s>"])[0][-1] == eos
+    _assert_offsets_follow_encode(rt, [*PROMPTS, "A cat sat</s>"])
     expected = np.stack([_full_logprobs(rt, [bos] + ids)[-1].numpy() for ids in bare])
     np.testing.assert_allclose(rt.next_token_logprobs(PROMPTS), expected, atol=1e-4)
 

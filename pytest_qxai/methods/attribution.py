@@ -337,20 +337,19 @@ def word_attributions(
     import torch
     from captum.attr import FeatureAblation, IntegratedGradients
 
-    model, tokenizer = runtime.model, runtime.tokenizer
+    model = runtime.model
     forward = label_distribution(runtime, runtime.encode(list(options), add_special_tokens=False))
 
     out: list[np.ndarray] = [np.zeros(0)] * len(layouts)
     order = sorted(range(len(layouts)), key=lambda i: -len(layouts[i].prompt))
     for start in range(0, len(order), runtime.batch_size):
         batch = order[start : start + runtime.batch_size]
-        enc = tokenizer([layouts[i].prompt for i in batch], return_offsets_mapping=True, padding=True,
-                        return_tensors="pt")
-        word_of = _token_words(enc["offset_mapping"], enc["attention_mask"], [layouts[i].spans for i in batch])
-        mask = enc["attention_mask"].to(runtime.device)
+        encoded = runtime.encode_with_offsets([layouts[i].prompt for i in batch])
+        ids, mask = runtime.pad([tokens for tokens, _ in encoded])
+        word_of = _token_words([spans for _, spans in encoded], ids.shape[1], [layouts[i].spans for i in batch])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            embeds = model.get_input_embeddings()(enc["input_ids"].to(runtime.device))
+            embeds = model.get_input_embeddings()(ids)
         baseline = embeds * torch.as_tensor(word_of < 0, device=runtime.device).unsqueeze(-1)
         target = torch.as_tensor(labels[batch], device=runtime.device)
         started = time.perf_counter()
@@ -400,10 +399,9 @@ def cloze_occlusion(
     from captum.attr import FeatureAblation
     from transformers import DynamicCache
 
-    encoded = [runtime.tokenizer([lay.prompt], return_offsets_mapping=True, return_tensors="pt") for lay in layouts]
-    word_of = [_token_words(enc["offset_mapping"], enc["attention_mask"], [lay.spans])[0]
-               for enc, lay in zip(encoded, layouts)]
-    ids = [enc["input_ids"][0].tolist() for enc in encoded]
+    encoded = runtime.encode_with_offsets([lay.prompt for lay in layouts])
+    word_of = [_token_words([spans], len(spans), [lay.spans])[0] for (_, spans), lay in zip(encoded, layouts)]
+    ids = [tokens for tokens, _ in encoded]
     start = min([len(os.path.commonprefix(ids))] + [int(np.flatnonzero(w >= 0)[0]) for w in word_of if (w >= 0).any()])
     base = DynamicCache()
     with torch.no_grad():
@@ -454,15 +452,16 @@ def cloze_occlusion(
 
 
 def _token_words(
-    offsets: "torch.Tensor", mask: "torch.Tensor", spans: Sequence[Sequence[tuple[int, int]]]
+    offsets: Sequence[Sequence[tuple[int, int]]], width: int, spans: Sequence[Sequence[tuple[int, int]]]
 ) -> np.ndarray:
-    """``[batch, tokens]`` index of the feature word each token overlaps (−1 for template and padding)."""
-    offsets_np, mask_np = offsets.numpy(), mask.numpy().astype(bool)
-    word_of = np.full(mask_np.shape, -1, dtype=np.int64)
-    for row, item_spans in enumerate(spans):
+    """``[batch, width]`` index of the feature word each token overlaps (−1 for template, special tokens and the
+    left padding up to ``width``), from each row's token character spans (:meth:`Runtime.encode_with_offsets`)."""
+    word_of = np.full((len(offsets), width), -1, dtype=np.int64)
+    for row, (token_spans, item_spans) in enumerate(zip(offsets, spans)):
+        tokens = np.asarray(token_spans, dtype=np.int64).reshape(-1, 2)
+        words = word_of[row, width - len(tokens) :]
         for word, (lo, hi) in enumerate(item_spans):
-            overlap = (offsets_np[row, :, 0] < hi) & (offsets_np[row, :, 1] > lo) & mask_np[row]
-            word_of[row, overlap & (word_of[row] < 0)] = word
+            words[(tokens[:, 0] < hi) & (tokens[:, 1] > lo) & (words < 0)] = word
     return word_of
 
 
