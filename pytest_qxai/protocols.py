@@ -34,6 +34,12 @@ class Runtime(Protocol):
     def encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         """Token ids of each text."""
 
+    def encode_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """:meth:`encode`'s ids of each text with each token's character span in the text (attribution's words)."""
+
+    def pad(self, seqs: Sequence[Sequence[int]], multiple: int = 1) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Token id lists left-padded into ``input_ids`` and ``attention_mask`` on the model's device."""
+
     def forward(self, **kwargs: Any) -> Any:
         """One forward pass of the model (its keyword inputs), seen by the observers first."""
 
