@@ -31,8 +31,8 @@ def _status_mib() -> dict[str, int]:
     return fields
 
 
-def measure(quant: str, model: str | None, batch: int, tokens: int, cache: Path | None) -> dict[str, Any]:
-    """Load ``quant`` (``none``: the reference), run one pass of ``batch`` x ``tokens`` tokens, return its memory."""
+def load_model(quant: str, model: str | None, cache: Path | None) -> tuple[Any, Any]:
+    """The model (``none``: the reference) and its tokenizer on the CPU, loaded and quantized as a run does."""
     import torch
 
     from pytest_qxai.backends.base import QuantContext, get_backend
@@ -41,14 +41,21 @@ def measure(quant: str, model: str | None, batch: int, tokens: int, cache: Path 
     from pytest_qxai.specs import parse_spec
 
     location, _ = materialize(resolve_source(model), cache, scratch_dir("qxai-bench-"))
+    tokenizer = load_tokenizer(location, revision=None, trust_remote_code=False)
     if quant == "none":
-        net = load_reference(location, device="cpu", dtype=torch.float32, revision=None, trust_remote_code=False)
-    else:
-        spec = parse_spec(quant)
-        ctx = QuantContext(reference_dir=location, device="cpu", dtype=torch.float32,
-                           tokenizer=load_tokenizer(location, revision=None, trust_remote_code=False),
-                           calibration=[], seed=0, trust_remote_code=False, cache_dir=None)
-        net = get_backend(spec.scheme.backend).quantize(spec, ctx)
+        return load_reference(location, device="cpu", dtype=torch.float32, revision=None,
+                              trust_remote_code=False), tokenizer
+    spec = parse_spec(quant)
+    ctx = QuantContext(reference_dir=location, device="cpu", dtype=torch.float32, tokenizer=tokenizer,
+                       calibration=[], seed=0, trust_remote_code=False, cache_dir=None)
+    return get_backend(spec.scheme.backend).quantize(spec, ctx), tokenizer
+
+
+def measure(quant: str, model: str | None, batch: int, tokens: int, cache: Path | None) -> dict[str, Any]:
+    """Load ``quant`` (``none``: the reference), run one pass of ``batch`` x ``tokens`` tokens, return its memory."""
+    import torch
+
+    net, _ = load_model(quant, model, cache)
     ids = torch.randint(100, 40_000, (batch, tokens), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         net(input_ids=ids[:, :8], logits_to_keep=1)

@@ -21,7 +21,7 @@ in how items are represented (centring both on the FP mean put bnb8 at 0.61 on S
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -115,11 +115,12 @@ def centred_cosine(reference: np.ndarray, quantized: np.ndarray) -> np.ndarray:
 
 
 class RowSpan:
-    """A scikit-learn transformer onto an orthonormal basis of its training rows' span: ``[n, d]`` → ``[n, k]``, k ≤ n.
+    """A scikit-learn transformer onto an orthonormal basis of its training rows' span: [n, d] → [n, k], k ≤ n.
 
-    The basis comes from the eigenvectors of the rows' ``n × n`` Gram matrix (``vᵢ = Xᵀuᵢ / √λᵢ``), not an SVD of
-    the ``n × d`` rows: the same span, about five times faster at d = 4096. Directions whose eigenvalue is below
-    ``RANK_TOLERANCE`` of the largest carry no training variance (centred rows lose one) and are left out.
+    The basis comes from the eigenvectors of the rows' n × n Gram matrix (vᵢ = Xᵀuᵢ / √λᵢ), not an SVD of the
+    n × d rows: the same span, 2.5 times faster at n = 240, d = 4096 on one thread (24 against 60 ms). Directions
+    whose eigenvalue is below ``RANK_TOLERANCE`` of the largest carry no training variance (centred rows lose
+    one) and are left out.
     """
 
     RANK_TOLERANCE = 1e-10
@@ -143,13 +144,15 @@ class RowSpan:
 
 def probe_predictions(
     train: np.ndarray, labels: np.ndarray, tests: Sequence[np.ndarray], seed: int, folds: int = PROBE["folds"],
+    span: Callable[[], Any] = RowSpan,
 ) -> list[np.ndarray]:
     """Held-out predictions per layer: probes fit on ``train`` ``[n, L, d]`` classify each array of ``tests``.
 
     Returns one ``[n, L]`` array of predicted labels per test array; item i's prediction comes from the probe
     of the fold that held it out. The standardised states are first rotated onto the span of the fold's training
     rows (:class:`RowSpan`): an L2-penalised logistic regression's weights lie in that span, so the problem is the
-    same, but it has at most n instead of d features (d = 4096 on an 8B model: ten times faster). The fits run on
+    same, but it has at most n instead of d features (d = 4096 on an 8B model: ten times faster); ``span`` makes
+    that transformer (``benchmarks/bench_probes.py`` passes scikit-learn's full PCA to compare). The fits run on
     one BLAS thread: each is small (n × n features), and beside busy xdist workers a pool of threads waits on
     the others' cores (0.5 s per fit against 0.06 s, docs/measurements.md).
     """
@@ -169,7 +172,7 @@ def probe_predictions(
                 fit = fit_rows[usable[0][fit_rows, layer]]  # a broken training state teaches nothing
                 if len(np.unique(labels[fit])) < 2:
                     continue
-                probe = make_pipeline(StandardScaler(), RowSpan(),
+                probe = make_pipeline(StandardScaler(), span(),
                                       LogisticRegression(C=PROBE["C"], max_iter=PROBE["max_iter"]))
                 probe.fit(train[fit, layer], labels[fit])
                 for target, test, ok in zip(out, tests, usable[1:]):
