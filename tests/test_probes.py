@@ -73,6 +73,14 @@ def test_the_row_span_basis_is_orthonormal_and_keeps_every_training_row(seed: in
     np.testing.assert_allclose(span.transform(x) @ basis, x, atol=1e-6 * np.abs(x).max())
 
 
+def test_a_layer_whose_training_states_are_all_equal_predicts_without_failing() -> None:
+    """A collapsed layer (every training state the same) spans nothing: the probe falls back to its intercept."""
+    labels = np.repeat([0, 1, 2], 10)
+    states = np.ones((30, 1, 8))
+    (pred,) = P.probe_predictions(states, labels, [states], seed=0)
+    assert pred.shape == (30, 1) and set(np.unique(pred)) <= {0, 1, 2}
+
+
 def test_a_probe_in_the_row_span_decides_as_one_in_the_full_space() -> None:
     """The L2-penalised probe's weights lie in the training rows' span, so fitting it there (n features instead of
     d) gives the same decision values on new items, up to the solver's tolerance."""

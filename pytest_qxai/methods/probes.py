@@ -130,7 +130,8 @@ class RowSpan:
         rows = np.asarray(x, dtype=np.float64)
         values, vectors = np.linalg.eigh(rows @ rows.T)
         kept = values > values[-1] * self.RANK_TOLERANCE
-        self.components_ = ((vectors[:, kept] / np.sqrt(values[kept])).T @ rows).astype(np.asarray(x).dtype)
+        basis = (vectors[:, kept] / np.sqrt(values[kept])).T @ rows if kept.any() else np.zeros((1, rows.shape[1]))
+        self.components_ = basis.astype(np.asarray(x).dtype)  # equal rows span nothing: one all-zero feature
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
