@@ -231,7 +231,7 @@ class Runtime:
 
     def encode_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """:meth:`encode`'s token ids of each text with each token's character span in it (a fast tokenizer's
-        offsets; special tokens span nothing), for methods that map tokens back to words."""
+        offsets; a special token the tokenizer added spans nothing), for methods that map tokens back to words."""
         encoded = self.tokenizer(list(texts), return_offsets_mapping=True)
         return [(list(ids)[self._kept(ids)], [tuple(pair) for pair in spans][self._kept(ids)])
                 for ids, spans in zip(encoded["input_ids"], encoded["offset_mapping"])]

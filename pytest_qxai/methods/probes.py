@@ -157,11 +157,11 @@ def probe_predictions(
     one BLAS thread: each is small (n × n features), and beside busy xdist workers a pool of threads waits on
     the others' cores (0.5 s per fit against 0.06 s, docs/measurements.md).
     """
-    from threadpoolctl import threadpool_limits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     n, depth, _ = train.shape
     out = [np.full((n, depth), NO_PREDICTION, dtype=np.int64) for _ in tests]
