@@ -23,18 +23,14 @@ from bench_memory import load_model
 
 
 def _fold_probe(train: np.ndarray, labels: np.ndarray, item: int, layer: int, span: Any) -> Any:
-    """The probe of the fold that holds ``item`` out, at ``layer`` (as ``probe_predictions`` fits it)."""
-    from sklearn.linear_model import LogisticRegression
+    """The probe of the fold that holds ``item`` out, at ``layer`` (as ``probe_predictions`` fits it at seed 0)."""
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from pytest_qxai.methods.probes import PROBE
+    from pytest_qxai.methods.probes import PROBE, make_probe
 
     folds = StratifiedKFold(n_splits=PROBE["folds"], shuffle=True, random_state=0).split(np.zeros(len(labels)), labels)
     fit = next(fit for fit, held in folds if item in held)
-    return make_pipeline(StandardScaler(), span(), LogisticRegression(C=PROBE["C"], max_iter=PROBE["max_iter"])).fit(
-        train[fit, layer], labels[fit])
+    return make_probe(span).fit(train[fit, layer], labels[fit])
 
 
 def main() -> None:

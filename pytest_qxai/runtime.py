@@ -233,8 +233,11 @@ class Runtime:
         """:meth:`encode`'s token ids of each text with each token's character span in it (a fast tokenizer's
         offsets; a special token the tokenizer added spans nothing), for methods that map tokens back to words."""
         encoded = self.tokenizer(list(texts), return_offsets_mapping=True)
-        return [(list(ids)[self._kept(ids)], [tuple(pair) for pair in spans][self._kept(ids)])
-                for ids, spans in zip(encoded["input_ids"], encoded["offset_mapping"])]
+        found = []
+        for ids, spans in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            kept = self._kept(ids)
+            found.append((list(ids)[kept], [tuple(pair) for pair in spans][kept]))
+        return found
 
     def _kept(self, ids: Sequence[int]) -> slice:
         """The part of a text's ids with special tokens added that :meth:`encode` keeps: without a second copy of

@@ -143,6 +143,16 @@ class RowSpan:
         return self.fit(x).transform(x)
 
 
+def make_probe(span: Callable[[], Any] = RowSpan) -> Any:
+    """One layer's unfitted probe: standardise, rotate onto the training rows' span (``span()``), then the
+    L2-penalised logistic regression of :data:`PROBE`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), span(), LogisticRegression(C=PROBE["C"], max_iter=PROBE["max_iter"]))
+
+
 def probe_predictions(
     train: np.ndarray, labels: np.ndarray, tests: Sequence[np.ndarray], seed: int, folds: int = PROBE["folds"],
     span: Callable[[], Any] = RowSpan,
@@ -157,10 +167,7 @@ def probe_predictions(
     one BLAS thread: each is small (n × n features), and beside busy xdist workers a pool of threads waits on
     the others' cores (0.5 s per fit against 0.06 s, docs/measurements.md).
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
     n, depth, _ = train.shape
@@ -173,9 +180,7 @@ def probe_predictions(
                 fit = fit_rows[usable[0][fit_rows, layer]]  # a broken training state teaches nothing
                 if len(np.unique(labels[fit])) < 2:
                     continue
-                probe = make_pipeline(StandardScaler(), span(),
-                                      LogisticRegression(C=PROBE["C"], max_iter=PROBE["max_iter"]))
-                probe.fit(train[fit, layer], labels[fit])
+                probe = make_probe(span).fit(train[fit, layer], labels[fit])
                 for target, test, ok in zip(out, tests, usable[1:]):
                     rows = held[ok[held, layer]]  # a broken test state keeps NO_PREDICTION: a wrong answer
                     if rows.size:
