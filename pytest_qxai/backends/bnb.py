@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING, ClassVar
 
 from ..specs import QuantSpec, keep_units
+from . import bnb_cpu
 from .base import QuantBackend, QuantContext, finish, library_errors, plain_weight, quiet_quantized_load
 from .keep import folder_model_type, kept_modules
 
@@ -106,9 +107,12 @@ class BitsAndBytesBackend(QuantBackend):
                 trust_remote_code=ctx.trust_remote_code,
                 **extra,
             )
+        finish(model)
         if ctx.device == "cpu":
             _keep_standard_4bit_layout(model)
-        return finish(model)
+            if bnb_cpu.install(model):
+                ctx.notes["bnb_cpu"] = "LLM.int8 layers run bnb_cpu.int8_forward (bit-identical to bitsandbytes)"
+        return model
 
     def mixes_tokens(self, model: "PreTrainedModel") -> bool:
         """LLM.int8 picks its outlier columns over all the tokens of a pass; the 4-bit kernels are weight-only."""
