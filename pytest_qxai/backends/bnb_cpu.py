@@ -1,7 +1,8 @@
 """LLM.int8 (bitsandbytes 8-bit) on the CPU: the library's own arithmetic, in fewer and cheaper tensor passes.
 
 bitsandbytes' CPU path quantizes activations with float16 element-wise ops, rounds its int8 product through
-int32 and dequantizes in three more passes; on two cores that is about a third of every 8-bit layer's time.
+int32 and dequantizes in three more passes; on two cores those ops took more time than the int8 product itself
+(docs/measurements.md).
 :func:`int8_forward` computes each of those steps in float32, in place, in the same order of operations, so its
 output is bit-identical: an int8 row times int8 weights is an integer-valued float32 sum either way, and every
 rounding (activation to float16, scale, ``round``) is the library's. :func:`install` checks that identity on
@@ -65,7 +66,7 @@ def _int8_product(rows: "torch.Tensor", weight: "torch.Tensor") -> "torch.Tensor
 
 
 def int8_forward(self: "torch.nn.Module", x: "torch.Tensor") -> "torch.Tensor":
-    """``Linear8bitLt.forward`` in inference on the CPU, bit-identical to the library (:mod:`this module <.>`)."""
+    """``Linear8bitLt.forward`` in inference on the CPU, bit-identical to the library; anything else goes to it."""
     import torch
 
     if x.device.type != "cpu" or self.training or (torch.is_grad_enabled() and x.requires_grad):
