@@ -432,9 +432,13 @@ def smollm(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.mark.slow
 def test_occlusion_ranking_is_more_comprehensive_and_sufficient_than_a_random_ranking(smollm: Any) -> None:
+    """Erasing occlusion's top words moves p(y|x) more, and keeping them alone less, than a random ranking.
+
+    10 e-SNLI items (20 before: 12 CPU minutes of CI); on the first 5 the margins were 0.11 and 0.13 against 0.02.
+    """
     from pytest_qxai.datasets import load_esnli
 
-    items = load_esnli(20, 0)
+    items = load_esnli(10, 0)
     labels = task.predict_nli(smollm, [(it.premise, it.hypothesis) for it in items])
     layouts = [A.layout(smollm.tokenizer, NLI, A.item_words(NLI, it)) for it in items]
     scores = A.word_attributions(smollm, NLI.options, layouts, labels, "occlusion")
