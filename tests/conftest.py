@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
+from pytest_qxai.models.loading import worker_cpu_share
 from pytest_qxai.options import QxaiConfig
 from pytest_qxai.specs import parse_spec
 
@@ -25,9 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
     torch otherwise starts one thread per core in every worker; two workers on two cores ran the real-model
     tests about three times slower than one thread each. An explicit ``OMP_NUM_THREADS`` is left alone.
     """
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
-    if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    threads = worker_cpu_share()
+    if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the pytester subprocesses
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)

@@ -87,17 +87,24 @@ def apply_determinism(seed: int) -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def share_cpu_threads() -> int:
-    """Under pytest-xdist, give each worker its share of the CPUs for torch's threads; return the count in use.
+def worker_cpu_share() -> int | None:
+    """This pytest-xdist worker's share of the CPUs, or None outside xdist or where ``OMP_NUM_THREADS`` is set.
 
     Every process otherwise starts one thread per core, and N workers oversubscribe the machine N times.
-    An explicit ``OMP_NUM_THREADS`` is left alone.
     """
-    import torch
-
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
     if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        return max(1, len(os.sched_getaffinity(0)) // workers)
+    return None
+
+
+def share_cpu_threads() -> int:
+    """Under pytest-xdist, give torch this worker's share of the CPUs (``worker_cpu_share``); return the count."""
+    import torch
+
+    threads = worker_cpu_share()
+    if threads is not None:
+        torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 
